@@ -1,0 +1,364 @@
+"""The broker's event loop: serve the supervisor, keep it alive, stop in order.
+
+Read ``Broker.run`` top to bottom: wait for a wake-up (a signal, a request, a
+timer), act, repeat. It sleeps in select() with no timeout when there is
+nothing to do, so an idle broker costs nothing.
+
+What happens when the supervisor dies: the broker is a child subreaper, so the
+supervisor's workers become the broker's children. They get their stop signal
+(SIGTERM to each process group) at once and SIGKILL after ``orphan_timeout``,
+while a new supervisor starts after a capped exponential backoff and receives
+the very same listening sockets, which the kernel kept queueing meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+
+import prctl
+import structlog
+from chapiteau.broker.binding import BindError, BoundSocket
+from chapiteau.broker.config import BrokerConfig, load_broker_config
+from chapiteau.broker.privileges import ServiceUser
+from chapiteau.broker.service import Peer, Reply, Service
+from chapiteau.broker.socket_table import ReloadError, apply_reload, close_all
+from chapiteau.broker.supervisor_process import (
+    EX_CONFIG,
+    SupervisorStartError,
+    start_supervisor,
+    supervisor_argv,
+)
+from chapiteau.protocol.broker_messages import Error, ProtocolError, Reloaded
+from chapiteau.protocol.channel import channel_pair, receive, send
+from chapiteau.protocol.ini import ConfigError
+
+log = structlog.get_logger("chapiteau.broker")
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 10.0
+"""A supervisor that ran this long is healthy: the next restart starts the backoff anew."""
+MAX_PEERS = 8
+FORWARDED = {signal.SIGHUP: "reload", signal.SIGUSR1: "reopen_logs"}
+STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+class Broker:
+    """Holds the sockets, runs the supervisor, answers it, restarts it."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        sockets: dict[str, BoundSocket],
+        user: ServiceUser,
+        supervisor_options: Sequence[str] = (),
+    ) -> None:
+        self.config = config
+        self.user = user
+        self.supervisor_options = list(supervisor_options)
+        self.service = Service(sockets, self._reload, self._shutdown_requested)
+        self.selector = selectors.DefaultSelector()
+        self.peers: dict[socket.socket, Peer] = {}
+        self.supervisor: subprocess.Popen | None = None
+        self.supervisor_channel: socket.socket | None = None
+        self.supervisor_started = 0.0
+        self.starts = 0
+        self.backoff = BACKOFF_FIRST
+        self.restart_at: float | None = None
+        self.kill_orphans_at: float | None = None
+        self.stopping = False
+        self.exit_status: int | None = None
+        self.listener: socket.socket | None = None
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until told to stop; return the exit status."""
+        prctl.set_child_subreaper(1)
+        self._install_signals()
+        if self.config.socket_path:
+            self._listen(self.config.socket_path)
+        else:
+            self._start_supervisor()
+        while self.exit_status is None:
+            for key, _ in self.selector.select(self._timeout()):
+                callback: Callable[[], None] = key.data
+                callback()
+            self._run_timers()
+        self._close()
+        return self.exit_status
+
+    def _timeout(self) -> float | None:
+        deadlines = [t for t in (self.restart_at, self.kill_orphans_at) if t is not None]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        if self.restart_at is not None and now >= self.restart_at:
+            self.restart_at = None
+            self._start_supervisor()
+        if self.kill_orphans_at is not None and now >= self.kill_orphans_at:
+            self.kill_orphans_at = None
+            self._signal_orphans(signal.SIGKILL)
+
+    # -- signals --------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        self._signal_pipe = (reader, writer)
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        for signum in (*STOPPING, *FORWARDED, signal.SIGCHLD):
+            signal.signal(signum, _wake_only)
+        self.selector.register(reader, selectors.EVENT_READ, self._on_signals)
+
+    def _on_signals(self) -> None:
+        reader = self._signal_pipe[0]
+        try:
+            received = reader.recv(4096)
+        except BlockingIOError:
+            return
+        for signum in dict.fromkeys(received):
+            if signum == signal.SIGCHLD:
+                self._reap()
+            elif signum in STOPPING:
+                log.info("stop_requested", signal=signal.Signals(signum).name)
+                self._stop()
+            elif signum in FORWARDED and self.supervisor is not None:
+                log.info("signal_forwarded", signal=signal.Signals(signum).name)
+                self.supervisor.send_signal(signum)
+
+    # -- the supervisor -------------------------------------------------------
+
+    def _start_supervisor(self) -> None:
+        broker_end, supervisor_end = channel_pair()
+        argv = supervisor_argv(self.config, supervisor_end.fileno(), self.supervisor_options)
+        try:
+            self.supervisor = start_supervisor(argv, self.user, supervisor_end.fileno())
+        except SupervisorStartError as exc:
+            broker_end.close()
+            log.error("supervisor_start_failed", error=str(exc))
+            self._schedule_restart()
+            return
+        finally:
+            supervisor_end.close()
+        self.starts += 1
+        self.supervisor_started = time.monotonic()
+        self.supervisor_channel = broker_end
+        self._add_peer(broker_end, f"supervisor[{self.supervisor.pid}]")
+        log.info(
+            "supervisor_started", pid=self.supervisor.pid, user=self.user.name, start=self.starts
+        )
+
+    def _schedule_restart(self) -> None:
+        if time.monotonic() - self.supervisor_started >= STABLE_AFTER:
+            self.backoff = BACKOFF_FIRST
+        self.restart_at = time.monotonic() + self.backoff
+        log.info("supervisor_restart_scheduled", delay=round(self.backoff, 3))
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid = 0
+            if pid == 0:
+                break
+            code = os.waitstatus_to_exitcode(status)
+            if self.supervisor is not None and pid == self.supervisor.pid:
+                self.supervisor.returncode = code
+                self._supervisor_exited(code)
+            else:
+                log.info("orphan_reaped", pid=pid, exit_code=code)
+        if self.stopping and self.supervisor is None and not _children():
+            self.exit_status = 0
+
+    def _supervisor_exited(self, code: int) -> None:
+        assert self.supervisor is not None
+        pid = self.supervisor.pid
+        self.supervisor = None
+        if self.supervisor_channel is not None:
+            self._drop_peer(self.supervisor_channel)
+            self.supervisor_channel = None
+        if _children():
+            self._signal_orphans(signal.SIGTERM)
+            self.kill_orphans_at = time.monotonic() + self.config.orphan_timeout
+        if self.stopping:
+            log.info("supervisor_stopped", pid=pid, exit_code=code)
+            return
+        if code == EX_CONFIG and self.starts == 1:
+            log.error("supervisor_refused_config", pid=pid, config=self.config.path)
+            self.stopping = True
+            self.exit_status = EX_CONFIG if not _children() else None
+            return
+        log.error("supervisor_died", pid=pid, exit_code=code)
+        self._schedule_restart()
+
+    def _signal_orphans(self, signum: int) -> None:
+        """Signal the process group of every child that is not the current supervisor."""
+        keep = self.supervisor.pid if self.supervisor is not None else None
+        for pid in _children():
+            if pid == keep:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                group = os.getpgid(pid)
+                if group == os.getpgrp():
+                    os.kill(pid, signum)
+                else:
+                    os.killpg(group, signum)
+                log.info("orphan_signalled", pid=pid, signal=signal.Signals(signum).name)
+
+    def _stop(self) -> None:
+        if self.stopping and self.supervisor is None:
+            return
+        self.stopping = True
+        self.restart_at = None
+        if self.supervisor is not None:
+            self.supervisor.send_signal(signal.SIGTERM)
+        elif not _children():
+            self.exit_status = 0
+
+    def _shutdown_requested(self) -> None:
+        self.stopping = True
+        self.restart_at = None
+        if self.supervisor is None:
+            self.exit_status = 0
+
+    def _reload(self) -> Reloaded:
+        try:
+            config = load_broker_config(self.config.path)
+        except (ConfigError, OSError) as exc:
+            raise ReloadError(str(exc)) from None
+        result = apply_reload(self.service.sockets, config.sockets)
+        self.config = config
+        return result
+
+    # -- peers ----------------------------------------------------------------
+
+    def _listen(self, path: str) -> None:
+        self.listener = listen_for_supervisors(path, self.user)
+        self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+        log.info("broker_listening", path=path, user=self.user.name)
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        uid = peer_uid(conn)
+        if uid not in (self.user.uid, 0) or len(self.peers) >= MAX_PEERS:
+            log.warning("peer_rejected", uid=uid, peers=len(self.peers))
+            conn.close()
+            return
+        self._add_peer(conn, f"uid {uid}")
+
+    def _add_peer(self, conn: socket.socket, name: str) -> None:
+        conn.setblocking(False)
+        self.peers[conn] = Peer(name)
+        self.selector.register(conn, selectors.EVENT_READ, lambda: self._serve(conn))
+
+    def _drop_peer(self, conn: socket.socket) -> None:
+        if self.peers.pop(conn, None) is not None:
+            self.selector.unregister(conn)
+        conn.close()
+
+    def _serve(self, conn: socket.socket) -> None:
+        peer = self.peers[conn]
+        try:
+            received = receive(conn)
+        except BlockingIOError:
+            return
+        except ProtocolError as exc:
+            log.warning("bad_frame", peer=peer.name, code=exc.code, reason=exc.reason)
+            self._reply(conn, 0, Reply(Error(exc.code, exc.reason)))
+            return
+        except OSError as exc:
+            log.warning("peer_failed", peer=peer.name, error=str(exc))
+            self._drop_peer(conn)
+            return
+        if received is None:
+            self._drop_peer(conn)
+            return
+        self._reply(conn, received.request_id, self.service.handle(peer, received))
+
+    def _reply(self, conn: socket.socket, request_id: int, reply: Reply) -> None:
+        try:
+            send(conn, reply.message, request_id, reply.fds)
+        except OSError as exc:
+            log.warning("reply_failed", peer=self.peers[conn].name, error=str(exc))
+            self._drop_peer(conn)
+        finally:
+            close_all(reply.close_after)
+
+    def _close(self) -> None:
+        for conn in list(self.peers):
+            self._drop_peer(conn)
+        if self.listener is not None and self.config.socket_path:
+            self.listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.socket_path)
+        close_all(self.service.sockets.values())
+        log.info("broker_stopped", exit_status=self.exit_status)
+
+
+def _wake_only(signum: int, frame: object) -> None:
+    """Signals only wake the loop (through the wakeup fd); the loop handles them."""
+
+
+def _children() -> list[int]:
+    """The broker's current children, from /proc (orphans land here: we are a subreaper)."""
+    pid = os.getpid()
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            return [int(word) for word in listing.read().split()]
+    except OSError:
+        return []
+
+
+def peer_uid(conn: socket.socket) -> int:
+    """The uid of the process at the other end of a unix socket (SO_PEERCRED)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def listen_for_supervisors(path: str, user: ServiceUser) -> socket.socket:
+    """Listen on ``path`` for a separately started supervisor (connect mode).
+
+    The directory is created 0750 with the service user's group, so that only
+    root and that group can even reach the socket; the peer's uid is checked
+    again on every connection.
+    """
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o750)
+        os.chown(directory, 0 if os.geteuid() == 0 else -1, user.gid)
+    try:
+        existing = os.lstat(path)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None:
+        if not stat.S_ISSOCK(existing.st_mode):
+            raise BindError(f"[broker] socket_path: {path} exists and is not a socket")
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    previous = os.umask(0o117)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(previous)
+    os.chown(path, -1, user.gid)
+    listener.listen(MAX_PEERS)
+    listener.setblocking(False)
+    return listener

@@ -1,0 +1,216 @@
+"""The broker's part of the configuration: the [broker] section and the [socket:*] sections.
+
+The broker reads the config file itself (it is root-owned and root-read) and
+nothing else: the supervisor can name a socket, never describe one. Every
+value is checked here, so that a mistake stops chapiteau before anything is
+bound, with a message naming the file, section and key.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from chapiteau.protocol.broker_messages import MAX_NAME_BYTES, NAME_PATTERN
+from chapiteau.protocol.ini import ConfigError, IniFile, Section, global_env, read_ini
+
+SOCKET_PREFIX = "socket:"
+DEFAULT_UNIX_UMASK = 0o077
+
+FAMILIES = {"AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6, "AF_UNIX": socket.AF_UNIX}
+TYPES = {
+    "SOCK_STREAM": socket.SOCK_STREAM,
+    "SOCK_DGRAM": socket.SOCK_DGRAM,
+    "SOCK_RAW": socket.SOCK_RAW,
+    "SOCK_RDM": socket.SOCK_RDM,
+    "SOCK_SEQPACKET": socket.SOCK_SEQPACKET,
+}
+SOCKET_KEYS = frozenset(
+    {
+        "host",
+        "port",
+        "family",
+        "type",
+        "proto",
+        "backlog",
+        "path",
+        "umask",
+        "replace",
+        "blocking",
+        "interface",
+        "so_reuseport",
+    }
+)
+BROKER_KEYS = frozenset({"user", "group", "supervisor_command", "socket_path", "orphan_timeout"})
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    """One [socket:NAME] section, validated; what the broker binds."""
+
+    name: str
+    family: int
+    type: int
+    proto: int
+    host: str
+    port: int
+    path: str | None
+    backlog: int
+    umask: int
+    replace: bool
+    blocking: bool
+    interface: str | None
+    so_reuseport: bool
+    where: str
+    """``file:section`` for messages about this socket."""
+
+    @property
+    def family_name(self) -> str:
+        return socket.AddressFamily(self.family).name
+
+    @property
+    def type_name(self) -> str:
+        return socket.SocketKind(self.type).name
+
+    def same_binding(self, other: SocketSpec) -> bool:
+        """True when rebinding is not needed to go from ``self`` to ``other``."""
+        return {**vars(self), "where": ""} == {**vars(other), "where": ""}
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Everything the broker needs from the config file."""
+
+    path: str
+    user: str | None
+    group: str | None
+    supervisor_command: tuple[str, ...] | None
+    socket_path: str | None
+    orphan_timeout: float
+    sockets: dict[str, SocketSpec]
+    files: tuple[str, ...]
+
+
+def load_broker_config(path: str, environ: Mapping[str, str] | None = None) -> BrokerConfig:
+    """Read and validate the broker's sections of ``path``; ConfigError on any mistake."""
+    ini = read_ini(path)
+    env = global_env(ini, os.environ if environ is None else environ)
+    sockets: dict[str, SocketSpec] = {}
+    for section in ini.sections_with_prefix(SOCKET_PREFIX):
+        spec = parse_socket(section.expanded(env))
+        if spec.name in sockets:
+            raise section.error(
+                None, f"socket name {spec.name!r} is defined twice (names ignore case)"
+            )
+        sockets[spec.name] = spec
+    broker = ini.sections.get("broker")
+    if broker is None:
+        broker = Section("broker", {}, {}, ini.path)
+    return _broker_config(ini, broker.expanded(env), sockets)
+
+
+def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec]) -> BrokerConfig:
+    _reject_unknown(section, BROKER_KEYS)
+    command = section.get_str("supervisor_command")
+    argv: tuple[str, ...] | None = None
+    if command is not None:
+        try:
+            argv = tuple(shlex.split(command))
+        except ValueError as exc:
+            raise section.error("supervisor_command", f"cannot split the command: {exc}") from None
+        if not argv:
+            raise section.error("supervisor_command", "is empty")
+    socket_path = section.get_str("socket_path")
+    if socket_path is not None and not os.path.isabs(socket_path):
+        raise section.error("socket_path", f"{socket_path!r} must be an absolute path")
+    orphan_timeout = section.get_float("orphan_timeout", 30.0)
+    if orphan_timeout is None or orphan_timeout < 0:
+        raise section.error("orphan_timeout", "must be a number of seconds >= 0")
+    return BrokerConfig(
+        path=ini.path,
+        user=section.get_str("user") or None,
+        group=section.get_str("group") or None,
+        supervisor_command=argv,
+        socket_path=socket_path,
+        orphan_timeout=orphan_timeout,
+        sockets=sockets,
+        files=tuple(ini.files),
+    )
+
+
+def parse_socket(section: Section) -> SocketSpec:
+    """Validate one [socket:NAME] section (values already expanded)."""
+    name = section.name[len(SOCKET_PREFIX) :].lower()
+    if not 0 < len(name) <= MAX_NAME_BYTES or not NAME_PATTERN.match(name):
+        raise section.error(
+            None,
+            f"socket name {name!r} must be 1 to {MAX_NAME_BYTES} letters, digits, '_', '.' or '-'",
+        )
+    path = section.get_str("path") or None
+    family_word = section.get_str("family", "AF_UNIX" if path else "AF_INET") or ""
+    if path:
+        family_word = "AF_UNIX"
+    family = _lookup(section, "family", family_word, FAMILIES)
+    type_ = _lookup(section, "type", section.get_str("type", "SOCK_STREAM") or "", TYPES)
+    port = section.get_int("port", 8080)
+    if port is None or not 0 <= port <= 65535:
+        raise section.error("port", f"{port} is not a port number (0 to 65535)")
+    backlog = section.get_int("backlog", 2048)
+    if backlog is None or backlog < 0:
+        raise section.error("backlog", f"{backlog} must be >= 0")
+    umask = section.get_octal("umask", DEFAULT_UNIX_UMASK)
+    if umask is None or umask > 0o777:
+        raise section.error("umask", "must be an octal mode between 000 and 777")
+    if family == socket.AF_UNIX and not path:
+        raise section.error("path", "a unix socket needs a path")
+    if path and not os.path.isabs(path):
+        path = os.path.join(os.path.dirname(section.file) or ".", path)
+    return SocketSpec(
+        name=name,
+        family=family,
+        type=type_,
+        proto=_protocol(section),
+        host=section.get_str("host", "localhost") or "localhost",
+        port=port,
+        path=path,
+        backlog=backlog,
+        umask=umask,
+        replace=section.get_bool("replace", False),
+        blocking=section.get_bool("blocking", False),
+        interface=section.get_str("interface") or None,
+        so_reuseport=section.get_bool("so_reuseport", False),
+        where=f"{section.file}:{section.name}",
+    )
+
+
+def _protocol(section: Section) -> int:
+    word = section.get_str("proto")
+    if not word:
+        return 0
+    if word.isdigit():
+        return int(word)
+    try:
+        return socket.getprotobyname(word)
+    except OSError:
+        raise section.error("proto", f"unknown protocol {word!r} (see /etc/protocols)") from None
+
+
+def _lookup(section: Section, key: str, word: str, table: dict[str, int]) -> int:
+    value = table.get(word.strip().upper())
+    if value is None:
+        raise section.error(key, f"{word!r} is not one of {', '.join(table)}")
+    return value
+
+
+def _reject_unknown(section: Section, known: frozenset[str]) -> None:
+    for key in section.options:
+        if key not in known:
+            raise ConfigError(
+                f"unknown option; the [broker] section accepts {', '.join(sorted(known))}",
+                file=section.file_of(key),
+                section=section.name,
+                key=key,
+            )

@@ -1,0 +1,29 @@
+"""Configure the broker's structured logging (console on a terminal, or JSON lines)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def configure_logging(level: str = "info", fmt: str = "console") -> None:
+    """Send structlog events to stderr, filtered by ``level``, rendered as ``fmt``."""
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=False),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,109 @@
+"""The ``chapiteau`` command: read the config, bind, drop privileges, run the broker.
+
+The order is the trust model: everything that can fail for a reason the
+operator must fix (config, user, file access, binding) happens first, in the
+foreground, with a one-line error and a non-zero exit, before anything is
+started. Only then does the broker daemonize (if asked), drop its privileges
+and start the supervisor as the service user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import structlog
+from chapiteau.broker.binding import BindError
+from chapiteau.broker.broker import Broker
+from chapiteau.broker.config import load_broker_config
+from chapiteau.broker.logs import LEVELS, configure_logging
+from chapiteau.broker.pidfile import PidfileError, remove_pidfile, write_pidfile
+from chapiteau.broker.privileges import (
+    PrivilegeError,
+    check_access,
+    drop_privileges,
+    needed_capabilities,
+    resolve_service_user,
+    running_as_root,
+    supervisor_files,
+)
+from chapiteau.broker.socket_table import bind_all, close_all
+from chapiteau.protocol.ini import ConfigError
+
+VERSION = "0.1.0"
+log = structlog.get_logger("chapiteau.broker")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="chapiteau",
+        description="Bind the sockets of a Circus-style config as root, then run its "
+        "watchers under an unprivileged supervisor.",
+    )
+    parser.add_argument("config", help="the INI configuration file (Circus format)")
+    parser.add_argument("--log-level", type=str.lower, choices=LEVELS, default="info")
+    parser.add_argument("--log-format", choices=("console", "json"), default="console")
+    parser.add_argument(
+        "--log-output", help="append all logs (broker, supervisor, workers) to this file"
+    )
+    parser.add_argument("--daemon", action="store_true", help="detach and run in the background")
+    parser.add_argument("--pidfile", help="write the broker's pid here (signal this process)")
+    parser.add_argument("--version", action="version", version=f"chapiteau {VERSION}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    try:
+        config = load_broker_config(args.config)
+        user = resolve_service_user(config.user, config.group)
+        if config.socket_path is None:
+            check_access(user, supervisor_files(config, sys.executable))
+        if args.log_output:
+            _redirect_output(args.log_output)
+        sockets = bind_all(config.sockets.values())
+    except (ConfigError, PrivilegeError, BindError, OSError) as exc:
+        print(f"chapiteau: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.daemon:
+            _daemonize()
+        if args.pidfile:
+            write_pidfile(args.pidfile)
+    except (PidfileError, OSError) as exc:
+        close_all(sockets.values())
+        print(f"chapiteau: {exc}", file=sys.stderr)
+        return 1
+    if running_as_root():
+        drop_privileges(needed_capabilities(config))
+    options = ["--log-level", args.log_level, "--log-format", args.log_format]
+    try:
+        return Broker(config, sockets, user, options).run()
+    finally:
+        if args.pidfile:
+            remove_pidfile(args.pidfile)
+
+
+def _redirect_output(path: str) -> None:
+    """Point fds 1 and 2 at ``path``, so the supervisor and workers inherit it too."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _daemonize() -> None:
+    """Double fork, new session, stdio on /dev/null unless redirected to a log file."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    for fd in (1, 2):
+        if os.isatty(fd):
+            os.dup2(null, fd)
+    os.close(null)

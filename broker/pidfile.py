@@ -1,0 +1,46 @@
+"""Write, check and remove the pidfile of the broker (the process an operator signals)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+
+class PidfileError(Exception):
+    """The pidfile names a process that is still running."""
+
+
+def write_pidfile(path: str) -> None:
+    """Write our pid to ``path``; refuse when it names another live process (Circus §5.1)."""
+    try:
+        with open(path) as existing:
+            other = int(existing.read().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        other = 0
+    if other and other != os.getpid() and _alive(other):
+        raise PidfileError(f"pid file {path!r} is stale, current pid {other}")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def remove_pidfile(path: str) -> None:
+    """Remove ``path`` if it still holds our pid."""
+    with contextlib.suppress(OSError, ValueError), open(path) as current:
+        if int(current.read().strip()) == os.getpid():
+            os.unlink(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,167 @@
+"""Who the supervisor runs as, whether that user can run it, and the broker's own privilege drop.
+
+Three narrow jobs around the privilege line:
+
+* resolve the service user of ``[broker] user``/``group`` (default ``nobody``
+  when started as root, else whoever started chapiteau);
+* before anything is spawned, check that this user can reach and read every
+  file the supervisor needs (the interpreter, the installed packages, the
+  config), walking each path's directories, so that an interpreter under a
+  0700 home directory is reported as exactly that instead of a cryptic crash;
+* once the sockets are bound, shrink the broker's capability bounding,
+  effective and permitted sets to what restarting the supervisor and
+  re-binding still need, and set no_new_privs.
+"""
+
+from __future__ import annotations
+
+import grp
+import importlib.util
+import os
+import pwd
+import socket
+import stat
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import prctl
+from chapiteau.broker.config import BrokerConfig
+
+SUPERVISOR_MODULES = ("chapiteau.supervisor", "chapiteau.protocol", "zmq", "structlog", "psutil")
+BASE_CAPABILITIES = ("setuid", "setgid", "kill", "chown", "net_bind_service")
+
+
+class PrivilegeError(Exception):
+    """The service user cannot be used as configured; the message says why and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ServiceUser:
+    """The unprivileged identity of the supervisor and, by default, of every worker."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def resolve_service_user(user: str | None, group: str | None) -> ServiceUser:
+    """Look up the configured user and group (names or numbers)."""
+    if user is None:
+        entry = pwd.getpwnam("nobody") if running_as_root() else pwd.getpwuid(os.getuid())
+    else:
+        entry = _lookup_user(user)
+    if not running_as_root() and entry.pw_uid != os.getuid():
+        raise PrivilegeError(
+            f"[broker] user = {user}: switching to another user needs root; start chapiteau "
+            f"as root or remove the user option"
+        )
+    gid = entry.pw_gid if group is None else _lookup_group(group)
+    if not running_as_root():
+        if gid != os.getgid() and gid not in os.getgroups():
+            raise PrivilegeError(f"[broker] group = {group}: switching group needs root")
+        return ServiceUser(entry.pw_name, entry.pw_uid, gid, tuple(os.getgroups()))
+    return ServiceUser(entry.pw_name, entry.pw_uid, gid, tuple(os.getgrouplist(entry.pw_name, gid)))
+
+
+def _lookup_user(user: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise PrivilegeError(
+            f"[broker] user = {user}: no such user; create it (useradd --system {user}) "
+            f"or name an existing one"
+        ) from None
+
+
+def _lookup_group(group: str) -> int:
+    try:
+        return grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise PrivilegeError(f"[broker] group = {group}: no such group") from None
+
+
+def supervisor_files(config: BrokerConfig, argv0: str) -> list[tuple[str, int]]:
+    """The files the supervisor must be able to use, each with the access it needs."""
+    needs: list[tuple[str, int]] = [(argv0, os.X_OK), (os.path.realpath(argv0), os.R_OK | os.X_OK)]
+    if argv0 == sys.executable:
+        for module in SUPERVISOR_MODULES:
+            spec = importlib.util.find_spec(module)
+            for location in (spec.submodule_search_locations or []) if spec else []:
+                needs.append((location, os.R_OK | os.X_OK))
+    needs.extend((path, os.R_OK) for path in config.files)
+    return needs
+
+
+def check_access(user: ServiceUser, needs: Iterable[tuple[str, int]]) -> None:
+    """Raise PrivilegeError naming the first path the user cannot reach or use."""
+    if user.uid == 0:
+        return
+    for path, mode in needs:
+        absolute = os.path.abspath(path)
+        parts = absolute.split(os.sep)
+        for depth in range(1, len(parts)):
+            directory = os.sep.join(parts[:depth]) or os.sep
+            _require(user, directory, os.X_OK, f"cannot reach {absolute}")
+        _require(user, absolute, mode, f"cannot use {absolute}")
+
+
+def _require(user: ServiceUser, path: str, mode: int, what: str) -> None:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise PrivilegeError(f"service user {user.name!r} {what}: {path}: {exc.strerror}") from None
+    if user.uid == st.st_uid:
+        shift = 6
+    elif st.st_gid in user.groups or st.st_gid == user.gid:
+        shift = 3
+    else:
+        shift = 0
+    allowed = (st.st_mode >> shift) & 0o7
+    wanted = (4 if mode & os.R_OK else 0) | (1 if mode & os.X_OK else 0)
+    if allowed & wanted != wanted:
+        kind = "directory" if stat.S_ISDIR(st.st_mode) else "file"
+        raise PrivilegeError(
+            f"service user {user.name!r} {what}: {kind} {path} is mode "
+            f"{stat.S_IMODE(st.st_mode):04o} owned by {_owner(st)}; install chapiteau and its "
+            f"interpreter where that user can read them (a virtualenv outside private home "
+            f"directories, e.g. /opt/chapiteau), or make {path} readable"
+        )
+
+
+def _owner(st: os.stat_result) -> str:
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        user = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"{user}:{group}"
+
+
+def needed_capabilities(config: BrokerConfig) -> tuple[str, ...]:
+    """The capabilities the broker keeps after binding: restart the supervisor, rebind, signal."""
+    extra = ()
+    if any(s.type == socket.SOCK_RAW or s.interface for s in config.sockets.values()):
+        extra = ("net_raw",)
+    return BASE_CAPABILITIES + extra
+
+
+def drop_privileges(capabilities: tuple[str, ...]) -> None:
+    """Limit the bounding, effective and permitted sets to ``capabilities``; set no_new_privs.
+
+    The order matters: the bounding set needs CAP_SETPCAP, which it drops, and
+    the permitted set cannot shrink below the effective set.
+    """
+    keep = [getattr(prctl, f"CAP_{name.upper()}") for name in capabilities]
+    prctl.capbset.limit(*keep)
+    prctl.cap_effective.limit(*keep)
+    prctl.cap_permitted.limit(*keep)
+    prctl.set_no_new_privs(1)

@@ -1,0 +1,138 @@
+"""Answer the supervisor's few questions: the broker's whole request vocabulary.
+
+Like OpenSSH's monitor, the broker handles a short, fixed list of requests,
+each by a small method that validates, acts and replies. A peer must say hello
+first; any fd a peer sends is closed; a request for a socket the config does
+not name is refused. Nothing a peer sends can make the broker bind an address,
+create a path or run a program that the config did not name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+from chapiteau.broker.binding import BindError, BoundSocket, bind_reuseport_sibling
+from chapiteau.broker.socket_table import ReloadError
+from chapiteau.protocol.broker_messages import (
+    PROTOCOL_VERSION,
+    BindReuseport,
+    Error,
+    GetSockets,
+    Hello,
+    ListSockets,
+    Message,
+    Ok,
+    ReloadConfig,
+    Reloaded,
+    Shutdown,
+    SocketList,
+    Sockets,
+    Welcome,
+)
+from chapiteau.protocol.channel import Received, close_fds
+
+log = structlog.get_logger("chapiteau.broker")
+
+
+@dataclass
+class Peer:
+    """The state of one connection: whether it said hello."""
+
+    name: str
+    greeted: bool = False
+
+
+@dataclass
+class Reply:
+    """What to send back, the fds to attach, and sockets to close once sent."""
+
+    message: Message
+    fds: list[int] = field(default_factory=list)
+    close_after: list[BoundSocket] = field(default_factory=list)
+
+
+class Service:
+    """The request handlers, over the broker's table of bound sockets."""
+
+    def __init__(
+        self,
+        sockets: dict[str, BoundSocket],
+        reload: Callable[[], Reloaded],
+        shutdown: Callable[[], None],
+    ) -> None:
+        self.sockets = sockets
+        self._reload = reload
+        self._shutdown = shutdown
+
+    def handle(self, peer: Peer, received: Received) -> Reply:
+        """Answer one request; never raises for anything the peer sent."""
+        message = received.message
+        if received.fds:
+            close_fds(received.fds)
+            return self._refuse(peer, "unexpected_fds", f"{message.TYPE} must not carry fds")
+        if isinstance(message, Hello):
+            return self._hello(peer, message)
+        if not peer.greeted:
+            return self._refuse(peer, "not_hello", "say hello first")
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            return self._refuse(peer, "bad_message", f"{message.TYPE} is not a request")
+        return handler(self, peer, message)
+
+    def _refuse(self, peer: Peer, code: str, reason: str) -> Reply:
+        log.warning("request_refused", peer=peer.name, code=code, reason=reason)
+        return Reply(Error(code, reason))
+
+    def _hello(self, peer: Peer, message: Hello) -> Reply:
+        if PROTOCOL_VERSION not in message.versions:
+            return self._refuse(
+                peer,
+                "unsupported_version",
+                f"this broker speaks version {PROTOCOL_VERSION}, the peer {list(message.versions)}",
+            )
+        peer.greeted = True
+        return Reply(Welcome(PROTOCOL_VERSION, os.getpid()))
+
+    def _list_sockets(self, peer: Peer, message: ListSockets) -> Reply:
+        return Reply(SocketList(tuple(bound.info() for bound in self.sockets.values())))
+
+    def _get_sockets(self, peer: Peer, message: GetSockets) -> Reply:
+        unknown = [name for name in message.names if name not in self.sockets]
+        if unknown:
+            return self._refuse(peer, "unknown_socket", f"no [socket:{unknown[0]}] in the config")
+        chosen = [self.sockets[name] for name in message.names]
+        return Reply(Sockets(tuple(b.info() for b in chosen)), [b.fd for b in chosen])
+
+    def _bind_reuseport(self, peer: Peer, message: BindReuseport) -> Reply:
+        master = self.sockets.get(message.name)
+        if master is None:
+            return self._refuse(peer, "unknown_socket", f"no [socket:{message.name}] in the config")
+        if not master.spec.so_reuseport:
+            return self._refuse(peer, "not_reuseport", f"socket {message.name} has no so_reuseport")
+        try:
+            sibling = bind_reuseport_sibling(master)
+        except BindError as exc:
+            return self._refuse(peer, "bind_failed", str(exc))
+        return Reply(Sockets((sibling.info(),)), [sibling.fd], [sibling])
+
+    def _reload_config(self, peer: Peer, message: ReloadConfig) -> Reply:
+        try:
+            return Reply(self._reload())
+        except ReloadError as exc:
+            return self._refuse(peer, "reload_failed", str(exc))
+
+    def _shutdown_request(self, peer: Peer, message: Shutdown) -> Reply:
+        log.info("shutdown_requested", peer=peer.name)
+        self._shutdown()
+        return Reply(Ok())
+
+    _handlers: dict[type, Callable[..., Reply]] = {
+        ListSockets: _list_sockets,
+        GetSockets: _get_sockets,
+        BindReuseport: _bind_reuseport,
+        ReloadConfig: _reload_config,
+        Shutdown: _shutdown_request,
+    }

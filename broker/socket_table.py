@@ -1,0 +1,83 @@
+"""The broker's table of bound sockets: bind them all, apply a reloaded config, close them.
+
+Binding is all or nothing: at start-up a failure closes what was already bound
+(nothing half-started), and a reload binds every new or changed socket before
+touching the old ones, so a reload that fails leaves the running table as it
+was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import structlog
+from chapiteau.broker.binding import LISTENING_TYPES, BindError, BoundSocket, bind_master
+from chapiteau.broker.config import SocketSpec
+from chapiteau.protocol.broker_messages import Reloaded
+
+log = structlog.get_logger("chapiteau.broker")
+
+
+class ReloadError(Exception):
+    """The new configuration could not be applied; the old one stays in force."""
+
+
+def bind_all(specs: Iterable[SocketSpec]) -> dict[str, BoundSocket]:
+    """Bind every socket, or none: BindError after closing the ones already bound."""
+    bound: dict[str, BoundSocket] = {}
+    try:
+        for spec in specs:
+            bound[spec.name] = bind_master(spec)
+    except BaseException:
+        close_all(bound.values())
+        raise
+    for entry in bound.values():
+        info = entry.info()
+        log.info("socket_bound", name=info.name, host=info.host, port=info.port, path=info.path)
+    return bound
+
+
+def close_all(sockets: Iterable[BoundSocket]) -> None:
+    for bound in sockets:
+        bound.close()
+
+
+def apply_reload(table: dict[str, BoundSocket], specs: dict[str, SocketSpec]) -> Reloaded:
+    """Change ``table`` in place to match ``specs``; ReloadError leaves it untouched.
+
+    A socket whose only changes are its backlog or blocking flag is adjusted in
+    place: rebinding the same address would fail while workers hold it.
+    """
+    added = [name for name in specs if name not in table]
+    removed = [name for name in table if name not in specs]
+    changed = [
+        name for name in specs if name in table and not table[name].spec.same_binding(specs[name])
+    ]
+    rebind = [name for name in changed if not _adjustable(table[name].spec, specs[name])]
+    try:
+        fresh = bind_all(specs[name] for name in added + rebind)
+    except BindError as exc:
+        raise ReloadError(str(exc)) from None
+    for name in changed:
+        if name not in rebind:
+            table[name] = _adjust(table[name], specs[name])
+    close_all(table.pop(name) for name in removed + rebind)
+    table.update(fresh)
+    log.info("sockets_reloaded", added=added, removed=removed, changed=changed)
+    return Reloaded(tuple(added), tuple(removed), tuple(changed))
+
+
+def _adjustable(old: SocketSpec, new: SocketSpec) -> bool:
+    ignored = {"backlog": 0, "blocking": False, "where": ""}
+    return {**vars(old), **ignored} == {**vars(new), **ignored}
+
+
+def _adjust(bound: BoundSocket, spec: SocketSpec) -> BoundSocket:
+    if (
+        bound.spec.backlog != spec.backlog
+        and spec.type in LISTENING_TYPES
+        and not spec.so_reuseport
+    ):
+        bound.sock.listen(spec.backlog)
+    bound.sock.setblocking(spec.blocking)
+    return BoundSocket(spec, bound.sock, bound.path_inode)

@@ -1,0 +1,439 @@
+"""The broker wire protocol as data: message types, limits, encode and decode.
+
+Theory of operation. The broker and the supervisor talk over one AF_UNIX
+SOCK_SEQPACKET connection, so every frame is one datagram and a file
+descriptor attached to it cannot drift to another frame. A frame is
+
+    uint32 big-endian N | N bytes of UTF-8 JSON (an object)
+
+with optional fds attached as SCM_RIGHTS. The JSON object always has ``type``
+(a message name below) and ``id`` (an integer chosen by the requester and
+echoed in the reply). Only a ``sockets`` reply may carry fds, exactly one per
+socket described, in the same order.
+
+Nothing here does I/O: ``encode`` turns a message into bytes, ``decode`` turns
+bytes and a count of received fds into a message or raises ``ProtocolError``.
+``chapiteau.protocol.channel`` does the sendmsg/recvmsg. docs/broker-protocol.md
+is the human description of the same rules.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 256 * 1024
+MAX_FDS_PER_MESSAGE = 250  # the kernel's SCM_MAX_FD is 253
+MAX_NAME_BYTES = 200
+MAX_NAMES_PER_REQUEST = MAX_FDS_PER_MESSAGE
+MAX_REASON_BYTES = 4096
+MAX_ID = 2**53
+HEADER = struct.Struct(">I")
+
+NAME_PATTERN = re.compile(r"^[\w.\-]+$", re.ASCII)
+FAMILIES = ("AF_INET", "AF_INET6", "AF_UNIX")
+SOCKET_TYPES = ("SOCK_STREAM", "SOCK_DGRAM", "SOCK_RAW", "SOCK_RDM", "SOCK_SEQPACKET")
+ERROR_CODES = (
+    "bad_frame",
+    "bad_message",
+    "unexpected_fds",
+    "unsupported_version",
+    "not_hello",
+    "unknown_socket",
+    "not_reuseport",
+    "bind_failed",
+    "reload_failed",
+    "too_many",
+)
+
+
+class ProtocolError(Exception):
+    """The peer sent something that breaks the protocol; answer or drop it, then go on."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SocketInfo:
+    """What a receiver needs to know about a listening socket besides its fd."""
+
+    name: str
+    family: str
+    type: str
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    backlog: int = 0
+    blocking: bool = False
+    reuseport: bool = False
+    inode: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "type": self.type,
+            "host": self.host,
+            "port": self.port,
+            "path": self.path,
+            "backlog": self.backlog,
+            "blocking": self.blocking,
+            "reuseport": self.reuseport,
+            "inode": self.inode,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> SocketInfo:
+        fields = _require_object(obj, "socket")
+        return cls(
+            name=_name(fields.get("name")),
+            family=_choice(fields.get("family"), FAMILIES, "family"),
+            type=_choice(fields.get("type"), SOCKET_TYPES, "type"),
+            host=_optional_str(fields.get("host"), "host"),
+            port=_optional_int(fields.get("port"), "port", 0, 65535),
+            path=_optional_str(fields.get("path"), "path"),
+            backlog=_int(fields.get("backlog"), "backlog", 0, 2**31 - 1),
+            blocking=_bool(fields.get("blocking"), "blocking"),
+            reuseport=_bool(fields.get("reuseport"), "reuseport"),
+            inode=_int(fields.get("inode"), "inode", 0, 2**64 - 1),
+        )
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Supervisor → broker, first message: the protocol versions it speaks."""
+
+    TYPE: ClassVar[str] = "hello"
+    versions: tuple[int, ...] = (PROTOCOL_VERSION,)
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """Broker → supervisor: the version chosen, and who the broker is."""
+
+    TYPE: ClassVar[str] = "welcome"
+    version: int
+    broker_pid: int
+
+
+@dataclass(frozen=True)
+class ListSockets:
+    """Supervisor → broker: describe every configured socket (no fds)."""
+
+    TYPE: ClassVar[str] = "list_sockets"
+
+
+@dataclass(frozen=True)
+class SocketList:
+    """Broker → supervisor: the configured sockets, no fds attached."""
+
+    TYPE: ClassVar[str] = "socket_list"
+    sockets: tuple[SocketInfo, ...] = ()
+
+
+@dataclass(frozen=True)
+class GetSockets:
+    """Supervisor → broker: hand me these listening sockets."""
+
+    TYPE: ClassVar[str] = "get_sockets"
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BindReuseport:
+    """Supervisor → broker: bind one more SO_REUSEPORT socket for this name (one per worker)."""
+
+    TYPE: ClassVar[str] = "bind_reuseport"
+    name: str
+
+
+@dataclass(frozen=True)
+class Sockets:
+    """Broker → supervisor: sockets with their fds attached, one fd per entry, same order."""
+
+    TYPE: ClassVar[str] = "sockets"
+    sockets: tuple[SocketInfo, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReloadConfig:
+    """Supervisor → broker: re-read the config file and bind what changed."""
+
+    TYPE: ClassVar[str] = "reload_config"
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """Broker → supervisor: the result of a config reload, by socket name."""
+
+    TYPE: ClassVar[str] = "reloaded"
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Supervisor → broker: the operator asked to quit; stop everything."""
+
+    TYPE: ClassVar[str] = "shutdown"
+
+
+@dataclass(frozen=True)
+class Ok:
+    """Broker → supervisor: done."""
+
+    TYPE: ClassVar[str] = "ok"
+
+
+@dataclass(frozen=True)
+class Error:
+    """Either side: the request failed, and why."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    reason: str = field(default="")
+
+
+Message = Union[
+    Hello,
+    Welcome,
+    ListSockets,
+    SocketList,
+    GetSockets,
+    BindReuseport,
+    Sockets,
+    ReloadConfig,
+    Reloaded,
+    Shutdown,
+    Ok,
+    Error,
+]
+
+MESSAGE_TYPES: dict[str, type] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Welcome,
+        ListSockets,
+        SocketList,
+        GetSockets,
+        BindReuseport,
+        Sockets,
+        ReloadConfig,
+        Reloaded,
+        Shutdown,
+        Ok,
+        Error,
+    )
+}
+
+
+def fd_count(message: Message) -> int:
+    """How many fds must travel with this message."""
+    return len(message.sockets) if isinstance(message, Sockets) else 0
+
+
+def encode(message: Message, request_id: int) -> bytes:
+    """Serialize a message into one frame (the caller attaches ``fd_count(message)`` fds)."""
+    if not 0 <= request_id <= MAX_ID:
+        raise ValueError(f"request id out of range: {request_id}")
+    body = {"type": message.TYPE, "id": request_id, **_fields_to_json(message)}
+    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    if HEADER.size + len(payload) > MAX_FRAME_BYTES:
+        raise ValueError(f"{message.TYPE} frame of {len(payload)} bytes exceeds {MAX_FRAME_BYTES}")
+    if fd_count(message) > MAX_FDS_PER_MESSAGE:
+        raise ValueError(f"{message.TYPE} carries more than {MAX_FDS_PER_MESSAGE} fds")
+    return HEADER.pack(len(payload)) + payload
+
+
+def decode(frame: bytes, nfds: int = 0) -> tuple[int, Message]:
+    """Parse one frame received with ``nfds`` attached fds into (request id, message).
+
+    Raises ProtocolError for anything malformed; the caller owns (and must
+    close) the received fds in that case.
+    """
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ProtocolError("bad_frame", f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
+    if len(frame) < HEADER.size:
+        raise ProtocolError("bad_frame", f"frame of {len(frame)} bytes is shorter than its header")
+    (length,) = HEADER.unpack_from(frame)
+    if length != len(frame) - HEADER.size:
+        raise ProtocolError(
+            "bad_frame", f"header announces {length} bytes, frame holds {len(frame) - HEADER.size}"
+        )
+    try:
+        body = json.loads(frame[HEADER.size :].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError("bad_frame", f"payload is not UTF-8 JSON: {exc}") from None
+    fields = _require_object(body, "frame")
+    request_id = _int(fields.pop("id", None), "id", 0, MAX_ID)
+    kind = fields.pop("type", None)
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError("bad_message", f"unknown message type {kind!r}")
+    message = _PARSERS[cls](fields)
+    expected = fd_count(message)
+    if nfds != expected:
+        raise ProtocolError(
+            "unexpected_fds", f"{kind} arrived with {nfds} fds, expected {expected}"
+        )
+    return request_id, message
+
+
+def _fields_to_json(message: Message) -> dict[str, Any]:
+    return {key: _to_json(value) for key, value in vars(message).items()}
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, SocketInfo):
+        return value.to_json()
+    if isinstance(value, tuple):
+        return [_to_json(item) for item in value]
+    return value
+
+
+def _no_fields(cls: type) -> Any:
+    def parse(fields: dict[str, Any]) -> Message:
+        _only(fields, ())
+        return cls()
+
+    return parse
+
+
+def _parse_hello(fields: dict[str, Any]) -> Hello:
+    _only(fields, ("versions",))
+    versions = _list(fields.get("versions"), "versions", 16)
+    return Hello(tuple(_int(v, "versions", 0, 2**31 - 1) for v in versions))
+
+
+def _parse_welcome(fields: dict[str, Any]) -> Welcome:
+    _only(fields, ("version", "broker_pid"))
+    return Welcome(
+        _int(fields.get("version"), "version", 0, 2**31 - 1),
+        _int(fields.get("broker_pid"), "broker_pid", 1, 2**31 - 1),
+    )
+
+
+def _parse_socket_list(cls: type) -> Any:
+    def parse(fields: dict[str, Any]) -> Message:
+        _only(fields, ("sockets",))
+        items = _list(fields.get("sockets"), "sockets", MAX_FDS_PER_MESSAGE)
+        return cls(tuple(SocketInfo.from_json(item) for item in items))
+
+    return parse
+
+
+def _parse_get_sockets(fields: dict[str, Any]) -> GetSockets:
+    _only(fields, ("names",))
+    names = _list(fields.get("names"), "names", MAX_NAMES_PER_REQUEST)
+    return GetSockets(tuple(_name(name) for name in names))
+
+
+def _parse_bind_reuseport(fields: dict[str, Any]) -> BindReuseport:
+    _only(fields, ("name",))
+    return BindReuseport(_name(fields.get("name")))
+
+
+def _parse_reloaded(fields: dict[str, Any]) -> Reloaded:
+    _only(fields, ("added", "removed", "changed"))
+    return Reloaded(
+        *(
+            tuple(_name(n) for n in _list(fields.get(key), key, MAX_NAMES_PER_REQUEST))
+            for key in ("added", "removed", "changed")
+        )
+    )
+
+
+def _parse_error(fields: dict[str, Any]) -> Error:
+    _only(fields, ("code", "reason"))
+    reason = fields.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_BYTES:
+        raise ProtocolError("bad_message", "error reason must be a string of bounded size")
+    return Error(_choice(fields.get("code"), ERROR_CODES, "code"), reason)
+
+
+_PARSERS: dict[type, Any] = {
+    Hello: _parse_hello,
+    Welcome: _parse_welcome,
+    ListSockets: _no_fields(ListSockets),
+    SocketList: _parse_socket_list(SocketList),
+    GetSockets: _parse_get_sockets,
+    BindReuseport: _parse_bind_reuseport,
+    Sockets: _parse_socket_list(Sockets),
+    ReloadConfig: _no_fields(ReloadConfig),
+    Reloaded: _parse_reloaded,
+    Shutdown: _no_fields(Shutdown),
+    Ok: _no_fields(Ok),
+    Error: _parse_error,
+}
+
+
+def _require_object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_message", f"{what} must be a JSON object")
+    return dict(value)
+
+
+def _only(fields: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    extra = sorted(set(fields) - set(allowed))
+    if extra:
+        raise ProtocolError("bad_message", f"unexpected field {extra[0]!r}"[:MAX_REASON_BYTES])
+
+
+def _list(value: Any, what: str, limit: int) -> list[Any]:
+    if not isinstance(value, list):
+        raise ProtocolError("bad_message", f"{what} must be a list")
+    if len(value) > limit:
+        raise ProtocolError("too_many", f"{what} holds {len(value)} entries, limit {limit}")
+    return value
+
+
+def _int(value: Any, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ProtocolError("bad_message", f"{what} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _optional_int(value: Any, what: str, low: int, high: int) -> int | None:
+    return None if value is None else _int(value, what, low, high)
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ProtocolError("bad_message", f"{what} must be a boolean")
+    return value
+
+
+def _optional_str(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 4096:
+        raise ProtocolError("bad_message", f"{what} must be a string of at most 4096 characters")
+    return value
+
+
+def _choice(value: Any, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise ProtocolError("bad_message", f"{what} must be one of {', '.join(choices)}")
+    return value
+
+
+def _name(value: Any) -> str:
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= MAX_NAME_BYTES
+        or not NAME_PATTERN.match(value)
+    ):
+        raise ProtocolError(
+            "bad_message",
+            f"a socket name is 1 to {MAX_NAME_BYTES} characters of letters, digits, '_', '.', '-'",
+        )
+    return value

@@ -1,0 +1,84 @@
+"""Send and receive broker protocol frames, with their fds, on a SEQPACKET socket.
+
+The only module of the protocol that touches a socket; the broker and the
+supervisor share it so that both sides frame, limit and clean up the same way.
+Received fds are always close-on-exec (MSG_CMSG_CLOEXEC), and when a frame is
+rejected every fd that came with it is closed before the error propagates, so
+a misbehaving peer can never make us leak a descriptor.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from chapiteau.protocol.broker_messages import (
+    MAX_FDS_PER_MESSAGE,
+    MAX_FRAME_BYTES,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+    fd_count,
+)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One decoded frame: the request id, the message and the fds that came with it."""
+
+    request_id: int
+    message: Message
+    fds: tuple[int, ...] = ()
+
+
+def channel_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair of SEQPACKET sockets, both close-on-exec."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def send(sock: socket.socket, message: Message, request_id: int, fds: Sequence[int] = ()) -> None:
+    """Send one frame; ``fds`` must match what the message announces."""
+    if len(fds) != fd_count(message):
+        raise ValueError(f"{message.TYPE} needs {fd_count(message)} fds, got {len(fds)}")
+    frame = encode(message, request_id)
+    if fds:
+        socket.send_fds(sock, [frame], list(fds))
+    else:
+        sock.send(frame)
+
+
+def receive(sock: socket.socket) -> Received | None:
+    """Receive one frame; None when the peer closed the connection.
+
+    Raises ProtocolError for a truncated, oversized or malformed frame (its fds
+    already closed), and OSError for socket errors (BlockingIOError included).
+    """
+    data, fds, flags, _ = socket.recv_fds(
+        sock, MAX_FRAME_BYTES + 1, MAX_FDS_PER_MESSAGE, socket.MSG_CMSG_CLOEXEC
+    )
+    try:
+        if flags & socket.MSG_CTRUNC:
+            raise ProtocolError("bad_frame", "control data truncated (too many fds attached)")
+        if flags & socket.MSG_TRUNC or len(data) > MAX_FRAME_BYTES:
+            raise ProtocolError("bad_frame", f"frame larger than {MAX_FRAME_BYTES} bytes")
+        if not data:
+            if fds:
+                raise ProtocolError("unexpected_fds", "fds sent without a frame")
+            return None
+        request_id, message = decode(data, len(fds))
+    except ProtocolError:
+        close_fds(fds)
+        raise
+    return Received(request_id, message, tuple(fds))
+
+
+def close_fds(fds: Sequence[int]) -> None:
+    """Close every fd, ignoring ones already closed."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

@@ -1,0 +1,45 @@
+"""Install chapiteau: the broker, the supervisor and the protocol they share.
+
+The three top-level folders install under the ``chapiteau`` namespace so that
+they never collide with other distributions (PyPI's ``supervisor`` owns that
+import name); ``package_dir`` maps them, for plain and editable installs.
+"""
+
+from setuptools import setup
+
+PACKAGES = {
+    "chapiteau.broker": "broker",
+    "chapiteau.supervisor": "supervisor",
+    "chapiteau.protocol": "protocol",
+}
+
+setup(
+    name="chapiteau",
+    version="0.1.0",
+    description="A Circus-compatible process and socket manager with a privilege-separated socket broker",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    install_requires=[
+        "pyzmq>=25",
+        "python-prctl>=1.8",
+        "structlog>=23",
+        "psutil>=5.9",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.5", "pytest-timeout>=2"],
+    },
+    entry_points={
+        "console_scripts": [
+            "chapiteau = chapiteau.broker.main:main",
+            "chapiteau-supervisor = chapiteau.supervisor.main:main",
+        ],
+    },
+    classifiers=[
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Topic :: System :: Monitoring",
+    ],
+)

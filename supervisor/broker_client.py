@@ -1,0 +1,124 @@
+"""Ask the broker for sockets: the supervisor's side of the broker channel.
+
+Requests are synchronous with a short timeout: the broker answers from memory
+in microseconds, and a broker that does not answer is a fatal condition for
+the supervisor anyway. Received fds are close-on-exec; the spawner places the
+ones a worker declares where that worker expects them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from chapiteau.protocol.broker_messages import (
+    PROTOCOL_VERSION,
+    BindReuseport,
+    Error,
+    GetSockets,
+    Hello,
+    ListSockets,
+    Message,
+    Ok,
+    ReloadConfig,
+    Reloaded,
+    Shutdown,
+    SocketInfo,
+    SocketList,
+    Sockets,
+    Welcome,
+)
+from chapiteau.protocol.channel import close_fds, receive, send
+
+BROKER_FD_VARIABLE = "CHAPITEAU_BROKER_FD"
+TIMEOUT = 10.0
+
+
+class BrokerError(Exception):
+    """The broker refused a request or the channel broke; the message says which."""
+
+
+@dataclass(frozen=True)
+class ReceivedSocket:
+    """A listening socket handed over by the broker: its fd here and its description."""
+
+    fd: int
+    info: SocketInfo
+
+
+class BrokerClient:
+    """One connection to the broker, greeted, with numbered requests."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sock.setblocking(True)
+        self.sock.settimeout(TIMEOUT)
+        self._next_id = 0
+        welcome = self._call(Hello((PROTOCOL_VERSION,)), Welcome)
+        self.broker_pid = welcome.broker_pid
+
+    @classmethod
+    def from_fd(cls, fd: int) -> BrokerClient:
+        """Use the channel the broker passed us (``--broker-fd`` / CHAPITEAU_BROKER_FD)."""
+        os.set_inheritable(fd, False)
+        return cls(socket.socket(fileno=fd))
+
+    @classmethod
+    def connect(cls, path: str) -> BrokerClient:
+        """Connect to a broker listening on ``path`` (connect mode)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            raise BrokerError(f"cannot connect to the broker at {path}: {exc.strerror}") from None
+        return cls(sock)
+
+    def list_sockets(self) -> tuple[SocketInfo, ...]:
+        return self._call(ListSockets(), SocketList).sockets
+
+    def get_sockets(self, names: list[str]) -> dict[str, ReceivedSocket]:
+        """The named listening sockets, by name."""
+        if not names:
+            return {}
+        reply, fds = self._request(GetSockets(tuple(names)), Sockets)
+        return {info.name: ReceivedSocket(fd, info) for info, fd in zip(reply.sockets, fds)}
+
+    def bind_reuseport(self, name: str) -> ReceivedSocket:
+        """A fresh SO_REUSEPORT socket on ``name``'s address, for one worker."""
+        reply, fds = self._request(BindReuseport(name), Sockets)
+        return ReceivedSocket(fds[0], reply.sockets[0])
+
+    def reload_config(self) -> Reloaded:
+        return self._call(ReloadConfig(), Reloaded)
+
+    def shutdown(self) -> None:
+        self._call(Shutdown(), Ok)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _call(self, request: Message, expected: type) -> Message:
+        reply, fds = self._request(request, expected)
+        close_fds(fds)
+        return reply
+
+    def _request(self, request: Message, expected: type) -> tuple:
+        self._next_id += 1
+        try:
+            send(self.sock, request, self._next_id)
+            received = receive(self.sock)
+        except OSError as exc:
+            raise BrokerError(f"broker channel failed during {request.TYPE}: {exc}") from None
+        if received is None:
+            raise BrokerError(f"the broker closed the channel during {request.TYPE}")
+        if received.request_id != self._next_id:
+            close_fds(received.fds)
+            raise BrokerError(f"broker answered request {received.request_id}, not {self._next_id}")
+        if isinstance(received.message, Error):
+            raise BrokerError(f"broker refused {request.TYPE}: {received.message.reason}")
+        if not isinstance(received.message, expected):
+            close_fds(received.fds)
+            raise BrokerError(f"broker answered {request.TYPE} with {received.message.TYPE}")
+        return received.message, list(received.fds)

@@ -1,0 +1,714 @@
+"""Build the supervisor's model of a Circus configuration file.
+
+`load_config` reads the file with `chapiteau.protocol.ini`, expands
+``$(circus.env.X)`` as Circus does (CIRCUS.md §1.9 stages 1 and 2), computes
+each watcher's environment (§1.8) and checks every value. The first mistake is
+raised as a ConfigError naming ``file:section:key``; a watcher is never
+silently dropped, unlike Circus.
+
+Where Circus has a defect, this module does the right thing instead:
+
+* no ``__name__`` option or environment variable (CIRCUS.md §8.2 i);
+* ``$VAR`` is expanded only in values written in [env] / [env:...] sections,
+  never in values inherited through ``copy_env`` (§8.2 j, issue #1189);
+* a child whose environment has no PATH gets ``PATH=/usr/local/bin:/usr/bin:/bin``
+  instead of an empty environment (§8.2 s);
+* ``uid``/``gid`` 0 or ``root`` mean root, not "unset" (§8.2 x): they are
+  resolved to numbers here and ``None`` is the only "unset";
+* the multicast responder is off unless ``multicast_endpoint`` is set (§8.2 r);
+* ``[socket:NAME] umask`` is not interpreted here: the broker binds sockets.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import grp
+import os
+import pwd
+import re
+import resource
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from chapiteau.protocol.ini import (
+    ConfigError,
+    IniFile,
+    Section,
+    expand_env,
+    global_env,
+    read_ini,
+)
+from chapiteau.protocol.signals import SignalError, parse_signal
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_PUBSUB_ENDPOINT = "tcp://127.0.0.1:5556"
+DEFAULT_STATS_ENDPOINT = "tcp://127.0.0.1:5557"
+
+# Given to a child whose configured environment has no PATH: what a login
+# shell would give, so that bare command names resolve the same way in the
+# spawner and in the child (Circus gives an empty environment, §8.2 s).
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+HOOK_NAMES = frozenset(
+    {
+        "before_start",
+        "after_start",
+        "before_stop",
+        "after_stop",
+        "before_spawn",
+        "after_spawn",
+        "before_signal",
+        "after_signal",
+        "before_reap",
+        "after_reap",
+        "extended_stats",
+    }
+)
+
+STREAM_CLASSES = frozenset(
+    {
+        "FileStream",
+        "WatchedFileStream",
+        "TimedRotatingFileStream",
+        "StdoutStream",
+        "FancyStdoutStream",
+        "QueueStream",
+    }
+)
+
+__all__ = [
+    "CircusOptions",
+    "Config",
+    "ConfigError",
+    "PluginConfig",
+    "SocketConfig",
+    "WatcherConfig",
+    "load_config",
+]
+
+SOCKET_PROTOCOLS = frozenset({"circus", "systemd"})
+
+LOG_LEVELS = frozenset({"critical", "error", "warning", "info", "debug"})
+
+_SOCKET_REFERENCE = re.compile(
+    r"\$\(circus\.sockets\.(?P<dollar>[\w.\-]+)\)|\(\(circus\.sockets\.(?P<parens>[\w.\-]+)\)\)",
+    re.IGNORECASE,
+)
+
+# Circus's parse_env_dict pattern: only upper-case names (CIRCUS.md §1.8).
+_ENV_REFERENCE = re.compile(r"\$([A-Z]+[A-Z0-9_]*)")
+
+_MULTICAST = re.compile(r"udp://(?P<address>[0-9.]+):(?P<port>\d+)")
+
+
+@dataclass(frozen=True)
+class CircusOptions:
+    """The [circus] section (CIRCUS.md §1.3), with Circus's defaults."""
+
+    endpoint: str = DEFAULT_ENDPOINT
+    endpoint_owner: str | None = None
+    pubsub_endpoint: str = DEFAULT_PUBSUB_ENDPOINT
+    multicast_endpoint: str | None = None
+    stats_endpoint: str = DEFAULT_STATS_ENDPOINT
+    statsd: bool = False
+    check_delay: float = 5.0
+    warmup_delay: float = 0.0
+    umask: int | None = None
+    httpd: bool = False
+    httpd_host: str = "localhost"
+    httpd_port: int = 8080
+    debug: bool = False
+    debug_gc: bool = False
+    pidfile: str | None = None
+    loglevel: str | None = None
+    logoutput: str = "-"
+    loggerconfig: str | None = None
+    fqdn_prefix: str | None = None
+    include: str | None = None
+    include_dir: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+    """Every key of the section as written (after ``$(circus.env.X)`` expansion)."""
+
+
+@dataclass(frozen=True)
+class WatcherConfig:
+    """One [watcher:NAME] section (CIRCUS.md §1.4), parsed and checked."""
+
+    name: str
+    cmd: str
+    args: str = ""
+    shell: bool = False
+    shell_args: str | None = None
+    executable: str | None = None
+    working_dir: str | None = None
+    """None means the supervisor's working directory."""
+    uid: int | None = None
+    gid: int | None = None
+    """The user's primary group when ``uid`` is set and ``gid`` is not."""
+    numprocesses: int = 1
+    warmup_delay: float = 0.0
+    singleton: bool = False
+    send_hup: bool = False
+    stop_signal: int = 15
+    stop_children: bool = False
+    graceful_timeout: float = 30.0
+    max_retry: int = 5
+    priority: int = 0
+    use_sockets: bool = False
+    copy_env: bool = False
+    copy_path: bool = False
+    respawn: bool = True
+    autostart: bool = True
+    on_demand: bool = False
+    close_child_stdin: bool = True
+    close_child_stdout: bool = False
+    close_child_stderr: bool = False
+    rlimits: dict[str, int] = field(default_factory=dict)
+    """Lower-case resource name (``nofile``) to limit; soft = hard."""
+    hooks: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    """Hook name to (dotted path, ignore failure)."""
+    stdout_stream: dict[str, str] = field(default_factory=dict)
+    stderr_stream: dict[str, str] = field(default_factory=dict)
+    max_age: int = 0
+    max_age_variance: int = 30
+    virtualenv: str | None = None
+    virtualenv_py_ver: str | None = None
+    stdin_socket: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """The complete environment of the watcher's processes."""
+    sockets: tuple[str, ...] = ()
+    """Names of the sockets the processes inherit, in order of first mention."""
+    socket_protocol: str = "circus"
+    umask: int | None = None
+    """chapiteau extension: the processes' umask; None inherits the supervisor's."""
+    options: dict[str, str] = field(default_factory=dict)
+    """Every key of the section as written, after expansion (plugins read these)."""
+
+
+@dataclass(frozen=True)
+class SocketConfig:
+    """A [socket:NAME] section. The broker binds it; the supervisor only needs the name."""
+
+    name: str
+    """Lower-cased, as in Circus."""
+    options: dict[str, str]
+    """The options as written, ``$(circus.env.X)`` expanded, not interpreted (the broker does)."""
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """A [plugin:NAME] section (CIRCUS.md §1.7).
+
+    ``watcher`` carries the watcher options of the section with the plugin
+    defaults (priority 1, singleton, copy_env, copy_path, outputs closed unless
+    [circus] debug); its ``cmd`` is empty and is filled in by whoever knows how
+    to start the plugin runner.
+    """
+
+    name: str
+    """The full section name, ``plugin:NAME``: also the name of its watcher."""
+    use: str
+    config: dict[str, str]
+    """Every key of the section, including ``use``, as written after expansion."""
+    watcher: WatcherConfig
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the supervisor needs from a configuration file."""
+
+    path: str
+    circus: CircusOptions
+    watchers: tuple[WatcherConfig, ...]
+    """Sorted by name, as in Circus (start order is decided by priority)."""
+    sockets: tuple[SocketConfig, ...]
+    plugins: tuple[PluginConfig, ...]
+    env: dict[str, str]
+    """The [env] section, expanded against the supervisor's environment."""
+    files: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    def watcher(self, name: str) -> WatcherConfig | None:
+        """Find a watcher by name, ignoring case as Circus's commands do."""
+        wanted = name.lower()
+        for watcher in self.watchers:
+            if watcher.name.lower() == wanted:
+                return watcher
+        return None
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and check the configuration file at ``path``.
+
+    ``environ`` stands for the supervisor's environment (``os.environ`` when
+    None). Raises ConfigError on the first invalid value.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    ini = read_ini(path)
+    warnings = list(ini.warnings)
+    expansion_env = global_env(ini, environ)
+    env_section = ini.sections.get("env")
+    local_env = env_section.expanded(environ).options if env_section else {}
+
+    circus_section = ini.sections.get("circus", Section("circus", {}, file=ini.path))
+    circus = _circus_options(circus_section.expanded(expansion_env), warnings)
+    sockets = _sockets(ini, expansion_env)
+    socket_names = {socket.name for socket in sockets}
+    context = _Context(ini, environ, expansion_env, local_env, socket_names, warnings)
+
+    watchers = []
+    seen: dict[str, str] = {}
+    for section in ini.sections_with_prefix("watcher:"):
+        name = section.name[len("watcher:") :]
+        _check_unique_name(section, name, seen)
+        watchers.append(_watcher(section, name, context, plugin_defaults=None))
+
+    plugins = []
+    plugin_defaults = {
+        "priority": "1",
+        "singleton": "true",
+        "copy_env": "true",
+        "copy_path": "true",
+        "close_child_stdout": "false" if circus.debug else "true",
+        "close_child_stderr": "false" if circus.debug else "true",
+    }
+    for section in ini.sections_with_prefix("plugin:"):
+        _check_unique_name(section, section.name, seen)
+        watcher = _watcher(section, section.name, context, plugin_defaults=plugin_defaults)
+        use = watcher.options.get("use", "").strip()
+        if not use:
+            raise section.error("use", "a plugin needs 'use = dotted.path.to.PluginClass'")
+        config = {key: watcher.options[key] for key in section.options}
+        plugins.append(PluginConfig(section.name, use, config, watcher))
+
+    return Config(
+        path=ini.path,
+        circus=circus,
+        watchers=tuple(sorted(watchers, key=lambda watcher: watcher.name)),
+        sockets=tuple(sockets),
+        plugins=tuple(plugins),
+        env=dict(local_env),
+        files=tuple(ini.files),
+        warnings=tuple(warnings),
+    )
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every watcher section is checked against."""
+
+    ini: IniFile
+    environ: dict[str, str]
+    expansion_env: dict[str, str]
+    local_env: dict[str, str]
+    socket_names: set[str]
+    warnings: list[str]
+
+
+def _check_unique_name(section: Section, name: str, seen: dict[str, str]) -> None:
+    if not name.strip():
+        raise section.error(None, "the section needs a name after the colon, e.g. [watcher:web]")
+    other = seen.get(name.lower())
+    if other is not None:
+        raise section.error(
+            None,
+            f"the name {name!r} differs from {other!r} only by case; "
+            "watcher names are looked up ignoring case, rename one of them",
+        )
+    seen[name.lower()] = name
+
+
+def _circus_options(section: Section, warnings: list[str]) -> CircusOptions:
+    statsd = section.get_bool("statsd", False)
+    stats_endpoint = section.get_str("stats_endpoint")
+    if stats_endpoint is not None and not statsd:
+        # Circus turns statsd on when stats_endpoint is set (with a DeprecationWarning).
+        message = "setting stats_endpoint turns statsd on; set statsd = true to say so"
+        warnings.append(str(section.error("stats_endpoint", message)))
+        statsd = True
+    if section.get_bool("httpd", False):
+        raise section.error("httpd", "the circushttpd web interface is not supported; remove it")
+    loglevel = section.get_str("loglevel")
+    if loglevel is not None and loglevel.lower() not in LOG_LEVELS:
+        raise section.error(
+            "loglevel", f"{loglevel!r} is not one of {', '.join(sorted(LOG_LEVELS))}"
+        )
+    multicast = section.get_str("multicast_endpoint") or None
+    if multicast is not None:
+        _check_multicast(section, multicast)
+    check_delay = section.get_float("check_delay", 5.0)
+    warmup_delay = section.get_float("warmup_delay", 0.0)
+    _check_not_negative(section, "warmup_delay", warmup_delay)
+    return CircusOptions(
+        endpoint=section.get_str("endpoint", DEFAULT_ENDPOINT) or DEFAULT_ENDPOINT,
+        endpoint_owner=section.get_str("endpoint_owner"),
+        pubsub_endpoint=section.get_str("pubsub_endpoint", DEFAULT_PUBSUB_ENDPOINT)
+        or DEFAULT_PUBSUB_ENDPOINT,
+        multicast_endpoint=multicast,
+        stats_endpoint=stats_endpoint or DEFAULT_STATS_ENDPOINT,
+        statsd=statsd,
+        check_delay=check_delay if check_delay is not None else 5.0,
+        warmup_delay=warmup_delay or 0.0,
+        umask=section.get_octal("umask", None),
+        httpd=False,
+        httpd_host=section.get_str("httpd_host", "localhost") or "localhost",
+        httpd_port=section.get_int("httpd_port", 8080) or 8080,
+        debug=section.get_bool("debug", False),
+        debug_gc=section.get_bool("debug_gc", False),
+        pidfile=section.get_str("pidfile"),
+        loglevel=loglevel.lower() if loglevel else None,
+        logoutput=section.get_str("logoutput", "-") or "-",
+        loggerconfig=section.get_str("loggerconfig"),
+        fqdn_prefix=section.get_str("fqdn_prefix"),
+        include=section.get_str("include"),
+        include_dir=section.get_str("include_dir"),
+        options=dict(section.options),
+    )
+
+
+def _check_multicast(section: Section, value: str) -> None:
+    match = _MULTICAST.fullmatch(value)
+    octets = match.group("address").split(".") if match else []
+    if (
+        match is None
+        or len(octets) != 4
+        or not all(octet.isdigit() and int(octet) < 256 for octet in octets)
+        or not 224 <= int(octets[0]) <= 239
+        or not 0 < int(match.group("port")) < 65536
+    ):
+        raise section.error(
+            "multicast_endpoint",
+            f"{value!r} is not udp://ADDRESS:PORT with a multicast address (224.0.0.0 to "
+            "239.255.255.255); leave it empty to disable discovery",
+        )
+
+
+def _sockets(ini: IniFile, env: Mapping[str, str]) -> list[SocketConfig]:
+    sockets: list[SocketConfig] = []
+    seen: dict[str, str] = {}
+    for section in ini.sections_with_prefix("socket:"):
+        name = section.name[len("socket:") :].lower()
+        if not name.strip():
+            raise section.error(None, "the section needs a name after the colon, e.g. [socket:web]")
+        if name in seen:
+            raise section.error(
+                None,
+                f"socket names ignore case, and [{seen[name]}] already defines {name!r}",
+            )
+        seen[name] = section.name
+        sockets.append(SocketConfig(name, section.expanded(env).options))
+    return sockets
+
+
+def _watcher(
+    raw: Section,
+    name: str,
+    context: _Context,
+    *,
+    plugin_defaults: Mapping[str, str] | None,
+) -> WatcherConfig:
+    options = dict(plugin_defaults or {})
+    options.update(raw.options)
+    section = Section(raw.name, options, raw.sources, raw.file)
+
+    copy_env = section.expanded(context.expansion_env).get_bool("copy_env", False)
+    env = _watcher_env(section, name, context, copy_env)
+    # Stage 2 of CIRCUS.md §1.9: every value but name and env sees the
+    # watcher's own env on top of the global one.
+    section = _expand_watcher(section, {**context.expansion_env, **env})
+
+    if "env" in raw.options:
+        message = f"ignored, as in Circus; use an [env:{name}] section"
+        context.warnings.append(str(raw.error("env", message)))
+
+    cmd = section.get_str("cmd", "") or ""
+    if plugin_defaults is None and not cmd.strip():
+        raise section.error("cmd", "a watcher needs a command: cmd = /path/to/program")
+    numprocesses = section.get_int("numprocesses", 1)
+    singleton = section.get_bool("singleton", False)
+    _check_not_negative(section, "numprocesses", numprocesses)
+    if singleton and numprocesses is not None and numprocesses > 1:
+        raise section.error("numprocesses", "a singleton watcher runs at most 1 process")
+    if numprocesses == 0 and not singleton:
+        message = "0 processes: nothing runs until incr"
+        context.warnings.append(str(section.error("numprocesses", message)))
+    copy_path = section.get_bool("copy_path", False)
+    if copy_path and not copy_env:
+        raise section.error("copy_path", "copy_path needs copy_env = true")
+    virtualenv = section.get_str("virtualenv")
+    if virtualenv is not None and not copy_env:
+        raise section.error("virtualenv", "virtualenv needs copy_env = true")
+    shell = section.get_bool("shell", False)
+    shell_args = section.get_str("shell_args")
+    if shell_args is not None and not shell:
+        context.warnings.append(str(section.error("shell_args", "ignored without shell = true")))
+    socket_protocol = (section.get_str("socket_protocol", "circus") or "").strip().lower()
+    if socket_protocol not in SOCKET_PROTOCOLS:
+        raise section.error(
+            "socket_protocol",
+            f"{socket_protocol!r} is not a socket protocol; use circus or systemd",
+        )
+    max_retry = section.get_int("max_retry", 5)
+    if max_retry is not None and max_retry < -1:
+        raise section.error("max_retry", f"{max_retry} is not a retry count; use -1 for no limit")
+    graceful_timeout = section.get_float("graceful_timeout", 30.0)
+    warmup_delay = section.get_float("warmup_delay", 0.0)
+    max_age = section.get_int("max_age", 0)
+    max_age_variance = section.get_int("max_age_variance", 30)
+    for key, number in (
+        ("graceful_timeout", graceful_timeout),
+        ("warmup_delay", warmup_delay),
+        ("max_age", max_age),
+        ("max_age_variance", max_age_variance),
+    ):
+        _check_not_negative(section, key, number)
+    uid, gid = _user_and_group(section)
+
+    if copy_path:
+        env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    if virtualenv is not None:
+        _apply_virtualenv(section, env, virtualenv, section.get_str("virtualenv_py_ver"))
+    if not copy_env:
+        env.setdefault("PATH", DEFAULT_PATH)
+
+    return WatcherConfig(
+        name=name,
+        cmd=cmd,
+        args=section.get_str("args", "") or "",
+        shell=shell,
+        shell_args=shell_args,
+        executable=section.get_str("executable"),
+        working_dir=section.get_str("working_dir"),
+        uid=uid,
+        gid=gid,
+        numprocesses=numprocesses if numprocesses is not None else 1,
+        warmup_delay=warmup_delay or 0.0,
+        singleton=singleton,
+        send_hup=section.get_bool("send_hup", False),
+        stop_signal=_signal(section, "stop_signal", 15),
+        stop_children=section.get_bool("stop_children", False),
+        graceful_timeout=graceful_timeout if graceful_timeout is not None else 30.0,
+        max_retry=max_retry if max_retry is not None else 5,
+        priority=section.get_int("priority", 0) or 0,
+        use_sockets=section.get_bool("use_sockets", False),
+        copy_env=copy_env,
+        copy_path=copy_path,
+        respawn=section.get_bool("respawn", True),
+        autostart=section.get_bool("autostart", True),
+        on_demand=section.get_bool("on_demand", False),
+        close_child_stdin=section.get_bool("close_child_stdin", True),
+        close_child_stdout=section.get_bool("close_child_stdout", False),
+        close_child_stderr=section.get_bool("close_child_stderr", False),
+        rlimits=_rlimits(section),
+        hooks=_hooks(section),
+        stdout_stream=_stream(section, "stdout_stream"),
+        stderr_stream=_stream(section, "stderr_stream"),
+        max_age=max_age or 0,
+        max_age_variance=max_age_variance if max_age_variance is not None else 30,
+        virtualenv=virtualenv,
+        virtualenv_py_ver=section.get_str("virtualenv_py_ver"),
+        stdin_socket=_stdin_socket(section, context),
+        env=env,
+        sockets=_socket_names(section, context),
+        socket_protocol=socket_protocol,
+        umask=section.get_octal("umask", None),
+        options=dict(section.options),
+    )
+
+
+def _expand_watcher(section: Section, env: Mapping[str, str]) -> Section:
+    options = {
+        key: value if key == "env" else expand_env(value, env)
+        for key, value in section.options.items()
+    }
+    return Section(section.name, options, section.sources, section.file)
+
+
+def _watcher_env(section: Section, name: str, context: _Context, copy_env: bool) -> dict[str, str]:
+    """Compute the environment of a watcher's processes (CIRCUS.md §1.8, fixes i, j, s)."""
+    env = dict(context.environ) if copy_env else {}
+    configured = dict(context.local_env)
+    for env_section in context.ini.sections_with_prefix("env:"):
+        patterns = env_section.name[len("env:") :].split(",")
+        if any(fnmatch.fnmatchcase(name, pattern.strip()) for pattern in patterns):
+            configured.update(env_section.options)
+    for key, value in configured.items():
+        env[key] = _ENV_REFERENCE.sub(
+            lambda match: context.environ.get(match.group(1), ""), value
+        ).strip()
+    return env
+
+
+def _user_and_group(section: Section) -> tuple[int | None, int | None]:
+    uid_value = section.get_str("uid")
+    gid_value = section.get_str("gid")
+    uid = None
+    primary_gid = None
+    if uid_value is not None and uid_value.strip():
+        uid, primary_gid = _resolve_user(section, uid_value.strip())
+    gid = primary_gid
+    if gid_value is not None and gid_value.strip():
+        gid = _resolve_group(section, gid_value.strip())
+    return uid, gid
+
+
+def _resolve_user(section: Section, value: str) -> tuple[int, int | None]:
+    if value.isdigit():
+        try:
+            return int(value), pwd.getpwuid(int(value)).pw_gid
+        except KeyError:
+            return int(value), None
+    try:
+        entry = pwd.getpwnam(value)
+    except KeyError:
+        raise section.error("uid", f"no user named {value!r} on this system") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _resolve_group(section: Section, value: str) -> int:
+    if value.isdigit():
+        return int(value)
+    try:
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise section.error("gid", f"no group named {value!r} on this system") from None
+
+
+def _signal(section: Section, key: str, default: int) -> int:
+    value = section.get_str(key)
+    if value is None:
+        return default
+    try:
+        return parse_signal(value)
+    except SignalError as error:
+        raise section.error(key, str(error)) from None
+
+
+def _rlimits(section: Section) -> dict[str, int]:
+    limits = {}
+    for key, value in section.options.items():
+        if not key.startswith("rlimit_"):
+            continue
+        resource_name = key[len("rlimit_") :].lower()
+        if not hasattr(resource, f"RLIMIT_{resource_name.upper()}"):
+            raise section.error(
+                key, f"{resource_name!r} is not a resource limit (see setrlimit(2))"
+            )
+        if not value.strip():
+            limits[resource_name] = resource.RLIM_INFINITY
+            continue
+        limit = section.get_int(key, None)
+        if limit is None or (limit < 0 and limit != resource.RLIM_INFINITY):
+            raise section.error(key, f"{value!r} is not a limit; use a number or an empty value")
+        limits[resource_name] = limit
+    return limits
+
+
+def _hooks(section: Section) -> dict[str, tuple[str, bool]]:
+    hooks = {}
+    for key, value in section.options.items():
+        if not key.startswith("hooks."):
+            continue
+        hook_name = key[len("hooks.") :]
+        if hook_name not in HOOK_NAMES:
+            raise section.error(
+                key, f"{hook_name!r} is not a hook; use one of {', '.join(sorted(HOOK_NAMES))}"
+            )
+        target, _, flag = value.partition(",")
+        target = target.strip()
+        if not target:
+            raise section.error(key, "a hook needs a dotted path: package.module.function")
+        ignore_failure = False
+        if flag.strip():
+            ignore_failure = Section(section.name, {key: flag.strip()}, section.sources).get_bool(
+                key, False
+            )
+        hooks[hook_name] = (target, ignore_failure)
+    return hooks
+
+
+def _stream(section: Section, prefix: str) -> dict[str, str]:
+    stream = {
+        key[len(prefix) + 1 :]: value
+        for key, value in section.options.items()
+        if key.startswith(prefix + ".")
+    }
+    stream_class = stream.get("class")
+    if stream_class is not None and "." not in stream_class and stream_class not in STREAM_CLASSES:
+        raise section.error(
+            f"{prefix}.class",
+            f"{stream_class!r} is not a stream class; use a dotted path or one of "
+            + ", ".join(sorted(STREAM_CLASSES)),
+        )
+    return stream
+
+
+def _stdin_socket(section: Section, context: _Context) -> str | None:
+    value = section.get_str("stdin_socket")
+    if value is None or not value.strip():
+        return None
+    name = value.strip().lower()
+    if name not in context.socket_names:
+        raise section.error("stdin_socket", f"there is no [socket:{name}] section")
+    return name
+
+
+def _socket_names(section: Section, context: _Context) -> tuple[str, ...]:
+    """List the sockets a watcher uses: ``sockets``, references in the command, stdin_socket."""
+    found: list[tuple[str, str]] = []
+    declared = section.get_str("sockets", "") or ""
+    found.extend(("sockets", name.lower()) for name in re.split(r"[\s,]+", declared) if name)
+    for key in ("cmd", "args", "shell_args"):
+        for match in _SOCKET_REFERENCE.finditer(section.get_str(key, "") or ""):
+            found.append((key, (match.group("dollar") or match.group("parens")).lower()))
+    stdin_socket = section.get_str("stdin_socket")
+    if stdin_socket and stdin_socket.strip():
+        found.append(("stdin_socket", stdin_socket.strip().lower()))
+    for key, name in found:
+        if name not in context.socket_names:
+            raise section.error(
+                key, f"the watcher uses socket {name!r} but there is no [socket:{name}] section"
+            )
+    return tuple(dict.fromkeys(name for _, name in found))
+
+
+def _apply_virtualenv(
+    section: Section, env: dict[str, str], virtualenv: str, py_ver: str | None
+) -> None:
+    """Prepend the virtualenv to PATH and PYTHONPATH, as Circus's load_virtualenv does."""
+    version = py_ver or f"{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [
+        os.path.join(virtualenv, "lib", f"python{version}", "site-packages"),
+        os.path.join(virtualenv, "lib", f"pypy{version}", "site-packages"),
+    ]
+    sitedir = next((path for path in candidates if os.path.isdir(path)), None)
+    if sitedir is None:
+        raise section.error(
+            "virtualenv",
+            f"{candidates[0]} does not exist; check virtualenv and virtualenv_py_ver",
+        )
+    packages: list[str] = []
+    for entry in sorted(os.listdir(sitedir)):
+        if not entry.endswith(".pth"):
+            continue
+        with open(os.path.join(sitedir, entry), encoding="utf-8", errors="replace") as pth:
+            for line in pth:
+                line = line.rstrip()
+                if not line or line.startswith(("#", "import")):
+                    continue
+                package = os.path.abspath(os.path.join(sitedir, line))
+                if os.path.exists(package) and package not in packages:
+                    packages.append(package)
+    existing = [path for path in env.get("PYTHONPATH", "").split(os.pathsep) if path]
+    python_path = packages + [path for path in existing if path not in packages]
+    if sitedir not in python_path:
+        python_path.append(sitedir)
+    env["PYTHONPATH"] = os.pathsep.join(python_path)
+    bin_dir = os.path.join(virtualenv, "bin")
+    env["PATH"] = os.pathsep.join([bin_dir, env["PATH"]]) if env.get("PATH") else bin_dir
+
+
+def _check_not_negative(section: Section, key: str, value: float | None) -> None:
+    if value is not None and value < 0:
+        raise section.error(key, f"{value} is negative")

@@ -1,0 +1,94 @@
+"""The supervisor program: get the sockets from the broker, load the config, run the arbiter.
+
+Started by the broker as the service user (``--broker-fd``), or separately
+in connect mode (``--broker-socket PATH``). A configuration it refuses makes
+it exit with status 78 (EX_CONFIG) and a one-line message, which the broker
+reports instead of restarting it in a loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+import structlog
+
+from chapiteau.protocol.ini import ConfigError
+from chapiteau.supervisor.arbiter import Arbiter
+from chapiteau.supervisor.broker_client import BROKER_FD_VARIABLE, BrokerClient, BrokerError
+from chapiteau.supervisor.config import Config, load_config
+from chapiteau.supervisor.hooks import HookError
+from chapiteau.supervisor.logs import LEVELS, configure_logging
+from chapiteau.supervisor.socket_pool import SocketPool
+from chapiteau.supervisor.streams import StreamConfigError
+
+EX_CONFIG = 78
+EX_UNAVAILABLE = 69
+log = structlog.get_logger("chapiteau.supervisor")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="chapiteau-supervisor",
+        description="Run the watchers of a Circus-style config with sockets from a chapiteau broker.",
+    )
+    parser.add_argument("config", help="the INI configuration file (Circus format)")
+    channel = parser.add_mutually_exclusive_group()
+    channel.add_argument("--broker-fd", type=int, help="the inherited broker channel fd")
+    channel.add_argument("--broker-socket", help="connect to a broker listening on this path")
+    parser.add_argument("--log-level", type=str.lower, choices=LEVELS, default="info")
+    parser.add_argument("--log-format", choices=("console", "json"), default="console")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"chapiteau-supervisor: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    for warning in config.warnings:
+        log.warning("config_warning", message=warning)
+    try:
+        broker = _connect(args)
+        sockets = SocketPool(broker, _receive_sockets(broker, config))
+        arbiter = Arbiter(config, broker, sockets)
+    except (ConfigError, HookError, StreamConfigError) as exc:
+        print(f"chapiteau-supervisor: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except BrokerError as exc:
+        print(f"chapiteau-supervisor: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    return asyncio.run(arbiter.run())
+
+
+def _connect(args: argparse.Namespace) -> BrokerClient:
+    if args.broker_socket:
+        return BrokerClient.connect(args.broker_socket)
+    fd = args.broker_fd
+    if fd is None and os.environ.get(BROKER_FD_VARIABLE, "").isdigit():
+        fd = int(os.environ[BROKER_FD_VARIABLE])
+    if fd is None:
+        raise BrokerError(
+            "no broker: start chapiteau (the broker), or pass --broker-socket in connect mode"
+        )
+    os.environ.pop(BROKER_FD_VARIABLE, None)
+    return BrokerClient.from_fd(fd)
+
+
+def _receive_sockets(broker: BrokerClient, config: Config) -> dict:
+    """Every socket of the config, from the broker; a name it does not serve is a config error."""
+    served = {info.name for info in broker.list_sockets()}
+    for socket_config in config.sockets:
+        if socket_config.name not in served:
+            raise ConfigError(
+                f"the broker has no socket {socket_config.name!r}; it reads [socket:*] only at "
+                f"start and on reloadconfig",
+                file=config.path,
+                section=f"socket:{socket_config.name}",
+            )
+    return broker.get_sockets([s.name for s in config.sockets])

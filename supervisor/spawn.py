@@ -1,0 +1,388 @@
+"""Fork and exec one worker process.
+
+Theory of operation. `spawn` turns a `SpawnSpec` into a `_Plan` in the parent:
+everything that can be validated, encoded, looked up (supplementary groups, the
+PATH candidates for the program) or decided (which fds go where, which ranges to
+close) is done there, so that the forked child only runs a short, fixed list of
+``os.*`` calls and then ``execve``. The child reports any failure through a
+close-on-exec pipe as ``step:errno:arg`` and exits with 127; EOF without data
+means ``execve`` succeeded. The parent reaps a failed child before raising
+`SpawnError`, so a failed spawn never leaves a zombie.
+
+Order in the child (CIRCUS.md §5.3, with its gaps fixed): signal dispositions
+back to default, fds into place and every other fd closed, setsid, rlimits,
+setgid, supplementary groups, setuid (each checked), umask, chdir, environment
+(LISTEN_PID is the child's own pid), signal mask emptied, exec.
+
+Supplementary groups: with ``uid`` and ``user_name`` set, the groups are those of
+``os.getgrouplist(user_name, gid)`` (initgroups semantics, computed in the parent
+so that the child never runs an NSS lookup); with ``uid`` but no ``user_name``
+they are just the target gid; with only ``gid`` they are ``[gid]``, so a worker
+never keeps the supervisor's supplementary groups (CIRCUS.md §8.2 x). An id
+switch that would change nothing is skipped (groups included), so an
+unprivileged supervisor can name its own uid/gid without EPERM.
+
+Call `spawn` from the thread that runs the event loop and register the pid with
+the `ChildWatcher` before yielding to the loop: its SIGCHLD pass reaps every
+child it does not know.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_codes
+import fcntl
+import gc
+import os
+import resource
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+# RLIMIT_OFILE is the BSD alias of RLIMIT_NOFILE; users know the latter.
+_RLIMIT_NAMES = {
+    getattr(resource, name): name
+    for name in dir(resource)
+    if name.startswith("RLIMIT_") and name != "RLIMIT_OFILE"
+}
+
+# SIGKILL and SIGSTOP cannot be caught or ignored, so they need no reset.
+_RESETTABLE_SIGNALS = tuple(sorted(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}))
+_ALL_SIGNALS = signal.valid_signals()
+
+# Marks "/dev/null" as the source of a child fd in a plan.
+_DEVNULL = -1
+_CHILD_FAILED = 127
+_REPORT_MAX = 4096
+
+
+class SpawnError(Exception):
+    """A worker could not be started; str() is one line for the user.
+
+    ``step`` names what failed (``fork``, ``signals``, ``dup2``, ``close``,
+    ``setsid``, ``rlimit``, ``setgid``, ``setgroups``, ``initgroups``,
+    ``setuid``, ``chdir``, ``exec``, ``listen_fds``) and ``errno`` is the
+    error number; ``detail`` says what the step was applied to.
+    """
+
+    def __init__(self, step: str, errno: int, detail: str = "") -> None:
+        super().__init__(step, errno, detail)
+        self.step = step
+        self.errno = errno
+        self.detail = detail
+
+    def __str__(self) -> str:
+        where = f"{self.step} {self.detail}" if self.detail else self.step
+        return f"{where}: [Errno {self.errno}] {os.strerror(self.errno)}"
+
+
+@dataclass(frozen=True)
+class SpawnSpec:
+    """Everything needed to start one worker; parent fds are borrowed, not closed."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    executable: str | None = None
+    working_dir: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    user_name: str | None = None
+    umask: int | None = None
+    rlimits: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+    fds: Mapping[int, int] = field(default_factory=dict)
+    stdin: int | None = None
+    stdout: int | None = None
+    stderr: int | None = None
+    close_stdout: bool = False
+    close_stderr: bool = False
+    new_session: bool = True
+    listen_fds_names: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the child does, precomputed in the parent so the child stays tiny."""
+
+    argv: tuple[bytes, ...]
+    env: dict[bytes, bytes]
+    candidates: tuple[bytes, ...]
+    dups: tuple[tuple[int, int], ...]  # (child fd, parent fd or _DEVNULL)
+    high: int  # first fd number above every target
+    keep_below_high: frozenset[int]
+    max_fd: int
+    new_session: bool
+    rlimits: tuple[tuple[int, int, int], ...]
+    gid: int | None
+    groups: tuple[int, ...] | None
+    groups_step: str
+    uid: int | None
+    umask: int | None
+    working_dir: bytes | None
+    listen_pid: bool
+
+
+def spawn(spec: SpawnSpec) -> int:
+    """Start the worker described by ``spec`` and return its pid once exec succeeded.
+
+    Raises `SpawnError` if anything failed in the parent or the child (the
+    child is then already reaped), and ValueError for a malformed spec.
+    """
+    plan = _make_plan(spec)
+    devnull = -1
+    if any(source == _DEVNULL for _, source in plan.dups):
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            pid = _fork(plan, write_end, devnull)
+        finally:
+            os.close(write_end)
+            if devnull >= 0:
+                os.close(devnull)
+        report = _read_report(read_end)
+    finally:
+        os.close(read_end)
+    if not report:
+        return pid
+    _reap(pid)
+    raise _error_from_report(report, spec, plan)
+
+
+def _fork(plan: _Plan, write_end: int, devnull: int) -> int:
+    # No collection in the child: a finalizer closing a file object could close
+    # an fd number that has just been dup2'd into place. Signals stay blocked
+    # across fork so no Python handler runs in the child before the reset.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _child(plan, write_end, devnull)
+    except OSError as exc:
+        raise SpawnError("fork", exc.errno or errno_codes.EAGAIN) from exc
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        if gc_was_enabled:
+            gc.enable()
+    return pid
+
+
+def _child(plan: _Plan, report_fd: int, devnull: int) -> NoReturn:
+    step, arg = "signals", 0
+    try:
+        signal.set_wakeup_fd(-1)
+        for signum in _RESETTABLE_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+
+        step = "dup2"
+        # Every source (and the report pipe) first moves above all targets, so a
+        # dup2 onto a target can never clobber a source still to be placed.
+        report_fd = fcntl.fcntl(report_fd, fcntl.F_DUPFD_CLOEXEC, plan.high)
+        moved = []
+        for target, source in plan.dups:
+            fd = devnull if source == _DEVNULL else source
+            moved.append((target, fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, plan.high)))
+        for target, fd in moved:
+            arg = target
+            os.dup2(fd, target)
+
+        step, arg = "close", 0
+        low = 3
+        for fd in sorted(plan.keep_below_high):
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, report_fd)
+        os.closerange(report_fd + 1, plan.max_fd)
+
+        if plan.new_session:
+            step = "setsid"
+            os.setsid()
+
+        step = "rlimit"
+        for res, soft, hard in plan.rlimits:
+            arg = res
+            try:
+                resource.setrlimit(res, (soft, hard))
+            except ValueError:
+                raise OSError(_rlimit_errno(soft, hard), "setrlimit") from None
+
+        if plan.gid is not None:
+            step, arg = "setgid", plan.gid
+            os.setgid(plan.gid)
+            if os.getresgid() != (plan.gid, plan.gid, plan.gid):
+                raise OSError(errno_codes.EPERM, "setgid")
+        if plan.groups is not None:
+            step, arg = plan.groups_step, 0
+            os.setgroups(plan.groups)
+        if plan.uid is not None:
+            step, arg = "setuid", plan.uid
+            os.setuid(plan.uid)
+            if os.getresuid() != (plan.uid, plan.uid, plan.uid):
+                raise OSError(errno_codes.EPERM, "setuid")
+
+        if plan.umask is not None:
+            os.umask(plan.umask)
+        if plan.working_dir is not None:
+            step, arg = "chdir", 0
+            os.chdir(plan.working_dir)
+
+        step, arg = "exec", 0
+        env = plan.env
+        if plan.listen_pid:
+            env[b"LISTEN_PID"] = b"%d" % os.getpid()
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        # execvp's choice of error: the first one that is not "not here".
+        reported: tuple[int, int] | None = None
+        for index, path in enumerate(plan.candidates):
+            try:
+                os.execve(path, plan.argv, env)
+            except OSError as exc:
+                if exc.errno not in (errno_codes.ENOENT, errno_codes.ENOTDIR):
+                    reported = reported or (exc.errno, index)
+                elif reported is None:
+                    arg = index
+        code, arg = reported or (errno_codes.ENOENT, arg)
+        raise OSError(code, "execve")
+    # The child must never return into the parent's code, whatever happened.
+    except BaseException as exc:
+        code = getattr(exc, "errno", None) or errno_codes.EINVAL
+        os.write(report_fd, b"%s:%d:%d" % (step.encode(), code, arg))
+    os._exit(_CHILD_FAILED)
+
+
+def _rlimit_errno(soft: int, hard: int) -> int:
+    if hard != resource.RLIM_INFINITY and (soft == resource.RLIM_INFINITY or soft > hard):
+        return errno_codes.EINVAL
+    return errno_codes.EPERM
+
+
+def _read_report(read_end: int) -> bytes:
+    chunks = []
+    while chunk := os.read(read_end, _REPORT_MAX):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reap(pid: int) -> None:
+    # ECHILD: reaped already by someone else's waitpid(-1); nothing is left behind.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _error_from_report(report: bytes, spec: SpawnSpec, plan: _Plan) -> SpawnError:
+    step_bytes, code_bytes, arg_bytes = report.split(b":")
+    step, code, arg = step_bytes.decode(), int(code_bytes), int(arg_bytes)
+    if step == "exec":
+        program = spec.executable or spec.argv[0]
+        if code == errno_codes.ENOENT and len(plan.candidates) > 1:
+            detail = f"{program} (searched PATH={spec.env.get('PATH', os.defpath)})"
+        else:
+            detail = os.fsdecode(plan.candidates[arg])
+    elif step == "rlimit":
+        soft, hard = spec.rlimits[arg]
+        detail = f"{_RLIMIT_NAMES.get(arg, arg)}=({soft}, {hard})"
+    elif step == "dup2":
+        detail = f"fd {arg}"
+    elif step in ("setuid", "setgid"):
+        detail = f"{step[3:]} {arg}"
+    elif step in ("setgroups", "initgroups"):
+        detail = f"groups {list(plan.groups or ())}"
+    elif step == "chdir":
+        detail = str(spec.working_dir)
+    else:
+        detail = ""
+    return SpawnError(step, code, detail)
+
+
+def _make_plan(spec: SpawnSpec) -> _Plan:
+    if not spec.argv:
+        raise ValueError("SpawnSpec.argv must name the program")
+    if any(target < 3 for target in spec.fds):
+        raise ValueError("SpawnSpec.fds targets must be >= 3; use stdin/stdout/stderr")
+    unknown = set(spec.rlimits) - set(_RLIMIT_NAMES)
+    if unknown:
+        raise ValueError(f"unknown rlimit resources {sorted(unknown)}")
+
+    env = {os.fsencode(key): os.fsencode(value) for key, value in spec.env.items()}
+    for key, value in env.items():
+        if not key or b"=" in key or b"\0" in key or b"\0" in value:
+            raise SpawnError("exec", errno_codes.EINVAL, f"environment variable {key!r}")
+    argv = tuple(os.fsencode(arg) for arg in spec.argv)
+    if any(b"\0" in arg for arg in argv):
+        raise SpawnError("exec", errno_codes.EINVAL, f"argument list {list(spec.argv)}")
+
+    listen_pid = spec.listen_fds_names is not None
+    if spec.listen_fds_names is not None:
+        names = spec.listen_fds_names
+        missing = set(range(3, 3 + len(names))) - set(spec.fds)
+        if missing:
+            raise ValueError(f"listen_fds_names needs fds {sorted(missing)} in SpawnSpec.fds")
+        if any(":" in name for name in names):
+            raise SpawnError("listen_fds", errno_codes.EINVAL, f"socket names {list(names)} (':')")
+        env[b"LISTEN_FDS"] = b"%d" % len(names)
+        env[b"LISTEN_FDNAMES"] = os.fsencode(":".join(names))
+
+    dups: list[tuple[int, int]] = [(0, _DEVNULL if spec.stdin is None else spec.stdin)]
+    for target, source, close in (
+        (1, spec.stdout, spec.close_stdout),
+        (2, spec.stderr, spec.close_stderr),
+    ):
+        if close:
+            dups.append((target, _DEVNULL))
+        elif source is not None:
+            dups.append((target, source))
+    dups.extend(sorted(spec.fds.items()))
+    targets = {0, 1, 2, *spec.fds}
+    high = max(targets) + 1
+
+    uid, gid, groups, groups_step = _plan_groups(spec)
+    return _Plan(
+        argv=argv,
+        env=env,
+        candidates=_exec_candidates(spec.executable or spec.argv[0], spec.env),
+        dups=tuple(dups),
+        high=high,
+        keep_below_high=frozenset(fd for fd in targets if fd >= 3),
+        max_fd=max(os.sysconf("SC_OPEN_MAX"), high + 1),
+        new_session=spec.new_session,
+        rlimits=tuple((res, soft, hard) for res, (soft, hard) in sorted(spec.rlimits.items())),
+        gid=gid,
+        groups=groups,
+        groups_step=groups_step,
+        uid=uid,
+        umask=spec.umask,
+        working_dir=None if spec.working_dir is None else os.fsencode(spec.working_dir),
+        listen_pid=listen_pid,
+    )
+
+
+def _plan_groups(spec: SpawnSpec) -> tuple[int | None, int | None, tuple[int, ...] | None, str]:
+    """Return (uid, gid, supplementary groups, step name) to set; None = leave alone.
+
+    Nothing is touched unless the uid or gid really changes, so that an
+    unprivileged supervisor may name its own identity.
+    """
+    uid = None if spec.uid is None or os.getresuid() == (spec.uid,) * 3 else spec.uid
+    gid = None if spec.gid is None or os.getresgid() == (spec.gid,) * 3 else spec.gid
+    if uid is None and gid is None:
+        return None, None, None, "setgroups"
+    base = os.getgid() if spec.gid is None else spec.gid
+    if spec.uid is not None and spec.user_name is not None:
+        wanted, step = os.getgrouplist(spec.user_name, base), "initgroups"
+    else:
+        wanted, step = [base], "setgroups"
+    groups = None if set(wanted) == set(os.getgroups()) else tuple(sorted(set(wanted)))
+    return uid, gid, groups, step
+
+
+def _exec_candidates(program: str, env: Mapping[str, str]) -> tuple[bytes, ...]:
+    """Paths execve tries, in order: execvpe's PATH search, taken from the child's env."""
+    if os.sep in program:
+        # A relative path is resolved by execve after chdir, as Popen(cwd=...) does.
+        return (os.fsencode(program),)
+    return tuple(
+        os.fsencode(os.path.join(directory or ".", program))
+        for directory in os.get_exec_path(dict(env))
+    )

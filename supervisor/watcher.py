@@ -1,0 +1,455 @@
+"""One watcher: a named group of identical processes, kept at the configured count.
+
+What happens when a worker dies? Read ``Watcher.process_exited``: the exit is
+reported by the child watcher the moment the kernel makes the pidfd readable;
+the process is forgotten, a ``reap`` event goes out, and unless the watcher is
+stopping (or ``respawn = false``) a replacement is spawned at once. Deaths soon
+after a spawn count as a crash streak, and each further crash in the streak
+doubles the delay before the next respawn (capped), so a crash loop costs
+bounded CPU while a one-off crash is repaired in milliseconds.
+
+Every operation that changes the process set (start, stop, restart, reload,
+incr/decr, respawn) runs under the watcher's own lock, so operations on one
+watcher queue in order while different watchers proceed concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import resource
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import structlog
+
+from chapiteau.supervisor.child_exit import ChildWatcher, kill_process_group
+from chapiteau.supervisor.config import WatcherConfig
+from chapiteau.supervisor.events import Events
+from chapiteau.supervisor.hooks import Hooks
+from chapiteau.supervisor.process import Process
+from chapiteau.supervisor.redirector import Redirector
+from chapiteau.supervisor.socket_pool import SocketPool
+from chapiteau.supervisor.spawn import SpawnError, SpawnSpec, spawn
+from chapiteau.supervisor.streams import build_stream, close_stream, reopen_stream
+from chapiteau.supervisor.substitution import format_args
+
+log = structlog.get_logger("chapiteau.supervisor")
+
+STOPPED, STARTING, ACTIVE, STOPPING = "stopped", "starting", "active", "stopping"
+CRASH_WINDOW = 1.0
+"""A process that dies this soon after its spawn crashed (Circus flapping's default window)."""
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 60.0
+KILL_WAIT = 10.0
+"""How long to wait for a SIGKILLed process to be reaped before giving up on it."""
+
+
+@dataclass(frozen=True)
+class Flapping:
+    """Crash-loop policy; Circus's [plugin:flapping] options when configured."""
+
+    window: float = CRASH_WINDOW
+    max_retry: int = -1
+    """Crash-loop backoff rounds before the watcher is stopped; -1 never stops it."""
+
+
+@dataclass
+class Runtime:
+    """What every watcher shares with the arbiter."""
+
+    loop: asyncio.AbstractEventLoop
+    children: ChildWatcher
+    sockets: SocketPool
+    redirector: Redirector
+    events: Events
+    arbiter: Any
+    register_pid: Callable[[int, Watcher], None]
+    flapping: Flapping = Flapping()
+
+
+class Watcher:
+    """Keeps ``numprocesses`` processes of one command alive."""
+
+    def __init__(self, config: WatcherConfig, runtime: Runtime) -> None:
+        self.config = config
+        self.name = config.name
+        self.runtime = runtime
+        self.state = STOPPED
+        self.processes: dict[int, Process] = {}
+        self.lock = asyncio.Lock()
+        self.hooks = Hooks(config.name, config.hooks, self._publish_hook, _pythonpath(config))
+        self.stdout_stream = _stream(config, "stdout")
+        self.stderr_stream = _stream(config, "stderr")
+        self.crash_streak = 0
+        self.respawn_timer: asyncio.TimerHandle | None = None
+        self._log = log.bind(watcher=config.name)
+
+    # -- commands (each takes the lock) --------------------------------------
+
+    async def start(self) -> dict[str, list[int]]:
+        """Start the processes (or top them up); report started and kept pids."""
+        async with self.lock:
+            kept = sorted(self.processes)
+            await self._start()
+            return {"started": sorted(set(self.processes) - set(kept)), "kept": kept}
+
+    async def stop(self) -> None:
+        async with self.lock:
+            await self._stop()
+
+    async def restart(self) -> dict[str, list[int]]:
+        async with self.lock:
+            stopped = sorted(self.processes)
+            await self._stop()
+            await self._start()
+            return {"stopped": stopped, "started": sorted(self.processes), "kept": []}
+
+    async def reload(self, graceful: bool = True, sequential: bool = False) -> dict[str, list[int]]:
+        """Replace every process: new ones first, then the old ones stop (CIRCUS.md §5.5)."""
+        if not graceful:
+            return await self.restart()
+        async with self.lock:
+            old = list(self.processes.values())
+            if self.state == STOPPED:
+                await self._start()
+            elif self.config.send_hup:
+                for process in old:
+                    self._signal(process, signal.SIGHUP)
+                return {"stopped": [], "started": [], "kept": sorted(self.processes)}
+            elif sequential:
+                for process in old:
+                    await self._kill(process)
+                    await self._spawn_one()
+                    await self._warmup()
+            else:
+                for _ in range(self.config.numprocesses):
+                    await self._spawn_one()
+                await asyncio.gather(*(self._kill(process) for process in old))
+            self._publish("reload")
+            old_pids = {process.pid for process in old}
+            return {
+                "stopped": sorted(old_pids),
+                "started": sorted(set(self.processes) - old_pids),
+                "kept": [],
+            }
+
+    async def set_numprocesses(self, count: int) -> int:
+        """Change the target count and spawn or stop (the oldest) to reach it."""
+        async with self.lock:
+            self.config = replace(self.config, numprocesses=max(0, count))
+            if self.state == ACTIVE:
+                await self._reconcile()
+            return self.config.numprocesses
+
+    async def kill(
+        self, pid: int | None = None, signum: int | None = None, timeout: float | None = None
+    ) -> None:
+        """Stop one or every process gracefully; the watcher then replaces them."""
+        targets = [self.processes[pid]] if pid in self.processes else []
+        if pid is None:
+            targets = list(self.processes.values())
+        await asyncio.gather(*(self._kill(p, signum, timeout) for p in targets))
+
+    def send_signal(self, signum: int, pid: int | None = None) -> None:
+        for process in [self.processes[pid]] if pid in self.processes else self.processes.values():
+            self._signal(process, signum)
+
+    # -- the life of the processes --------------------------------------------
+
+    async def _start(self) -> None:
+        if self.state == ACTIVE:
+            await self._reconcile()
+            return
+        self.state = STARTING
+        if not self._hook("before_start"):
+            self.state = STOPPED
+            return
+        self.crash_streak = 0
+        await self._reconcile()
+        if self.state != STARTING:
+            return
+        self.state = ACTIVE
+        self._log.info("watcher_started", processes=len(self.processes))
+        self._publish("start")
+        if not self._hook("after_start"):
+            await self._stop()
+
+    async def _stop(self) -> None:
+        if self.state == STOPPED and not self.processes:
+            return
+        self.state = STOPPING
+        self._cancel_respawn()
+        self._hook("before_stop")
+        await asyncio.gather(*(self._kill(process) for process in list(self.processes.values())))
+        self.state = STOPPED
+        self._log.info("watcher_stopped")
+        self._publish("stop")
+        self._hook("after_stop")
+
+    async def _reconcile(self) -> None:
+        """Spawn the missing processes, or stop the oldest extra ones."""
+        extra = len(self.processes) - self.config.numprocesses
+        if extra > 0:
+            oldest = sorted(self.processes.values(), key=lambda p: p.started_monotonic)[:extra]
+            await asyncio.gather(*(self._kill(process) for process in oldest))
+        while len(self.processes) < self.config.numprocesses and self.state in (STARTING, ACTIVE):
+            if await self._spawn_one() is None:
+                return
+            if len(self.processes) < self.config.numprocesses:
+                await self._warmup()
+
+    async def _warmup(self) -> None:
+        if self.config.warmup_delay > 0:
+            await asyncio.sleep(self.config.warmup_delay)
+
+    async def _spawn_one(self) -> Process | None:
+        """Spawn one process, retrying failures up to max_retry; stop the watcher if it cannot."""
+        if not self._hook("before_spawn"):
+            await self._stop_after_failure("before_spawn hook refused the spawn")
+            return None
+        attempts = 0
+        while True:
+            try:
+                process = self._spawn()
+                break
+            except (SpawnError, OSError, ValueError) as exc:
+                attempts += 1
+                self._log.error("spawn_failed", error=str(exc), attempt=attempts)
+                self._publish_own("spawn_failed", {"error": str(exc), "attempt": attempts})
+                if 0 <= self.config.max_retry <= attempts - 1 or self.config.max_retry == 0:
+                    await self._stop_after_failure(f"spawn failed {attempts} times: {exc}")
+                    return None
+                await asyncio.sleep(_backoff(attempts))
+        if not self._hook("after_spawn", pid=process.pid):
+            await self._kill(process)
+            await self._stop_after_failure("after_spawn hook refused the process")
+            return None
+        return process
+
+    def _spawn(self) -> Process:
+        """Fork and exec one process now, and start watching it."""
+        config = self.config
+        wid = self._next_wid()
+        plan = self.runtime.sockets.plan(config)
+        stdout = _pipe() if self.stdout_stream else None
+        stderr = _pipe() if self.stderr_stream else None
+        try:
+            spec = SpawnSpec(
+                argv=tuple(format_args(config, wid, plan.numbers)),
+                env=config.env,
+                executable=config.executable,
+                working_dir=config.working_dir,
+                uid=config.uid,
+                gid=config.gid,
+                user_name=_user_name(config.uid),
+                umask=config.umask,
+                rlimits=_rlimits(config.rlimits),
+                fds=plan.fds,
+                stdin=plan.stdin,
+                stdout=stdout[1] if stdout else None,
+                stderr=stderr[1] if stderr else None,
+                close_stdout=config.close_child_stdout,
+                close_stderr=config.close_child_stderr,
+                listen_fds_names=plan.listen_fds_names,
+            )
+            pid = spawn(spec)
+        except BaseException:
+            for pipe in (stdout, stderr):
+                if pipe:
+                    os.close(pipe[0])
+            raise
+        finally:
+            for fd in plan.owned:
+                os.close(fd)
+            for pipe in (stdout, stderr):
+                if pipe:
+                    os.close(pipe[1])
+        process = Process(pid, wid, self.runtime.loop.create_future())
+        self.processes[pid] = process
+        self.runtime.register_pid(pid, self)
+        self.runtime.children.watch(pid)
+        if stdout and self.stdout_stream:
+            self.runtime.redirector.add(stdout[0], pid, "stdout", self.stdout_stream)
+        if stderr and self.stderr_stream:
+            self.runtime.redirector.add(stderr[0], pid, "stderr", self.stderr_stream)
+        if config.max_age > 0:
+            lifetime = config.max_age + random.randint(0, max(0, config.max_age_variance))
+            process.max_age_timer = self.runtime.loop.call_later(
+                lifetime, lambda: self.runtime.loop.create_task(self._expire(process))
+            )
+        self._log.info("process_spawned", pid=pid, wid=wid)
+        self._publish("spawn", {"process_pid": pid, "time": process.started})
+        return process
+
+    def _next_wid(self) -> int:
+        """The lowest wid in use by nobody, from 1 to 2 × numprocesses (CIRCUS.md §5.3)."""
+        used = {process.wid for process in self.processes.values()}
+        for wid in range(1, 2 * max(1, self.config.numprocesses) + len(used) + 1):
+            if wid not in used:
+                return wid
+        raise RuntimeError("no wid left")
+
+    def process_exited(self, pid: int, code: int) -> None:
+        """The child watcher saw ``pid`` exit: forget it, report it, replace it if needed."""
+        process = self.processes.pop(pid, None)
+        if process is None:
+            return
+        process.cancel_timers()
+        self.runtime.redirector.remove_pid(pid)
+        if not process.exited.done():
+            process.exited.set_result(code)
+        now = time.time()
+        self._hook("before_reap", process_pid=pid, time=now)
+        self._log.info("process_reaped", pid=pid, wid=process.wid, exit_code=code)
+        self._publish("reap", {"process_pid": pid, "time": now, "exit_code": code})
+        self._hook("after_reap", process_pid=pid, time=now, exit_code=code, process_status=None)
+        if process.stopping or self.state not in (ACTIVE, STARTING):
+            return
+        if not self.config.respawn:
+            if not self.processes and self.state == ACTIVE:
+                self.runtime.loop.create_task(self.stop())
+            return
+        self._schedule_respawn(process)
+
+    def _schedule_respawn(self, process: Process) -> None:
+        flapping = self.runtime.flapping
+        self.crash_streak = self.crash_streak + 1 if process.age < flapping.window else 0
+        if self.crash_streak <= 1:
+            self.runtime.loop.create_task(self._respawn())
+            return
+        rounds = self.crash_streak - 1
+        if 0 <= flapping.max_retry < rounds:
+            self._log.error("crash_loop_stopped", crashes=self.crash_streak)
+            self._publish_own("crash_loop_stopped", {"crashes": self.crash_streak})
+            self.runtime.loop.create_task(self.stop())
+            return
+        delay = _backoff(rounds)
+        self._log.warning("crash_loop_backoff", crashes=self.crash_streak, delay=delay)
+        self._publish_own("crash_loop_backoff", {"crashes": self.crash_streak, "delay": delay})
+        self._cancel_respawn()
+        self.respawn_timer = self.runtime.loop.call_later(
+            delay, lambda: self.runtime.loop.create_task(self._respawn())
+        )
+
+    async def _respawn(self) -> None:
+        self.respawn_timer = None
+        async with self.lock:
+            if self.state == ACTIVE:
+                await self._reconcile()
+
+    async def _expire(self, process: Process) -> None:
+        """max_age: start the replacement first, then stop the old process, so capacity never dips."""
+        async with self.lock:
+            if process.pid not in self.processes or self.state != ACTIVE:
+                return
+            process.stopping = True
+            await self._spawn_one()
+            await self._kill(process)
+
+    async def _kill(
+        self, process: Process, signum: int | None = None, timeout: float | None = None
+    ) -> None:
+        """stop_signal to the process group, then SIGKILL to it after graceful_timeout."""
+        process.stopping = True
+        process.cancel_timers()
+        self._signal(process, self.config.stop_signal if signum is None else signum)
+        grace = self.config.graceful_timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(asyncio.shield(process.exited), grace)
+        except TimeoutError:
+            self._log.warning("process_kill_escalated", pid=process.pid, after=grace)
+            self._publish("kill", {"process_pid": process.pid, "time": time.time()})
+            kill_process_group(process.pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(process.exited), KILL_WAIT)
+        # Whatever of the group outlived its leader goes too: no orphans.
+        kill_process_group(process.pid, signal.SIGKILL)
+
+    def _signal(self, process: Process, signum: int) -> None:
+        if signum != signal.SIGKILL and not self._hook(
+            "before_signal", pid=process.pid, signum=signum
+        ):
+            return
+        if signum in (self.config.stop_signal, signal.SIGKILL):
+            self._publish("kill", {"process_pid": process.pid, "time": time.time()})
+        kill_process_group(process.pid, signum)
+        self._hook("after_signal", pid=process.pid, signum=signum)
+
+    async def _stop_after_failure(self, reason: str) -> None:
+        self._log.error("watcher_stopped_on_failure", reason=reason)
+        await self._stop()
+
+    def _cancel_respawn(self) -> None:
+        if self.respawn_timer is not None:
+            self.respawn_timer.cancel()
+            self.respawn_timer = None
+
+    # -- events and hooks -------------------------------------------------------
+
+    def _hook(self, name: str, **extra: Any) -> bool:
+        return bool(self.hooks.run(name, self, self.runtime.arbiter, **extra))
+
+    def _publish(self, event: str, payload: dict | None = None) -> None:
+        self.runtime.events.publish(self.name, event, payload or {"time": time.time()})
+
+    def _publish_hook(self, event: str, payload: dict) -> None:
+        self.runtime.events.publish(self.name, event, payload)
+
+    def _publish_own(self, event: str, payload: dict) -> None:
+        """chapiteau's own events, on a topic Circus clients do not subscribe to."""
+        self.runtime.events.publish_topic(
+            f"chapiteau.{self.name.lower().replace(' ', '_')}.{event}",
+            {**payload, "time": time.time()},
+        )
+
+    def close_streams(self) -> None:
+        for stream in (self.stdout_stream, self.stderr_stream):
+            if stream is not None:
+                close_stream(stream)
+
+    def reopen_streams(self) -> None:
+        for stream in (self.stdout_stream, self.stderr_stream):
+            if stream is not None:
+                reopen_stream(stream)
+
+
+def _backoff(rounds: int) -> float:
+    return min(BACKOFF_FIRST * 2 ** (rounds - 1), BACKOFF_MAX)
+
+
+def _pipe() -> tuple[int, int]:
+    read, write = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(read, False)
+    return read, write
+
+
+def _stream(config: WatcherConfig, name: str) -> Any:
+    conf = getattr(config, f"{name}_stream")
+    if not conf:
+        return None
+    return build_stream(conf, where=f"watcher:{config.name}:{name}_stream")
+
+
+def _rlimits(limits: dict[str, int]) -> dict[int, tuple[int, int]]:
+    return {getattr(resource, f"RLIMIT_{name.upper()}"): (v, v) for name, v in limits.items()}
+
+
+def _user_name(uid: int | None) -> str | None:
+    if uid is None:
+        return None
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _pythonpath(config: WatcherConfig) -> list[str]:
+    return [p for p in config.env.get("PYTHONPATH", "").split(os.pathsep) if p]
