@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from chapiteau.protocol.broker_messages import MAX_NAME_BYTES, NAME_PATTERN
@@ -113,7 +113,7 @@ def load_broker_config(path: str, environ: Mapping[str, str] | None = None) -> B
 
 
 def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec]) -> BrokerConfig:
-    _reject_unknown(section, BROKER_KEYS)
+    _reject_unknown(section, BROKER_KEYS | ini.defaults.keys())
     command = section.get_str("supervisor_command")
     argv: tuple[str, ...] | None = None
     if command is not None:
@@ -205,11 +205,11 @@ def _lookup(section: Section, key: str, word: str, table: dict[str, int]) -> int
     return value
 
 
-def _reject_unknown(section: Section, known: frozenset[str]) -> None:
+def _reject_unknown(section: Section, known: Set[str]) -> None:
     for key in section.options:
         if key not in known:
             raise ConfigError(
-                f"unknown option; the [broker] section accepts {', '.join(sorted(known))}",
+                f"unknown option; the [broker] section accepts {', '.join(sorted(BROKER_KEYS))}",
                 file=section.file_of(key),
                 section=section.name,
                 key=key,

@@ -23,7 +23,7 @@ import json
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 256 * 1024
@@ -34,7 +34,8 @@ MAX_REASON_BYTES = 4096
 MAX_ID = 2**53
 HEADER = struct.Struct(">I")
 
-NAME_PATTERN = re.compile(r"^[\w.\-]+$", re.ASCII)
+# \Z, not $: "$" would also match before a trailing newline and let "web\n" through.
+NAME_PATTERN = re.compile(r"^[\w.\-]+\Z", re.ASCII)
 FAMILIES = ("AF_INET", "AF_INET6", "AF_UNIX")
 SOCKET_TYPES = ("SOCK_STREAM", "SOCK_DGRAM", "SOCK_RAW", "SOCK_RDM", "SOCK_SEQPACKET")
 ERROR_CODES = (
@@ -51,10 +52,26 @@ ERROR_CODES = (
 )
 
 
+SOCKET_INFO_FIELDS = (
+    "name",
+    "family",
+    "type",
+    "host",
+    "port",
+    "path",
+    "backlog",
+    "blocking",
+    "reuseport",
+    "inode",
+)
+
+
 class ProtocolError(Exception):
     """The peer sent something that breaks the protocol; answer or drop it, then go on."""
 
     def __init__(self, code: str, reason: str) -> None:
+        # The reason often quotes the peer's input; capped, it always fits an Error reply.
+        reason = reason[:MAX_REASON_BYTES]
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
@@ -92,6 +109,7 @@ class SocketInfo:
     @classmethod
     def from_json(cls, obj: Any) -> SocketInfo:
         fields = _require_object(obj, "socket")
+        _only(fields, SOCKET_INFO_FIELDS)
         return cls(
             name=_name(fields.get("name")),
             family=_choice(fields.get("family"), FAMILIES, "family"),
@@ -202,20 +220,20 @@ class Error:
     reason: str = field(default="")
 
 
-Message = Union[
-    Hello,
-    Welcome,
-    ListSockets,
-    SocketList,
-    GetSockets,
-    BindReuseport,
-    Sockets,
-    ReloadConfig,
-    Reloaded,
-    Shutdown,
-    Ok,
-    Error,
-]
+Message = (
+    Hello
+    | Welcome
+    | ListSockets
+    | SocketList
+    | GetSockets
+    | BindReuseport
+    | Sockets
+    | ReloadConfig
+    | Reloaded
+    | Shutdown
+    | Ok
+    | Error
+)
 
 MESSAGE_TYPES: dict[str, type] = {
     cls.TYPE: cls
@@ -271,7 +289,9 @@ def decode(frame: bytes, nfds: int = 0) -> tuple[int, Message]:
         )
     try:
         body = json.loads(frame[HEADER.size :].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8, bad JSON and integers too long to convert;
+        # RecursionError is deeply nested arrays or objects.
         raise ProtocolError("bad_frame", f"payload is not UTF-8 JSON: {exc}") from None
     fields = _require_object(body, "frame")
     request_id = _int(fields.pop("id", None), "id", 0, MAX_ID)

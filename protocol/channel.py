@@ -9,6 +9,8 @@ a misbehaving peer can never make us leak a descriptor.
 
 from __future__ import annotations
 
+import array
+import contextlib
 import os
 import socket
 from collections.abc import Sequence
@@ -56,9 +58,7 @@ def receive(sock: socket.socket) -> Received | None:
     Raises ProtocolError for a truncated, oversized or malformed frame (its fds
     already closed), and OSError for socket errors (BlockingIOError included).
     """
-    data, fds, flags, _ = socket.recv_fds(
-        sock, MAX_FRAME_BYTES + 1, MAX_FDS_PER_MESSAGE, socket.MSG_CMSG_CLOEXEC
-    )
+    data, fds, flags = _recvmsg(sock)
     try:
         if flags & socket.MSG_CTRUNC:
             raise ProtocolError("bad_frame", "control data truncated (too many fds attached)")
@@ -75,10 +75,23 @@ def receive(sock: socket.socket) -> Received | None:
     return Received(request_id, message, tuple(fds))
 
 
+def _recvmsg(sock: socket.socket) -> tuple[bytes, list[int], int]:
+    # Not socket.recv_fds: on Python 3.11 it drops its flags argument, so the
+    # fds would arrive without close-on-exec and leak into every exec'd child.
+    fds = array.array("i")
+    data, ancdata, flags, _ = sock.recvmsg(
+        MAX_FRAME_BYTES + 1,
+        socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * fds.itemsize),
+        socket.MSG_CMSG_CLOEXEC,
+    )
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds), flags
+
+
 def close_fds(fds: Sequence[int]) -> None:
     """Close every fd, ignoring ones already closed."""
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass

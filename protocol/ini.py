@@ -158,6 +158,8 @@ class IniFile:
     sections: dict[str, Section]
     files: list[str]
     warnings: list[str]
+    defaults: dict[str, str] = field(default_factory=dict)
+    """The [DEFAULT] keys, which every section above already contains."""
 
     def sections_with_prefix(self, prefix: str) -> list[Section]:
         """Return the sections whose name starts with ``prefix``, in file order."""
@@ -299,7 +301,9 @@ def read_ini(path: str | os.PathLike[str]) -> IniFile:
                 if included not in files:
                     reader.read(included)
                     files.append(included)
-    return IniFile(main, reader.result(), files, warnings)
+    defaults = reader.defaults.lines if reader.defaults else {}
+    default_values = {key: "\n".join(lines) for key, lines in defaults.items()}
+    return IniFile(main, reader.result(), files, warnings, default_values)
 
 
 def replace_variables(value: str, variables: Mapping[str, object]) -> str:

@@ -81,22 +81,34 @@ class SpawnError(Exception):
 class SpawnSpec:
     """Everything needed to start one worker; parent fds are borrowed, not closed."""
 
+    # argv[0] is the program, searched on the PATH of ``env`` unless it has a "/".
     argv: tuple[str, ...]
+    # The child's whole environment.
     env: Mapping[str, str]
+    # Run this file instead of argv[0], keeping argv (Circus ``executable``).
     executable: str | None = None
+    # chdir after the id switch, so access is checked as the worker's user.
     working_dir: str | None = None
+    # Ids to switch to; see the module docstring for supplementary groups.
     uid: int | None = None
     gid: int | None = None
     user_name: str | None = None
     umask: int | None = None
+    # resource.RLIMIT_* -> (soft, hard), set before the id switch.
     rlimits: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+    # Child fd (>= 3) -> parent fd to place there; only these and 0-2 survive.
     fds: Mapping[int, int] = field(default_factory=dict)
+    # Parent fd for child fd 0; None means /dev/null.
     stdin: int | None = None
+    # Parent fds for child fds 1 and 2; None means the supervisor's own.
     stdout: int | None = None
     stderr: int | None = None
+    # Send fd 1 / fd 2 to /dev/null (Circus close_child_stdout/stderr).
     close_stdout: bool = False
     close_stderr: bool = False
+    # setsid(): the worker leads its own session and process group.
     new_session: bool = True
+    # systemd protocol: socket names of fds 3.. (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID).
     listen_fds_names: tuple[str, ...] | None = None
 
 
@@ -129,17 +141,12 @@ def spawn(spec: SpawnSpec) -> int:
     child is then already reaped), and ValueError for a malformed spec.
     """
     plan = _make_plan(spec)
-    devnull = -1
-    if any(source == _DEVNULL for _, source in plan.dups):
-        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         try:
-            pid = _fork(plan, write_end, devnull)
+            pid = _fork_with_devnull(plan, write_end)
         finally:
             os.close(write_end)
-            if devnull >= 0:
-                os.close(devnull)
         report = _read_report(read_end)
     finally:
         os.close(read_end)
@@ -147,6 +154,16 @@ def spawn(spec: SpawnSpec) -> int:
         return pid
     _reap(pid)
     raise _error_from_report(report, spec, plan)
+
+
+def _fork_with_devnull(plan: _Plan, write_end: int) -> int:
+    if all(source != _DEVNULL for _, source in plan.dups):
+        return _fork(plan, write_end, -1)
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        return _fork(plan, write_end, devnull)
+    finally:
+        os.close(devnull)
 
 
 def _fork(plan: _Plan, write_end: int, devnull: int) -> int:
@@ -248,8 +265,10 @@ def _child(plan: _Plan, report_fd: int, devnull: int) -> NoReturn:
     # The child must never return into the parent's code, whatever happened.
     except BaseException as exc:
         code = getattr(exc, "errno", None) or errno_codes.EINVAL
-        os.write(report_fd, b"%s:%d:%d" % (step.encode(), code, arg))
-    os._exit(_CHILD_FAILED)
+        with contextlib.suppress(OSError):
+            os.write(report_fd, b"%s:%d:%d" % (step.encode(), code, arg))
+    finally:
+        os._exit(_CHILD_FAILED)
 
 
 def _rlimit_errno(soft: int, hard: int) -> int:

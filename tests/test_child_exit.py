@@ -13,7 +13,9 @@ import textwrap
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
+from unittest.mock import ANY
 
+import prctl
 import pytest
 from chapiteau.supervisor.child_exit import UNKNOWN_EXIT_CODE, ChildWatcher, kill_process_group
 from chapiteau.supervisor.spawn import SpawnSpec, spawn
@@ -231,15 +233,21 @@ def test_close_releases_pidfds_and_leaves_children_alone() -> None:
 
 
 def test_kill_process_group_kills_the_workers_descendants() -> None:
-    async def scenario(watcher: ChildWatcher, exits: Exits, _: Exits) -> None:
+    async def scenario(watcher: ChildWatcher, exits: Exits, orphans: Exits) -> None:
         pid = start("sh", "-c", "sleep 30 & sleep 30 & wait")
         watcher.watch(pid)
         wait_until(lambda: len(group_members(pid)) == 3, "the worker to start two children")
         kill_process_group(pid, signal.SIGKILL)
         assert await exits.next() == (pid, -signal.SIGKILL)
-        wait_until(lambda: group_members(pid) == [], "the whole group to die")
+        # The orphaned sleeps come back to us, the subreaper, to be reaped.
+        assert [await orphans.next(), await orphans.next()] == [(ANY, -signal.SIGKILL)] * 2
+        assert group_members(pid) == []
 
-    run(scenario)
+    prctl.set_child_subreaper(True)
+    try:
+        run(scenario)
+    finally:
+        prctl.set_child_subreaper(False)
 
 
 def test_kill_process_group_of_a_gone_group_is_not_an_error() -> None:

@@ -368,7 +368,7 @@ def in_unprivileged_helper(spec: SpawnSpec, max_processes: int | None = None) ->
             os.setgid(NOBODY)
             os.setuid(NOBODY)
             try:
-                spawn(spec)
+                os.waitpid(spawn(spec), 0)
                 os.write(write_end, b"ok:0")
             except SpawnError as error:
                 if zombie_children():

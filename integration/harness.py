@@ -1,0 +1,221 @@
+"""Run the real ``chapiteau`` from an INI file and look at it as an operator would.
+
+A `Chapiteau` is the broker process started with ``python -m chapiteau.broker``
+and JSON logs; tests wait for log events, read /proc, send signals and make
+HTTP requests. Every process of the tree is remembered by pid and killed at
+the end, so a failing test never leaves anything running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DEFAULT_TIMEOUT = 15.0
+
+
+class Chapiteau:
+    """One broker process (and, through it, a supervisor and workers)."""
+
+    def __init__(self, directory: Path, config: str, args: tuple[str, ...] = ()) -> None:
+        self.directory = directory
+        self.config_path = directory / "chapiteau.ini"
+        self.config_path.write_text(config)
+        self.config_path.chmod(0o644)
+        self.log_path = directory / "chapiteau.log"
+        self.args = args
+        self.process: subprocess.Popen | None = None
+        self.seen: set[int] = set()
+        self._offset = 0
+        self.events: list[dict[str, Any]] = []
+
+    def start(self) -> Chapiteau:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "chapiteau.broker", str(self.config_path), "--log-format",
+             "json", "--log-level", "debug", *self.args],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            cwd=self.directory,
+            start_new_session=True,
+        )
+        log.close()
+        self.seen.add(self.process.pid)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def read_events(self) -> list[dict[str, Any]]:
+        """Every JSON log line so far (other lines, e.g. worker output, are skipped)."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self._offset)
+            data = log.read()
+        complete = data.rfind(b"\n") + 1
+        self._offset += complete
+        for line in data[:complete].splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict) and "event" in event:
+                    self.events.append(event)
+        self.track_tree()
+        return self.events
+
+    def wait_for(
+        self,
+        event: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        where: Callable[[dict[str, Any]], bool] = lambda e: True,
+        count: int = 1,
+    ) -> list[dict[str, Any]]:
+        """Wait until ``count`` log events named ``event`` (matching ``where``) were logged."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.read_events() if e["event"] == event and where(e)]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"no {count}x {event!r} within {timeout}s; log:\n{self.log_path.read_text()}"
+                )
+            if self.process is not None and self.process.poll() is not None and not found:
+                raise AssertionError(
+                    f"chapiteau exited {self.process.returncode} before {event!r}; log:\n"
+                    f"{self.log_path.read_text()}"
+                )
+            time.sleep(0.02)
+
+    def supervisor_pid(self) -> int:
+        return self.wait_for("supervisor_started")[-1]["pid"]
+
+    def worker_pids(self, watcher: str, count: int) -> list[int]:
+        """Pids of the ``count`` most recent workers of ``watcher`` that are still alive."""
+        deadline = time.monotonic() + DEFAULT_TIMEOUT
+        while True:
+            spawned = [
+                e["pid"]
+                for e in self.read_events()
+                if e["event"] == "process_spawned" and e.get("watcher") == watcher
+            ]
+            alive = [pid for pid in spawned if is_alive(pid)]
+            if len(alive) >= count:
+                return alive[-count:]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{count} workers of {watcher} not alive: {spawned}")
+            time.sleep(0.02)
+
+    def track_tree(self) -> None:
+        """Remember every descendant's pid, so that cleanup can reach it."""
+        if self.process is not None:
+            self.seen.update(descendants(self.process.pid))
+
+    def stop(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """SIGTERM the broker and wait for it; returns its exit status."""
+        assert self.process is not None
+        self.track_tree()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill_everything(self) -> None:
+        """Last-resort cleanup: SIGKILL every process of the tree this test saw."""
+        self.track_tree()
+        for pid in self.seen:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(5)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of ``pid``, from /proc/PID/task/*/children."""
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        for child in children(current):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return found
+
+
+def children(pid: int) -> list[int]:
+    result: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as listing:
+                result.extend(int(word) for word in listing.read().split())
+    return result
+
+
+def is_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    """/proc/PID/status as a dict of field → value."""
+    with open(f"/proc/{pid}/status") as status:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in status if ":\t" in line)
+
+
+def open_fds(pid: int) -> dict[int, str]:
+    """fd number → what it points at, for every open fd of ``pid``."""
+    result = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            result[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+    return result
+
+
+def socket_inodes(pid: int) -> set[str]:
+    return {target for target in open_fds(pid).values() if target.startswith("socket:")}
+
+
+def http_get(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> str:
+    """A minimal HTTP/1.0 GET of / on loopback; returns the body."""
+    with socket.create_connection((host, port), timeout=timeout) as conn:
+        conn.sendall(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+        return read_response(conn)
+
+
+def read_response(conn: socket.socket) -> str:
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0], head
+    return body.decode()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
