@@ -35,6 +35,7 @@ setup(
         "console_scripts": [
             "chapiteau = chapiteau.broker.main:main",
             "chapiteau-supervisor = chapiteau.supervisor.main:main",
+            "chapiteauctl = chapiteau.supervisor.ctl:main",
         ],
     },
     classifiers=[
