@@ -202,7 +202,10 @@ class Broker:
             self.stopping = True
             self.exit_status = EX_CONFIG if not _children() else None
             return
-        log.error("supervisor_died", pid=pid, exit_code=code)
+        if code == 0:
+            log.info("supervisor_exited", pid=pid)
+        else:
+            log.error("supervisor_died", pid=pid, exit_code=code)
         self._schedule_restart()
 
     def _signal_orphans(self, signum: int) -> None:

@@ -29,7 +29,10 @@ copy_env = true
 
 
 def _restarted(tree, count: int) -> int:
-    return tree.wait_for("supervisor_started", where=lambda e: e["start"] == count)[-1]["pid"]
+    """The pid of the ``count``-th supervisor, once it holds its sockets."""
+    pid = tree.wait_for("supervisor_started", where=lambda e: e["start"] == count)[-1]["pid"]
+    tree.wait_for("supervisor_ready", where=lambda e: e["pid"] == pid)
+    return pid
 
 
 def test_client_connected_while_no_supervisor_exists_is_served_by_the_new_one(chapiteau):
@@ -73,6 +76,20 @@ def test_repeated_crashes_back_off(chapiteau):
     _restarted(tree, 4)
     delays = [e["delay"] for e in tree.wait_for("supervisor_restart_scheduled", count=3)]
     assert delays[:3] == [0.1, 0.2, 0.4]
+
+
+def test_sigterm_to_the_supervisor_alone_starts_a_new_one_on_the_same_socket(chapiteau):
+    tree = chapiteau(CONFIG)
+    supervisor = tree.supervisor_pid()
+    old_workers = tree.worker_pids("web", 2)
+    old_inodes = socket_inodes(supervisor)
+    os.kill(supervisor, signal.SIGTERM)
+    new_supervisor = _restarted(tree, 2)
+    assert tree.wait_for("supervisor_exited")[0]["pid"] == supervisor
+    assert not any(is_alive(pid) for pid in old_workers)
+    assert socket_inodes(new_supervisor) & old_inodes
+    served_by = int(http_get(80).split()[3])
+    assert served_by in tree.worker_pids("web", 2)
 
 
 def test_sigterm_stops_the_whole_tree(chapiteau):

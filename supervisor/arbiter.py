@@ -96,13 +96,18 @@ class Arbiter:
             first = False
             await watcher.start()
 
-    async def quit(self) -> None:
-        """Stop every watcher (concurrently, each with its graceful timeout), then exit."""
+    async def quit(self, shutdown_broker: bool = False) -> None:
+        """Stop every watcher (concurrently, each with its graceful timeout), then exit.
+
+        ``shutdown_broker`` is for the ``quit`` command: the whole tree stops. A
+        signal to the supervisor alone only ends this supervisor, and the broker
+        starts a new one on the same sockets (how a new version is rolled out).
+        """
         if self.stopping:
             return
         self.stopping = True
-        log.info("supervisor_stopping")
-        if self.broker is not None:
+        log.info("supervisor_stopping", shutdown_broker=shutdown_broker)
+        if shutdown_broker and self.broker is not None:
             try:
                 self.broker.shutdown()
             except BrokerError as exc:

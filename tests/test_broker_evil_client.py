@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -296,6 +297,45 @@ def test_bind_reuseport_siblings_are_not_kept_by_the_broker(broker: RunningBroke
         close_fds(reply.fds)
     assert all(isinstance(reply.message, Sockets) and len(reply.fds) == 1 for reply in replies)
     assert after == before
+
+
+@contextlib.contextmanager
+def out_of_fds(broker: RunningBroker) -> Iterator[None]:
+    """Lower the broker's RLIMIT_NOFILE so that its next new fd fails with EMFILE."""
+    used = {int(fd) for fd in os.listdir(f"/proc/{broker.pid}/fd")}
+    lowest_free = min(set(range(len(used) + 1)) - used)
+    soft, hard = resource.prlimit(broker.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(broker.pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
+    try:
+        yield
+    finally:
+        resource.prlimit(broker.pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_bind_reuseport_without_a_free_fd_is_refused(broker: RunningBroker) -> None:
+    client = Client(broker.socket_path)
+    client.hello()
+    with out_of_fds(broker):
+        reply = client.request(BindReuseport("shared"), 22)
+    client.close()
+    assert (error_code(reply), reply.fds) == ("bind_failed", ())
+    assert_serves(broker)
+
+
+def test_fds_the_broker_cannot_install_are_refused(
+    broker: RunningBroker, spare_fds: list[int]
+) -> None:
+    client = Client(broker.socket_path)
+    client.hello()
+    before = broker.fd_count()
+    with out_of_fds(broker):
+        reply = client.request(ListSockets(), 23, spare_fds)
+    client.request(ListSockets(), 24)
+    after = broker.fd_count()
+    client.close()
+    assert error_code(reply) == "bad_frame"
+    assert after == before
+    assert_serves(broker)
 
 
 # -- malformed frames ------------------------------------------------------------
