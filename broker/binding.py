@@ -153,7 +153,8 @@ def _bind_inet(sock: socket.socket, spec: SocketSpec, address: tuple) -> None:
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise BindError(
-                f"{where}: address already in use; find the owner with: ss -ltnp 'sport = :{address[1]}'"
+                f"{where}: address already in use; find the owner with: "
+                f"ss -ltnp 'sport = :{address[1]}'"
             ) from None
         if exc.errno == errno.EADDRNOTAVAIL:
             raise BindError(f"{where}: no local interface has this address") from None

@@ -61,6 +61,7 @@ class Broker:
         sockets: dict[str, BoundSocket],
         user: ServiceUser,
         supervisor_options: Sequence[str] = (),
+        listener: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.user = user
@@ -76,8 +77,11 @@ class Broker:
         self.restart_at: float | None = None
         self.kill_orphans_at: float | None = None
         self.stopping = False
+        self.stop_status = 0
+        """The exit status once stopped: EX_CONFIG after a refused config, else 0."""
         self.exit_status: int | None = None
-        self.listener: socket.socket | None = None
+        self.listener = listener
+        """Connect mode: the socket made by `listen_for_supervisors` before privileges drop."""
 
     # -- the loop -------------------------------------------------------------
 
@@ -86,7 +90,7 @@ class Broker:
         prctl.set_child_subreaper(1)
         self._install_signals()
         if self.config.socket_path:
-            self._listen(self.config.socket_path)
+            self._listen()
         else:
             self._start_supervisor()
         while self.exit_status is None:
@@ -182,7 +186,7 @@ class Broker:
             else:
                 log.info("orphan_reaped", pid=pid, exit_code=code)
         if self.stopping and self.supervisor is None and not _children():
-            self.exit_status = 0
+            self.exit_status = self.stop_status
 
     def _supervisor_exited(self, code: int) -> None:
         assert self.supervisor is not None
@@ -200,7 +204,7 @@ class Broker:
         if code == EX_CONFIG and self.starts == 1:
             log.error("supervisor_refused_config", pid=pid, config=self.config.path)
             self.stopping = True
-            self.exit_status = EX_CONFIG if not _children() else None
+            self.stop_status = EX_CONFIG
             return
         if code == 0:
             log.info("supervisor_exited", pid=pid)
@@ -249,10 +253,12 @@ class Broker:
 
     # -- peers ----------------------------------------------------------------
 
-    def _listen(self, path: str) -> None:
-        self.listener = listen_for_supervisors(path, self.user)
+    def _listen(self) -> None:
+        assert self.config.socket_path is not None
+        if self.listener is None:
+            self.listener = listen_for_supervisors(self.config.socket_path, self.user)
         self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
-        log.info("broker_listening", path=path, user=self.user.name)
+        log.info("broker_listening", path=self.config.socket_path, user=self.user.name)
 
     def _accept(self) -> None:
         assert self.listener is not None
@@ -299,6 +305,11 @@ class Broker:
     def _reply(self, conn: socket.socket, request_id: int, reply: Reply) -> None:
         try:
             send(conn, reply.message, request_id, reply.fds)
+        except ValueError as exc:
+            # A reply we cannot encode (e.g. a config with too many sockets) is our
+            # problem, not the peer's: tell it why instead of dying.
+            log.error("reply_too_large", peer=self.peers[conn].name, error=str(exc))
+            self._reply(conn, request_id, Reply(Error("too_many", str(exc))))
         except OSError as exc:
             log.warning("reply_failed", peer=self.peers[conn].name, error=str(exc))
             self._drop_peer(conn)
@@ -339,29 +350,37 @@ def peer_uid(conn: socket.socket) -> int:
 def listen_for_supervisors(path: str, user: ServiceUser) -> socket.socket:
     """Listen on ``path`` for a separately started supervisor (connect mode).
 
-    The directory is created 0750 with the service user's group, so that only
-    root and that group can even reach the socket; the peer's uid is checked
-    again on every connection.
+    A missing directory is created 0750 (whatever the umask) with the service
+    user's group, so that only root and that group can even reach the socket;
+    the peer's uid is checked again on every connection. BindError says what
+    went wrong, for the operator.
     """
+    where = f"[broker] socket_path = {path}"
     directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        os.makedirs(directory, mode=0o750)
-        os.chown(directory, 0 if os.geteuid() == 0 else -1, user.gid)
     try:
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o750)
+            os.chmod(directory, 0o750)
+            os.chown(directory, 0 if os.geteuid() == 0 else -1, user.gid)
         existing = os.lstat(path)
     except FileNotFoundError:
         existing = None
+    except OSError as exc:
+        raise BindError(f"{where}: cannot create {directory}: {exc.strerror}") from None
     if existing is not None:
         if not stat.S_ISSOCK(existing.st_mode):
-            raise BindError(f"[broker] socket_path: {path} exists and is not a socket")
+            raise BindError(f"{where}: the path exists and is not a socket; refusing to remove it")
         os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     previous = os.umask(0o117)
     try:
         listener.bind(path)
+        os.chown(path, -1, user.gid)
+        listener.listen(MAX_PEERS)
+    except OSError as exc:
+        listener.close()
+        raise BindError(f"{where}: cannot listen: {exc.strerror}") from None
     finally:
         os.umask(previous)
-    os.chown(path, -1, user.gid)
-    listener.listen(MAX_PEERS)
     listener.setblocking(False)
     return listener

@@ -100,7 +100,7 @@ def load_broker_config(path: str, environ: Mapping[str, str] | None = None) -> B
     env = global_env(ini, os.environ if environ is None else environ)
     sockets: dict[str, SocketSpec] = {}
     for section in ini.sections_with_prefix(SOCKET_PREFIX):
-        spec = parse_socket(section.expanded(env))
+        spec = parse_socket(section.expanded(env), ini.defaults.keys())
         if spec.name in sockets:
             raise section.error(
                 None, f"socket name {spec.name!r} is defined twice (names ignore case)"
@@ -113,7 +113,7 @@ def load_broker_config(path: str, environ: Mapping[str, str] | None = None) -> B
 
 
 def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec]) -> BrokerConfig:
-    _reject_unknown(section, BROKER_KEYS | ini.defaults.keys())
+    _reject_unknown(section, BROKER_KEYS | ini.defaults.keys(), BROKER_KEYS)
     command = section.get_str("supervisor_command")
     argv: tuple[str, ...] | None = None
     if command is not None:
@@ -141,9 +141,14 @@ def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec
     )
 
 
-def parse_socket(section: Section) -> SocketSpec:
-    """Validate one [socket:NAME] section (values already expanded)."""
+def parse_socket(section: Section, defaults: Set[str] = frozenset()) -> SocketSpec:
+    """Validate one [socket:NAME] section (values already expanded).
+
+    An unknown key is an error (a misspelt ``so_reuseport`` must not pass
+    silently), except the ``defaults`` that [DEFAULT] puts in every section.
+    """
     name = section.name[len(SOCKET_PREFIX) :].lower()
+    _reject_unknown(section, SOCKET_KEYS | defaults)
     if not 0 < len(name) <= MAX_NAME_BYTES or not NAME_PATTERN.match(name):
         raise section.error(
             None,
@@ -166,6 +171,9 @@ def parse_socket(section: Section) -> SocketSpec:
         raise section.error("umask", "must be an octal mode between 000 and 777")
     if family == socket.AF_UNIX and not path:
         raise section.error("path", "a unix socket needs a path")
+    so_reuseport = section.get_bool("so_reuseport", False)
+    if so_reuseport and family == socket.AF_UNIX:
+        raise section.error("so_reuseport", "only works with AF_INET and AF_INET6 sockets")
     if path and not os.path.isabs(path):
         path = os.path.join(os.path.dirname(section.file) or ".", path)
     return SocketSpec(
@@ -181,7 +189,7 @@ def parse_socket(section: Section) -> SocketSpec:
         replace=section.get_bool("replace", False),
         blocking=section.get_bool("blocking", False),
         interface=section.get_str("interface") or None,
-        so_reuseport=section.get_bool("so_reuseport", False),
+        so_reuseport=so_reuseport,
         where=f"{section.file}:{section.name}",
     )
 
@@ -205,11 +213,12 @@ def _lookup(section: Section, key: str, word: str, table: dict[str, int]) -> int
     return value
 
 
-def _reject_unknown(section: Section, known: Set[str]) -> None:
+def _reject_unknown(section: Section, known: Set[str], documented: Set[str] = SOCKET_KEYS) -> None:
     for key in section.options:
         if key not in known:
             raise ConfigError(
-                f"unknown option; the [broker] section accepts {', '.join(sorted(BROKER_KEYS))}",
+                f"unknown option; the [{section.name}] section accepts "
+                f"{', '.join(sorted(documented))}",
                 file=section.file_of(key),
                 section=section.name,
                 key=key,

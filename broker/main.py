@@ -14,11 +14,16 @@ import os
 import sys
 
 import structlog
-from chapiteau.broker.binding import BindError
-from chapiteau.broker.broker import Broker
+from chapiteau.broker.binding import BindError, BoundSocket
+from chapiteau.broker.broker import Broker, listen_for_supervisors
 from chapiteau.broker.config import load_broker_config
 from chapiteau.broker.logs import LEVELS, configure_logging
-from chapiteau.broker.pidfile import PidfileError, remove_pidfile, write_pidfile
+from chapiteau.broker.pidfile import (
+    PidfileError,
+    check_pidfile,
+    remove_pidfile,
+    write_pidfile,
+)
 from chapiteau.broker.privileges import (
     PrivilegeError,
     check_access,
@@ -56,20 +61,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level, args.log_format)
+    sockets: dict[str, BoundSocket] = {}
     try:
         config = load_broker_config(args.config)
         user = resolve_service_user(config.user, config.group)
         if config.socket_path is None:
             check_access(user, supervisor_files(config, sys.executable))
-        if args.log_output:
-            _redirect_output(args.log_output)
+        if args.pidfile:
+            check_pidfile(args.pidfile)
+        log_fd = _open_log(args.log_output) if args.log_output else None
         sockets = bind_all(config.sockets.values())
-    except (ConfigError, PrivilegeError, BindError, OSError) as exc:
+        listener = listen_for_supervisors(config.socket_path, user) if config.socket_path else None
+    except (ConfigError, PrivilegeError, BindError, PidfileError, OSError) as exc:
+        # Errors go to the caller's stderr, before any redirection or detaching.
+        close_all(sockets.values())
         print(f"chapiteau: {exc}", file=sys.stderr)
         return 1
     try:
+        if log_fd is not None:
+            _redirect_output(log_fd)
         if args.daemon:
-            _daemonize()
+            _daemonize(keep_output=log_fd is not None)
         if args.pidfile:
             write_pidfile(args.pidfile)
     except (PidfileError, OSError) as exc:
@@ -80,22 +92,29 @@ def main(argv: list[str] | None = None) -> int:
         drop_privileges(needed_capabilities(config))
     options = ["--log-level", args.log_level, "--log-format", args.log_format]
     try:
-        return Broker(config, sockets, user, options).run()
+        return Broker(config, sockets, user, options, listener).run()
     finally:
         if args.pidfile:
             remove_pidfile(args.pidfile)
 
 
-def _redirect_output(path: str) -> None:
-    """Point fds 1 and 2 at ``path``, so the supervisor and workers inherit it too."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+def _open_log(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
+def _redirect_output(fd: int) -> None:
+    """Point fds 1 and 2 at the log file, so the supervisor and workers inherit it too."""
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
 
 
-def _daemonize() -> None:
-    """Double fork, new session, stdio on /dev/null unless redirected to a log file."""
+def _daemonize(keep_output: bool) -> None:
+    """Double fork, new session, stdio on /dev/null unless redirected to a log file.
+
+    Output goes to /dev/null even when it is a pipe, not only a terminal: a
+    daemon that kept its caller's pipe open would make the caller wait forever.
+    """
     if os.fork():
         os._exit(0)
     os.setsid()
@@ -103,7 +122,7 @@ def _daemonize() -> None:
         os._exit(0)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
-    for fd in (1, 2):
-        if os.isatty(fd):
-            os.dup2(null, fd)
+    if not keep_output:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
     os.close(null)

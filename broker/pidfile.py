@@ -10,15 +10,27 @@ class PidfileError(Exception):
     """The pidfile names a process that is still running."""
 
 
-def write_pidfile(path: str) -> None:
-    """Write our pid to ``path``; refuse when it names another live process (Circus §5.1)."""
+def check_pidfile(path: str) -> None:
+    """Refuse a pidfile that names another live process (Circus §5.1).
+
+    Called before daemonizing too, so that the command an operator typed fails
+    with status 1 instead of a detached child failing where nobody sees it.
+    """
     try:
         with open(path) as existing:
             other = int(existing.read().strip() or 0)
     except (FileNotFoundError, ValueError):
         other = 0
     if other and other != os.getpid() and _alive(other):
-        raise PidfileError(f"pid file {path!r} is stale, current pid {other}")
+        raise PidfileError(
+            f"pid file {path!r} is stale, current pid {other}: stop that process first "
+            f"or remove the file if it is not chapiteau"
+        )
+
+
+def write_pidfile(path: str) -> None:
+    """Write our pid to ``path``; refuse when it names another live process."""
+    check_pidfile(path)
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:

@@ -56,7 +56,7 @@ def apply_reload(table: dict[str, BoundSocket], specs: dict[str, SocketSpec]) ->
     rebind = [name for name in changed if not _adjustable(table[name].spec, specs[name])]
     try:
         fresh = bind_all(specs[name] for name in added + rebind)
-    except BindError as exc:
+    except (BindError, OSError) as exc:
         raise ReloadError(str(exc)) from None
     for name in changed:
         if name not in rebind:

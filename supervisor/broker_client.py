@@ -21,6 +21,7 @@ from chapiteau.protocol.broker_messages import (
     ListSockets,
     Message,
     Ok,
+    ProtocolError,
     ReloadConfig,
     Reloaded,
     Shutdown,
@@ -109,7 +110,7 @@ class BrokerClient:
         try:
             send(self.sock, request, self._next_id)
             received = receive(self.sock)
-        except OSError as exc:
+        except (OSError, ProtocolError) as exc:
             raise BrokerError(f"broker channel failed during {request.TYPE}: {exc}") from None
         if received is None:
             raise BrokerError(f"the broker closed the channel during {request.TYPE}")

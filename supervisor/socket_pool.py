@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from chapiteau.protocol.channel import close_fds
 from chapiteau.supervisor.broker_client import BrokerClient, ReceivedSocket
 from chapiteau.supervisor.config import WatcherConfig
 
@@ -49,14 +50,19 @@ class SocketPool:
         """Decide the fds of one new process of ``watcher``."""
         parent_fds: dict[str, int] = {}
         owned: list[int] = []
-        for name in self.names_for(watcher):
-            received = self.sockets[name]
-            if received.info.reuseport and self.client is not None:
-                sibling = self.client.bind_reuseport(name)
-                owned.append(sibling.fd)
-                parent_fds[name] = sibling.fd
-            else:
-                parent_fds[name] = received.fd
+        try:
+            for name in self.names_for(watcher):
+                received = self.sockets[name]
+                if received.info.reuseport and self.client is not None:
+                    sibling = self.client.bind_reuseport(name)
+                    owned.append(sibling.fd)
+                    parent_fds[name] = sibling.fd
+                else:
+                    parent_fds[name] = received.fd
+        except BaseException:
+            # A refused sibling must not leak the ones already bound for this spawn.
+            close_fds(owned)
+            raise
         if watcher.socket_protocol == "systemd":
             numbers = {name: SYSTEMD_FIRST_FD + i for i, name in enumerate(parent_fds)}
             names: tuple[str, ...] | None = tuple(parent_fds)

@@ -28,11 +28,12 @@ from typing import Any
 
 import structlog
 
-from chapiteau.supervisor.child_exit import ChildWatcher, kill_process_group
+from chapiteau.supervisor.child_exit import ChildWatcher
 from chapiteau.supervisor.config import WatcherConfig
 from chapiteau.supervisor.events import Events
 from chapiteau.supervisor.hooks import Hooks
 from chapiteau.supervisor.process import Process
+from chapiteau.supervisor.process_tree import ProcessTree
 from chapiteau.supervisor.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
 from chapiteau.supervisor.spawn import SpawnError, SpawnSpec, spawn
@@ -120,7 +121,8 @@ class Watcher:
                 await self._start()
             elif self.config.send_hup:
                 for process in old:
-                    self._signal(process, signal.SIGHUP)
+                    # Circus sends the reload SIGHUP to the worker alone, bypassing the hooks.
+                    self.runtime.children.send_signal(process.pid, signal.SIGHUP)
                 return {"stopped": [], "started": [], "kept": sorted(self.processes)}
             elif sequential:
                 for process in old:
@@ -355,30 +357,43 @@ class Watcher:
     async def _kill(
         self, process: Process, signum: int | None = None, timeout: float | None = None
     ) -> None:
-        """stop_signal to the process group, then SIGKILL to it after graceful_timeout."""
+        """Stop the worker's whole tree: a signal, graceful_timeout, then SIGKILL to what is left.
+
+        The tree is the worker's process group plus every descendant that left
+        it (setsid), so nothing the worker started outlives it; Circus orphans
+        them (CIRCUS.md §5.4, §8.2 g).
+        """
         process.stopping = True
         process.cancel_timers()
-        self._signal(process, self.config.stop_signal if signum is None else signum)
+        loop = self.runtime.loop
         grace = self.config.graceful_timeout if timeout is None else timeout
+        tree = ProcessTree(process.pid)
         try:
-            await asyncio.wait_for(asyncio.shield(process.exited), grace)
-        except TimeoutError:
-            self._log.warning("process_kill_escalated", pid=process.pid, after=grace)
+            signum = self.config.stop_signal if signum is None else signum
+            self._signal(process, signum, tree)
+            if await _tree_gone(process, tree, loop.time() + grace):
+                return
+            self._log.warning(
+                "process_kill_escalated", pid=process.pid, after=grace, left=tree.alive()
+            )
             self._publish("kill", {"process_pid": process.pid, "time": time.time()})
-            kill_process_group(process.pid, signal.SIGKILL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(process.exited), KILL_WAIT)
-        # Whatever of the group outlived its leader goes too: no orphans.
-        kill_process_group(process.pid, signal.SIGKILL)
+            tree.signal(signal.SIGKILL, leader_alive=not process.exited.done())
+            await _tree_gone(process, tree, loop.time() + KILL_WAIT)
+        finally:
+            tree.close()
 
-    def _signal(self, process: Process, signum: int) -> None:
+    def _signal(self, process: Process, signum: int, tree: ProcessTree | None = None) -> None:
+        """Signal the worker (with its tree when stopping it), through the signal hooks."""
         if signum != signal.SIGKILL and not self._hook(
             "before_signal", pid=process.pid, signum=signum
         ):
             return
         if signum in (self.config.stop_signal, signal.SIGKILL):
             self._publish("kill", {"process_pid": process.pid, "time": time.time()})
-        kill_process_group(process.pid, signum)
+        if tree is not None:
+            tree.signal(signum, leader_alive=not process.exited.done())
+        else:
+            self.runtime.children.send_signal(process.pid, signum)
         self._hook("after_signal", pid=process.pid, signum=signum)
 
     async def _stop_after_failure(self, reason: str) -> None:
@@ -417,6 +432,18 @@ class Watcher:
         for stream in (self.stdout_stream, self.stderr_stream):
             if stream is not None:
                 reopen_stream(stream)
+
+
+async def _tree_gone(process: Process, tree: ProcessTree, deadline: float) -> bool:
+    """Wait until the worker and every member of its tree exited; False at ``deadline``."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(process.exited), max(0.0, deadline - loop.time()))
+    if not process.exited.done():
+        return False
+    # What the worker left behind (re-parented to us) got the signal with it.
+    tree.refresh()
+    return await tree.wait_members(max(0.0, deadline - loop.time()))
 
 
 def _backoff(rounds: int) -> float:

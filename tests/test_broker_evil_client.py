@@ -393,6 +393,16 @@ def test_garbage_is_refused(broker: RunningBroker, frame: bytes) -> None:
     assert_serves(broker)
 
 
+def test_an_empty_datagram_ends_the_connection(broker: RunningBroker) -> None:
+    client = Client(broker.socket_path)
+    client.hello()
+    client.send_raw(b"")
+    closed = receive(client.sock)
+    client.close()
+    assert closed is None
+    assert_serves(broker)
+
+
 # -- fds sent to the broker -------------------------------------------------------
 
 
@@ -492,6 +502,12 @@ def bad_requests(fds: list[int]) -> list[tuple[str, bytes, list[int], str]]:
         ("greeted", frame_json({"type": "reboot", "id": 13}), fds, "bad_message"),
         ("greeted", frame_json({"type": "ok", "id": -1}), [], "bad_message"),
         ("greeted", b"", fds[:2], "unexpected_fds"),
+        (
+            "greeted",
+            frame_json({"type": "get_sockets", "id": 15, "names": ["web"] * 251}),
+            [],
+            "too_many",
+        ),
     ]
 
 

@@ -1,0 +1,46 @@
+"""Stopping chapiteau stops every process a worker started, however it tried to escape.
+
+The supervisor itself must leave nothing behind: the broker's last-resort
+orphan handling (``orphan_signalled``) must not be needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from integration.harness import descendants, is_alive, wait_until
+
+CONFIG = """
+[broker]
+user = nobody
+
+[watcher:tree]
+cmd = sh tree.sh
+graceful_timeout = 1
+"""
+
+TREES = {
+    "background_child": "sleep 1000 &\nsleep 1000\n",
+    "child_ignoring_sigterm": "sh -c 'trap \"\" TERM; sleep 1000' &\nsleep 1000\n",
+    "child_in_its_own_session": "setsid sleep 1000 &\nsleep 1000\n",
+    "child_in_own_session_ignoring_sigterm": (
+        "setsid sh -c 'trap \"\" TERM; sleep 1000' &\nsleep 1000\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("script", sorted(TREES))
+def test_sigterm_leaves_no_process_of_the_worker_tree(chapiteau, workdir: Path, script: str):
+    (workdir / "tree.sh").write_text(TREES[script])
+    (workdir / "tree.sh").chmod(0o644)
+    tree = chapiteau(CONFIG)
+    [worker] = tree.worker_pids("tree", 1)
+    wait_until(lambda: len(descendants(worker)) >= 2)
+    members = [worker, *descendants(worker)]
+
+    assert tree.stop() == 0
+
+    assert [pid for pid in members if is_alive(pid)] == []
+    assert not [e for e in tree.read_events() if e["event"] == "orphan_signalled"]

@@ -1,0 +1,144 @@
+"""What every control command shares: the registry, the error type, property checks.
+
+A command is an async function ``(arbiter, properties) -> fields``. It checks
+its properties first and raises `CommandError` for anything the client got
+wrong; work that may take long (stopping processes) is returned as a
+`Deferred`, which the dispatcher awaits only when the client asked for
+``waiting``, as Circus does (CIRCUS.md §2.4).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from chapiteau.protocol.circus_messages import MESSAGE_ERROR
+from chapiteau.protocol.signals import SignalError, parse_signal
+
+if TYPE_CHECKING:
+    from chapiteau.supervisor.arbiter import Arbiter
+    from chapiteau.supervisor.watcher import Watcher
+
+Fields = dict[str, Any]
+
+
+class CommandError(Exception):
+    """The client's request cannot be carried out; ``reason`` is the reply's text."""
+
+    def __init__(self, reason: str, errno: int = MESSAGE_ERROR) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errno = errno
+
+
+@dataclass
+class Deferred:
+    """Work that runs after the checks: awaited before replying only with ``waiting``."""
+
+    work: Awaitable[Any]
+    shape: Callable[[Any], Fields] = field(default=lambda result: {})
+    """Turns the work's result into the reply's fields."""
+
+
+Handler = Callable[["Arbiter", dict[str, Any]], Awaitable["Fields | Deferred"]]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    handler: Handler
+    required: tuple[str, ...] = ()
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, *required: str) -> Callable[[Handler], Handler]:
+    """Register ``handler`` as the command ``name`` with its required properties."""
+
+    def register(handler: Handler) -> Handler:
+        COMMANDS[name] = Command(name, handler, tuple(required))
+        return handler
+
+    return register
+
+
+def watcher_named(arbiter: Arbiter, properties: dict[str, Any]) -> Watcher:
+    """The watcher named by ``properties["name"]`` (ignoring case), or errno 3."""
+    name = properties.get("name")
+    if not isinstance(name, str):
+        raise CommandError("message invalid 'name' is not a string")
+    watcher = arbiter.watchers.get(name.lower())
+    if watcher is None:
+        raise CommandError(f"program {name} not found")
+    return watcher
+
+
+def matching_watchers(arbiter: Arbiter, properties: dict[str, Any]) -> list[Watcher]:
+    """The watchers ``name`` matches under ``match`` (glob, regex or simple), by priority."""
+    name = properties.get("name")
+    if not isinstance(name, str):
+        raise CommandError("message invalid 'name' is not a string")
+    pattern = name.lower()
+    match = properties.get("match", "glob")
+    if match == "simple":
+        found = [w for w in arbiter.by_priority() if w.name.lower() == pattern]
+    elif match == "glob":
+        found = [w for w in arbiter.by_priority() if fnmatch.fnmatchcase(w.name.lower(), pattern)]
+    elif match == "regex":
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise CommandError(f"invalid regex {name!r}: {exc}") from None
+        found = [w for w in arbiter.by_priority() if compiled.match(w.name.lower())]
+    else:
+        raise CommandError(f"invalid match {match!r}; use glob, regex or simple")
+    if not found:
+        raise CommandError(f"program {name} not found")
+    return found
+
+
+def int_property(properties: dict[str, Any], key: str, default: int | None = None) -> int | None:
+    value = properties.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise CommandError(f"{key!r} isn't an integer")
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if not isinstance(value, int):
+        raise CommandError(f"{key!r} isn't an integer")
+    return value
+
+
+def number_property(
+    properties: dict[str, Any], key: str, default: float | None = None
+) -> float | None:
+    value = properties.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CommandError(f"{key!r} isn't a number")
+    return float(value)
+
+
+def bool_property(properties: dict[str, Any], key: str, default: bool) -> bool:
+    value = properties.get(key, default)
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on", "y")
+    return bool(value)
+
+
+def signal_property(properties: dict[str, Any], key: str) -> int | None:
+    value = properties.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int | str):
+        raise CommandError("signal invalid")
+    try:
+        return parse_signal(value)
+    except SignalError:
+        raise CommandError("signal invalid") from None

@@ -1,0 +1,137 @@
+"""Stop a worker's whole process tree: its process group and the descendants that left it.
+
+Each worker leads its own session and process group, so ``killpg`` reaches
+everything it forked, except descendants that called setsid()/setpgid() to
+leave the group (Circus orphans those, issues #1044 and #1092). A
+`ProcessTree` therefore also holds a pidfd on every descendant it has seen
+(from ``/proc/PID/task/*/children``): a pidfd names one process for good, so a
+recycled pid is never signalled, and it becomes readable when that process
+exits, so waiting for the tree to vanish needs no polling.
+
+Descendants are listed when the tree is built and again before each signal.
+Once the leader has exited its children are re-parented to the supervisor (a
+child subreaper), so the listing then also walks the known members'
+descendants and the supervisor's own children that share the leader's group or
+session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import signal
+
+from chapiteau.supervisor.child_exit import kill_process_group
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (none once it is gone)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+                found.extend(int(word) for word in f.read().split())
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, parents before their children."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        for child in children(pending.pop()):
+            if child not in found:
+                found.append(child)
+                pending.append(child)
+    return found
+
+
+def group_and_session(pid: int) -> tuple[int, int] | None:
+    """The (process group, session) of ``pid``; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[2]), int(fields[3])
+
+
+def _exited(pidfd: int) -> bool:
+    return bool(select.select([pidfd], [], [], 0)[0])
+
+
+class ProcessTree:
+    """A worker (the leader, a child of this process) and every descendant seen so far."""
+
+    def __init__(self, leader: int) -> None:
+        self.leader = leader
+        self._members: dict[int, int] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Take hold of descendants that appeared since the last look."""
+        roots = [self.leader, *self.alive()]
+        found = [pid for root in roots for pid in descendants(root)]
+        for pid in children(os.getpid()):
+            ids = group_and_session(pid)
+            if pid != self.leader and ids is not None and self.leader in ids:
+                found.append(pid)
+                found.extend(descendants(pid))
+        for pid in found:
+            if pid in self._members or pid == self.leader:
+                continue
+            try:
+                self._members[pid] = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+
+    def alive(self) -> list[int]:
+        """Members (the leader aside) that have not exited."""
+        return [pid for pid, pidfd in self._members.items() if not _exited(pidfd)]
+
+    def signal(self, signum: int, leader_alive: bool) -> list[int]:
+        """Send ``signum`` to the leader's group and to every live member; return those members.
+
+        The group is signalled only while its id cannot have been recycled:
+        while the leader is unreaped or a known member of the group lives.
+        """
+        self.refresh()
+        alive = self.alive()
+        in_group = any((group_and_session(pid) or (0, 0))[0] == self.leader for pid in alive)
+        if leader_alive or in_group:
+            kill_process_group(self.leader, signum)
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._members[pid], signum)
+        return alive
+
+    async def wait_members(self, timeout: float) -> bool:
+        """Wait until every known member has exited; False if some are left after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        pending = {pid: self._members[pid] for pid in self.alive()}
+        if not pending:
+            return True
+        done = loop.create_future()
+
+        def exited(pid: int) -> None:
+            loop.remove_reader(pending.pop(pid))
+            if not pending and not done.done():
+                done.set_result(None)
+
+        for pid, pidfd in pending.items():
+            loop.add_reader(pidfd, exited, pid)
+        try:
+            await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            for pidfd in pending.values():
+                loop.remove_reader(pidfd)
+        return True
+
+    def close(self) -> None:
+        for pidfd in self._members.values():
+            os.close(pidfd)
+        self._members.clear()

@@ -1,0 +1,75 @@
+"""The event endpoint: a ZMQ PUB on ``pubsub_endpoint`` sending every watcher event.
+
+Each event is the 2-frame message ``[topic, json]`` of CIRCUS.md §3.1, e.g.
+``[b"watcher.web.spawn", b'{"process_pid": 1234, "time": 1700000000.0}']``.
+A PUB never blocks (slow subscribers lose messages at the high-water mark),
+so a plain non-blocking send from the event loop is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import structlog
+import zmq
+
+from chapiteau.supervisor.controller import UNBIND_DELAY, Curve, prepare_endpoint
+from chapiteau.supervisor.events import Events
+
+log = structlog.get_logger("chapiteau.supervisor")
+
+
+class PubSub:
+    """Publishes the events of ``events`` on ``endpoint``."""
+
+    def __init__(self, endpoint: str, events: Events, curve: Curve | None = None) -> None:
+        self.endpoint = endpoint
+        self.events = events
+        self.curve = curve
+        self.context = zmq.Context()
+        self.socket: zmq.Socket | None = None
+
+    def start(self) -> None:
+        """Bind and subscribe; raises EndpointError when the endpoint is unusable."""
+        sock = self.context.socket(zmq.PUB)
+        sock.linger = 0
+        try:
+            prepare_endpoint(sock, self.endpoint, self.curve, "pubsub_endpoint")
+        except BaseException:
+            sock.close()
+            raise
+        self.socket = sock
+        self.events.subscribe(self.publish)
+        log.info("pubsub_listening", endpoint=self.endpoint)
+
+    def publish(self, topic: str, payload: dict) -> None:
+        if self.socket is None:
+            return
+        try:
+            self.socket.send_multipart([topic.encode(), json.dumps(payload).encode()], zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("event_dropped", topic=topic)
+
+    def rebind(self, endpoint: str) -> None:
+        """Publish on ``endpoint`` from now on; the old one goes after a short delay."""
+        if endpoint == self.endpoint or self.socket is None:
+            return
+        prepare_endpoint(self.socket, endpoint, self.curve, "pubsub_endpoint")
+        old, self.endpoint = self.endpoint, endpoint
+        asyncio.get_running_loop().call_later(UNBIND_DELAY, self._unbind, old)
+        log.info("pubsub_rebound", endpoint=endpoint, previous=old)
+
+    def _unbind(self, endpoint: str) -> None:
+        if self.socket is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.socket.unbind(endpoint)
+
+    def close(self) -> None:
+        if self.socket is None:
+            return
+        self.events.unsubscribe(self.publish)
+        self.socket.close()
+        self.socket = None
+        self.context.term()

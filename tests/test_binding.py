@@ -1,0 +1,376 @@
+"""Tests for broker/binding.py and broker/socket_table.py: real sockets in temporary directories."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from chapiteau.broker.binding import (
+    BindError,
+    BoundSocket,
+    bind,
+    bind_master,
+    bind_reuseport_sibling,
+)
+from chapiteau.broker.config import SocketSpec
+from chapiteau.broker.socket_table import ReloadError, apply_reload, bind_all, close_all
+
+TCP_LISTEN = "0A"
+
+
+def spec(name: str = "web", **changes: object) -> SocketSpec:
+    base = SocketSpec(
+        name=name,
+        family=socket.AF_INET,
+        type=socket.SOCK_STREAM,
+        proto=0,
+        host="127.0.0.1",
+        port=0,
+        path=None,
+        backlog=2048,
+        umask=0o077,
+        replace=False,
+        blocking=False,
+        interface=None,
+        so_reuseport=False,
+        where=f"/etc/circus.ini:socket:{name}",
+    )
+    return replace(base, **changes)
+
+
+def unix(path: Path, **changes: object) -> SocketSpec:
+    return spec(family=socket.AF_UNIX, path=str(path), **changes)
+
+
+@pytest.fixture
+def opened() -> Iterator[list[BoundSocket]]:
+    """Every BoundSocket a test registers here is closed afterwards."""
+    sockets: list[BoundSocket] = []
+    yield sockets
+    close_all(sockets)
+
+
+def keep(opened: list[BoundSocket], bound: BoundSocket) -> BoundSocket:
+    opened.append(bound)
+    return bound
+
+
+def tcp_state(sock: socket.socket) -> str | None:
+    """The /proc/net/tcp state of ``sock`` (0A = listening); None when bound only.
+
+    A TCP socket that is bound but neither listening nor connected is in no
+    table of /proc/net: the kernel lists only hashed sockets.
+    """
+    inode = str(os.fstat(sock.fileno()).st_ino)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[9] == inode:
+                    return fields[3]
+    return None
+
+
+def test_inet_socket_is_bound_and_listening(opened):
+    bound = keep(opened, bind_master(spec()))
+    host, port = bound.sock.getsockname()
+    assert host == "127.0.0.1" and port > 0
+    assert tcp_state(bound.sock) == TCP_LISTEN
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+
+
+def test_info_reports_the_real_port(opened):
+    bound = keep(opened, bind_master(spec()))
+    info = bound.info()
+    assert info.port == bound.sock.getsockname()[1] and info.host == "127.0.0.1"
+    assert info.inode == os.fstat(bound.fd).st_ino
+
+
+def test_inet6_socket_binds_to_loopback(opened):
+    bound = keep(opened, bind_master(spec(family=socket.AF_INET6, host="::1")))
+    assert bound.sock.family == socket.AF_INET6
+    port = bound.sock.getsockname()[1]
+    with socket.create_connection(("::1", port), timeout=5):
+        pass
+
+
+def test_reuseaddr_is_set(opened):
+    bound = keep(opened, bind_master(spec()))
+    assert bound.sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+
+
+def test_socket_is_non_blocking_by_default(opened):
+    assert keep(opened, bind_master(spec())).sock.getblocking() is False
+
+
+def test_blocking_true_gives_a_blocking_socket(opened):
+    assert keep(opened, bind_master(spec(blocking=True))).sock.getblocking() is True
+
+
+def test_backlog_is_the_listen_queue_length(opened):
+    bound = keep(opened, bind_master(spec(backlog=7)))
+    port = bound.sock.getsockname()[1]
+    listing = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    # ss prints State, Recv-Q, Send-Q (the backlog for a listener), Local, Peer.
+    assert listing[2] == "7", listing
+
+
+def test_datagram_socket_is_bound_without_listen(opened):
+    bound = keep(opened, bind_master(spec(type=socket.SOCK_DGRAM)))
+    assert bound.sock.getsockname()[1] > 0
+
+
+def test_port_in_use_is_a_clear_error(opened):
+    first = keep(opened, bind_master(spec()))
+    port = first.sock.getsockname()[1]
+    with pytest.raises(BindError) as caught:
+        bind_master(spec(port=port))
+    message = str(caught.value)
+    assert message.startswith(f"/etc/circus.ini:socket:web: cannot bind 127.0.0.1:{port}: ")
+    assert "address already in use" in message and f"sport = :{port}" in message
+
+
+def test_unknown_host_is_a_clear_error():
+    with pytest.raises(BindError, match="socket:web: cannot resolve host 'no.such.host.invalid'"):
+        bind_master(spec(host="no.such.host.invalid"))
+
+
+def test_foreign_address_is_a_clear_error():
+    with pytest.raises(BindError, match="no local interface has this address"):
+        bind_master(spec(host="192.0.2.1"))
+
+
+def test_interface_binds_to_that_device(opened):
+    bound = keep(opened, bind_master(spec(interface="lo")))
+    device = bound.sock.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16)
+    assert device.rstrip(b"\0") == b"lo"
+
+
+def test_unknown_interface_is_a_clear_error():
+    with pytest.raises(BindError, match="cannot bind to interface 'nosuch0': No such device"):
+        bind_master(spec(interface="nosuch0"))
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o077, 0o700), (0o000, 0o777), (0o022, 0o755)])
+def test_unix_socket_mode_follows_umask(tmp_path, opened, umask, mode):
+    path = tmp_path / "web.sock"
+    keep(opened, bind_master(unix(path, umask=umask)))
+    st = os.lstat(path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == mode
+
+
+def test_unix_socket_umask_does_not_leak_into_the_process(tmp_path, opened):
+    before = os.umask(0o022)
+    try:
+        keep(opened, bind_master(unix(tmp_path / "web.sock", umask=0)))
+        assert os.umask(0o022) == 0o022
+    finally:
+        os.umask(before)
+
+
+def test_unix_socket_accepts_connections(tmp_path, opened):
+    path = tmp_path / "web.sock"
+    keep(opened, bind_master(unix(path)))
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(path))
+
+
+def test_existing_socket_file_is_an_error_without_replace(tmp_path):
+    path = tmp_path / "web.sock"
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(path))
+    with pytest.raises(BindError, match="a socket file already exists; remove it or set replace"):
+        bind_master(unix(path))
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+
+
+def test_existing_socket_file_is_replaced_with_replace(tmp_path, opened):
+    path = tmp_path / "web.sock"
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(path))
+        keep(opened, bind_master(unix(path, replace=True)))
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))
+
+
+def test_regular_file_is_never_removed_even_with_replace(tmp_path):
+    path = tmp_path / "web.sock"
+    path.write_text("precious")
+    with pytest.raises(BindError, match="exists and is not a socket; refusing to remove it"):
+        bind_master(unix(path, replace=True))
+    assert path.read_text() == "precious"
+
+
+def test_symlink_is_never_followed_nor_removed(tmp_path):
+    target = tmp_path / "target"
+    target.write_text("precious")
+    path = tmp_path / "web.sock"
+    path.symlink_to(target)
+    with pytest.raises(BindError, match="exists and is not a socket"):
+        bind_master(unix(path, replace=True))
+    assert path.is_symlink() and os.readlink(path) == str(target)
+    assert target.read_text() == "precious"
+
+
+def test_symlink_to_a_socket_is_not_replaced(tmp_path):
+    real = tmp_path / "real.sock"
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(str(real))
+    link = tmp_path / "web.sock"
+    link.symlink_to(real)
+    inode = os.lstat(real).st_ino
+    with pytest.raises(BindError, match="exists and is not a socket"):
+        bind_master(unix(link, replace=True))
+    assert link.is_symlink() and os.lstat(real).st_ino == inode
+
+
+def test_dangling_symlink_is_not_followed(tmp_path):
+    path = tmp_path / "web.sock"
+    path.symlink_to(tmp_path / "elsewhere.sock")
+    with pytest.raises(BindError, match="exists and is not a socket"):
+        bind_master(unix(path, replace=True))
+    assert not (tmp_path / "elsewhere.sock").exists()
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(BindError, match=r"cannot bind .*/no/web.sock: No such file or directory"):
+        bind_master(unix(tmp_path / "no" / "web.sock"))
+
+
+def test_close_removes_its_own_unix_path(tmp_path):
+    path = tmp_path / "web.sock"
+    bind_master(unix(path)).close()
+    assert not os.path.lexists(path)
+
+
+def test_close_keeps_a_path_that_is_no_longer_its_file(tmp_path):
+    path = tmp_path / "web.sock"
+    bound = bind_master(unix(path))
+    os.unlink(path)
+    path.write_text("someone else's")
+    bound.close()
+    assert path.read_text() == "someone else's"
+
+
+def test_close_keeps_a_socket_file_that_replaced_it(tmp_path, opened):
+    path = tmp_path / "web.sock"
+    first = bind_master(unix(path))
+    second = keep(opened, bind_master(unix(path, replace=True)))
+    first.close()
+    assert os.lstat(path).st_ino == second.path_inode
+
+
+def test_reuseport_master_is_bound_but_not_listening(opened):
+    master = keep(opened, bind_master(spec(so_reuseport=True)))
+    assert master.sock.getsockname()[1] > 0
+    assert tcp_state(master.sock) != TCP_LISTEN
+
+
+def test_reuseport_siblings_share_the_master_port_and_listen(opened):
+    master = keep(opened, bind_master(spec(so_reuseport=True, port=0)))
+    port = master.sock.getsockname()[1]
+    siblings = [keep(opened, bind_reuseport_sibling(master)) for _ in range(3)]
+    assert {s.sock.getsockname()[1] for s in siblings} == {port}
+    assert len({os.fstat(s.fd).st_ino for s in [master, *siblings]}) == 4
+    assert all(tcp_state(s.sock) == TCP_LISTEN for s in siblings)
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+
+
+def test_reuseport_sibling_info_reports_reuseport(opened):
+    master = keep(opened, bind_master(spec(so_reuseport=True)))
+    info = keep(opened, bind_reuseport_sibling(master)).info()
+    assert info.reuseport and info.port == master.sock.getsockname()[1]
+
+
+def test_reuseport_inet6_siblings_share_the_port(opened):
+    master = keep(opened, bind_master(spec(family=socket.AF_INET6, host="::1", so_reuseport=True)))
+    sibling = keep(opened, bind_reuseport_sibling(master))
+    assert sibling.sock.getsockname()[:2] == master.sock.getsockname()[:2]
+
+
+def test_bind_without_listen_does_not_listen(opened):
+    assert tcp_state(keep(opened, bind(spec(), listen=False)).sock) != TCP_LISTEN
+
+
+def test_bind_all_is_all_or_nothing(tmp_path):
+    path = tmp_path / "a.sock"
+    taken = bind_master(spec(name="taken"))
+    try:
+        with pytest.raises(BindError):
+            bind_all([unix(path, name="a"), spec(name="b", port=taken.sock.getsockname()[1])])
+        assert not os.path.lexists(path)
+    finally:
+        taken.close()
+
+
+def test_reload_adds_removes_and_rebinds(tmp_path):
+    table = bind_all([spec(name="keep"), spec(name="gone"), spec(name="moved")])
+    try:
+        kept = table["keep"].sock
+        result = apply_reload(
+            table,
+            {
+                "keep": table["keep"].spec,
+                "moved": spec(name="moved", host="127.0.0.2"),
+                "new": spec(name="new"),
+            },
+        )
+        assert result.added == ("new",) and result.removed == ("gone",)
+        assert result.changed == ("moved",)
+        assert set(table) == {"keep", "moved", "new"}
+        assert table["keep"].sock is kept
+        assert table["moved"].sock.getsockname()[0] == "127.0.0.2"
+    finally:
+        close_all(table.values())
+
+
+def test_failed_reload_leaves_the_table_untouched(tmp_path):
+    blocker = bind_master(spec(name="blocker"))
+    table = bind_all([spec(name="a"), spec(name="b")])
+    try:
+        before = dict(table)
+        fds = {name: bound.fd for name, bound in table.items()}
+        with pytest.raises(ReloadError, match="address already in use"):
+            apply_reload(
+                table,
+                {
+                    "a": spec(name="a", host="127.0.0.3"),
+                    "c": unix(tmp_path / "c.sock", name="c"),
+                    "d": spec(name="d", port=blocker.sock.getsockname()[1]),
+                },
+            )
+        assert table == before
+        assert {name: bound.fd for name, bound in table.items()} == fds
+        assert all(tcp_state(bound.sock) == TCP_LISTEN for bound in table.values())
+        assert not os.path.lexists(tmp_path / "c.sock")
+    finally:
+        close_all(table.values())
+        blocker.close()
+
+
+def test_backlog_only_change_is_applied_in_place():
+    table = bind_all([spec(backlog=5)])
+    try:
+        sock = table["web"].sock
+        port = sock.getsockname()[1]
+        result = apply_reload(table, {"web": spec(backlog=9, blocking=True)})
+        assert result.changed == ("web",)
+        assert table["web"].sock is sock and sock.getblocking() is True
+        assert table["web"].spec.backlog == 9
+        listing = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert listing[2] == "9", listing
+    finally:
+        close_all(table.values())
