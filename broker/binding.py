@@ -56,15 +56,21 @@ class BoundSocket:
             inode=os.fstat(self.fd).st_ino,
         )
 
+    def owns_path(self) -> bool:
+        """True while the unix socket's path is still the file this socket created."""
+        if self.path_inode is None or self.spec.path is None:
+            return False
+        try:
+            on_disk = os.lstat(self.spec.path)
+        except OSError:
+            return False
+        return stat.S_ISSOCK(on_disk.st_mode) and on_disk.st_ino == self.path_inode
+
     def close(self) -> None:
         """Close the socket and remove its path if the path still is this socket's file."""
-        if self.path_inode is not None and self.spec.path is not None:
-            try:
-                on_disk = os.lstat(self.spec.path)
-            except OSError:
-                on_disk = None
-            if on_disk and stat.S_ISSOCK(on_disk.st_mode) and on_disk.st_ino == self.path_inode:
-                os.unlink(self.spec.path)
+        if self.owns_path():
+            assert self.spec.path is not None
+            os.unlink(self.spec.path)
         self.sock.close()
 
 
@@ -74,7 +80,13 @@ def bind(spec: SocketSpec, *, listen: bool = True, address: tuple | None = None)
     ``address`` overrides the configured one (used for the per-worker
     SO_REUSEPORT sockets, which bind to the address their master got).
     """
-    sock = socket.socket(spec.family, spec.type, spec.proto)
+    try:
+        sock = socket.socket(spec.family, spec.type, spec.proto)
+    except OSError as exc:
+        raise BindError(
+            f"{spec.where}: cannot create a {spec.family_name} {spec.type_name} socket "
+            f"(proto {spec.proto}): {exc.strerror}"
+        ) from None
     path_inode = None
     try:
         _configure(sock, spec)

@@ -370,6 +370,10 @@ def listen_for_supervisors(path: str, user: ServiceUser) -> socket.socket:
     if existing is not None:
         if not stat.S_ISSOCK(existing.st_mode):
             raise BindError(f"{where}: the path exists and is not a socket; refusing to remove it")
+        if _answers(path):
+            raise BindError(
+                f"{where}: something is listening there (another chapiteau?); stop it first"
+            )
         os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     previous = os.umask(0o117)
@@ -384,3 +388,15 @@ def listen_for_supervisors(path: str, user: ServiceUser) -> socket.socket:
         os.umask(previous)
     listener.setblocking(False)
     return listener
+
+
+def _answers(path: str) -> bool:
+    """True when something listens on the unix socket ``path`` (a stale file refuses)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            return False
+        except OSError:
+            return True
+    return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TextIO
 
 import structlog
 from chapiteau.broker.binding import BindError, BoundSocket
@@ -61,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level, args.log_format)
+    # Start-up errors go to the caller's stderr even once logs go to --log-output.
+    console = sys.stderr
     sockets: dict[str, BoundSocket] = {}
     try:
         config = load_broker_config(args.config)
@@ -69,25 +72,20 @@ def main(argv: list[str] | None = None) -> int:
             check_access(user, supervisor_files(config, sys.executable))
         if args.pidfile:
             check_pidfile(args.pidfile)
-        log_fd = _open_log(args.log_output) if args.log_output else None
+        if args.log_output:
+            console = _redirect_output(args.log_output)
         sockets = bind_all(config.sockets.values())
         listener = listen_for_supervisors(config.socket_path, user) if config.socket_path else None
-    except (ConfigError, PrivilegeError, BindError, PidfileError, OSError) as exc:
-        # Errors go to the caller's stderr, before any redirection or detaching.
-        close_all(sockets.values())
-        print(f"chapiteau: {exc}", file=sys.stderr)
-        return 1
-    try:
-        if log_fd is not None:
-            _redirect_output(log_fd)
         if args.daemon:
-            _daemonize(keep_output=log_fd is not None)
+            _daemonize(keep_output=bool(args.log_output))
         if args.pidfile:
             write_pidfile(args.pidfile)
-    except (PidfileError, OSError) as exc:
+    except (ConfigError, PrivilegeError, BindError, PidfileError, OSError) as exc:
         close_all(sockets.values())
-        print(f"chapiteau: {exc}", file=sys.stderr)
+        print(f"chapiteau: {exc}", file=console)
         return 1
+    if console is not sys.stderr:
+        console.close()
     if running_as_root():
         drop_privileges(needed_capabilities(config))
     options = ["--log-level", args.log_level, "--log-format", args.log_format]
@@ -98,15 +96,17 @@ def main(argv: list[str] | None = None) -> int:
             remove_pidfile(args.pidfile)
 
 
-def _open_log(path: str) -> int:
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+def _redirect_output(path: str) -> TextIO:
+    """Point fds 1 and 2 at ``path`` (the supervisor and workers inherit them).
 
-
-def _redirect_output(fd: int) -> None:
-    """Point fds 1 and 2 at the log file, so the supervisor and workers inherit it too."""
+    Returns the previous stderr, for the start-up error an operator must see.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    console = os.fdopen(os.dup(2), "w")
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    return console
 
 
 def _daemonize(keep_output: bool) -> None:

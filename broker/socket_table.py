@@ -8,6 +8,7 @@ was.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import structlog
@@ -68,7 +69,9 @@ def apply_reload(table: dict[str, BoundSocket], specs: dict[str, SocketSpec]) ->
 
 
 def _adjustable(old: SocketSpec, new: SocketSpec) -> bool:
-    ignored = {"backlog": 0, "blocking": False, "where": ""}
+    # ``replace`` only matters when binding; a unix socket's umask becomes a chmod
+    # (rebinding its path would have to remove the file the running workers serve).
+    ignored = {"backlog": 0, "blocking": False, "replace": False, "umask": 0, "where": ""}
     return {**vars(old), **ignored} == {**vars(new), **ignored}
 
 
@@ -80,4 +83,7 @@ def _adjust(bound: BoundSocket, spec: SocketSpec) -> BoundSocket:
     ):
         bound.sock.listen(spec.backlog)
     bound.sock.setblocking(spec.blocking)
+    if bound.spec.umask != spec.umask and bound.owns_path():
+        assert spec.path is not None
+        os.chmod(spec.path, 0o777 & ~spec.umask)
     return BoundSocket(spec, bound.sock, bound.path_inode)

@@ -42,9 +42,7 @@ def cpu_ticks(pid: int) -> int:
 
 def test_crash_loop_delays_grow(chapiteau):
     tree = chapiteau(config("false", free_port()))
-    backoffs = tree.wait_for(
-        "crash_loop_backoff", where=lambda e: e["watcher"] == "crash", count=5
-    )
+    backoffs = tree.wait_for("crash_loop_backoff", where=lambda e: e["watcher"] == "crash", count=5)
     delays = [e["delay"] for e in backoffs]
     assert delays == sorted(delays)
     assert delays[-1] >= 8 * delays[0]
@@ -59,9 +57,7 @@ def test_crash_loop_spawns_are_bounded_and_cost_little_cpu(chapiteau):
     time.sleep(4)
 
     spawns = [
-        e
-        for e in tree.read_events()
-        if e["event"] == "process_spawned" and e["watcher"] == "crash"
+        e for e in tree.read_events() if e["event"] == "process_spawned" and e["watcher"] == "crash"
     ]
     # Backoff 0.1, 0.2, 0.4, ... allows about 7 spawns in 4 s; polling would allow hundreds.
     assert len(spawns) <= 10

@@ -73,10 +73,12 @@ def test_reload_starts_the_new_workers_before_stopping_the_old_ones(chapiteau):
     tree.wait_for("process_reaped", count=3)
 
     events = tree.read_events()
-    spawned_new = [i for i, e in enumerate(events) if e["event"] == "process_spawned"
-                   and e["pid"] not in old]
-    reaped_old = [i for i, e in enumerate(events) if e["event"] == "process_reaped"
-                  and e["pid"] in old]
+    spawned_new = [
+        i for i, e in enumerate(events) if e["event"] == "process_spawned" and e["pid"] not in old
+    ]
+    reaped_old = [
+        i for i, e in enumerate(events) if e["event"] == "process_reaped" and e["pid"] in old
+    ]
     assert len(spawned_new) == 3
     assert len(reaped_old) == 3
     assert max(spawned_new) < min(reaped_old)
@@ -86,9 +88,7 @@ def test_reload_with_send_hup_signals_the_workers_and_keeps_them(chapiteau, work
     out = workdir / "out"
     out.mkdir()
     out.chmod(0o777)
-    (workdir / "hup.sh").write_text(
-        "trap 'echo $$ >> out/hup' HUP\nwhile :; do sleep 0.1; done\n"
-    )
+    (workdir / "hup.sh").write_text("trap 'echo $$ >> out/hup' HUP\nwhile :; do sleep 0.1; done\n")
     tree = chapiteau(config(2, "send_hup = true").replace("sleep 1000 $(circus.wid)", "sh hup.sh"))
     workers = tree.worker_pids("w", 2)
 

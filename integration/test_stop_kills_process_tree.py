@@ -31,13 +31,22 @@ TREES = {
 }
 
 
+def command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""
+
+
 @pytest.mark.parametrize("script", sorted(TREES))
 def test_sigterm_leaves_no_process_of_the_worker_tree(chapiteau, workdir: Path, script: str):
     (workdir / "tree.sh").write_text(TREES[script])
     (workdir / "tree.sh").chmod(0o644)
     tree = chapiteau(CONFIG)
     [worker] = tree.worker_pids("tree", 1)
-    wait_until(lambda: len(descendants(worker)) >= 2)
+    # Both sleeps running means every trap is set and every setsid is done.
+    wait_until(lambda: sum(command(pid) == "sleep" for pid in descendants(worker)) == 2)
     members = [worker, *descendants(worker)]
 
     assert tree.stop() == 0

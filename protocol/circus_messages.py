@@ -100,9 +100,7 @@ def ok(fields: dict[str, Any] | None = None, request_id: Any = None) -> dict[str
     return reply
 
 
-def error(
-    reason: str, errno: int, request_id: Any = None, tb: str | None = None
-) -> dict[str, Any]:
+def error(reason: str, errno: int, request_id: Any = None, tb: str | None = None) -> dict[str, Any]:
     """An error reply with Circus's keys, in Circus's order."""
     return {
         "status": "error",

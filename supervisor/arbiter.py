@@ -9,24 +9,50 @@ idle supervisor sleeps in epoll with no timer armed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import structlog
 
 from chapiteau.protocol.ini import ConfigError
-from chapiteau.supervisor.broker_client import BrokerClient, BrokerError
+from chapiteau.supervisor.broker_client import BrokerClient, BrokerError, ReceivedSocket
 from chapiteau.supervisor.child_exit import ChildWatcher, become_subreaper
-from chapiteau.supervisor.config import Config
+from chapiteau.supervisor.commands import CommandError, dispatch
+from chapiteau.supervisor.config import Config, WatcherConfig, load_config
+from chapiteau.supervisor.controller import Controller, Curve, EndpointError
 from chapiteau.supervisor.events import Events
+from chapiteau.supervisor.pubsub import PubSub
 from chapiteau.supervisor.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
+from chapiteau.supervisor.stats import start_stats
 from chapiteau.supervisor.watcher import Flapping, Runtime, Watcher
 
 log = structlog.get_logger("chapiteau.supervisor")
 
 FLAPPING_PLUGIN = "circus.plugins.flapping.Flapping"
+EX_UNAVAILABLE = 69
+CURVE_SECRET_KEY = "endpoint_curve_secretkey"
+CURVE_CLIENTS = "endpoint_curve_clients"
+
+
+@dataclass
+class ReloadPlan:
+    """What a ``reloadconfig`` changes, decided before anything is touched."""
+
+    config: Config
+    removed: list[Watcher] = field(default_factory=list)
+    added: list[Watcher] = field(default_factory=list)
+    replaced: list[tuple[Watcher, Watcher]] = field(default_factory=list)
+    """(running watcher, its replacement)."""
+    resized: list[tuple[Watcher, int]] = field(default_factory=list)
+    restarted: list[Watcher] = field(default_factory=list)
+    """Unchanged watchers that use a socket the broker re-bound."""
+    old_sockets: list[ReceivedSocket] = field(default_factory=list)
 
 
 class Arbiter:
@@ -43,6 +69,11 @@ class Arbiter:
         self._done: asyncio.Future[None] | None = None
         self._runtime: Runtime | None = None
         self.flapping = _flapping(config)
+        self.added: set[str] = set()
+        """Lower-cased names of the watchers created by ``add``: reloadconfig keeps them."""
+        self.controller: Controller | None = None
+        self.pubsub: PubSub | None = None
+        self._reload_lock = asyncio.Lock()
 
     async def run(self) -> int:
         """Start every autostart watcher and serve until ``quit``; return the exit status."""
@@ -72,14 +103,42 @@ class Arbiter:
                 log.warning("plugin_not_started", plugin=plugin.name, use=plugin.use)
         for watcher_config in self.config.watchers:
             self.watchers[watcher_config.name.lower()] = Watcher(watcher_config, self._runtime)
+        try:
+            self._open_endpoints()
+            stats = await start_stats(self)
+        except EndpointError as exc:
+            log.error("endpoint_failed", error=str(exc))
+            await self._close_endpoints()
+            return EX_UNAVAILABLE
         log.info("supervisor_ready", watchers=len(self.watchers), pid=os.getpid())
         await self.start_watchers(self.by_priority(), autostart_only=True)
         await self._done
+        stats.close()
+        await self._close_endpoints()
         children.close()
         redirector.close()
         for watcher in self.watchers.values():
             watcher.close_streams()
         return 0
+
+    def _open_endpoints(self) -> None:
+        """The PUB first, so that the events of the first start reach early subscribers."""
+        circus = self.config.circus
+        curve = _curve(self.config)
+        self.pubsub = PubSub(circus.pubsub_endpoint, self.events, curve)
+        self.pubsub.start()
+        self.controller = Controller(
+            circus.endpoint, partial(dispatch, self), owner=circus.endpoint_owner, curve=curve
+        )
+        self.controller.start()
+
+    async def _close_endpoints(self) -> None:
+        if self.controller is not None:
+            await self.controller.close()
+            self.controller = None
+        if self.pubsub is not None:
+            self.pubsub.close()
+            self.pubsub = None
 
     def by_priority(self) -> list[Watcher]:
         """Watchers in start order: priority descending, then name."""
@@ -116,15 +175,182 @@ class Arbiter:
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
 
-    async def reload_all(self) -> None:
-        """Gracefully reload every watcher in priority order (SIGHUP, ``reload`` without name)."""
+    async def stop_watchers(self, watchers: Iterable[Watcher]) -> None:
+        """Stop watchers concurrently, each with its own graceful timeout."""
+        await asyncio.gather(*(watcher.stop() for watcher in watchers))
+
+    async def reload_all(self, graceful: bool = True, sequential: bool = False) -> None:
+        """Reload every watcher in priority order (SIGHUP, ``reload`` without name)."""
         self.reopen_logs()
         first = True
         for watcher in self.by_priority():
             if not first and self.config.circus.warmup_delay > 0:
                 await asyncio.sleep(self.config.circus.warmup_delay)
             first = False
-            await watcher.reload()
+            await watcher.reload(graceful, sequential)
+
+    def watcher(self, config: WatcherConfig) -> Watcher:
+        """A new Watcher of ``config`` (hooks imported, streams opened), not yet registered."""
+        assert self._runtime is not None
+        return Watcher(config, self._runtime)
+
+    def add_watcher(self, config: WatcherConfig) -> Watcher:
+        """The ``add`` command: register a new (stopped) watcher and announce it."""
+        key = config.name.lower()
+        if key in self.watchers:
+            raise CommandError(f"{config.name!r} already exist", errno=5)
+        watcher = self.watcher(config)
+        self.watchers[key] = watcher
+        self.added.add(key)
+        self.events.publish(config.name, "add", {"time": time.time()})
+        log.info("watcher_added", watcher=config.name)
+        return watcher
+
+    async def remove_watcher(
+        self, watcher: Watcher, nostop: bool = False, announce: bool = True
+    ) -> None:
+        """The ``rm`` command: forget ``watcher``, stopping its processes unless ``nostop``.
+
+        ``announce`` publishes the ``remove`` event (``rm`` does, reloadconfig does not).
+        """
+        key = watcher.name.lower()
+        if self.watchers.get(key) is not watcher:
+            return
+        del self.watchers[key]
+        self.added.discard(key)
+        if announce:
+            self.events.publish(watcher.name, "remove", {"time": time.time()})
+        log.info("watcher_removed", watcher=watcher.name, nostop=nostop)
+        if nostop:
+            # Its processes run on unmanaged: their exits are only reaped.
+            for pid in [pid for pid, owner in self.pids.items() if owner is watcher]:
+                del self.pids[pid]
+            return
+        await watcher.stop()
+        watcher.close_streams()
+
+    async def prepare_reload(self) -> ReloadPlan:
+        """First half of ``reloadconfig``: raises (ConfigError, BrokerError, HookError, ...)
+        before anything changes. Reloads run one at a time: the lock taken here is
+        released by `apply_reload`, which must follow.
+        """
+        await self._reload_lock.acquire()
+        try:
+            return self._plan_reload()
+        except BaseException:
+            self._reload_lock.release()
+            raise
+
+    def _plan_reload(self) -> ReloadPlan:
+        """Read the file again, ask the broker for its sockets, and decide what changes.
+
+        Everything that can fail is done here: a bad file or a hook that cannot
+        be imported leaves the running configuration untouched.
+        """
+        new = load_config(self.config.path)
+        old_by_name = {w.name.lower(): w for w in self.config.watchers}
+        new_by_name = {w.name.lower(): w for w in new.watchers}
+        plan = ReloadPlan(new)
+        built: list[Watcher] = []
+        try:
+            for key, config in new_by_name.items():
+                running = self.watchers.get(key)
+                if running is None:
+                    built.append(self.watcher(config))
+                    plan.added.append(built[-1])
+                elif key in self.added or old_by_name.get(key) != config:
+                    old = old_by_name.get(key)
+                    if old is not None and _only_numprocesses_differs(old, config):
+                        plan.resized.append((running, config.numprocesses))
+                    else:
+                        built.append(self.watcher(config))
+                        plan.replaced.append((running, built[-1]))
+        except Exception:
+            for watcher in built:
+                watcher.close_streams()
+            raise
+        plan.removed = [
+            self.watchers[key]
+            for key in old_by_name
+            if key not in new_by_name and key not in self.added and key in self.watchers
+        ]
+        changed = self._reload_sockets(new, plan)
+        touched = {w for w, _ in plan.replaced} | set(plan.removed)
+        plan.restarted = [
+            w
+            for w in self.watchers.values()
+            if w not in touched and set(self.sockets.names_for(w.config)) & changed
+        ]
+        self.config = new
+        self.flapping = _flapping(new)
+        if self._runtime is not None:
+            self._runtime.flapping = self.flapping
+        self._apply_circus_options(new)
+        return plan
+
+    def _reload_sockets(self, new: Config, plan: ReloadPlan) -> set[str]:
+        """Let the broker re-read its sockets; take the new and changed ones."""
+        if self.broker is None:
+            return set()
+        result = self.broker.reload_config()
+        wanted = {s.name for s in new.sockets}
+        fetch = [name for name in (*result.added, *result.changed) if name in wanted]
+        received = self.broker.get_sockets(fetch)
+        for name in (*result.removed, *result.changed):
+            old = self.sockets.sockets.pop(name, None)
+            if old is not None:
+                plan.old_sockets.append(old)
+        self.sockets.sockets.update(received)
+        return set(result.changed)
+
+    def _apply_circus_options(self, config: Config) -> None:
+        """[circus] values that can change live; the endpoints move after the reply."""
+        circus = config.circus
+        if circus.umask is not None:
+            os.umask(circus.umask)
+        if self.controller is not None:
+            self.controller.owner = circus.endpoint_owner
+            self.controller.rebind(circus.endpoint)
+        if self.pubsub is not None:
+            self.pubsub.rebind(circus.pubsub_endpoint)
+
+    async def apply_reload(self, plan: ReloadPlan) -> None:
+        """Second half of ``reloadconfig``: stop, replace, resize and start, by priority."""
+        try:
+            await self._apply_reload(plan)
+        finally:
+            self._reload_lock.release()
+
+    async def _apply_reload(self, plan: ReloadPlan) -> None:
+        await asyncio.gather(*(self.remove_watcher(w, announce=False) for w in plan.removed))
+        replacements = {old: new for old, new in plan.replaced}
+        await self.stop_watchers(list(replacements))
+        for old, new in plan.replaced:
+            old.close_streams()
+            self.added.discard(old.name.lower())
+            self.watchers.pop(old.name.lower(), None)
+            self.watchers[new.name.lower()] = new
+        for watcher in plan.added:
+            self.watchers[watcher.name.lower()] = watcher
+        resized = dict(plan.resized)
+        starting = {*plan.added, *replacements.values(), *plan.restarted}
+        for watcher in self.by_priority():
+            if watcher in resized:
+                await watcher.set_numprocesses(resized[watcher])
+            elif watcher in plan.restarted:
+                await watcher.restart()
+            elif watcher in starting and watcher.config.autostart:
+                await watcher.start()
+        for old_socket in plan.old_sockets:
+            with contextlib.suppress(OSError):
+                os.close(old_socket.fd)
+        log.info(
+            "config_reloaded",
+            added=[w.name for w in plan.added],
+            removed=[w.name for w in plan.removed],
+            replaced=[w.name for w, _ in plan.replaced],
+            resized=[w.name for w, _ in plan.resized],
+        )
 
     def reopen_logs(self) -> None:
         for watcher in self.watchers.values():
@@ -141,6 +367,23 @@ class Arbiter:
 
     def _orphan_reaped(self, pid: int, code: int) -> None:
         log.debug("orphan_reaped", pid=pid, exit_code=code)
+
+
+def _only_numprocesses_differs(old: WatcherConfig, new: WatcherConfig) -> bool:
+    def without_count(config: WatcherConfig) -> WatcherConfig:
+        options = {k: v for k, v in config.options.items() if k != "numprocesses"}
+        return replace(config, numprocesses=0, options=options)
+
+    return without_count(old) == without_count(new)
+
+
+def _curve(config: Config) -> Curve | None:
+    """The CURVE settings of [circus] ``endpoint_curve_secretkey`` / ``endpoint_curve_clients``."""
+    options = config.circus.options
+    secret = options.get(CURVE_SECRET_KEY, "").strip()
+    if not secret:
+        return None
+    return Curve.load(secret, options.get(CURVE_CLIENTS, "").strip() or None)
 
 
 def _flapping(config: Config) -> Flapping:

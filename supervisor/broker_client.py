@@ -73,7 +73,8 @@ class BrokerClient:
             sock.connect(path)
         except OSError as exc:
             sock.close()
-            raise BrokerError(f"cannot connect to the broker at {path}: {exc.strerror}") from None
+            reason = exc.strerror or str(exc)
+            raise BrokerError(f"cannot connect to the broker at {path}: {reason}") from None
         return cls(sock)
 
     def list_sockets(self) -> tuple[SocketInfo, ...]:
@@ -83,12 +84,18 @@ class BrokerClient:
         """The named listening sockets, by name."""
         if not names:
             return {}
-        reply, fds = self._request(GetSockets(tuple(names)), Sockets)
-        return {info.name: ReceivedSocket(fd, info) for info, fd in zip(reply.sockets, fds)}
+        request = GetSockets(tuple(names))
+        reply, fds = self._request(request, Sockets)
+        _check_count(request, reply, fds, len(names))
+        return {
+            info.name: ReceivedSocket(fd, info) for info, fd in zip(reply.sockets, fds, strict=True)
+        }
 
     def bind_reuseport(self, name: str) -> ReceivedSocket:
         """A fresh SO_REUSEPORT socket on ``name``'s address, for one worker."""
-        reply, fds = self._request(BindReuseport(name), Sockets)
+        request = BindReuseport(name)
+        reply, fds = self._request(request, Sockets)
+        _check_count(request, reply, fds, 1)
         return ReceivedSocket(fds[0], reply.sockets[0])
 
     def reload_config(self) -> Reloaded:
@@ -123,3 +130,13 @@ class BrokerClient:
             close_fds(received.fds)
             raise BrokerError(f"broker answered {request.TYPE} with {received.message.TYPE}")
         return received.message, list(received.fds)
+
+
+def _check_count(request: Message, reply: Sockets, fds: list[int], wanted: int) -> None:
+    """One description and one fd per requested socket, or BrokerError (fds closed)."""
+    if len(reply.sockets) != wanted or len(fds) != wanted:
+        close_fds(fds)
+        raise BrokerError(
+            f"broker answered {request.TYPE} with {len(reply.sockets)} sockets and "
+            f"{len(fds)} fds, not {wanted}"
+        )

@@ -806,7 +806,9 @@ def build_parser(with_commands: bool) -> argparse.ArgumentParser:
         subparsers = parser.add_subparsers(dest="command")
         for command in COMMANDS.values():
             sub = subparsers.add_parser(command.name, usage=f"{PROG} {command.usage}")
-            sub.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+            # add's CMD keeps its own options (add web python -m http.server)
+            nargs = argparse.REMAINDER if command.name == "add" else "*"
+            sub.add_argument("args", nargs=nargs, help=argparse.SUPPRESS)
             for option in command.options:
                 if isinstance(option.default, bool):
                     sub.add_argument(f"--{option.name}", action="store_true", help=option.help)
@@ -818,10 +820,15 @@ def build_parser(with_commands: bool) -> argparse.ArgumentParser:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse like circusctl: subcommands exist only if a command name appears."""
     parser = build_parser(any(word in COMMANDS for word in argv))
-    args = parser.parse_args(argv)
-    args.parser = parser
+    args, extra = parser.parse_known_args(argv)
     if not hasattr(args, "command"):
         args.command = None
+    # Positionals after a command's flag (signal web 42 --children 15) belong to the command.
+    if extra and (args.command is None or any(word.startswith("--") for word in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.args = [*args.args, *extra]
+    args.parser = parser
     return args
 
 
@@ -867,7 +874,11 @@ class Controller:
             else:
                 print(json.dumps(reply))
             return EXIT_ERROR_REPLY if failed else EXIT_OK
-        output = command.show(reply)
+        try:
+            output = command.show(reply)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            sys.stderr.write(f"unexpected reply for {command.name}: {json.dumps(reply)}\n")
+            return EXIT_FAILURE
         if failed:
             sys.stderr.write(output + "\n")
             return EXIT_ERROR_REPLY

@@ -14,7 +14,6 @@ import os
 import sys
 
 import structlog
-
 from chapiteau.protocol.ini import ConfigError
 from chapiteau.supervisor.arbiter import Arbiter
 from chapiteau.supervisor.broker_client import BROKER_FD_VARIABLE, BrokerClient, BrokerError
@@ -32,7 +31,8 @@ log = structlog.get_logger("chapiteau.supervisor")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="chapiteau-supervisor",
-        description="Run the watchers of a Circus-style config with sockets from a chapiteau broker.",
+        description="Run the watchers of a Circus-style config with sockets from a "
+        "chapiteau broker.",
     )
     parser.add_argument("config", help="the INI configuration file (Circus format)")
     channel = parser.add_mutually_exclusive_group()

@@ -45,6 +45,7 @@ import psutil
 import structlog
 import zmq
 import zmq.asyncio
+from chapiteau.supervisor.controller import Curve, EndpointError, prepare_endpoint
 
 log = structlog.get_logger("chapiteau.supervisor")
 
@@ -55,8 +56,8 @@ BROKER_NAME = "chapiteau-broker"
 NOT_AVAILABLE = "N/A"
 _SYMBOLS = ("K", "M", "G", "T", "P", "E", "Z", "Y")
 _TCP_INFO_LENGTH = 104
-_TCP_INFO_UNACKED = struct.Struct("=8x4xI4x4x4x")
-"""tcp_info: 8 bytes of u8 fields, then u32 rto, ato, snd_mss, rcv_mss, unacked (offset 24)."""
+_TCP_INFO_UNACKED = 24
+"""Offset of tcpi_unacked: 8 bytes of u8 fields, then u32 rto, ato, snd_mss, rcv_mss."""
 _TCP_LISTEN = 10
 
 
@@ -204,7 +205,7 @@ def socket_reads(sock: socket.socket) -> int:
         with contextlib.suppress(OSError):
             raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LENGTH)
             if raw[0] == _TCP_LISTEN:
-                return _TCP_INFO_UNACKED.unpack_from(raw)[0]
+                return struct.unpack_from("=I", raw, _TCP_INFO_UNACKED)[0]
     try:
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
@@ -221,9 +222,10 @@ def stat_topic(name: str, subtopic: int | None = None) -> str:
 class StatsPublisher:
     """The ``stats_endpoint`` PUB socket and the one-second timer that feeds it."""
 
-    def __init__(self, arbiter: Any, endpoint: str) -> None:
+    def __init__(self, arbiter: Any, endpoint: str, curve: Curve | None = None) -> None:
         self.arbiter = arbiter
         self.endpoint = endpoint
+        self.curve = curve
         self.sampler = ProcessSampler()
         self._socket: zmq.asyncio.Socket | None = None
         self._task: asyncio.Task[None] | None = None
@@ -238,7 +240,12 @@ class StatsPublisher:
         context = zmq.asyncio.Context.instance()
         self._socket = context.socket(zmq.PUB)
         self._socket.linger = 0
-        self._socket.bind(self.endpoint)
+        try:
+            prepare_endpoint(self._socket, self.endpoint, self.curve, "stats_endpoint")
+        except EndpointError:
+            self._socket.close(linger=0)
+            self._socket = None
+            raise
         self._task = asyncio.get_running_loop().create_task(self._run())
         log.info("stats_started", endpoint=self.endpoint)
 
@@ -339,10 +346,15 @@ class _NoStats:
 
 
 async def start_stats(arbiter: Any) -> StatsPublisher | _NoStats:
-    """Start publishing if ``[circus] statsd`` is on; the result's ``close()`` stops it."""
+    """Start publishing if ``[circus] statsd`` is on; the result's ``close()`` stops it.
+
+    The endpoint gets the control endpoint's CURVE settings; a bind failure is
+    an `EndpointError` naming ``stats_endpoint``.
+    """
     options = arbiter.config.circus
     if not options.statsd:
         return _NoStats()
-    publisher = StatsPublisher(arbiter, options.stats_endpoint)
+    curve = getattr(getattr(arbiter, "controller", None), "curve", None)
+    publisher = StatsPublisher(arbiter, options.stats_endpoint, curve)
     publisher.open()
     return publisher

@@ -22,7 +22,7 @@ import random
 import resource
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -88,6 +88,8 @@ class Watcher:
         self.stdout_stream = _stream(config, "stdout")
         self.stderr_stream = _stream(config, "stderr")
         self.crash_streak = 0
+        self.spawn_failures = 0
+        self.on_demand_fds: list[int] = []
         self.respawn_timer: asyncio.TimerHandle | None = None
         self._log = log.bind(watcher=config.name)
 
@@ -124,7 +126,8 @@ class Watcher:
                     # Circus sends the reload SIGHUP to the worker alone, bypassing the hooks.
                     self.runtime.children.send_signal(process.pid, signal.SIGHUP)
                 return {"stopped": [], "started": [], "kept": sorted(self.processes)}
-            elif sequential:
+            elif sequential or self.config.singleton:
+                # A singleton never runs twice, even for a moment: old first, then new.
                 for process in old:
                     await self._kill(process)
                     await self._spawn_one()
@@ -149,6 +152,49 @@ class Watcher:
                 await self._reconcile()
             return self.config.numprocesses
 
+    async def change_numprocesses(self, delta: int) -> int:
+        """incr/decr: move the target count by ``delta`` (not below 0) and reach it."""
+        async with self.lock:
+            count = max(0, self.config.numprocesses + delta)
+            self.config = replace(self.config, numprocesses=count)
+            if self.state == ACTIVE:
+                await self._reconcile()
+            return self.config.numprocesses
+
+    def configure(self, config: WatcherConfig, reload: bool, updated: int = 1) -> Awaitable[None]:
+        """The ``set`` command: load ``config``'s hooks and streams now (errors raise here),
+        and return the work that switches to it, reloading when only new processes can
+        take the change; one ``updated`` event per changed key, as Circus.
+        """
+        hooks_changed = config.hooks != self.config.hooks
+        if hooks_changed:
+            self.hooks.reload(config.hooks)
+        streams = {
+            name: _stream(config, name)
+            for name in ("stdout", "stderr")
+            if getattr(config, f"{name}_stream") != getattr(self.config, f"{name}_stream")
+        }
+        return self._configure(config, reload or bool(streams), streams, updated)
+
+    async def _configure(
+        self, config: WatcherConfig, reload: bool, streams: dict[str, Any], updated: int
+    ) -> None:
+        async with self.lock:
+            old_streams = []
+            for name, stream in streams.items():
+                old_streams.append(getattr(self, f"{name}_stream"))
+                setattr(self, f"{name}_stream", stream)
+            self.config = config
+            for _ in range(updated):
+                self._publish("updated")
+            if self.state == ACTIVE and not reload:
+                await self._reconcile()
+        if reload and self.state != STOPPED:
+            await self.reload()
+        for stream in old_streams:
+            if stream is not None:
+                close_stream(stream)
+
     async def kill(
         self, pid: int | None = None, signum: int | None = None, timeout: float | None = None
     ) -> None:
@@ -164,15 +210,19 @@ class Watcher:
 
     # -- the life of the processes --------------------------------------------
 
-    async def _start(self) -> None:
+    async def _start(self, demanded: bool = False) -> None:
         if self.state == ACTIVE:
             await self._reconcile()
+            return
+        if self.config.on_demand and not demanded and self._arm_on_demand():
             return
         self.state = STARTING
         if not self._hook("before_start"):
             self.state = STOPPED
+            self._log.warning("watcher_start_refused", hook="before_start")
             return
         self.crash_streak = 0
+        self.spawn_failures = 0
         await self._reconcile()
         if self.state != STARTING:
             return
@@ -183,6 +233,7 @@ class Watcher:
             await self._stop()
 
     async def _stop(self) -> None:
+        self._disarm_on_demand()
         if self.state == STOPPED and not self.processes:
             return
         self.state = STOPPING
@@ -193,6 +244,41 @@ class Watcher:
         self._log.info("watcher_stopped")
         self._publish("stop")
         self._hook("after_stop")
+
+    def _arm_on_demand(self) -> bool:
+        """Start at the first connection to one of this watcher's sockets (CIRCUS.md §5.8).
+
+        Only this watcher starts, whatever its place in the start order, and a
+        stopped watcher stays stopped: Circus starts every autostart watcher on
+        a connection to any socket, and this one only if it comes first
+        (§8.2 f). The loop watches the listening sockets only while the watcher
+        waits; the client stays in the accept queue until a worker accepts it.
+        Returns False when the watcher has no socket to wait on.
+        """
+        names = self.runtime.sockets.names_for(self.config)
+        if not names:
+            return False
+        if not self.on_demand_fds:
+            self.on_demand_fds = [self.runtime.sockets.sockets[name].fd for name in names]
+            for fd in self.on_demand_fds:
+                self.runtime.loop.add_reader(fd, self._on_demand_connection)
+            self._log.info("on_demand_waiting", sockets=list(names))
+        return True
+
+    def _disarm_on_demand(self) -> None:
+        for fd in self.on_demand_fds:
+            self.runtime.loop.remove_reader(fd)
+        self.on_demand_fds = []
+
+    def _on_demand_connection(self) -> None:
+        self._disarm_on_demand()
+        self._log.info("on_demand_triggered")
+        self.runtime.loop.create_task(self._start_on_demand())
+
+    async def _start_on_demand(self) -> None:
+        async with self.lock:
+            if self.state == STOPPED:
+                await self._start(demanded=True)
 
     async def _reconcile(self) -> None:
         """Spawn the missing processes, or stop the oldest extra ones."""
@@ -211,23 +297,36 @@ class Watcher:
             await asyncio.sleep(self.config.warmup_delay)
 
     async def _spawn_one(self) -> Process | None:
-        """Spawn one process, retrying failures up to max_retry; stop the watcher if it cannot."""
+        """Spawn one process; after a failure retry later (max_retry times), then stop.
+
+        The retry waits on a timer, not under the lock, so that a watcher whose
+        command cannot start never blocks stop, other commands, or the start
+        of the watchers after it (Circus issue #1157, CIRCUS.md §8.2 t).
+        """
         if not self._hook("before_spawn"):
             await self._stop_after_failure("before_spawn hook refused the spawn")
             return None
-        attempts = 0
-        while True:
-            try:
-                process = self._spawn()
-                break
-            except (SpawnError, OSError, ValueError) as exc:
-                attempts += 1
-                self._log.error("spawn_failed", error=str(exc), attempt=attempts)
-                self._publish_own("spawn_failed", {"error": str(exc), "attempt": attempts})
-                if 0 <= self.config.max_retry <= attempts - 1 or self.config.max_retry == 0:
-                    await self._stop_after_failure(f"spawn failed {attempts} times: {exc}")
-                    return None
-                await asyncio.sleep(_backoff(attempts))
+        try:
+            process = self._spawn()
+        except (SpawnError, OSError, ValueError) as exc:
+            self.spawn_failures += 1
+            errno = getattr(exc, "errno", None)
+            self._log.error(
+                "spawn_failed", error=str(exc), errno=errno, attempt=self.spawn_failures
+            )
+            self._publish_own(
+                "spawn_failed", {"error": str(exc), "errno": errno, "attempt": self.spawn_failures}
+            )
+            if 0 <= self.config.max_retry < self.spawn_failures:
+                await self._stop_after_failure(f"spawn failed {self.spawn_failures} times: {exc}")
+                return None
+            self._cancel_respawn()
+            self.respawn_timer = self.runtime.loop.call_later(
+                _backoff(self.spawn_failures),
+                lambda: self.runtime.loop.create_task(self._respawn()),
+            )
+            return None
+        self.spawn_failures = 0
         if not self._hook("after_spawn", pid=process.pid):
             await self._kill(process)
             await self._stop_after_failure("after_spawn hook refused the process")
@@ -290,7 +389,7 @@ class Watcher:
         return process
 
     def _next_wid(self) -> int:
-        """The lowest wid in use by nobody, from 1 to 2 × numprocesses (CIRCUS.md §5.3)."""
+        """The lowest wid in use by nobody, from 1 to 2 x numprocesses (CIRCUS.md §5.3)."""
         used = {process.wid for process in self.processes.values()}
         for wid in range(1, 2 * max(1, self.config.numprocesses) + len(used) + 1):
             if wid not in used:
@@ -346,11 +445,18 @@ class Watcher:
                 await self._reconcile()
 
     async def _expire(self, process: Process) -> None:
-        """max_age: start the replacement first, then stop the old process, so capacity never dips."""
+        """max_age: the replacement starts before the old process stops, so capacity never dips.
+
+        A singleton is the exception: it must never run twice, so it stops first.
+        """
         async with self.lock:
             if process.pid not in self.processes or self.state != ACTIVE:
                 return
             process.stopping = True
+            if self.config.singleton:
+                await self._kill(process)
+                await self._spawn_one()
+                return
             await self._spawn_one()
             await self._kill(process)
 

@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from chapiteau.broker.binding import (
     BindError,
     BoundSocket,
@@ -141,7 +140,7 @@ def test_port_in_use_is_a_clear_error(opened):
 
 
 def test_unknown_host_is_a_clear_error():
-    with pytest.raises(BindError, match="socket:web: cannot resolve host 'no.such.host.invalid'"):
+    with pytest.raises(BindError, match=r"socket:web: cannot resolve host 'no\.such\.host\."):
         bind_master(spec(host="no.such.host.invalid"))
 
 
@@ -374,3 +373,36 @@ def test_backlog_only_change_is_applied_in_place():
         assert listing[2] == "9", listing
     finally:
         close_all(table.values())
+
+
+def test_reload_of_a_unix_umask_changes_the_mode_in_place(tmp_path):
+    path = tmp_path / "web.sock"
+    table = bind_all([unix(path, umask=0o077)])
+    try:
+        sock = table["web"].sock
+        result = apply_reload(table, {"web": unix(path, umask=0o022)})
+        assert result.changed == ("web",)
+        assert table["web"].sock is sock
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o755
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))
+    finally:
+        close_all(table.values())
+
+
+def test_reload_does_not_chmod_a_path_that_is_no_longer_its_socket(tmp_path):
+    path = tmp_path / "web.sock"
+    table = bind_all([unix(path, umask=0o077)])
+    try:
+        os.unlink(path)
+        path.write_text("someone else's")
+        path.chmod(0o600)
+        apply_reload(table, {"web": unix(path, umask=0o000)})
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+    finally:
+        close_all(table.values())
+
+
+def test_unsupported_socket_kind_is_a_clear_error():
+    with pytest.raises(BindError, match=r"socket:web: cannot create a AF_INET SOCK_RAW socket"):
+        bind_master(spec(type=socket.SOCK_RAW, proto=255 + 1000))

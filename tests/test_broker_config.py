@@ -1,4 +1,4 @@
-"""Tests for broker/config.py: the [broker] and [socket:*] sections, validated with file:section:key."""
+"""Tests for broker/config.py: [broker] and [socket:*], errors named by file:section:key."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import socket
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from chapiteau.broker.config import (
     DEFAULT_UNIX_UMASK,
     BrokerConfig,
     SocketSpec,
     load_broker_config,
+    parse_socket,
 )
-from chapiteau.protocol.ini import ConfigError
+from chapiteau.protocol.ini import ConfigError, Section
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> BrokerConfig:
@@ -110,14 +110,13 @@ def test_umask_is_octal_not_decimal(tmp_path, text, umask):
 
 @pytest.mark.parametrize("value", ["8a", "1000", "abc", ""])
 def test_bad_umask_names_the_key(tmp_path, value):
-    assert ":socket:web:umask: " in error_of(tmp_path, f"[socket:web]\npath = /x\numask = {value}\n")
+    assert ":socket:web:umask: " in error_of(
+        tmp_path, f"[socket:web]\npath = /x\numask = {value}\n"
+    )
 
 
 @given(st.integers(min_value=0, max_value=0o777))
 def test_every_octal_umask_round_trips(umask):
-    from chapiteau.broker.config import parse_socket
-    from chapiteau.protocol.ini import Section
-
     section = Section("socket:s", {"path": "/x", "umask": f"{umask:03o}"}, {}, "/c.ini")
     assert parse_socket(section).umask == umask
 

@@ -180,18 +180,23 @@ def _hook(value: Any) -> tuple[str, bool]:
     ):
         path, ignore = value
     else:
-        raise CommandError(f"{value!r} isn't a hook; use \"package.module.function[, true]\"")
+        raise CommandError(f'{value!r} isn\'t a hook; use "package.module.function[, true]"')
     if not path.strip():
         raise CommandError("a hook needs a dotted path: package.module.function")
     return path.strip(), ignore
 
 
-def apply_options(config: WatcherConfig, options: dict[str, Any], sockets: set[str]) -> WatcherConfig:
+def apply_options(
+    config: WatcherConfig, options: dict[str, Any], sockets: set[str]
+) -> WatcherConfig:
     """``config`` with the (validated) options applied."""
     changes: dict[str, Any] = {}
     rlimits = dict(config.rlimits)
     hooks = dict(config.hooks)
-    streams = {"stdout_stream": dict(config.stdout_stream), "stderr_stream": dict(config.stderr_stream)}
+    streams = {
+        "stdout_stream": dict(config.stdout_stream),
+        "stderr_stream": dict(config.stderr_stream),
+    }
     free_form = dict(config.options)
     for key, value in options.items():
         if key in ("uid", "gid"):
@@ -206,7 +211,9 @@ def apply_options(config: WatcherConfig, options: dict[str, Any], sockets: set[s
             except SignalError as exc:
                 raise CommandError(str(exc)) from None
         elif key == "env":
-            env = {**os.environ, **value} if options.get("copy_env", config.copy_env) else dict(value)
+            env = (
+                {**os.environ, **value} if options.get("copy_env", config.copy_env) else dict(value)
+            )
             env.setdefault("PATH", DEFAULT_PATH)
             changes[key] = env
         elif key == "args":
@@ -254,7 +261,9 @@ def _socket_names(config: WatcherConfig, sockets: set[str]) -> tuple[str, ...]:
             found.append((match.group(1) or match.group(2)).lower())
     for name in found:
         if name not in sockets:
-            raise CommandError(f"the command uses socket {name!r}, which the config does not define")
+            raise CommandError(
+                f"the command uses socket {name!r}, which the config does not define"
+            )
     return tuple(dict.fromkeys(found))
 
 
@@ -312,14 +321,14 @@ def check_owner(arbiter: Arbiter, options: dict[str, Any], current: WatcherConfi
 def options_of(watcher: Watcher) -> dict[str, Any]:
     """The watcher's options under Circus's names, free-form keys included."""
     config = watcher.config
-    values: dict[str, Any] = {
-        key: getattr(config, key) for key in GET_KEYS if hasattr(config, key)
-    }
+    values: dict[str, Any] = {key: getattr(config, key) for key in GET_KEYS if hasattr(config, key)}
     values["working_dir"] = config.working_dir or os.getcwd()
     values["env"] = dict(config.env)
     values["stdout_stream_conf"] = {k: v for k, v in config.stdout_stream.items() if k != "class"}
     values["stderr_stream_conf"] = {k: v for k, v in config.stderr_stream.items() if k != "class"}
-    values["hooks"] = {name: f"{path},{str(ignore).lower()}" for name, (path, ignore) in config.hooks.items()}
+    values["hooks"] = {
+        name: f"{path},{str(ignore).lower()}" for name, (path, ignore) in config.hooks.items()
+    }
     for name, limit in config.rlimits.items():
         values[f"rlimit_{name}"] = None if limit == resource.RLIM_INFINITY else limit
     fields = {field.name for field in dataclasses.fields(config)}

@@ -23,6 +23,7 @@ from chapiteau.supervisor.commands.base import (
 
 if TYPE_CHECKING:
     from chapiteau.supervisor.arbiter import Arbiter
+    from chapiteau.supervisor.watcher import Watcher
 
 log = structlog.get_logger("chapiteau.supervisor")
 
@@ -100,7 +101,16 @@ async def kill(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
     timeout = number_property(props, "graceful_timeout")
     if pid is not None and pid not in watcher.processes:
         raise CommandError(f"process {pid} not found in {watcher.name!r}")
-    return Deferred(watcher.kill(pid, signum, timeout))
+    return Deferred(_kill_and_replace(watcher, pid, signum, timeout))
+
+
+async def _kill_and_replace(
+    watcher: Watcher, pid: int | None, signum: int | None, timeout: float | None
+) -> None:
+    await watcher.kill(pid, signum, timeout)
+    # Killed processes count as stopped on purpose, so the watcher does not
+    # respawn them by itself; Circus replaces them at its next tick.
+    await watcher.set_numprocesses(watcher.config.numprocesses)
 
 
 @command("signal", "name", "signum")
@@ -173,4 +183,3 @@ async def status(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
     if props.get("name") is None:
         return {"statuses": {w.name: w.state for w in arbiter.watchers.values()}}
     return {"status": watcher_named(arbiter, props).state}
-

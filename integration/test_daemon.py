@@ -1,0 +1,177 @@
+"""``--daemon``, ``--pidfile`` and ``--log-output``, as an init script would use them.
+
+The foreground command returns once the broker is detached (and releases the
+caller's pipes); the pidfile holds the broker's pid, which an operator
+signals to stop everything; a pidfile naming a live process is refused with
+status 1 by the command itself, before it detaches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from integration.harness import (
+    DEFAULT_TIMEOUT,
+    descendants,
+    free_port,
+    http_get,
+    is_alive,
+    wait_until,
+)
+
+MARKER = "worker-output-marker"
+
+
+def config(port: int) -> str:
+    return f"""
+[circus]
+endpoint = tcp://127.0.0.1:{free_port()}
+pubsub_endpoint = tcp://127.0.0.1:{free_port()}
+
+[broker]
+user = nobody
+
+[socket:web]
+host = 127.0.0.1
+port = {port}
+
+[watcher:web]
+cmd = python3 hello_wsgi.py --fd $(circus.sockets.web)
+copy_env = true
+
+[watcher:talker]
+cmd = /bin/sh -c "echo {MARKER}; exec sleep 600"
+"""
+
+
+def tree_of(config_path: Path) -> list[int]:
+    """Pids of every process whose command line names ``config_path`` (broker, supervisor)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{name}/cmdline", "rb") as cmdline:
+                if str(config_path).encode() in cmdline.read() and is_alive(int(name)):
+                    found.append(int(name))
+    return found
+
+
+def all_descendants(pids: list[int]) -> set[int]:
+    result = set(pids)
+    for pid in pids:
+        result |= descendants(pid)
+    return result
+
+
+@pytest.fixture
+def daemon(workdir) -> Iterator[tuple[Path, int]]:
+    """A config file and its port; whatever it started is killed by pid afterwards."""
+    port = free_port()
+    path = workdir / "chapiteau.ini"
+    path.write_text(config(port))
+    path.chmod(0o644)
+    yield path, port
+    for pid in all_descendants(tree_of(path)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def run(path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "chapiteau.broker", str(path), *args],
+        capture_output=True,
+        text=True,
+        cwd=path.parent,
+        stdin=subprocess.DEVNULL,
+        timeout=DEFAULT_TIMEOUT,
+    )
+
+
+def served(port: int) -> bool:
+    with contextlib.suppress(OSError):
+        return "hello from pid" in http_get(port, timeout=2)
+    return False
+
+
+def read_pid(pidfile: Path) -> int:
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit())
+    return int(pidfile.read_text())
+
+
+def test_daemon_detaches_and_the_pidfile_holds_the_broker(daemon):
+    path, port = daemon
+    pidfile = path.parent / "chapiteau.pid"
+    result = run(path, "--daemon", "--pidfile", str(pidfile))
+    assert result.returncode == 0, result.stderr
+    pid = read_pid(pidfile)
+    assert pid in tree_of(path)
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        assert b"chapiteau.broker" in cmdline.read()
+    assert os.getsid(pid) != os.getsid(0)
+    wait_until(lambda: served(port))
+
+
+def test_sigterm_to_the_pidfile_pid_stops_everything(daemon):
+    path, port = daemon
+    pidfile = path.parent / "chapiteau.pid"
+    assert run(path, "--daemon", "--pidfile", str(pidfile)).returncode == 0
+    pid = read_pid(pidfile)
+    wait_until(lambda: served(port))
+    tree = all_descendants([pid])
+    assert len(tree) >= 4, tree
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not any(is_alive(p) for p in tree))
+    assert not pidfile.exists()
+    assert not served(port)
+
+
+def test_stale_pidfile_with_a_live_pid_is_refused(daemon):
+    path, _ = daemon
+    pidfile = path.parent / "chapiteau.pid"
+    pidfile.write_text(f"{os.getpid()}\n")
+    result = run(path, "--daemon", "--pidfile", str(pidfile))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"current pid {os.getpid()}" in lines[0], result.stderr
+    assert pidfile.read_text() == f"{os.getpid()}\n"
+    assert tree_of(path) == []
+
+
+def test_pidfile_of_a_dead_process_is_taken_over(daemon):
+    path, _ = daemon
+    pidfile = path.parent / "chapiteau.pid"
+    pidfile.write_text("999999999\n")
+    assert run(path, "--daemon", "--pidfile", str(pidfile)).returncode == 0
+    wait_until(lambda: pidfile.read_text() != "999999999\n")
+    assert read_pid(pidfile) in tree_of(path)
+
+
+def test_log_output_gets_broker_supervisor_and_worker_output(daemon):
+    path, port = daemon
+    log = path.parent / "all.log"
+    result = run(path, "--daemon", "--log-output", str(log), "--log-format", "json")
+    assert result.returncode == 0
+    assert result.stdout == result.stderr == ""
+    wait_until(lambda: served(port))
+
+    def complete() -> bool:
+        text = log.read_text()
+        return all(word in text for word in ('"socket_bound"', '"supervisor_ready"', MARKER))
+
+    wait_until(complete)
+
+
+def test_start_up_error_goes_to_stderr_even_with_log_output(daemon):
+    path, _ = daemon
+    path.write_text("[socket:web]\nport = http\n")
+    log = path.parent / "all.log"
+    result = run(path, "--daemon", "--log-output", str(log))
+    assert result.returncode == 1
+    assert ":socket:web:port: 'http' is not an integer" in result.stderr

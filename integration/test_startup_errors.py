@@ -1,0 +1,206 @@
+"""A start-up mistake stops chapiteau at once: one line on stderr, non-zero exit, nothing left.
+
+Circus logs such errors and exits 0 (CIRCUS.md §8.2 w); an init system must
+see the failure, and nothing may stay half-started: no supervisor, no worker,
+no bound socket.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from integration.harness import free_port
+
+VENV = Path(sys.prefix)
+TIMEOUT = 30
+
+
+def run(
+    directory: Path, config: str, *args: str, user: str | None = None, python: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run chapiteau on ``config`` to completion (it must exit by itself)."""
+    path = directory / "chapiteau.ini"
+    path.write_text(config)
+    path.chmod(0o644)
+    command = [python or sys.executable, "-m", "chapiteau.broker", str(path), *args]
+    if user is not None:
+        command = ["runuser", "-u", user, "--", *command]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=directory,
+        stdin=subprocess.DEVNULL,
+        timeout=TIMEOUT,
+    )
+    assert_nothing_left(path)
+    return result
+
+
+def assert_nothing_left(config: Path) -> None:
+    """No process of this test's tree (they all carry the config path) is alive."""
+    left = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as cmdline:
+                if str(config).encode() in cmdline.read():
+                    left.append(int(name))
+        except OSError:
+            continue
+    for pid in left:
+        os.kill(pid, 9)
+    assert not left, f"processes left behind: {left}"
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_port_in_use_is_one_line_and_exit_1(workdir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(
+            workdir,
+            f"[socket:web]\nhost = 127.0.0.1\nport = {port}\n[watcher:w]\ncmd = /bin/sleep 60\n",
+        )
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert line.startswith(f"chapiteau: {workdir / 'chapiteau.ini'}:socket:web: cannot bind ")
+    assert "address already in use" in line
+
+
+def test_no_socket_stays_bound_after_a_failed_start(workdir):
+    first, second = free_port(), None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        second = taken.getsockname()[1]
+        result = run(
+            workdir,
+            f"[socket:a]\nhost = 127.0.0.1\nport = {first}\n"
+            f"[socket:b]\nhost = 127.0.0.1\nport = {second}\n",
+        )
+    assert result.returncode == 1
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", first))
+
+
+def test_port_80_as_a_normal_user_says_how_to_fix_it(workdir):
+    result = run(
+        workdir,
+        "[socket:web]\nhost = 127.0.0.1\nport = 80\n[watcher:w]\ncmd = /bin/sleep 60\n",
+        user="nobody",
+    )
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert "cannot bind 127.0.0.1:80: ports below 1024 need root" in line
+    assert "start chapiteau as root" in line and "choose a port >= 1024" in line
+
+
+def test_unknown_service_user_is_one_line(workdir):
+    result = run(workdir, "[broker]\nuser = nosuchuser\n[watcher:w]\ncmd = /bin/sleep 60\n")
+    assert result.returncode == 1
+    assert "[broker] user = nosuchuser: no such user" in one_line(result.stderr)
+
+
+def test_missing_config_is_one_line(workdir):
+    missing = workdir / "missing.ini"
+    result = subprocess.run(
+        [sys.executable, "-m", "chapiteau.broker", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 1
+    assert one_line(result.stderr) == (
+        f"chapiteau: {missing}: cannot read the file: No such file or directory"
+    )
+
+
+def test_unreadable_config_is_one_line(workdir):
+    config = workdir / "private.ini"
+    config.write_text("[watcher:w]\ncmd = /bin/sleep 60\n")
+    config.chmod(0o600)
+    result = subprocess.run(
+        ["runuser", "-u", "nobody", "--", sys.executable, "-m", "chapiteau.broker", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 1
+    assert one_line(result.stderr) == (
+        f"chapiteau: {config}: cannot read the file: Permission denied"
+    )
+
+
+def test_bad_option_value_names_file_section_and_key(workdir):
+    result = run(workdir, "[socket:web]\nport = http\n[watcher:w]\ncmd = /bin/sleep 60\n")
+    assert result.returncode == 1
+    assert one_line(result.stderr) == (
+        f"chapiteau: {workdir / 'chapiteau.ini'}:socket:web:port: 'http' is not an integer"
+    )
+
+
+def test_supervisor_refusing_its_config_exits_78_with_its_message(workdir):
+    result = run(
+        workdir,
+        f"[socket:web]\nhost = 127.0.0.1\nport = {free_port()}\n"
+        "[watcher:web]\ncmd = /bin/sleep 60\nsingleton = true\nnumprocesses = 2\n",
+        "--log-level",
+        "critical",
+    )
+    assert result.returncode == 78
+    line = one_line(result.stderr)
+    assert line.startswith("chapiteau-supervisor: ")
+    assert ":watcher:web:numprocesses: a singleton watcher runs at most 1 process" in line
+
+
+def test_supervisor_refusal_is_logged_by_the_broker(workdir):
+    result = run(
+        workdir,
+        "[watcher:web]\ncmd = /bin/sleep 60\nsingleton = true\nnumprocesses = 2\n",
+        "--log-format",
+        "json",
+    )
+    assert result.returncode == 78
+    assert '"event": "supervisor_refused_config"' in result.stderr
+
+
+def test_interpreter_under_a_private_directory_is_named(workdir):
+    private = workdir / "private"
+    venv = private / "venv"
+    (venv / "bin").mkdir(parents=True)
+    private.chmod(0o700)
+    shutil.copy(VENV / "pyvenv.cfg", venv / "pyvenv.cfg")
+    (venv / "lib").symlink_to(VENV / "lib")
+    (venv / "bin" / "python").symlink_to(os.path.realpath(sys.executable))
+    result = run(workdir, "[watcher:w]\ncmd = /bin/sleep 60\n", python=str(venv / "bin" / "python"))
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert f"service user 'nobody' cannot reach {venv / 'bin' / 'python'}" in line
+    assert f"directory {private} is mode 0700 owned by root:root" in line
+
+
+@pytest.mark.skipif(
+    pwd.getpwnam("nobody").pw_uid == 0, reason="nobody must not be root for this test"
+)
+def test_switching_user_without_root_is_one_line(workdir):
+    result = run(
+        workdir, "[broker]\nuser = root\n[watcher:w]\ncmd = /bin/sleep 60\n", user="nobody"
+    )
+    assert result.returncode == 1
+    assert "switching to another user needs root" in one_line(result.stderr)

@@ -1,0 +1,175 @@
+"""Commands about the supervisor as a whole: stats, sockets, global options, quit, reload."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from chapiteau.supervisor.commands.base import (
+    CommandError,
+    Deferred,
+    Fields,
+    bool_property,
+    command,
+    int_property,
+    watcher_named,
+)
+
+if TYPE_CHECKING:
+    from chapiteau.supervisor.arbiter import Arbiter
+    from chapiteau.supervisor.watcher import Watcher
+
+GLOBAL_OPTIONS = (
+    "endpoint",
+    "stats_endpoint",
+    "pubsub_endpoint",
+    "check_delay",
+    "multicast_endpoint",
+)
+NO_SUCH_PROCESS = "No such process (stopped?)"
+_SYMBOLS = ("K", "M", "G", "T", "P", "E", "Z", "Y")
+
+
+def bytes2human(n: int) -> str:
+    """Circus's human size: ``1447034`` → ``"1.38M"``."""
+    for i, symbol in reversed(list(enumerate(_SYMBOLS))):
+        unit = 1 << (i + 1) * 10
+        if n >= unit:
+            return f"{n / unit:.2f}{symbol}"
+    return f"{n}B"
+
+
+def process_info(process: psutil.Process, interval: float = 0.0, children: bool = True) -> Any:
+    """Circus's ``get_info`` fields of one process (CIRCUS.md §3.3)."""
+    try:
+        with process.oneshot():
+            memory = process.memory_info()
+            try:
+                cpu: Any = process.cpu_percent(interval=interval)
+                mem: Any = round(process.memory_percent(), 3)
+            except psutil.AccessDenied:
+                cpu = mem = "N/A"
+            total = timedelta(seconds=sum(process.cpu_times()[:4]))
+            seconds = total.seconds
+            ctime = f"{seconds // 60 % 60}:{seconds % 60:02d}.{str(total.microseconds)[:2]}"
+            cmdline = process.cmdline()
+            created = process.create_time()
+            info = {
+                "mem_info1": bytes2human(memory.rss),
+                "mem_info2": bytes2human(memory.vms),
+                "cpu": cpu,
+                "mem": mem,
+                "ctime": ctime,
+                "pid": process.pid,
+                "username": process.username(),
+                "nice": process.nice(),
+                "create_time": created,
+                "age": time.time() - created,
+                "cmdline": os.path.basename(cmdline[0]) if cmdline else process.name(),
+                "children": [],
+            }
+            kids = process.children() if children else []
+    except psutil.NoSuchProcess:
+        return NO_SUCH_PROCESS
+    except psutil.Error as exc:
+        return str(exc)
+    info["children"] = [process_info(kid, children=False) for kid in kids]
+    return info
+
+
+def watcher_process_info(arbiter: Arbiter, watcher: Watcher, pid: int, extended: bool) -> Any:
+    process = watcher.processes[pid]
+    try:
+        info = process_info(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return NO_SUCH_PROCESS
+    if isinstance(info, dict):
+        info["started"] = process.started
+        info["wid"] = process.wid
+        if extended:
+            watcher.hooks.extended_stats(watcher, arbiter, pid=pid, stats=info)
+    return info
+
+
+@command("stats")
+async def stats(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+    extended = bool_property(props, "extended", False)
+    if props.get("name") is None:
+        return {
+            "infos": {
+                watcher.name: {
+                    str(pid): watcher_process_info(arbiter, watcher, pid, extended)
+                    for pid in sorted(watcher.processes)
+                }
+                for watcher in arbiter.watchers.values()
+            }
+        }
+    watcher = watcher_named(arbiter, props)
+    pid = int_property(props, "process")
+    if pid is None:
+        return {
+            "name": props["name"],
+            "info": {
+                str(p): watcher_process_info(arbiter, watcher, p, extended)
+                for p in sorted(watcher.processes)
+            },
+        }
+    if pid not in watcher.processes:
+        raise CommandError(f"process {pid!r} not found in {props['name']!r}")
+    return {"process": pid, "info": watcher_process_info(arbiter, watcher, pid, extended)}
+
+
+@command("dstats")
+async def dstats(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+    return {"info": process_info(psutil.Process(os.getpid()), interval=0.01, children=False)}
+
+
+@command("listsockets")
+async def listsockets(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+    sockets = []
+    for received in sorted(arbiter.sockets.sockets.values(), key=lambda s: s.fd):
+        info = received.info
+        entry: dict[str, Any] = {"fd": received.fd, "name": info.name, "backlog": info.backlog}
+        if info.path is not None:
+            entry["path"] = info.path
+        else:
+            entry["host"] = info.host
+            entry["port"] = info.port
+        sockets.append(entry)
+    return {"sockets": sockets}
+
+
+@command("globaloptions")
+async def globaloptions(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+    circus = arbiter.config.circus
+    values = {key: getattr(circus, key) for key in GLOBAL_OPTIONS}
+    option = props.get("option")
+    if option is None:
+        return {"options": values}
+    if option not in values:
+        raise CommandError(f"{option!r} not an existing option")
+    return {"options": {option: values[option]}}
+
+
+@command("ipython")
+async def ipython(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+    return {"shell": False, "msg": "no IPython kernel in chapiteau: the supervisor runs no shell"}
+
+
+@command("listen")
+async def listen(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+    raise CommandError("invalid message. use a pub/sub socket")
+
+
+@command("quit")
+async def quit_(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+    return Deferred(arbiter.quit(shutdown_broker=True))
+
+
+@command("reloadconfig")
+async def reloadconfig(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+    return Deferred(arbiter.apply_reload(await arbiter.prepare_reload()))
