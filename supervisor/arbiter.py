@@ -29,7 +29,7 @@ from chapiteau.supervisor.events import Events
 from chapiteau.supervisor.pubsub import PubSub
 from chapiteau.supervisor.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
-from chapiteau.supervisor.stats import start_stats
+from chapiteau.supervisor.stats import ProcessSampler, start_stats
 from chapiteau.supervisor.watcher import Flapping, Runtime, Watcher
 
 log = structlog.get_logger("chapiteau.supervisor")
@@ -70,6 +70,8 @@ class Arbiter:
         self._runtime: Runtime | None = None
         self.flapping = _flapping(config)
         self.added: set[str] = set()
+        self.sampler = ProcessSampler()
+        """Per-process figures for the stats commands (the stats stream keeps its own)."""
         """Lower-cased names of the watchers created by ``add``: reloadconfig keeps them."""
         self.controller: Controller | None = None
         self.pubsub: PubSub | None = None
@@ -361,6 +363,7 @@ class Arbiter:
         self.pids[pid] = watcher
 
     def _child_exited(self, pid: int, code: int) -> None:
+        self.sampler.forget(pid)
         watcher = self.pids.pop(pid, None)
         if watcher is not None:
             watcher.process_exited(pid, code)

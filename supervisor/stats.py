@@ -45,6 +45,7 @@ import psutil
 import structlog
 import zmq
 import zmq.asyncio
+
 from chapiteau.supervisor.controller import Curve, EndpointError, prepare_endpoint
 
 log = structlog.get_logger("chapiteau.supervisor")
@@ -91,6 +92,7 @@ class _Tracked:
     cmdline: str
     username: str | int
     create_time: float | str
+    threads: int | str = 1
 
 
 class ProcessSampler:
@@ -103,16 +105,34 @@ class ProcessSampler:
 
     def __init__(self) -> None:
         self._tracked: dict[int, _Tracked] = {}
+        self._children: dict[int, list[int]] = {}
         self._total_memory = psutil.virtual_memory().total
 
-    def sample(self, pid: int) -> dict[str, Any] | None:
-        """The info of ``pid``, or None if it no longer exists."""
+    def sample(self, pid: int, children: bool = False) -> dict[str, Any] | None:
+        """The info of ``pid``, or None if it no longer exists.
+
+        With ``children``, the info of its direct children too (the ``stats``
+        command's shape), found through /proc rather than a scan of every process.
+        """
         try:
             tracked = self._tracked.get(pid) or self._track(pid)
-            return self._info(pid, tracked)
+            info = self._info(pid, tracked)
         except psutil.NoSuchProcess:
             self._tracked.pop(pid, None)
             return None
+        if children:
+            kids = child_pids(pid, all_threads=tracked.threads != 1)
+            for gone in set(self._children.get(pid, ())) - set(kids):
+                self._tracked.pop(gone, None)
+            self._children[pid] = kids
+            info["children"] = [kid for kid in map(self.sample, kids) if kid]
+        return info
+
+    def forget(self, pid: int) -> None:
+        """Drop ``pid`` (it exited) and the children it was last seen with."""
+        self._tracked.pop(pid, None)
+        for kid in self._children.pop(pid, ()):
+            self._tracked.pop(kid, None)
 
     def forget_except(self, pids: Iterable[int]) -> None:
         """Drop every tracked pid not in ``pids`` (they exited)."""
@@ -139,6 +159,7 @@ class ProcessSampler:
             cpu = _read(lambda: process.cpu_percent(interval=None))
             times = _read(process.cpu_times)
             nice = _read(process.nice)
+            tracked.threads = _read(process.num_threads)
         if isinstance(memory, str):
             rss = vms = mem = NOT_AVAILABLE
         else:
@@ -161,6 +182,19 @@ class ProcessSampler:
             "cmdline": tracked.cmdline,
             "children": [],
         }
+
+
+def child_pids(pid: int, all_threads: bool = True) -> list[int]:
+    """The direct children of ``pid`` (/proc/PID/task/*/children; only the main task's
+    file when the process is known to have a single thread)."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task") if all_threads else [str(pid)]:
+            with open(f"/proc/{pid}/task/{task}/children") as listing:
+                found.extend(int(word) for word in listing.read().split())
+    except OSError:
+        pass
+    return found
 
 
 def _read(getter: Any) -> Any:

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import os
-import time
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
-
-import psutil
 
 from chapiteau.supervisor.commands.base import (
     CommandError,
@@ -31,67 +27,18 @@ GLOBAL_OPTIONS = (
     "multicast_endpoint",
 )
 NO_SUCH_PROCESS = "No such process (stopped?)"
-_SYMBOLS = ("K", "M", "G", "T", "P", "E", "Z", "Y")
-
-
-def bytes2human(n: int) -> str:
-    """Circus's human size: ``1447034`` → ``"1.38M"``."""
-    for i, symbol in reversed(list(enumerate(_SYMBOLS))):
-        unit = 1 << (i + 1) * 10
-        if n >= unit:
-            return f"{n / unit:.2f}{symbol}"
-    return f"{n}B"
-
-
-def process_info(process: psutil.Process, interval: float = 0.0, children: bool = True) -> Any:
-    """Circus's ``get_info`` fields of one process (CIRCUS.md §3.3)."""
-    try:
-        with process.oneshot():
-            memory = process.memory_info()
-            try:
-                cpu: Any = process.cpu_percent(interval=interval)
-                mem: Any = round(process.memory_percent(), 3)
-            except psutil.AccessDenied:
-                cpu = mem = "N/A"
-            total = timedelta(seconds=sum(process.cpu_times()[:4]))
-            seconds = total.seconds
-            ctime = f"{seconds // 60 % 60}:{seconds % 60:02d}.{str(total.microseconds)[:2]}"
-            cmdline = process.cmdline()
-            created = process.create_time()
-            info = {
-                "mem_info1": bytes2human(memory.rss),
-                "mem_info2": bytes2human(memory.vms),
-                "cpu": cpu,
-                "mem": mem,
-                "ctime": ctime,
-                "pid": process.pid,
-                "username": process.username(),
-                "nice": process.nice(),
-                "create_time": created,
-                "age": time.time() - created,
-                "cmdline": os.path.basename(cmdline[0]) if cmdline else process.name(),
-                "children": [],
-            }
-            kids = process.children() if children else []
-    except psutil.NoSuchProcess:
-        return NO_SUCH_PROCESS
-    except psutil.Error as exc:
-        return str(exc)
-    info["children"] = [process_info(kid, children=False) for kid in kids]
-    return info
 
 
 def watcher_process_info(arbiter: Arbiter, watcher: Watcher, pid: int, extended: bool) -> Any:
+    """Circus's per-process info (CIRCUS.md §3.3), with ``started``, ``wid`` and children."""
     process = watcher.processes[pid]
-    try:
-        info = process_info(psutil.Process(pid))
-    except psutil.NoSuchProcess:
+    info = arbiter.sampler.sample(pid, children=True)
+    if info is None:
         return NO_SUCH_PROCESS
-    if isinstance(info, dict):
-        info["started"] = process.started
-        info["wid"] = process.wid
-        if extended:
-            watcher.hooks.extended_stats(watcher, arbiter, pid=pid, stats=info)
+    info["started"] = process.started
+    info["wid"] = process.wid
+    if extended:
+        watcher.hooks.extended_stats(watcher, arbiter, pid=pid, stats=info)
     return info
 
 
@@ -125,7 +72,7 @@ async def stats(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
 
 @command("dstats")
 async def dstats(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
-    return {"info": process_info(psutil.Process(os.getpid()), interval=0.01, children=False)}
+    return {"info": arbiter.sampler.sample(os.getpid()) or NO_SUCH_PROCESS}
 
 
 @command("listsockets")
