@@ -11,7 +11,12 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from integration.harness import children, is_alive, wait_until
+from integration.private_endpoints import private_endpoints  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.usefixtures("private_endpoints")
 
 
 def config(numprocesses: int, extra: str = "") -> str:
@@ -35,13 +40,21 @@ def cmdline(pid: int) -> list[str]:
 
 
 def live_wids(supervisor: int, program: str = "sleep") -> set[int]:
-    """The wids (last argv word) of the supervisor's live children running ``program``."""
-    found = set()
-    for pid in children(supervisor):
-        argv = cmdline(pid)
-        if argv[:1] == [program] and is_alive(pid):
-            found.add(int(argv[-1]))
-    return found
+    """The wids (last argv word) of the supervisor's live children running ``program``.
+
+    A sample is kept only if the list of children did not change while it was
+    taken: a worker that forked and another that died in between would be
+    missed and miscounted.
+    """
+    while True:
+        listed = children(supervisor)
+        found = set()
+        for pid in listed:
+            argv = cmdline(pid)
+            if argv[:1] == [program] and is_alive(pid):
+                found.add(int(argv[-1]))
+        if children(supervisor) == listed:
+            return found
 
 
 def reload_and_wait(tree, supervisor: int, expected: set[int]) -> None:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from integration.private_endpoints import private_endpoints  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.usefixtures("private_endpoints")
+
 HOOKS = """
 import os
 
 OUT = os.path.join(os.path.dirname(__file__), "out")
+
 
 
 def refuse(watcher, arbiter, hook_name, **kwargs):
