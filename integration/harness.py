@@ -42,8 +42,17 @@ class Chapiteau:
     def start(self) -> Chapiteau:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "chapiteau.broker", str(self.config_path), "--log-format",
-             "json", "--log-level", "debug", *self.args],
+            [
+                sys.executable,
+                "-m",
+                "chapiteau.broker",
+                str(self.config_path),
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+                *self.args,
+            ],
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,

@@ -11,131 +11,14 @@ import json
 import os
 import pwd
 import time
-import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
 import zmq.auth
 
 from integration.harness import free_port, is_alive, wait_until
-
-REPLY_TIMEOUT = 20.0
-
-IGNORE_TERM = """\
-import signal, time
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-time.sleep(1000)
-"""
-
-
-class Control:
-    """A Circus-style client: a DEALER with a hex identity, matching replies by id."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.identity = uuid.uuid4().hex.encode()
-        self.socket.linger = 0
-        self.socket.connect(endpoint)
-
-    def send(self, command: str, **properties: Any) -> str:
-        request_id = uuid.uuid4().hex
-        message = {"id": request_id, "command": command, "properties": properties}
-        self.socket.send(json.dumps(message).encode())
-        return request_id
-
-    def receive(self, request_id: str, timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.socket.poll(int(remaining * 1000)):
-                raise AssertionError(f"no reply to {request_id} within {timeout}s")
-            reply = json.loads(self.socket.recv())
-            if reply.get("id") == request_id:
-                return reply
-
-    def call(self, command: str, timeout: float = REPLY_TIMEOUT, **properties: Any) -> dict:
-        return self.receive(self.send(command, **properties), timeout)
-
-    def close(self) -> None:
-        self.socket.close()
-        self.context.term()
-
-
-class Events:
-    """A SUB on the pubsub endpoint, subscribed to everything."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.SUB)
-        self.socket.linger = 0
-        self.socket.setsockopt(zmq.SUBSCRIBE, b"")
-        self.socket.connect(endpoint)
-
-    def until(self, topic: str, timeout: float = REPLY_TIMEOUT) -> list[tuple[str, dict]]:
-        """Every event received up to and including the first one on ``topic``."""
-        seen = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.socket.poll(100):
-                raw_topic, body = self.socket.recv_multipart()
-                seen.append((raw_topic.decode(), json.loads(body)))
-                if seen[-1][0] == topic:
-                    return seen
-        raise AssertionError(f"no {topic} event within {timeout}s; saw {seen}")
-
-    def close(self) -> None:
-        self.socket.close()
-        self.context.term()
-
-
-class Daemon:
-    """A running chapiteau with its endpoints and clients."""
-
-    def __init__(self, tree, endpoint: str, pubsub: str) -> None:
-        self.tree = tree
-        self.endpoint = endpoint
-        self.pubsub = pubsub
-        self.control = Control(endpoint)
-
-    def call(self, command: str, **properties: Any) -> dict:
-        return self.control.call(command, **properties)
-
-    def events(self) -> Events:
-        events = Events(self.pubsub)
-        time.sleep(0.3)  # a SUB misses what is published before it is connected
-        return events
-
-    def rewrite_config(self, watchers: str) -> None:
-        head = self.tree.config_path.read_text().split("[watcher:", 1)[0]
-        self.tree.config_path.write_text(head + watchers)
-
-
-@pytest.fixture
-def daemon(chapiteau, workdir: Path):
-    """Start chapiteau with the given [watcher:*] sections; yields a factory."""
-    (workdir / "ignore_term.py").write_text(IGNORE_TERM)
-    (workdir / "ignore_term.py").chmod(0o644)
-    started: list[Daemon] = []
-
-    def start(watchers: str, circus: str = "", endpoint: str | None = None) -> Daemon:
-        endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
-        pubsub = f"tcp://127.0.0.1:{free_port()}"
-        config = (
-            f"[broker]\nuser = nobody\n\n[circus]\nendpoint = {endpoint}\n"
-            f"pubsub_endpoint = {pubsub}\n{circus}\n{watchers}"
-        )
-        tree = chapiteau(config)
-        tree.wait_for("supervisor_ready")
-        started.append(Daemon(tree, endpoint, pubsub))
-        return started[-1]
-
-    yield start
-    for instance in started:
-        instance.control.close()
-
+from integration.zmq_clients import REPLY_TIMEOUT
 
 TWO = """
 [watcher:web]

@@ -16,13 +16,13 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from integration.test_control_commands import REPLY_TIMEOUT, Control, daemon  # noqa: F401
+from integration.zmq_clients import REPLY_TIMEOUT, Control
 
 CONFIG = "[watcher:web]\ncmd = /bin/sleep 1000\n"
 
 
 @pytest.fixture
-def control(daemon):  # noqa: F811 - the fixture imported above
+def control(daemon):
     return daemon(CONFIG).control
 
 
@@ -84,7 +84,7 @@ def test_wrong_property_types_are_answered_with_errors(control):
     assert_still_answers(control)
 
 
-def test_a_req_client_is_answered_despite_its_delimiter_frame(daemon):  # noqa: F811
+def test_a_req_client_is_answered_despite_its_delimiter_frame(daemon):
     d = daemon(CONFIG)
     context = zmq.Context()
     req = context.socket(zmq.REQ)
@@ -119,7 +119,7 @@ def test_a_one_megabyte_message_is_answered(control):
     assert_still_answers(control)
 
 
-def test_a_message_above_the_size_limit_costs_only_that_connection(daemon):  # noqa: F811
+def test_a_message_above_the_size_limit_costs_only_that_connection(daemon):
     d = daemon(CONFIG)
     d.control.socket.send(b"x" * (5 * 1024 * 1024))
     fresh = Control(d.endpoint)

@@ -10,12 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-import pytest
-
 from integration.harness import free_port, http_get
-from integration.private_endpoints import private_endpoints  # noqa: F401 - fixture
-
-pytestmark = pytest.mark.usefixtures("private_endpoints")
 
 CRASHING_COMMANDS = ("false", "sh -c 'exit 3'")
 

@@ -11,12 +11,7 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-
 from integration.harness import children, is_alive, wait_until
-from integration.private_endpoints import private_endpoints  # noqa: F401 - fixture
-
-pytestmark = pytest.mark.usefixtures("private_endpoints")
 
 
 def config(numprocesses: int, extra: str = "") -> str:

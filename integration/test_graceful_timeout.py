@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from integration.harness import is_alive
-from integration.private_endpoints import private_endpoints  # noqa: F401 - fixture
-
-pytestmark = pytest.mark.usefixtures("private_endpoints")
 
 CONFIG = """
 [broker]

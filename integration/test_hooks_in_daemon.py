@@ -4,12 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from integration.private_endpoints import private_endpoints  # noqa: F401 - fixture
-
-pytestmark = pytest.mark.usefixtures("private_endpoints")
-
 HOOKS = """
 import os
 

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from integration.harness import free_port, http_get, is_alive
-from integration.private_endpoints import private_endpoints  # noqa: F401 - fixture
-
-pytestmark = pytest.mark.usefixtures("private_endpoints")
 
 
 def config(port: int) -> str:

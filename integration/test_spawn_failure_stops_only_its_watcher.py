@@ -10,10 +10,6 @@ import errno
 
 import pytest
 
-from integration.private_endpoints import private_endpoints  # noqa: F401 - fixture
-
-pytestmark = pytest.mark.usefixtures("private_endpoints")
-
 FAILURES = {
     "missing_program": ("cmd = /nonexistent/program", errno.ENOENT, "No such file or directory"),
     "uid_root_as_nobody": ("cmd = sleep 1000\nuid = root", errno.EPERM, "Operation not permitted"),

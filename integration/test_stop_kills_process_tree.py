@@ -11,9 +11,6 @@ from pathlib import Path
 import pytest
 
 from integration.harness import descendants, is_alive, wait_until
-from integration.private_endpoints import private_endpoints  # noqa: F401 - fixture
-
-pytestmark = pytest.mark.usefixtures("private_endpoints")
 
 CONFIG = """
 [broker]

@@ -7,12 +7,7 @@ import pwd
 import signal
 from pathlib import Path
 
-import pytest
-
 from integration.harness import wait_until
-from integration.private_endpoints import private_endpoints  # noqa: F401 - fixture
-
-pytestmark = pytest.mark.usefixtures("private_endpoints")
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 

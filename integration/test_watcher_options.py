@@ -8,12 +8,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import pytest
-
 from integration.harness import children, is_alive, wait_until
-from integration.private_endpoints import private_endpoints  # noqa: F401 - fixture
-
-pytestmark = pytest.mark.usefixtures("private_endpoints")
 
 
 def spawns(tree, watcher: str | None = None) -> list[dict]:

@@ -6,12 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-import pytest
-
 from integration.harness import free_port, open_fds, socket_inodes, wait_until
-from integration.private_endpoints import private_endpoints  # noqa: F401 - fixture
-
-pytestmark = pytest.mark.usefixtures("private_endpoints")
 
 
 def environ(pid: int) -> dict[str, str]:

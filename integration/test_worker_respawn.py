@@ -5,12 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-import pytest
-
 from integration.harness import is_alive
-from integration.private_endpoints import private_endpoints  # noqa: F401 - fixture
-
-pytestmark = pytest.mark.usefixtures("private_endpoints")
 
 # check_delay is Circus's polling period; a respawn that waited for it would miss the
 # harness's 15 s timeout.
