@@ -458,6 +458,7 @@ def test_two_quick_stops_of_one_watcher_queue_instead_of_failing(daemon):
 
 def test_restart_publishes_circus_order(daemon):
     d = daemon("[watcher:one]\ncmd = /bin/sleep 1000\n")
+    d.tree.wait_for("watcher_started")
     events = d.events()
     d.call("restart", name="one", waiting=True)
     topics = [topic for topic, _ in events.until("watcher.one.start")]
@@ -473,6 +474,7 @@ def test_restart_publishes_circus_order(daemon):
 
 def test_event_payloads_have_circus_fields(daemon):
     d = daemon("[watcher:one]\ncmd = /bin/sleep 1000\n")
+    d.tree.wait_for("watcher_started")
     events = d.events()
     d.call("restart", name="one", waiting=True)
     payloads = dict(events.until("watcher.one.start"))

@@ -41,5 +41,5 @@ class Events:
         for subscriber in list(self._subscribers):
             try:
                 subscriber(topic, payload)
-            except Exception as exc:  # noqa: BLE001 - one broken subscriber must not stop the rest
+            except Exception as exc:
                 log.error("event_subscriber_failed", topic=topic, error=repr(exc))

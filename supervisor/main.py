@@ -14,6 +14,7 @@ import os
 import sys
 
 import structlog
+
 from chapiteau.protocol.ini import ConfigError
 from chapiteau.supervisor.arbiter import Arbiter
 from chapiteau.supervisor.broker_client import BROKER_FD_VARIABLE, BrokerClient, BrokerError

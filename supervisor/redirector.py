@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
+
 from chapiteau.supervisor.streams import Chunk
 
 log = structlog.get_logger(__name__)

@@ -46,6 +46,7 @@ import structlog
 import zmq
 import zmq.asyncio
 
+from chapiteau.supervisor import process_tree
 from chapiteau.supervisor.controller import Curve, EndpointError, prepare_endpoint
 
 log = structlog.get_logger("chapiteau.supervisor")
@@ -92,7 +93,6 @@ class _Tracked:
     cmdline: str
     username: str | int
     create_time: float | str
-    threads: int | str = 1
 
 
 class ProcessSampler:
@@ -121,7 +121,7 @@ class ProcessSampler:
             self._tracked.pop(pid, None)
             return None
         if children:
-            kids = child_pids(pid, all_threads=tracked.threads != 1)
+            kids = process_tree.children(pid)
             for gone in set(self._children.get(pid, ())) - set(kids):
                 self._tracked.pop(gone, None)
             self._children[pid] = kids
@@ -159,7 +159,6 @@ class ProcessSampler:
             cpu = _read(lambda: process.cpu_percent(interval=None))
             times = _read(process.cpu_times)
             nice = _read(process.nice)
-            tracked.threads = _read(process.num_threads)
         if isinstance(memory, str):
             rss = vms = mem = NOT_AVAILABLE
         else:
@@ -182,19 +181,6 @@ class ProcessSampler:
             "cmdline": tracked.cmdline,
             "children": [],
         }
-
-
-def child_pids(pid: int, all_threads: bool = True) -> list[int]:
-    """The direct children of ``pid`` (/proc/PID/task/*/children; only the main task's
-    file when the process is known to have a single thread)."""
-    found: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task") if all_threads else [str(pid)]:
-            with open(f"/proc/{pid}/task/{task}/children") as listing:
-                found.extend(int(word) for word in listing.read().split())
-    except OSError:
-        pass
-    return found
 
 
 def _read(getter: Any) -> Any:

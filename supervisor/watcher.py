@@ -198,11 +198,14 @@ class Watcher:
     async def kill(
         self, pid: int | None = None, signum: int | None = None, timeout: float | None = None
     ) -> None:
-        """Stop one or every process gracefully; the watcher then replaces them."""
+        """Stop one or every process gracefully, then spawn their replacements."""
         targets = [self.processes[pid]] if pid in self.processes else []
         if pid is None:
             targets = list(self.processes.values())
         await asyncio.gather(*(self._kill(p, signum, timeout) for p in targets))
+        async with self.lock:
+            if self.state == ACTIVE:
+                await self._reconcile()
 
     def send_signal(self, signum: int, pid: int | None = None) -> None:
         for process in [self.processes[pid]] if pid in self.processes else self.processes.values():

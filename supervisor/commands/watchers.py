@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-import psutil
 import structlog
 
 from chapiteau.supervisor.commands.base import (
@@ -20,6 +19,7 @@ from chapiteau.supervisor.commands.base import (
     signal_property,
     watcher_named,
 )
+from chapiteau.supervisor.process_tree import children, descendants
 
 if TYPE_CHECKING:
     from chapiteau.supervisor.arbiter import Arbiter
@@ -108,9 +108,6 @@ async def _kill_and_replace(
     watcher: Watcher, pid: int | None, signum: int | None, timeout: float | None
 ) -> None:
     await watcher.kill(pid, signum, timeout)
-    # Killed processes count as stopped on purpose, so the watcher does not
-    # respawn them by itself; Circus replaces them at its next tick.
-    await watcher.set_numprocesses(watcher.config.numprocesses)
 
 
 @command("signal", "name", "signum")
@@ -145,10 +142,7 @@ async def send_signal(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Defer
 
 
 def _child_pids(pid: int, recursive: bool) -> list[int]:
-    try:
-        return [child.pid for child in psutil.Process(pid).children(recursive=recursive)]
-    except psutil.Error:
-        return []
+    return descendants(pid) if recursive else children(pid)
 
 
 def _kill(pid: int, signum: int) -> None:
