@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -35,7 +36,9 @@ from chapiteau.supervisor.watcher import Flapping, Runtime, Watcher
 log = structlog.get_logger("chapiteau.supervisor")
 
 FLAPPING_PLUGIN = "circus.plugins.flapping.Flapping"
-EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+"""Exit status for a configuration the supervisor cannot run (sysexits.h); the broker does
+not restart a first supervisor that exits with it."""
 CURVE_SECRET_KEY = "endpoint_curve_secretkey"
 CURVE_CLIENTS = "endpoint_curve_clients"
 
@@ -110,8 +113,9 @@ class Arbiter:
             stats = await start_stats(self)
         except EndpointError as exc:
             log.error("endpoint_failed", error=str(exc))
+            print(f"chapiteau-supervisor: {exc}", file=sys.stderr)
             await self._close_endpoints()
-            return EX_UNAVAILABLE
+            return EX_CONFIG
         log.info("supervisor_ready", watchers=len(self.watchers), pid=os.getpid())
         await self.start_watchers(self.by_priority(), autostart_only=True)
         await self._done

@@ -16,7 +16,7 @@ import sys
 import structlog
 
 from chapiteau.protocol.ini import ConfigError
-from chapiteau.supervisor.arbiter import Arbiter
+from chapiteau.supervisor.arbiter import EX_CONFIG, Arbiter
 from chapiteau.supervisor.broker_client import BROKER_FD_VARIABLE, BrokerClient, BrokerError
 from chapiteau.supervisor.config import Config, load_config
 from chapiteau.supervisor.hooks import HookError
@@ -24,7 +24,6 @@ from chapiteau.supervisor.logs import LEVELS, configure_logging
 from chapiteau.supervisor.socket_pool import SocketPool
 from chapiteau.supervisor.streams import StreamConfigError
 
-EX_CONFIG = 78
 EX_UNAVAILABLE = 69
 log = structlog.get_logger("chapiteau.supervisor")
 
