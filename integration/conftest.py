@@ -56,7 +56,7 @@ def chapiteau(workdir: Path) -> Iterator[Callable[..., Chapiteau]]:
 
     yield start
     for instance in started:
-        instance.kill_everything()
+        instance.shut_down()
     shutil.rmtree(endpoints, ignore_errors=True)
 
 

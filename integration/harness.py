@@ -139,8 +139,22 @@ class Chapiteau:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
 
+    def shut_down(self, grace: float = 5.0) -> None:
+        """End of a test: stop chapiteau the way an operator would, then kill what is left."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.stop(timeout=grace)
+        self.kill_everything()
+
     def kill_everything(self) -> None:
         """Last-resort cleanup: SIGKILL every process of the tree this test saw."""
+        # Freeze the tree first: a supervisor killed after its worker would
+        # respawn that worker in between, out of reach of this cleanup.
+        self.track_tree()
+        top = [self.process.pid] if self.process is not None else []
+        for pid in top + sorted(self.seen - set(top)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGSTOP)
         self.track_tree()
         for pid in self.seen:
             with contextlib.suppress(ProcessLookupError, PermissionError):
