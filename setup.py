@@ -5,6 +5,8 @@ they never collide with other distributions (PyPI's ``supervisor`` owns that
 import name); ``package_dir`` maps them, for plain and editable installs.
 """
 
+from pathlib import Path
+
 from setuptools import setup
 
 PACKAGES = {
@@ -16,8 +18,10 @@ PACKAGES = {
 setup(
     name="chapiteau",
     version="0.1.0",
-    description="A Circus-compatible process and socket manager with a privilege-separated socket broker",
-    long_description=open("README.md", encoding="utf-8").read(),
+    description=(
+        "A Circus-compatible process and socket manager with a privilege-separated socket broker"
+    ),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=list(PACKAGES),

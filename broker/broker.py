@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 import prctl
 import structlog
+
 from chapiteau.broker.binding import BindError, BoundSocket
 from chapiteau.broker.config import BrokerConfig, load_broker_config
 from chapiteau.broker.privileges import ServiceUser

@@ -15,6 +15,7 @@ import sys
 from typing import TextIO
 
 import structlog
+
 from chapiteau.broker.binding import BindError, BoundSocket
 from chapiteau.broker.broker import Broker, listen_for_supervisors
 from chapiteau.broker.config import load_broker_config

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import prctl
+
 from chapiteau.broker.config import BrokerConfig
 
 SUPERVISOR_MODULES = ("chapiteau.supervisor", "chapiteau.protocol", "zmq", "structlog", "psutil")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
+
 from chapiteau.broker.binding import BindError, BoundSocket, bind_reuseport_sibling
 from chapiteau.broker.socket_table import ReloadError
 from chapiteau.protocol.broker_messages import (

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable
 
 import structlog
+
 from chapiteau.broker.binding import LISTENING_TYPES, BindError, BoundSocket, bind_master
 from chapiteau.broker.config import SocketSpec
 from chapiteau.protocol.broker_messages import Reloaded

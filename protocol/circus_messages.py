@@ -29,6 +29,22 @@ BAD_MSG_DATA_ERROR = 6
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 """Larger frames are refused by the transport; no command needs more than a few KiB."""
 
+# The hooks a watcher may have (CIRCUS.md §4): shared by the daemon, which loads
+# them, and the CLI, which checks `set NAME hooks ...` before sending it.
+HOOK_NAMES = (
+    "before_start",
+    "after_start",
+    "before_stop",
+    "after_stop",
+    "before_spawn",
+    "after_spawn",
+    "before_signal",
+    "after_signal",
+    "before_reap",
+    "after_reap",
+    "extended_stats",
+)
+
 
 @dataclass(frozen=True)
 class Request:

@@ -31,6 +31,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from chapiteau.protocol.circus_messages import HOOK_NAMES
 from chapiteau.protocol.ini import (
     ConfigError,
     IniFile,
@@ -49,22 +50,6 @@ DEFAULT_STATS_ENDPOINT = "tcp://127.0.0.1:5557"
 # shell would give, so that bare command names resolve the same way in the
 # spawner and in the child (Circus gives an empty environment, §8.2 s).
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-HOOK_NAMES = frozenset(
-    {
-        "before_start",
-        "after_start",
-        "before_stop",
-        "after_stop",
-        "before_spawn",
-        "after_spawn",
-        "before_signal",
-        "after_signal",
-        "before_reap",
-        "after_reap",
-        "extended_stats",
-    }
-)
 
 STREAM_CLASSES = frozenset(
     {

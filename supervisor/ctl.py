@@ -24,7 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chapiteau.protocol.circus_messages import decode_reply, encode_request, make_request
+from chapiteau.protocol.circus_messages import (
+    HOOK_NAMES,
+    decode_reply,
+    encode_request,
+    make_request,
+)
 
 VERSION = "0.1.0"
 PROG = "chapiteauctl"
@@ -553,19 +558,6 @@ _BOOL_KEYS = (
     "close_child_stderr",
 )
 _STRING_KEYS = ("working_dir", "uid", "gid", "cmd", "args")
-HOOKS = (
-    "before_start",
-    "after_start",
-    "before_stop",
-    "after_stop",
-    "before_spawn",
-    "after_spawn",
-    "before_signal",
-    "after_signal",
-    "before_reap",
-    "after_reap",
-    "extended_stats",
-)
 
 
 def convert_option(key: str, value: str) -> Any:
@@ -597,7 +589,7 @@ def convert_option(key: str, value: str) -> Any:
     if key == "hooks":
         return _parse_hooks(value)
     if key.startswith("hooks."):
-        if key.split(".", 1)[1] not in HOOKS:
+        if key.split(".", 1)[1] not in HOOK_NAMES:
             raise ArgumentError(f"unknown hook {key.split('.', 1)[1]!r}")
         return value
     raise ArgumentError(f"unknown key {key!r}")
@@ -637,7 +629,7 @@ def _parse_hooks(value: str) -> dict[str, str]:
         name, sep, path = item.partition(":")
         if not sep or ":" in path:
             raise ArgumentError(f"hooks: {item!r} is not HOOK:dotted.path")
-        if name not in HOOKS:
+        if name not in HOOK_NAMES:
             raise ArgumentError(f"unknown hook {name!r}")
         hooks[name] = path
     return hooks

@@ -38,21 +38,10 @@ from typing import Any
 
 import structlog
 
+from chapiteau.protocol.circus_messages import HOOK_NAMES
+
 log = structlog.get_logger("chapiteau.supervisor")
 
-HOOK_NAMES = (
-    "before_start",
-    "after_start",
-    "before_stop",
-    "after_stop",
-    "before_spawn",
-    "after_spawn",
-    "before_signal",
-    "after_signal",
-    "before_reap",
-    "after_reap",
-    "extended_stats",
-)
 
 # Their results do not decide anything in Circus, so a crash in them must not
 # turn into a refusal.

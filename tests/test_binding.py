@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from chapiteau.broker.binding import (
     BindError,
     BoundSocket,

@@ -6,6 +6,9 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from chapiteau.broker.config import (
     DEFAULT_UNIX_UMASK,
     BrokerConfig,
@@ -14,8 +17,6 @@ from chapiteau.broker.config import (
     parse_socket,
 )
 from chapiteau.protocol.ini import ConfigError, Section
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> BrokerConfig:

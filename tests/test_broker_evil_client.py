@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from chapiteau.protocol.broker_messages import (
     HEADER,
     MAX_FRAME_BYTES,

@@ -6,6 +6,9 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from chapiteau.protocol.broker_messages import (
     ERROR_CODES,
     FAMILIES,
@@ -38,8 +41,6 @@ from chapiteau.protocol.broker_messages import (
     encode,
     fd_count,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 names = st.from_regex(rf"[A-Za-z0-9_.\-]{{1,{MAX_NAME_BYTES}}}", fullmatch=True)
 short_text = st.text(max_size=64)

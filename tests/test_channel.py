@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+
 from chapiteau.protocol.broker_messages import (
     HEADER,
     MAX_FDS_PER_MESSAGE,

@@ -17,6 +17,7 @@ from unittest.mock import ANY
 
 import prctl
 import pytest
+
 from chapiteau.supervisor.child_exit import UNKNOWN_EXIT_CODE, ChildWatcher, kill_process_group
 from chapiteau.supervisor.spawn import SpawnSpec, spawn
 

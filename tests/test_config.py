@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from chapiteau.protocol.ini import ConfigError
 from chapiteau.supervisor.config import (
     DEFAULT_PATH,

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import zmq
+
 from chapiteau.supervisor import ctl
 
 Reply = dict[str, Any] | Callable[[dict[str, Any]], list[dict[str, Any]] | None]

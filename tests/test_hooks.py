@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import structlog.testing
-from chapiteau.supervisor.config import HOOK_NAMES as CONFIG_HOOK_NAMES
-from chapiteau.supervisor.hooks import HOOK_NAMES, HookError, Hooks
+
+from chapiteau.supervisor.hooks import HookError, Hooks
 
 HOOK_MODULE = """
 calls = []
@@ -69,10 +69,6 @@ def make_hooks(
     hook_dir: Path, hooks: dict[str, tuple[str, bool]], publish: Recorder | None = None
 ) -> Hooks:
     return Hooks("web", hooks, publish or Recorder(), pythonpath=[str(hook_dir)])
-
-
-def test_hook_names_are_those_the_config_accepts() -> None:
-    assert set(HOOK_NAMES) == CONFIG_HOOK_NAMES
 
 
 def test_missing_hook_succeeds_without_events(hook_dir: Path) -> None:

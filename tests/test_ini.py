@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from chapiteau.protocol.ini import (
     ConfigError,
     IniFile,
@@ -15,8 +18,6 @@ from chapiteau.protocol.ini import (
     read_ini,
     replace_variables,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 def write(directory: Path, name: str, text: str) -> Path:

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from chapiteau.broker.config import BrokerConfig, SocketSpec
 from chapiteau.broker.privileges import (
     BASE_CAPABILITIES,

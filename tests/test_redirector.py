@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from chapiteau.supervisor.redirector import READ_SIZE, Redirector, split_incomplete_utf8
-from chapiteau.supervisor.streams import Chunk, FileStream
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
+
+from chapiteau.supervisor.redirector import READ_SIZE, Redirector, split_incomplete_utf8
+from chapiteau.supervisor.streams import Chunk, FileStream
 
 
 @pytest.fixture

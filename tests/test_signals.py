@@ -5,9 +5,10 @@ from __future__ import annotations
 import signal
 
 import pytest
-from chapiteau.protocol.signals import SignalError, parse_signal, signal_name
 from hypothesis import given
 from hypothesis import strategies as st
+
+from chapiteau.protocol.signals import SignalError, parse_signal, signal_name
 
 
 @pytest.mark.parametrize("value", [15, "15", " 15 ", "TERM", "SIGTERM", "term", "sigterm", "Term"])

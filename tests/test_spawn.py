@@ -12,9 +12,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from chapiteau.supervisor.spawn import SpawnError, SpawnSpec, spawn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from chapiteau.supervisor.spawn import SpawnError, SpawnSpec, spawn
 
 PATH = {"PATH": "/usr/bin:/bin"}
 NOBODY = 65534

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import zmq
+
 from chapiteau.protocol.broker_messages import SocketInfo
 from chapiteau.supervisor.broker_client import ReceivedSocket
 from chapiteau.supervisor.stats import (

@@ -15,6 +15,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
 from chapiteau.supervisor.streams import (
     Chunk,
     FancyStdoutStream,
@@ -30,9 +34,6 @@ from chapiteau.supervisor.streams import (
     next_rollover,
     reopen_stream,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
 WHERE = "circus.ini:watcher:web:stdout_stream"
 # 2020-01-02 03:04:05 local time, as a chunk timestamp

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from chapiteau.supervisor.config import WatcherConfig
 from chapiteau.supervisor.substitution import format_args, program, substitute
 

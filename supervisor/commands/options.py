@@ -20,7 +20,7 @@ import resource
 import shlex
 from typing import TYPE_CHECKING, Any
 
-from chapiteau.protocol.circus_messages import COMMAND_ERROR
+from chapiteau.protocol.circus_messages import COMMAND_ERROR, HOOK_NAMES
 from chapiteau.protocol.signals import SignalError, parse_signal
 from chapiteau.supervisor.commands.base import (
     CommandError,
@@ -30,7 +30,7 @@ from chapiteau.supervisor.commands.base import (
     command,
     watcher_named,
 )
-from chapiteau.supervisor.config import DEFAULT_PATH, HOOK_NAMES, WatcherConfig
+from chapiteau.supervisor.config import DEFAULT_PATH, WatcherConfig
 from chapiteau.supervisor.controller import EndpointError, owner_uid
 
 if TYPE_CHECKING:
