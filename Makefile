@@ -39,4 +39,4 @@ lint: $(BIN)/chapiteau
 	$(BIN)/ruff format --check .
 
 test: $(BIN)/chapiteau lint
-	$(BIN)/pytest -q tests integration $(PYTEST_ARGS)
+	$(BIN)/pytest -q --timeout 300 tests integration $(PYTEST_ARGS)
