@@ -24,7 +24,7 @@ from chapiteau.protocol.ini import ConfigError
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError, ReceivedSocket
 from chapiteau.supervisor.child_exit import ChildWatcher, become_subreaper
 from chapiteau.supervisor.commands import CommandError, dispatch
-from chapiteau.supervisor.config import Config, WatcherConfig, load_config
+from chapiteau.supervisor.config import FLAPPING_PLUGIN, Config, WatcherConfig, load_config
 from chapiteau.supervisor.controller import Controller, Curve, EndpointError
 from chapiteau.supervisor.events import Events
 from chapiteau.supervisor.pubsub import PubSub
@@ -35,7 +35,6 @@ from chapiteau.supervisor.watcher import Flapping, Runtime, Watcher
 
 log = structlog.get_logger("chapiteau.supervisor")
 
-FLAPPING_PLUGIN = "circus.plugins.flapping.Flapping"
 EX_CONFIG = 78
 """Exit status for a configuration the supervisor cannot run (sysexits.h); the broker does
 not restart a first supervisor that exits with it."""
@@ -103,9 +102,6 @@ class Arbiter:
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.quit()))
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload_all()))
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
-        for plugin in self.config.plugins:
-            if plugin.use != FLAPPING_PLUGIN:
-                log.warning("plugin_not_started", plugin=plugin.name, use=plugin.use)
         for watcher_config in self.config.watchers:
             self.watchers[watcher_config.name.lower()] = Watcher(watcher_config, self._runtime)
         try:

@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import fnmatch
 import grp
+import importlib.util
 import os
 import pwd
 import re
 import resource
+import shlex
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from chapiteau.protocol.circus_messages import HOOK_NAMES
 from chapiteau.protocol.ini import (
@@ -50,6 +52,9 @@ DEFAULT_STATS_ENDPOINT = "tcp://127.0.0.1:5557"
 # shell would give, so that bare command names resolve the same way in the
 # spawner and in the child (Circus gives an empty environment, §8.2 s).
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+FLAPPING_PLUGIN = "circus.plugins.flapping.Flapping"
+"""Built into the supervisor's crash-loop backoff: no plugin process runs for it."""
 
 STREAM_CLASSES = frozenset(
     {
@@ -266,6 +271,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
             raise section.error("use", "a plugin needs 'use = dotted.path.to.PluginClass'")
         config = {key: watcher.options[key] for key in section.options}
         plugins.append(PluginConfig(section.name, use, config, watcher))
+        if use != FLAPPING_PLUGIN:
+            command = _plugin_command(section, use, config, circus)
+            watchers.append(replace(watcher, cmd=command))
 
     return Config(
         path=ini.path,
@@ -277,6 +285,39 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         files=tuple(ini.files),
         warnings=tuple(warnings),
     )
+
+
+def _plugin_command(
+    section: Section, use: str, config: dict[str, str], circus: CircusOptions
+) -> str:
+    """The command line circusd gives a plugin watcher (CIRCUS.md §1.7).
+
+    Unlike circusd, the plugin gets ``--check-delay`` (defect p) and values with
+    spaces survive, since the line is shell-quoted.
+    """
+    if importlib.util.find_spec("circus") is None:
+        raise section.error(
+            "use",
+            "Circus plugins run on the circus package: install it where chapiteau runs "
+            "(pip install circus), or remove the section",
+        )
+    settings = ":::".join(f"{key}:{value}" for key, value in sorted(config.items()) if key != "use")
+    argv = [
+        sys.executable,
+        "-c",
+        "from circus import plugins;plugins.main()",
+        "--endpoint",
+        circus.endpoint,
+        "--pubsub",
+        circus.pubsub_endpoint,
+        "--check-delay",
+        str(circus.check_delay),
+        "--log-level",
+        circus.loglevel or "info",
+    ]
+    if settings:
+        argv += ["--config", settings]
+    return shlex.join([*argv, use])
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pwd
 import resource
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -459,5 +461,46 @@ def test_plugin_without_use_is_refused(tmp_path: Path) -> None:
 
 
 def test_debug_keeps_plugin_outputs_open(tmp_path: Path) -> None:
-    config = load_text(tmp_path, "[circus]\ndebug = true\n[plugin:p]\nuse = a.B\n")
+    config = load_text(
+        tmp_path, "[circus]\ndebug = true\n[plugin:p]\nuse = circus.plugins.flapping.Flapping\n"
+    )
     assert config.plugins[0].watcher.close_child_stderr is False
+
+
+def test_flapping_plugin_runs_no_process() -> None:
+    assert [w.name for w in load("plugin.ini").watchers if w.name.startswith("plugin:")] == []
+
+
+@pytest.fixture
+def circus_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in ``circus`` package on sys.path (the real one is not a test dependency)."""
+    (tmp_path / "circus").mkdir()
+    (tmp_path / "circus/__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.usefixtures("circus_package")
+def test_plugin_runs_as_a_watcher_with_circusd_command_line(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        "[circus]\nendpoint = ipc:///run/c.sock\npubsub_endpoint = ipc:///run/p.sock\n"
+        "check_delay = 2\n[plugin:watchdog]\nuse = circus.plugins.watchdog.WatchDog\n"
+        "loop_rate = 60\nmsg_regex = a b\n",
+    )
+    (plugin,) = [w for w in config.watchers if w.name == "plugin:watchdog"]
+    argv = shlex.split(plugin.cmd)
+    assert argv[:3] == [sys.executable, "-c", "from circus import plugins;plugins.main()"]
+    assert argv[argv.index("--endpoint") + 1] == "ipc:///run/c.sock"
+    assert argv[argv.index("--pubsub") + 1] == "ipc:///run/p.sock"
+    assert argv[argv.index("--check-delay") + 1] == "2.0"
+    assert argv[argv.index("--config") + 1] == "loop_rate:60:::msg_regex:a b"
+    assert argv[-1] == "circus.plugins.watchdog.WatchDog"
+    assert (plugin.singleton, plugin.priority, plugin.copy_path) == (True, 1, True)
+
+
+def test_plugin_without_the_circus_package_is_refused(tmp_path: Path) -> None:
+    if importlib.util.find_spec("circus") is not None:
+        pytest.skip("the circus package is installed here")
+    raised = error(tmp_path, "[plugin:w]\nuse = circus.plugins.watchdog.WatchDog\n")
+    assert (raised.section, raised.key) == ("plugin:w", "use")
+    assert "pip install circus" in raised.message

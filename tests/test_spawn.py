@@ -175,7 +175,11 @@ def test_signal_dispositions_and_mask_start_clean(children: list[int]) -> None:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
         signal.signal(signal.SIGUSR2, previous)
     status = proc_status(pid)
-    assert (int(status["SigIgn"], 16), int(status["SigBlk"], 16)) == (0, 0)
+    # glibc reserves signals 32 and 33 (not settable from Python); whatever the
+    # test runner inherited for those is out of scope.
+    settable = sum(1 << (signum - 1) for signum in signal.valid_signals())
+    ignored, blocked = int(status["SigIgn"], 16), int(status["SigBlk"], 16)
+    assert (ignored & settable, blocked & settable) == (0, 0)
 
 
 def test_stdin_defaults_to_dev_null_and_stdout_is_inherited(children: list[int]) -> None:
