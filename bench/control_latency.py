@@ -30,6 +30,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.baseline import CIRCUS_VENV, install_circus, percentile
 from integration.harness import Chapiteau, free_port, wait_until
 
 PROCESSES = 100
@@ -73,11 +74,6 @@ class Dealer:
         self.socket.close()
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 def wall_times(argv: list[str], count: int) -> list[float]:
     result = []
     for _ in range(count):
@@ -85,14 +81,6 @@ def wall_times(argv: list[str], count: int) -> list[float]:
         subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         result.append(time.perf_counter() - started)
     return result
-
-
-def circus_venv(directory: Path) -> Path:
-    if not (directory / "bin" / "circusd").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(directory)], check=True)
-        subprocess.run([str(directory / "bin" / "pip"), "install", "-q", "circus==0.19.0"],
-                       check=True)  # fmt: skip
-    return directory
 
 
 def start_chapiteau(workdir: Path, endpoint: str) -> Chapiteau:
@@ -110,7 +98,7 @@ def start_circusd(venv: Path, workdir: Path, endpoint: str) -> subprocess.Popen:
         f"check_delay = 5\n" + WATCHER.format(n=PROCESSES)
     )
     return subprocess.Popen(
-        [str(venv / "bin" / "circusd"), str(config)],
+        [str(venv / "circusd"), str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -148,10 +136,10 @@ def measure(name: str, client: Dealer, runs: int) -> dict[str, tuple[float, floa
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--circus-venv", default="/tmp/circus-bench-venv")
+    parser.add_argument("--circus-venv", type=Path, default=CIRCUS_VENV)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    venv = circus_venv(Path(args.circus_venv))
+    venv = install_circus(args.circus_venv)
     workdir = Path(tempfile.mkdtemp(prefix="chapiteau-bench-"))
     workdir.chmod(0o755)
     chapiteau_endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -173,9 +161,7 @@ def main() -> int:
             wall_times([str(ctl), "--endpoint", chapiteau_endpoint, "status"], 20)
         )
         theirs = statistics.median(
-            wall_times(
-                [str(venv / "bin" / "circusctl"), "--endpoint", circus_endpoint, "status"], 20
-            )
+            wall_times([str(venv / "circusctl"), "--endpoint", circus_endpoint, "status"], 20)
         )
         print(f"  chapiteauctl {ours * 1e3:7.1f} ms\n  circusctl    {theirs * 1e3:7.1f} ms\n"
               f"  ratio        {ours / theirs:7.2f}x")  # fmt: skip

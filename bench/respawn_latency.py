@@ -18,7 +18,6 @@ import contextlib
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,23 +25,17 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-CIRCUS_VENV = Path("/tmp/chapiteau-bench-circus-venv")
-CIRCUS_VERSION = "0.19.0"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.baseline import install_circus, median, percentile
+from chapiteau.supervisor.process_tree import children
+
 MARKER = "271828"
 WORKER_ARGV = ["sleep", "100000", MARKER]
 POLL_TIMEOUT = 60.0
 # A worker killed younger than chapiteau's crash window (1 s) counts as a crash and
 # is respawned with backoff; victims are always older than this.
 MIN_VICTIM_AGE = 1.5
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
-                found.extend(int(word) for word in f.read().split())
-    return found
 
 
 def is_worker(pid: int) -> bool:
@@ -168,21 +161,8 @@ def measure_startup(make: Callable[[Path], Daemon], count: int) -> float:
             daemon.stop()
 
 
-def install_circus() -> str:
-    circusd = CIRCUS_VENV / "bin" / "circusd"
-    if not circusd.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(CIRCUS_VENV)], check=True)
-        subprocess.run(
-            [str(CIRCUS_VENV / "bin" / "pip"), "install", "-q", f"circus=={CIRCUS_VERSION}"],
-            check=True,
-        )
-    return str(circusd)
-
-
 def summary(latencies: list[float]) -> tuple[float, float]:
-    ordered = sorted(latencies)
-    p90 = ordered[min(len(ordered) - 1, round(0.9 * len(ordered)) - 1)]
-    return statistics.median(ordered), p90
+    return median(latencies), percentile(latencies, 0.9)
 
 
 @contextlib.contextmanager
@@ -200,7 +180,7 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("run as root: chapiteau's broker switches to the user nobody")
-    circusd = args.circus or install_circus()
+    circusd = args.circus or str(install_circus() / "circusd")
 
     # (name, daemon factory, jitter: the contender's check period, 0 when it has none)
     contenders: list[tuple[str, Callable[[Path, int], Daemon], float]] = [

@@ -1,0 +1,37 @@
+"""Circus 0.19, the baseline every benchmark compares against, and the statistics they print.
+
+``install_circus`` makes (once) a throwaway virtualenv holding ``circus==0.19.0``
+from PyPI, so that chapiteau and circusd are measured in the same run on the
+same machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+CIRCUS_VERSION = "0.19.0"
+CIRCUS_VENV = Path("/tmp/chapiteau-bench-circus-venv")
+
+
+def install_circus(venv: Path = CIRCUS_VENV) -> Path:
+    """The ``bin`` directory of a virtualenv with circus 0.19 (circusd, circusctl)."""
+    bin_dir = venv / "bin"
+    if not (bin_dir / "circusd").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(bin_dir / "pip"), "install", "-q", f"circus=={CIRCUS_VERSION}"], check=True
+        )
+    return bin_dir
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The value below which ``fraction`` of ``values`` lie (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
