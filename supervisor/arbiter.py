@@ -95,7 +95,7 @@ class Arbiter:
             redirector=redirector,
             events=self.events,
             arbiter=self,
-            register_pid=self._register_pid,
+            workers=self.pids,
             flapping=self.flapping,
         )
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -358,9 +358,6 @@ class Arbiter:
         for watcher in self.watchers.values():
             watcher.reopen_streams()
         log.info("logs_reopened")
-
-    def _register_pid(self, pid: int, watcher: Watcher) -> None:
-        self.pids[pid] = watcher
 
     def _child_exited(self, pid: int, code: int) -> None:
         self.sampler.forget(pid)

@@ -22,6 +22,7 @@ import contextlib
 import os
 import select
 import signal
+from collections.abc import Container
 
 from chapiteau.supervisor.child_exit import kill_process_group
 
@@ -65,8 +66,10 @@ def _exited(pidfd: int) -> bool:
 class ProcessTree:
     """A worker (the leader, a child of this process) and every descendant seen so far."""
 
-    def __init__(self, leader: int) -> None:
+    def __init__(self, leader: int, others: Container[int] = ()) -> None:
+        """``others``: pids known to be other workers, which can never be members."""
         self.leader = leader
+        self.others = others
         self._members: dict[int, int] = {}
         self.refresh()
 
@@ -75,6 +78,8 @@ class ProcessTree:
         roots = [self.leader, *self.alive()]
         found = [pid for root in roots for pid in descendants(root)]
         for pid in children(os.getpid()):
+            if pid in self.others:
+                continue
             ids = group_and_session(pid)
             if pid != self.leader and ids is not None and self.leader in ids:
                 found.append(pid)

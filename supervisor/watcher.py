@@ -22,7 +22,7 @@ import random
 import resource
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -70,7 +70,8 @@ class Runtime:
     redirector: Redirector
     events: Events
     arbiter: Any
-    register_pid: Callable[[int, Watcher], None]
+    workers: dict[int, Watcher]
+    """Every live worker's pid, whichever watcher it belongs to."""
     flapping: Flapping = Flapping()
 
 
@@ -376,7 +377,7 @@ class Watcher:
                     os.close(pipe[1])
         process = Process(pid, wid, self.runtime.loop.create_future())
         self.processes[pid] = process
-        self.runtime.register_pid(pid, self)
+        self.runtime.workers[pid] = self
         self.runtime.children.watch(pid)
         if stdout and self.stdout_stream:
             self.runtime.redirector.add(stdout[0], pid, "stdout", self.stdout_stream)
@@ -476,7 +477,7 @@ class Watcher:
         process.cancel_timers()
         loop = self.runtime.loop
         grace = self.config.graceful_timeout if timeout is None else timeout
-        tree = ProcessTree(process.pid)
+        tree = ProcessTree(process.pid, others=self.runtime.workers)
         try:
             signum = self.config.stop_signal if signum is None else signum
             self._signal(process, signum, tree)
