@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_broker_config(args.config)
         user = resolve_service_user(config.user, config.group)
         if config.socket_path is None:
-            check_access(user, supervisor_files(config, sys.executable))
+            check_access(user, supervisor_files(config))
         if args.pidfile:
             check_pidfile(args.pidfile)
         if args.log_output:

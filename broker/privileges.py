@@ -19,6 +19,7 @@ import grp
 import importlib.util
 import os
 import pwd
+import shutil
 import socket
 import stat
 import sys
@@ -87,8 +88,14 @@ def _lookup_group(group: str) -> int:
         raise PrivilegeError(f"[broker] group = {group}: no such group") from None
 
 
-def supervisor_files(config: BrokerConfig, argv0: str) -> list[tuple[str, int]]:
-    """The files the supervisor must be able to use, each with the access it needs."""
+def supervisor_files(config: BrokerConfig) -> list[tuple[str, int]]:
+    """The files the supervisor must be able to use, each with the access it needs.
+
+    The program is this interpreter (with the installed packages it imports),
+    or the first word of ``[broker] supervisor_command``.
+    """
+    command = config.supervisor_command
+    argv0 = sys.executable if command is None else shutil.which(command[0]) or command[0]
     needs: list[tuple[str, int]] = [(argv0, os.X_OK), (os.path.realpath(argv0), os.R_OK | os.X_OK)]
     if argv0 == sys.executable:
         for module in SUPERVISOR_MODULES:

@@ -111,10 +111,18 @@ def test_root_service_user_is_not_checked(tmp_path):
 
 def test_supervisor_files_include_interpreter_packages_and_config_files():
     config = broker_config({}, files=("/etc/a.ini", "/etc/b.ini"))
-    needs = dict(supervisor_files(config, sys.executable))
+    needs = dict(supervisor_files(config))
     assert needs[sys.executable] == os.X_OK
     assert needs["/etc/a.ini"] == needs["/etc/b.ini"] == os.R_OK
     assert any(path.endswith("zmq") for path in needs)
+
+
+def test_supervisor_command_override_is_the_program_checked():
+    config = replace(broker_config({}), supervisor_command=("sh", "-c", "exit 0"))
+    needs = dict(supervisor_files(config))
+    assert needs[shutil.which("sh")] == os.X_OK
+    assert sys.executable not in needs
+    assert not any(path.endswith("zmq") for path in needs)
 
 
 def test_unknown_user_says_how_to_fix():
