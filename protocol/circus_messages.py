@@ -128,14 +128,6 @@ def error(reason: str, errno: int, request_id: Any = None, tb: str | None = None
     }
 
 
-def with_id(reply: dict[str, Any], request_id: Any) -> dict[str, Any]:
-    """``reply`` answering ``request_id`` (the id stays the last key)."""
-    reply = dict(reply)
-    reply.pop("id", None)
-    reply["id"] = request_id
-    return reply
-
-
 def encode_reply(reply: dict[str, Any]) -> bytes:
     """The reply frame: stdlib JSON with default separators, ASCII only, as Circus sends."""
     return json.dumps(reply).encode()

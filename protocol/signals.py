@@ -50,17 +50,6 @@ def parse_signal(value: int | str) -> int:
     )
 
 
-def signal_name(signum: int) -> str:
-    """Return the usual name of ``signum``: ``15`` is ``"SIGTERM"``, ``35`` is ``"SIGRTMIN+1"``."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        rtmin, rtmax = int(signal.SIGRTMIN), int(signal.SIGRTMAX)
-        if rtmin < signum < rtmax:
-            return f"SIGRTMIN+{signum - rtmin}"
-        return str(signum)
-
-
 def _checked(signum: int, given: int | str) -> int:
     if not 0 < signum < signal.NSIG:
         raise SignalError(f"{given!r} is not a signal number; use 1 to {signal.NSIG - 1}")
