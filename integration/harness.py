@@ -238,7 +238,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT) 
         time.sleep(0.02)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback TCP port nobody listens on, never the same twice in one test run."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port

@@ -1,7 +1,9 @@
 """The control endpoint: a ZMQ ROUTER speaking Circus's request/reply protocol.
 
-Each request runs as its own asyncio task, so a slow command (a stop with a
-long graceful_timeout) never holds up the socket or the commands behind it.
+The ROUTER's fd is watched by the event loop directly (no future per
+receive): when it signals, every waiting request is taken at once, and each
+runs as its own asyncio task, so a slow command (a stop with a long
+graceful_timeout) never holds up the socket or the commands behind it.
 Replies go back on the envelope the request came with: Circus's DEALER
 clients send ``[identity, body]``, and unlike Circus, REQ clients (whose
 messages carry an empty delimiter frame) are answered too. A frame that
@@ -137,9 +139,8 @@ class Controller:
         self.owner = owner
         self.curve = curve
         self.context = zmq.asyncio.Context()
-        self.socket: zmq.asyncio.Socket | None = None
+        self.socket: zmq.Socket | None = None
         self._auth: AsyncioAuthenticator | None = None
-        self._reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
@@ -148,7 +149,7 @@ class Controller:
             self._auth = AsyncioAuthenticator(self.context)
             self._auth.start()
             self._auth.configure_curve(domain="*", location=self.curve.clients_dir)
-        sock = self.context.socket(zmq.ROUTER)
+        sock = zmq.Socket(self.context, zmq.ROUTER)
         sock.linger = 0
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         try:
@@ -158,7 +159,7 @@ class Controller:
             sock.close()
             raise
         self.socket = sock
-        self._reader = asyncio.get_running_loop().create_task(self._serve())
+        asyncio.get_running_loop().add_reader(sock.getsockopt(zmq.FD), self._receive)
         log.info("controller_listening", endpoint=self.endpoint)
 
     def _chown(self, endpoint: str) -> None:
@@ -191,10 +192,8 @@ class Controller:
 
     async def close(self) -> None:
         """Let replies being computed go out (briefly), then close the socket."""
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        if self.socket is not None:
+            asyncio.get_running_loop().remove_reader(self.socket.getsockopt(zmq.FD))
         current = asyncio.current_task()
         pending = [task for task in self._tasks if task is not current]
         if pending:
@@ -206,14 +205,15 @@ class Controller:
             self._auth.stop()
         self.context.term()
 
-    async def _serve(self) -> None:
-        assert self.socket is not None
-        while True:
+    def _receive(self) -> None:
+        """Take every waiting request (the ZMQ fd is edge-triggered: drain it)."""
+        sock = self.socket
+        while sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
-                frames = await self.socket.recv_multipart()
+                frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.ZMQError as exc:
                 log.error("controller_receive_failed", error=str(exc))
-                continue
+                return
             if len(frames) < 2:
                 log.warning("controller_unexpected_message", frames=len(frames))
                 continue
@@ -238,6 +238,8 @@ class Controller:
         # back whole; anything else is answered on the identity alone.
         route = envelope if envelope[-1] == b"" else envelope[:1]
         try:
-            await self.socket.send_multipart([*route, encode_reply(reply)])
+            self.socket.send_multipart([*route, encode_reply(reply)], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.warning("controller_reply_failed", error=str(exc))
+        # Sending can consume the fd's edge for requests that arrived meanwhile.
+        asyncio.get_running_loop().call_soon(self._receive)
