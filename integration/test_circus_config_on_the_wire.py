@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
-from integration.harness import children, descendants, wait_until
+from integration.harness import children, descendants, free_port, http_get, wait_until
 
 INCLUDED = """
 [watcher:web]
@@ -188,3 +189,52 @@ def test_recursive_signal_reaches_the_whole_tree(daemon, workdir: Path):
     reply = d.call("signal", name="tree", signum="USR1", pid=pid, recursive=True)
     assert reply["status"] == "ok"
     assert _marked(marks, 3) == {"parent", "child", "grandchild"}
+
+
+def _served(port: int) -> bool:
+    try:
+        http_get(port, timeout=2)
+    except OSError:
+        return False
+    return True
+
+
+def _web(port_key: str, extra: str = "") -> str:
+    return (
+        "[watcher:web]\ncmd = python3 hello_wsgi.py --fd $(circus.sockets.web)\ncopy_env = true\n\n"
+        f"[socket:web]\nhost = 127.0.0.1\nport = {port_key}\n{extra}"
+    )
+
+
+def test_reloadconfig_rebinds_a_moved_socket_and_adds_a_new_one(daemon):
+    first, moved, added = free_port(), free_port(), free_port()
+    d = daemon(_web(str(first)))
+    (old,) = pids(d, "web", 1)
+    wait_until(lambda: _served(first))
+    d.rewrite_config(
+        _web(str(moved))
+        + "\n[watcher:api]\ncmd = python3 hello_wsgi.py --fd $(circus.sockets.api)\n"
+        f"copy_env = true\n\n[socket:api]\nhost = 127.0.0.1\nport = {added}\n"
+    )
+    assert d.call("reloadconfig", waiting=True)["status"] == "ok"
+    listed = {s["name"]: s["port"] for s in d.call("listsockets")["sockets"]}
+    assert listed == {"web": moved, "api": added}
+    wait_until(lambda: _served(moved) and _served(added))
+    assert old not in d.call("list", name="web")["pids"]
+    assert not _served(first)
+
+
+def test_reloadconfig_with_an_unbindable_socket_changes_nothing(daemon):
+    port = free_port()
+    d = daemon(_web(str(port)))
+    (old,) = pids(d, "web", 1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        d.rewrite_config(_web(str(taken.getsockname()[1])))
+        reply = d.call("reloadconfig", waiting=True)
+    assert reply["status"] == "error"
+    assert "address already in use" in reply["reason"]
+    assert d.call("list", name="web")["pids"] == [old]
+    assert {s["port"] for s in d.call("listsockets")["sockets"]} == {port}
+    assert _served(port)
