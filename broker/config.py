@@ -12,12 +12,13 @@ import os
 import shlex
 import socket
 from collections.abc import Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from chapiteau.protocol.broker_messages import MAX_NAME_BYTES, NAME_PATTERN
 from chapiteau.protocol.ini import ConfigError, IniFile, Section, global_env, read_ini
 
 SOCKET_PREFIX = "socket:"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 DEFAULT_UNIX_UMASK = 0o077
 
 FAMILIES = {"AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6, "AF_UNIX": socket.AF_UNIX}
@@ -92,6 +93,14 @@ class BrokerConfig:
     orphan_timeout: float
     sockets: dict[str, SocketSpec]
     files: tuple[str, ...]
+    loglevel: str | None = None
+    """``[circus] loglevel``, used when the command line gives none (as circusd)."""
+    logoutput: str | None = None
+    """``[circus] logoutput``: a file, or None for stderr."""
+    pidfile: str | None = None
+    """``[circus] pidfile``, used when the command line gives none."""
+    loggerconfig: str | None = None
+    """``[circus] loggerconfig``: not applied (chapiteau logs with structlog); warned about."""
 
 
 def load_broker_config(path: str, environ: Mapping[str, str] | None = None) -> BrokerConfig:
@@ -109,7 +118,29 @@ def load_broker_config(path: str, environ: Mapping[str, str] | None = None) -> B
     broker = ini.sections.get("broker")
     if broker is None:
         broker = Section("broker", {}, {}, ini.path)
-    return _broker_config(ini, broker.expanded(env), sockets)
+    config = _broker_config(ini, broker.expanded(env), sockets)
+    circus = ini.sections.get("circus")
+    return _with_circus_logging(config, circus.expanded(env)) if circus else config
+
+
+def _with_circus_logging(config: BrokerConfig, circus: Section) -> BrokerConfig:
+    """circusd's own [circus] keys for logging and the pidfile (CIRCUS.md §1.3)."""
+    level = (circus.get_str("loglevel") or "").strip().lower() or None
+    if level is not None and level not in LOG_LEVELS:
+        raise circus.error("loglevel", f"{level!r} is not one of {', '.join(LOG_LEVELS)}")
+    output = (circus.get_str("logoutput") or "").strip()
+    if output.startswith("syslog:"):
+        raise circus.error(
+            "logoutput",
+            "syslog output is not supported; log to a file, or to stderr (journald under systemd)",
+        )
+    return replace(
+        config,
+        loglevel=level,
+        logoutput=None if output in ("", "-", "stdout") else output,
+        pidfile=(circus.get_str("pidfile") or "").strip() or None,
+        loggerconfig=(circus.get_str("loggerconfig") or "").strip() or None,
+    )
 
 
 def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec]) -> BrokerConfig:

@@ -18,8 +18,8 @@ import structlog
 
 from chapiteau.broker.binding import BindError, BoundSocket
 from chapiteau.broker.broker import Broker, listen_for_supervisors
-from chapiteau.broker.config import load_broker_config
-from chapiteau.broker.logs import LEVELS, configure_logging
+from chapiteau.broker.config import LOG_LEVELS, load_broker_config
+from chapiteau.broker.logs import configure_logging
 from chapiteau.broker.pidfile import (
     PidfileError,
     check_pidfile,
@@ -49,7 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "watchers under an unprivileged supervisor.",
     )
     parser.add_argument("config", help="the INI configuration file (Circus format)")
-    parser.add_argument("--log-level", type=str.lower, choices=LEVELS, default="info")
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="default: [circus] loglevel, or info",
+    )
     parser.add_argument("--log-format", choices=("console", "json"), default="console")
     parser.add_argument(
         "--log-output", help="append all logs (broker, supervisor, workers) to this file"
@@ -62,12 +67,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
+    configure_logging(args.log_level or "info", args.log_format)
     # Start-up errors go to the caller's stderr even once logs go to --log-output.
     console = sys.stderr
     sockets: dict[str, BoundSocket] = {}
     try:
         config = load_broker_config(args.config)
+        # The command line wins over [circus], as with circusd.
+        args.log_level = args.log_level or config.loglevel or "info"
+        args.log_output = args.log_output or config.logoutput
+        args.pidfile = args.pidfile or config.pidfile
+        configure_logging(args.log_level, args.log_format)
+        if config.loggerconfig:
+            log.warning(
+                "loggerconfig_ignored",
+                loggerconfig=config.loggerconfig,
+                hint="chapiteau logs with structlog: use --log-format json and --log-output",
+            )
         user = resolve_service_user(config.user, config.group)
         if config.socket_path is None:
             check_access(user, supervisor_files(config))

@@ -175,3 +175,20 @@ def test_start_up_error_goes_to_stderr_even_with_log_output(daemon):
     result = run(path, "--daemon", "--log-output", str(log))
     assert result.returncode == 1
     assert ":socket:web:port: 'http' is not an integer" in result.stderr
+
+
+def test_circus_section_pidfile_logoutput_and_loglevel_apply(daemon):
+    path, port = daemon
+    pidfile, logfile = path.parent / "from-config.pid", path.parent / "from-config.log"
+    text = path.read_text().replace(
+        "[circus]\n",
+        f"[circus]\npidfile = {pidfile}\nlogoutput = {logfile}\nloglevel = warning\n",
+    )
+    path.write_text(text)
+    assert run(path, "--daemon").returncode == 0
+    pid = read_pid(pidfile)
+    wait_until(lambda: served(port))
+    wait_until(lambda: MARKER in logfile.read_text())
+    assert "supervisor_started" not in logfile.read_text()  # an info line, below warning
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not pidfile.exists())

@@ -215,3 +215,29 @@ def test_same_binding_ignores_where_only(tmp_path):
     second = SocketSpec(**{**vars(first), "where": "other"})
     third = SocketSpec(**{**vars(first), "backlog": 3})
     assert first.same_binding(second) and not first.same_binding(third)
+
+
+def test_circus_logging_keys_are_read_for_the_command_line_defaults(tmp_path):
+    config = load(
+        tmp_path,
+        "[circus]\nloglevel = WARNING\nlogoutput = /var/log/c.log\npidfile = /run/c.pid\n",
+    )
+    assert (config.loglevel, config.logoutput, config.pidfile) == (
+        "warning",
+        "/var/log/c.log",
+        "/run/c.pid",
+    )
+
+
+def test_circus_logoutput_dash_means_stderr(tmp_path):
+    assert load(tmp_path, "[circus]\nlogoutput = -\n").logoutput is None
+
+
+def test_syslog_logoutput_is_refused_with_its_key(tmp_path):
+    assert "circus:logoutput: syslog output is not supported" in error_of(
+        tmp_path, "[circus]\nlogoutput = syslog:///dev/log?local0\n"
+    )
+
+
+def test_bad_circus_loglevel_names_its_key(tmp_path):
+    assert "circus:loglevel:" in error_of(tmp_path, "[circus]\nloglevel = loud\n")
