@@ -173,18 +173,27 @@ def _bind_inet(sock: socket.socket, spec: SocketSpec, address: tuple) -> None:
         raise BindError(f"{where}: {exc.strerror}") from None
 
 
+def existing_socket_file(path: str, where: str) -> bool:
+    """Whether a socket file is at ``path`` (False: nothing is there).
+
+    Anything else there — a regular file, a directory, a symlink (lstat: never
+    followed) — is a BindError: the broker is root and removes only sockets.
+    """
+    try:
+        existing = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise BindError(f"{where}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(existing.st_mode):
+        raise BindError(f"{where}: the path exists and is not a socket; refusing to remove it")
+    return True
+
+
 def _bind_unix(sock: socket.socket, spec: SocketSpec) -> int:
     assert spec.path is not None
     where = f"{spec.where}: cannot bind {spec.path}"
-    try:
-        existing = os.lstat(spec.path)
-    except FileNotFoundError:
-        existing = None
-    except OSError as exc:
-        raise BindError(f"{where}: {exc.strerror}") from None
-    if existing is not None:
-        if not stat.S_ISSOCK(existing.st_mode):
-            raise BindError(f"{where}: the path exists and is not a socket; refusing to remove it")
+    if existing_socket_file(spec.path, where):
         if not spec.replace:
             raise BindError(
                 f"{where}: a socket file already exists; remove it or set replace = true"

@@ -18,7 +18,6 @@ import os
 import selectors
 import signal
 import socket
-import stat
 import struct
 import subprocess
 import time
@@ -27,7 +26,7 @@ from collections.abc import Callable, Sequence
 import prctl
 import structlog
 
-from chapiteau.broker.binding import BindError, BoundSocket
+from chapiteau.broker.binding import BindError, BoundSocket, existing_socket_file
 from chapiteau.broker.config import BrokerConfig, load_broker_config
 from chapiteau.broker.privileges import ServiceUser
 from chapiteau.broker.service import Peer, Reply, Service
@@ -363,14 +362,9 @@ def listen_for_supervisors(path: str, user: ServiceUser) -> socket.socket:
             os.makedirs(directory, mode=0o750)
             os.chmod(directory, 0o750)
             os.chown(directory, 0 if os.geteuid() == 0 else -1, user.gid)
-        existing = os.lstat(path)
-    except FileNotFoundError:
-        existing = None
     except OSError as exc:
         raise BindError(f"{where}: cannot create {directory}: {exc.strerror}") from None
-    if existing is not None:
-        if not stat.S_ISSOCK(existing.st_mode):
-            raise BindError(f"{where}: the path exists and is not a socket; refusing to remove it")
+    if existing_socket_file(path, where):
         if _answers(path):
             raise BindError(
                 f"{where}: something is listening there (another chapiteau?); stop it first"
