@@ -1,0 +1,587 @@
+"""chapiteauctl's commands: how each builds its request and prints the reply, as circusctl.
+
+One `Command` per circusctl command (CIRCUS.md §6.2): its usage line, its
+options, a builder turning the command-line words into the request's
+properties (raising ArgumentError for wrong ones) and a printer turning the
+reply into circusctl's output. ``set`` values are typed here the way the
+daemon expects them. Standard library only: the CLI must start fast.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chapiteau.protocol.circus_messages import HOOK_NAMES
+
+INFOLINE = (
+    "%(pid)s  %(cmdline)s %(username)s %(nice)s %(mem_info1)s "
+    "%(mem_info2)s %(cpu)s %(mem)s %(ctime)s"
+)
+
+
+class ArgumentError(Exception):
+    """The command got arguments it cannot make a message from."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """A ``--name`` flag of one command; a bool default makes it a switch."""
+
+    name: str
+    default: Any
+    help: str
+
+
+WAITING = Option("waiting", False, "wait for the real end of the operation")
+MATCH = Option("match", "glob", "watcher name matching method (simple, glob or regex)")
+
+Properties = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One circusctl command."""
+
+    name: str
+    usage: str
+    summary: str
+    build: Callable[[list[str], dict[str, Any]], Properties]
+    show: Callable[[dict[str, Any]], str] = field(default=lambda reply: _ok_or_error(reply))
+    options: tuple[Option, ...] = ()
+
+
+def _ok_or_error(reply: dict[str, Any]) -> str:
+    if reply.get("status") == "ok":
+        return "ok"
+    return _error(reply)
+
+
+def _error(reply: dict[str, Any]) -> str:
+    return f"error: {reply.get('reason')}"
+
+
+def _count(args: list[str], low: int, high: int | None, message: str) -> None:
+    if len(args) < low or (high is not None and len(args) > high):
+        raise ArgumentError(message)
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ArgumentError(f"{what} must be an integer, not {text!r}") from None
+
+
+def _build_add(args: list[str], opts: dict[str, Any]) -> Properties:
+    _count(args, 2, None, "Invalid number of arguments")
+    return {"name": args[0], "cmd": " ".join(args[1:]), "start": opts["start"]}
+
+
+def _build_incr(args: list[str], opts: dict[str, Any]) -> Properties:
+    _count(args, 1, 2, "Invalid number of arguments")
+    props: Properties = {"name": args[0]}
+    if len(args) > 1:
+        props["nb"] = _int(args[1], "the number of processes")
+    props["waiting"] = opts["waiting"]
+    return props
+
+
+def _show_incr(reply: dict[str, Any]) -> str:
+    if reply.get("status") != "ok":
+        return _error(reply)
+    if "singleton" in reply:
+        return "This watcher is a Singleton - not changing the number of processes"
+    return str(reply.get("numprocesses", "ok"))
+
+
+def _build_nothing(message: str) -> Callable[[list[str], dict[str, Any]], Properties]:
+    def build(args: list[str], opts: dict[str, Any]) -> Properties:
+        _count(args, 0, 0, message)
+        return {}
+
+    return build
+
+
+def _build_optional_name(message: str) -> Callable[[list[str], dict[str, Any]], Properties]:
+    def build(args: list[str], opts: dict[str, Any]) -> Properties:
+        _count(args, 0, 1, message)
+        return {"name": args[0]} if args else {}
+
+    return build
+
+
+def _info_line(info: Any) -> str:
+    if not isinstance(info, dict):
+        return str(info)
+    info = dict(info)
+    children = info.pop("children", [])
+    lines = [INFOLINE % info]
+    lines.extend("   " + INFOLINE % child for child in children)
+    return "\n".join(lines)
+
+
+def _show_dstats(reply: dict[str, Any]) -> str:
+    if reply.get("status") != "ok":
+        return _error(reply)
+    info = dict(reply["info"])
+    children = info.pop("children", [])
+    lines = ["Main Process:", "    " + INFOLINE % info]
+    if children:
+        lines.append("Children:")
+        lines.extend("    " + INFOLINE % child for child in children)
+    return "\n".join(lines)
+
+
+def option_text(key: str, value: Any) -> str:
+    """A value as circusctl prints it: env as ``K=V,K2=V2`` (sorted), None as empty."""
+    if key == "env":
+        if not value:
+            return ""
+        return ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+    return "" if value is None else str(value)
+
+
+def _show_options(reply: dict[str, Any]) -> str:
+    if reply.get("status") != "ok":
+        return _error(reply)
+    return "\n".join(f"{k}: {option_text(k, v)}" for k, v in reply.get("options", {}).items())
+
+
+def _show_globaloptions(reply: dict[str, Any]) -> str:
+    if reply.get("status") != "ok":
+        return str(reply.get("reason"))
+    return _show_options(reply)
+
+
+def _build_get(args: list[str], opts: dict[str, Any]) -> Properties:
+    _count(args, 2, None, "Invalid number of arguments")
+    return {"name": args[0], "keys": args[1:]}
+
+
+def _build_globaloptions(args: list[str], opts: dict[str, Any]) -> Properties:
+    return {"option": args[0]} if args else {}
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ArgumentError(f"{what} must be a number, not {text!r}") from None
+
+
+def _signal_argument(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _build_kill(args: list[str], opts: dict[str, Any]) -> Properties:
+    _count(args, 1, 2, "Invalid number of arguments")
+    props: Properties = {"name": args[0]}
+    if len(args) > 1:
+        props["pid"] = _int(args[1], "the pid")
+    if opts["signum"] is not None:
+        props["signum"] = _signal_argument(opts["signum"])
+    if opts["graceful_timeout"] is not None:
+        props["graceful_timeout"] = _number(opts["graceful_timeout"], "--graceful_timeout")
+    props["waiting"] = opts["waiting"]
+    return props
+
+
+def _show_list(reply: dict[str, Any]) -> str:
+    if "pids" in reply:
+        return ",".join(str(pid) for pid in reply["pids"])
+    if "watchers" in reply:
+        return ",".join(reply["watchers"])
+    if "reason" not in reply:
+        return "error: Response doesn't contain 'pids' nor 'watchers'."
+    return _error(reply)
+
+
+def _show_listsockets(reply: dict[str, Any]) -> str:
+    if "sockets" not in reply:
+        return _error(reply)
+    lines = []
+    for sock in reply["sockets"]:
+        where = sock["path"] if "path" in sock else f"{sock['host']}:{int(sock['port'])}"
+        lines.append(f"{int(sock['fd'])}:socket '{sock['name']}' at {where}")
+    return "\n".join(lines)
+
+
+def _show_number(key: str) -> Callable[[dict[str, Any]], str]:
+    def show(reply: dict[str, Any]) -> str:
+        if reply.get("status") == "ok":
+            return str(reply.get(key))
+        return _error(reply)
+
+    return show
+
+
+def _build_options(args: list[str], opts: dict[str, Any]) -> Properties:
+    _count(args, 1, None, "number of arguments invalid")
+    return {"name": args[0]}
+
+
+def _build_waiting_only(args: list[str], opts: dict[str, Any]) -> Properties:
+    return {"waiting": opts["waiting"]}
+
+
+def _build_reload(args: list[str], opts: dict[str, Any]) -> Properties:
+    _count(args, 0, 1, "invalid number of arguments")
+    props: Properties = {"name": args[0]} if args else {}
+    props.update(
+        graceful=not opts["terminate"], waiting=opts["waiting"], sequential=opts["sequential"]
+    )
+    return props
+
+
+def _build_start(args: list[str], opts: dict[str, Any]) -> Properties:
+    _count(args, 0, 1, "Invalid number of arguments")
+    props: Properties = {"name": args[0]} if args else {}
+    props.update(waiting=opts["waiting"], match=opts["match"])
+    return props
+
+
+def _build_stop(args: list[str], opts: dict[str, Any]) -> Properties:
+    props: Properties = {"name": args[0]} if args else {}
+    props.update(waiting=opts["waiting"], match=opts["match"])
+    return props
+
+
+def _build_rm(args: list[str], opts: dict[str, Any]) -> Properties:
+    _count(args, 1, 1, "Invalid number of arguments")
+    return {"name": args[0], "nostop": opts["nostop"], "waiting": opts["waiting"]}
+
+
+def _build_set(args: list[str], opts: dict[str, Any]) -> Properties:
+    _count(args, 3, None, "Invalid number of arguments")
+    name, pairs = args[0], args[1:]
+    if len(pairs) % 2:
+        raise ArgumentError("List of key/values is invalid")
+    options = {}
+    for key, value in zip(pairs[::2], pairs[1::2], strict=True):
+        options[key.lower()] = convert_option(key.lower(), value)
+    props: Properties = {"name": name, "options": options}
+    if opts["waiting"]:
+        props["waiting"] = True
+    return props
+
+
+def _build_signal(args: list[str], opts: dict[str, Any]) -> Properties:
+    _count(args, 2, 3, "Invalid number of arguments")
+    props: Properties = {
+        "name": args[0],
+        "children": opts["children"],
+        "recursive": opts["recursive"],
+        "signum": args[-1],
+    }
+    if len(args) == 3:
+        props["pid"] = _int(args[1], "the pid")
+    return props
+
+
+def _build_stats(args: list[str], opts: dict[str, Any]) -> Properties:
+    _count(args, 0, 2, "message invalid")
+    props: Properties = {}
+    if args:
+        props["name"] = args[0]
+    if len(args) == 2:
+        props["process"] = _int(args[1], "the pid")
+    props["extended"] = opts["extended"]
+    return props
+
+
+def _show_stats(reply: dict[str, Any]) -> str:
+    if reply.get("status") != "ok":
+        return _error(reply)
+    if "name" in reply:
+        lines = [f"{reply['name']}:"]
+        lines.extend(f"{pid}: {_info_line(info)}" for pid, info in reply.get("info", {}).items())
+        return "\n".join(lines)
+    if "infos" in reply:
+        lines = []
+        for watcher, infos in reply["infos"].items():
+            lines.append(f"{watcher}:")
+            lines.extend(f"{pid}: {_info_line(info)}" for pid, info in (infos or {}).items())
+        return "\n".join(lines)
+    return f"{reply['process']}: {_info_line(reply['info'])}\n"
+
+
+def _show_status(reply: dict[str, Any]) -> str:
+    if "statuses" in reply:
+        statuses = reply["statuses"]
+        return "\n".join(f"{name}: {statuses[name]}" for name in sorted(statuses))
+    if reply.get("status") not in (None, "error"):
+        return str(reply["status"])
+    return _error(reply)
+
+
+COMMANDS: dict[str, Command] = {
+    command.name: command
+    for command in (
+        Command(
+            "add",
+            "add [--start] NAME CMD...",
+            "Add a watcher",
+            _build_add,
+            options=(Option("start", False, "start the watcher immediately"),),
+        ),
+        Command(
+            "decr",
+            "decr NAME [NB] [--waiting]",
+            "Decrement the number of processes in a watcher",
+            _build_incr,
+            _show_incr,
+            (WAITING,),
+        ),
+        Command(
+            "dstats",
+            "dstats",
+            "Get the daemon's own stats",
+            _build_nothing("Invalid message"),
+            _show_dstats,
+        ),
+        Command(
+            "get", "get NAME KEY...", "Get the value of watcher options", _build_get, _show_options
+        ),
+        Command(
+            "globaloptions",
+            "globaloptions [KEY]",
+            "Get the daemon's options",
+            _build_globaloptions,
+            _show_globaloptions,
+        ),
+        Command(
+            "incr",
+            "incr NAME [NB] [--waiting]",
+            "Increment the number of processes in a watcher",
+            _build_incr,
+            _show_incr,
+            (WAITING,),
+        ),
+        Command(
+            "kill",
+            "kill NAME [PID] [--signum S] [--graceful_timeout T] [--waiting]",
+            "Kill a watcher's processes (or one of them)",
+            _build_kill,
+            options=(
+                WAITING,
+                Option("signum", None, "overrides the watcher's stop_signal (number or name)"),
+                Option("graceful_timeout", None, "overrides the watcher's graceful_timeout"),
+            ),
+        ),
+        Command(
+            "list",
+            "list [NAME]",
+            "Get the list of watchers, or of a watcher's pids",
+            _build_optional_name("Invalid number of arguments"),
+            _show_list,
+        ),
+        Command(
+            "listen", "listen [TOPIC...]", "Print the daemon's events", lambda a, o: {"topics": a}
+        ),
+        Command(
+            "listsockets",
+            "listsockets",
+            "Get the list of sockets",
+            lambda a, o: {},
+            _show_listsockets,
+        ),
+        Command(
+            "numprocesses",
+            "numprocesses [NAME]",
+            "Get the number of processes",
+            _build_optional_name("message invalid"),
+            _show_number("numprocesses"),
+        ),
+        Command(
+            "numwatchers",
+            "numwatchers",
+            "Get the number of watchers",
+            _build_nothing("Invalid number of arguments"),
+            _show_number("numwatchers"),
+        ),
+        Command(
+            "options", "options NAME", "Get a watcher's options", _build_options, _show_options
+        ),
+        Command(
+            "quit",
+            "quit [--waiting]",
+            "Quit the daemon immediately",
+            _build_waiting_only,
+            options=(WAITING,),
+        ),
+        Command(
+            "reload",
+            "reload [NAME] [--waiting] [--sequential] [--terminate]",
+            "Reload the daemon or a watcher",
+            _build_reload,
+            options=(
+                WAITING,
+                Option("sequential", False, "sequential reload"),
+                Option("terminate", False, "stop immediately"),
+            ),
+        ),
+        Command(
+            "reloadconfig",
+            "reloadconfig [--waiting]",
+            "Reload the configuration file",
+            _build_waiting_only,
+            options=(WAITING,),
+        ),
+        Command(
+            "restart",
+            "restart [NAME] [--waiting] [--match simple|glob|regex]",
+            "Restart the daemon's watchers or one watcher",
+            _build_start,
+            options=(WAITING, MATCH),
+        ),
+        Command(
+            "rm",
+            "rm NAME [--nostop] [--waiting]",
+            "Remove a watcher",
+            _build_rm,
+            options=(WAITING, Option("nostop", False, "do not stop the watcher's processes")),
+        ),
+        Command(
+            "set",
+            "set NAME KEY VALUE [KEY VALUE...] [--waiting]",
+            "Set a watcher option",
+            _build_set,
+            options=(WAITING,),
+        ),
+        Command(
+            "signal",
+            "signal NAME [PID] [--children] [--recursive] SIGNUM",
+            "Send a signal",
+            _build_signal,
+            options=(
+                Option("children", False, "only signal the children of the process"),
+                Option("recursive", False, "signal the process and its children"),
+            ),
+        ),
+        Command(
+            "start",
+            "start [NAME] [--waiting] [--match simple|glob|regex]",
+            "Start the daemon's watchers or one watcher",
+            _build_start,
+            options=(WAITING, MATCH),
+        ),
+        Command(
+            "stats",
+            "stats [--extended] [NAME] [PID]",
+            "Get process infos",
+            _build_stats,
+            _show_stats,
+            (Option("extended", False, "include info from the extended_stats hook"),),
+        ),
+        Command(
+            "status",
+            "status [NAME]",
+            "Get the status of a watcher or of all watchers",
+            _build_optional_name("message invalid"),
+            _show_status,
+        ),
+        Command(
+            "stop",
+            "stop [NAME] [--waiting] [--match simple|glob|regex]",
+            "Stop watchers",
+            _build_stop,
+            options=(WAITING, MATCH),
+        ),
+    )
+}
+
+
+# -- set: option values typed as the daemon expects them -------------------------------------
+
+_INT_KEYS = ("numprocesses", "max_retry", "max_age", "max_age_variance")
+_FLOAT_KEYS = ("warmup_delay", "retry_in", "graceful_timeout")
+_BOOL_KEYS = (
+    "send_hup",
+    "stop_children",
+    "shell",
+    "copy_env",
+    "respawn",
+    "singleton",
+    "close_child_stdin",
+    "close_child_stdout",
+    "close_child_stderr",
+)
+_STRING_KEYS = ("working_dir", "uid", "gid", "cmd", "args")
+
+
+def convert_option(key: str, value: str) -> Any:
+    """``set``'s VALUE as the JSON type the daemon validates (circusctl's ``convert_option``)."""
+    try:
+        if key in _INT_KEYS or key.startswith("rlimit_"):
+            return int(value)
+        if key in _FLOAT_KEYS:
+            return float(value)
+    except ValueError:
+        raise ArgumentError(f"{key} must be a number, not {value!r}") from None
+    if key in _BOOL_KEYS:
+        return _bool(key, value)
+    if key in _STRING_KEYS:
+        return value
+    if key == "stop_signal":
+        from chapiteau.protocol.signals import SignalError, parse_signal
+
+        try:
+            return parse_signal(value)
+        except SignalError as exc:
+            raise ArgumentError(str(exc)) from None
+    if key == "env":
+        return parse_env(value)
+    if key.startswith(("stdout_stream.", "stderr_stream.")):
+        if key.split(".", 1)[1] in ("max_bytes", "backup_count"):
+            return _int(value, key)
+        return value
+    if key == "hooks":
+        return _parse_hooks(value)
+    if key.startswith("hooks."):
+        if key.split(".", 1)[1] not in HOOK_NAMES:
+            raise ArgumentError(f"unknown hook {key.split('.', 1)[1]!r}")
+        return value
+    raise ArgumentError(f"unknown key {key!r}")
+
+
+def _bool(key: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("yes", "true", "on", "1"):
+        return True
+    if lowered in ("no", "false", "off", "0"):
+        return False
+    raise ArgumentError(f"{key} must be true or false, not {value!r}")
+
+
+def parse_env(value: str) -> dict[str, str]:
+    """``KEY=VALUE[,KEY2=VALUE2]`` (as ``get NAME env`` prints it) or a JSON object."""
+    if value.lstrip().startswith("{"):
+        try:
+            env = json.loads(value)
+        except ValueError as exc:
+            raise ArgumentError(f"env: invalid JSON object: {exc}") from None
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise ArgumentError("env: a JSON value must be an object of strings")
+        return env
+    env = {}
+    for pair in filter(None, value.split(",")):
+        key, sep, item = pair.partition("=")
+        if not sep or not key.strip():
+            raise ArgumentError(f"env: {pair!r} is not KEY=VALUE; write env A=1,B=2")
+        env[key.strip()] = item
+    return env
+
+
+def _parse_hooks(value: str) -> dict[str, str]:
+    hooks = {}
+    for item in filter(None, value.split(",")):
+        name, sep, path = item.partition(":")
+        if not sep or ":" in path:
+            raise ArgumentError(f"hooks: {item!r} is not HOOK:dotted.path")
+        if name not in HOOK_NAMES:
+            raise ArgumentError(f"unknown hook {name!r}")
+        hooks[name] = path
+    return hooks
