@@ -141,6 +141,8 @@ def spawn(spec: SpawnSpec) -> int:
     child is then already reaped), and ValueError for a malformed spec.
     """
     plan = _make_plan(spec)
+    if _needs_no_fork(plan):
+        return _posix_spawn(plan, spec)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         try:
@@ -154,6 +156,62 @@ def spawn(spec: SpawnSpec) -> int:
         return pid
     _reap(pid)
     raise _error_from_report(report, spec, plan)
+
+
+def _needs_no_fork(plan: _Plan) -> bool:
+    """Whether posix_spawn (vfork: no copy of the supervisor's memory) can do it all.
+
+    It can place fds, reset signals and start a session, but not switch ids,
+    set rlimits, a umask or a directory, nor set LISTEN_PID; and it cannot close
+    fds, so the fast path is taken only while no fd of the supervisor beyond
+    stdio would be inherited (hooks run user code that might make one).
+    """
+    if plan.listen_pid or plan.rlimits or plan.umask is not None or plan.working_dir:
+        return False
+    if plan.uid is not None or plan.gid is not None or plan.groups is not None:
+        return False
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        with contextlib.suppress(OSError):
+            if fd > 2 and os.get_inheritable(fd):
+                return False
+    return True
+
+
+def _posix_spawn(plan: _Plan, spec: SpawnSpec) -> int:
+    """The same worker as `_fork` starts, by posix_spawn: sources are first moved above
+    every fd in play, so placing one can never clobber another."""
+    actions: list[tuple] = []
+    moves: list[tuple[int, int]] = []
+    base = max(fd for pair in plan.dups for fd in pair) + 1
+    for index, (target, source) in enumerate(plan.dups):
+        if source == _DEVNULL:
+            continue
+        actions.append((os.POSIX_SPAWN_DUP2, source, base + index))
+        moves.append((base + index, target))
+    for target, source in plan.dups:
+        if source == _DEVNULL:
+            actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, os.O_RDWR, 0))
+    actions.extend((os.POSIX_SPAWN_DUP2, moved, target) for moved, target in moves)
+    actions.extend((os.POSIX_SPAWN_CLOSE, moved) for moved, _ in moves)
+    reported: tuple[int, int] | None = None
+    for index, path in enumerate(plan.candidates):
+        try:
+            return os.posix_spawn(
+                path,
+                plan.argv,
+                plan.env,
+                file_actions=actions,
+                setsid=plan.new_session,
+                setsigmask=(),
+                setsigdef=_RESETTABLE_SIGNALS,
+            )
+        except OSError as exc:
+            code = exc.errno or errno_codes.EINVAL
+            if code not in (errno_codes.ENOENT, errno_codes.ENOTDIR):
+                reported = reported or (code, index)
+    code, index = reported or (errno_codes.ENOENT, len(plan.candidates) - 1)
+    raise _spawn_error("exec", code, index, spec, plan)
 
 
 def _fork_with_devnull(plan: _Plan, write_end: int) -> int:
@@ -292,7 +350,10 @@ def _reap(pid: int) -> None:
 
 def _error_from_report(report: bytes, spec: SpawnSpec, plan: _Plan) -> SpawnError:
     step_bytes, code_bytes, arg_bytes = report.split(b":")
-    step, code, arg = step_bytes.decode(), int(code_bytes), int(arg_bytes)
+    return _spawn_error(step_bytes.decode(), int(code_bytes), int(arg_bytes), spec, plan)
+
+
+def _spawn_error(step: str, code: int, arg: int, spec: SpawnSpec, plan: _Plan) -> SpawnError:
     if step == "exec":
         program = spec.executable or spec.argv[0]
         if code == errno_codes.ENOENT and len(plan.candidates) > 1:
