@@ -87,12 +87,14 @@ def cpu_time_text(seconds: float) -> str:
 
 @dataclass
 class _Tracked:
-    """A process followed across samples: psutil keeps the previous CPU times for cpu_percent."""
+    """A process followed across samples, with what ``cpu`` is measured from."""
 
     process: psutil.Process
     cmdline: str
     username: str | int
     create_time: float | str
+    cpu_seen: tuple[float, float] | None = None
+    """(CPU seconds used, monotonic time) at the previous sample."""
 
 
 class ProcessSampler:
@@ -156,9 +158,9 @@ class ProcessSampler:
         process = tracked.process
         with process.oneshot():
             memory = _read(process.memory_info)
-            cpu = _read(lambda: process.cpu_percent(interval=None))
             times = _read(process.cpu_times)
             nice = _read(process.nice)
+        cpu = _cpu_percent(tracked, times)
         if isinstance(memory, str):
             rss = vms = mem = NOT_AVAILABLE
         else:
@@ -181,6 +183,18 @@ class ProcessSampler:
             "cmdline": tracked.cmdline,
             "children": [],
         }
+
+
+def _cpu_percent(tracked: _Tracked, times: Any) -> float | str:
+    """psutil's ``cpu_percent(None)`` (percent of one CPU since the previous sample, 0.0
+    the first time), from the CPU times already read: no second look at /proc."""
+    if isinstance(times, str):
+        return NOT_AVAILABLE
+    now, used = time.monotonic(), times.user + times.system
+    previous, tracked.cpu_seen = tracked.cpu_seen, (used, now)
+    if previous is None or now <= previous[1]:
+        return 0.0
+    return round((used - previous[0]) / (now - previous[1]) * 100, 1)
 
 
 def _read(getter: Any) -> Any:
