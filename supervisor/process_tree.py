@@ -28,10 +28,16 @@ from chapiteau.supervisor.child_exit import kill_process_group
 
 
 def children(pid: int) -> list[int]:
-    """The direct children of ``pid`` (none once it is gone)."""
+    """The direct children of ``pid`` (none once it is gone).
+
+    Each thread lists its own children. A task directory with a link count of
+    3 (itself, its parent, one thread) holds only the main thread, which saves
+    listing it: this runs for every process of every ``stats``.
+    """
     found: list[int] = []
     with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
+        tasks = f"/proc/{pid}/task"
+        for task in [str(pid)] if os.stat(tasks).st_nlink == 3 else os.listdir(tasks):
             with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
                 found.extend(int(word) for word in f.read().split())
     return found
