@@ -7,10 +7,15 @@ same machine.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from chapiteau.supervisor.process_tree import descendants
 
 CIRCUS_VERSION = "0.19.0"
 CIRCUS_VENV = Path("/tmp/chapiteau-bench-circus-venv")
@@ -25,6 +30,25 @@ def install_circus(venv: Path = CIRCUS_VENV) -> Path:
             [str(bin_dir / "pip"), "install", "-q", f"circus=={CIRCUS_VERSION}"], check=True
         )
     return bin_dir
+
+
+def stop_manager(process: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM a manager (chapiteau or circusd), then SIGKILL whatever of its tree is left.
+
+    circusd's workers are session leaders that it can leave behind (CIRCUS.md
+    §5.4), so they are found by pid before the manager goes.
+    """
+    tree = descendants(process.pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def percentile(values: list[float], fraction: float) -> float:

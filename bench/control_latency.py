@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.baseline import CIRCUS_VENV, install_circus, percentile
+from bench.baseline import CIRCUS_VENV, install_circus, percentile, stop_manager
 from integration.harness import Chapiteau, free_port, wait_until
 
 PROCESSES = 100
@@ -168,8 +167,7 @@ def main() -> int:
     finally:
         for client in clients.values():
             client.close()
-        os.killpg(circusd.pid, 9)
-        circusd.wait()
+        stop_manager(circusd)
         tree.stop()
         tree.kill_everything()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.baseline import install_circus, median
+from bench.baseline import install_circus, median, stop_manager
 from chapiteau.supervisor.process_tree import children
 
 WATCHER = "[watcher:sleeper]\ncmd = sleep 100000\nnumprocesses = {n}\n"
@@ -74,8 +73,7 @@ def measure(argv: list[str], directory: Path, workers: int, seconds: float, chap
         time.sleep(seconds)
         after = counters(pids)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(60)
+        stop_manager(process)
     return (after[0] - before[0]) / seconds, (after[1] - before[1]) / seconds * 100
 
 

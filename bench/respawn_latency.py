@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.baseline import install_circus, median, percentile
+from bench.baseline import install_circus, median, percentile, stop_manager
 from chapiteau.supervisor.process_tree import children
 
 MARKER = "271828"
@@ -77,13 +77,7 @@ class Daemon:
         return wait_for(lambda: next(iter(children(self.process.pid)), 0), "the supervisor")
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_manager(self.process)
         self.log.close()
 
 
