@@ -44,6 +44,8 @@ def test_client_connected_while_no_supervisor_exists_is_served_by_the_new_one(ch
 
     for pid in [old_supervisor, *old_workers]:
         os.kill(pid, signal.SIGKILL)
+    # A worker still dying could accept the client and reset it; a dead one holds no fd.
+    wait_until(lambda: not any(is_alive(pid) for pid in [old_supervisor, *old_workers]))
     client = socket.create_connection(("127.0.0.1", 80), timeout=10)
     client.sendall(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
 
