@@ -579,26 +579,52 @@ def _user_and_group(section: Section) -> tuple[int | None, int | None]:
     return uid, gid
 
 
-def _resolve_user(section: Section, value: str) -> tuple[int, int | None]:
-    if value.isdigit():
+class UnknownIdentity(LookupError):
+    """A user or group name that this system does not know; str() says which."""
+
+
+def user_ids(value: str) -> tuple[int, int | None]:
+    """The uid and primary gid of a user name or number.
+
+    A number is accepted even without a passwd entry (it then has no primary
+    group); shared by the config, the control commands and ``endpoint_owner``.
+    """
+    text = value.strip()
+    if text.isdigit():
         try:
-            return int(value), pwd.getpwuid(int(value)).pw_gid
+            return int(text), pwd.getpwuid(int(text)).pw_gid
         except KeyError:
-            return int(value), None
+            return int(text), None
     try:
-        entry = pwd.getpwnam(value)
+        entry = pwd.getpwnam(text)
     except KeyError:
-        raise section.error("uid", f"no user named {value!r} on this system") from None
+        raise UnknownIdentity(f"no user named {text!r} on this system") from None
     return entry.pw_uid, entry.pw_gid
 
 
-def _resolve_group(section: Section, value: str) -> int:
-    if value.isdigit():
-        return int(value)
+def group_id(value: str) -> int:
+    """The gid of a group name or number."""
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
     try:
-        return grp.getgrnam(value).gr_gid
+        return grp.getgrnam(text).gr_gid
     except KeyError:
-        raise section.error("gid", f"no group named {value!r} on this system") from None
+        raise UnknownIdentity(f"no group named {text!r} on this system") from None
+
+
+def _resolve_user(section: Section, value: str) -> tuple[int, int | None]:
+    try:
+        return user_ids(value)
+    except UnknownIdentity as exc:
+        raise section.error("uid", str(exc)) from None
+
+
+def _resolve_group(section: Section, value: str) -> int:
+    try:
+        return group_id(value)
+    except UnknownIdentity as exc:
+        raise section.error("gid", str(exc)) from None
 
 
 def _signal(section: Section, key: str, default: int) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pwd
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,7 @@ from chapiteau.protocol.circus_messages import (
     encode_reply,
     parse_request,
 )
+from chapiteau.supervisor.config import UnknownIdentity, user_ids
 
 log = structlog.get_logger("chapiteau.supervisor")
 
@@ -116,12 +116,10 @@ def prepare_endpoint(sock: zmq.Socket, endpoint: str, curve: Curve | None, what:
 
 def owner_uid(owner: str) -> int:
     """The uid named by ``endpoint_owner`` (a user name or a number)."""
-    if owner.isdigit():
-        return int(owner)
     try:
-        return pwd.getpwnam(owner).pw_uid
-    except KeyError:
-        raise EndpointError(f"endpoint_owner: no user named {owner!r} on this system") from None
+        return user_ids(owner)[0]
+    except UnknownIdentity as exc:
+        raise EndpointError(f"endpoint_owner: {exc}") from None
 
 
 class Controller:

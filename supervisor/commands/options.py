@@ -30,7 +30,13 @@ from chapiteau.supervisor.commands.base import (
     command,
     watcher_named,
 )
-from chapiteau.supervisor.config import DEFAULT_PATH, WatcherConfig
+from chapiteau.supervisor.config import (
+    DEFAULT_PATH,
+    UnknownIdentity,
+    WatcherConfig,
+    group_id,
+    user_ids,
+)
 from chapiteau.supervisor.controller import EndpointError, owner_uid
 
 if TYPE_CHECKING:
@@ -268,25 +274,18 @@ def _socket_names(config: WatcherConfig, sockets: set[str]) -> tuple[str, ...]:
 
 
 def resolve_user(value: int | str) -> tuple[int, int | None]:
-    """uid (and primary gid) of a user name or number."""
-    text = str(value).strip()
+    """uid (and primary gid) of a user name or number, as a command property."""
     try:
-        entry = pwd.getpwuid(int(text)) if text.isdigit() else pwd.getpwnam(text)
-    except KeyError:
-        if text.isdigit():
-            return int(text), None
-        raise CommandError(f"no user named {text!r} on this system") from None
-    return entry.pw_uid, entry.pw_gid
+        return user_ids(str(value))
+    except UnknownIdentity as exc:
+        raise CommandError(str(exc)) from None
 
 
 def resolve_group(value: int | str) -> int:
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text)
     try:
-        return grp.getgrnam(text).gr_gid
-    except KeyError:
-        raise CommandError(f"no group named {text!r} on this system") from None
+        return group_id(str(value))
+    except UnknownIdentity as exc:
+        raise CommandError(str(exc)) from None
 
 
 def check_owner(arbiter: Arbiter, options: dict[str, Any], current: WatcherConfig | None) -> None:
