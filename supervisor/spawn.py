@@ -208,6 +208,9 @@ def _posix_spawn(plan: _Plan, spec: SpawnSpec) -> int:
             )
         except OSError as exc:
             code = exc.errno or errno_codes.EINVAL
+            if code == errno_codes.EAGAIN:
+                # Without an id switch, exec never says EAGAIN: the clone was refused.
+                raise SpawnError("fork", code) from exc
             if code not in (errno_codes.ENOENT, errno_codes.ENOTDIR):
                 reported = reported or (code, index)
     code, index = reported or (errno_codes.ENOENT, len(plan.candidates) - 1)

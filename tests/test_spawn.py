@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chapiteau.supervisor import spawn as spawn_module
 from chapiteau.supervisor.spawn import SpawnError, SpawnSpec, spawn
 
 PATH = {"PATH": "/usr/bin:/bin"}
@@ -68,6 +69,39 @@ def child_fds(pid: int) -> set[int]:
 
 def fd_target(pid: int | str, fd: int) -> str:
     return os.readlink(f"/proc/{pid}/fd/{fd}")
+
+
+@pytest.fixture(autouse=True, params=["posix_spawn", "fork"])
+def spawn_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run each test on both ways of starting a worker, whatever fds pytest inherited.
+
+    The fast path is taken only while no stray fd is inheritable, so for it the
+    inherited ones are made non-inheritable for the test; for the other,
+    posix_spawn is ruled out.
+    """
+    if request.param == "fork":
+        monkeypatch.setattr(spawn_module, "_needs_no_fork", lambda plan: False)
+        yield request.param
+        return
+    stray = inheritable_fds()
+    for fd in stray:
+        os.set_inheritable(fd, False)
+    try:
+        yield request.param
+    finally:
+        for fd in stray:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, True)
+
+
+def inheritable_fds() -> list[int]:
+    """This process's inheritable fds beyond stdio."""
+    found = []
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        with contextlib.suppress(OSError):
+            if fd > 2 and os.get_inheritable(fd):
+                found.append(fd)
+    return found
 
 
 @pytest.fixture
@@ -424,3 +458,18 @@ def test_colon_in_a_systemd_socket_name_is_refused_before_fork() -> None:
 def test_stdio_targets_in_fds_are_a_programming_error() -> None:
     with pytest.raises(ValueError, match="fds targets"):
         spawn(sleeper(fds={1: 1}))
+
+
+def test_a_plain_worker_is_started_without_fork_only_while_no_fd_would_leak(
+    spawn_path: str,
+) -> None:
+    plain = spawn_module._make_plan(sleeper())
+    assert spawn_module._needs_no_fork(plain) == (spawn_path == "posix_spawn")
+    assert not spawn_module._needs_no_fork(spawn_module._make_plan(sleeper(umask=0o22)))
+    leaky_read, leaky_write = os.pipe()
+    os.set_inheritable(leaky_read, True)
+    try:
+        assert not spawn_module._needs_no_fork(plain)
+    finally:
+        os.close(leaky_read)
+        os.close(leaky_write)
