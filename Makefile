@@ -6,8 +6,26 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := python3-venv python3-dev libcap-dev gcc
 PYTEST_ARGS ?=
+# As root, the supervisor and the workers run as nobody, who must be able to read the
+# virtualenv and the package. A checkout nobody cannot reach (a clone under /root, 0700)
+# is copied here, world-readable, and the targets run in the copy.
+STAGE ?= /opt/chapiteau
+SERVICE_USER ?= nobody
+REACHABLE := $(shell [ "$$(id -u)" != 0 ] || runuser -u $(SERVICE_USER) -- test -r $(CURDIR)/setup.py && echo yes)
 
 .PHONY: example test lint system-packages
+
+ifneq ($(REACHABLE),yes)
+example test lint:
+	@echo "$(SERVICE_USER) cannot read $(CURDIR): running from a world-readable copy in $(STAGE)"
+	@mkdir -p $(STAGE)
+	@find $(STAGE) -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf {} +
+	@tar -C $(CURDIR) --exclude=./.venv --exclude=./.git --exclude=__pycache__ \
+	  --exclude=./.pytest_cache --exclude=./.ruff_cache --exclude=./.hypothesis -cf - . \
+	  | tar -C $(STAGE) --no-same-owner -xf -
+	@chmod -R u+rwX,go+rX,go-w $(STAGE)
+	@$(MAKE) --no-print-directory -C $(STAGE) REACHABLE=yes $@
+else
 
 system-packages:
 	@missing=""; \
@@ -40,3 +58,4 @@ lint: $(BIN)/chapiteau
 
 test: $(BIN)/chapiteau lint
 	$(BIN)/pytest -q --timeout 300 tests integration $(PYTEST_ARGS)
+endif
