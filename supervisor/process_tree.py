@@ -103,17 +103,22 @@ class ProcessTree:
         return [pid for pid, pidfd in self._members.items() if not _exited(pidfd)]
 
     def signal(self, signum: int, leader_alive: bool) -> list[int]:
-        """Send ``signum`` to the leader's group and to every live member; return those members.
+        """Send ``signum`` once to each process of the tree; return the live members.
 
-        The group is signalled only while its id cannot have been recycled:
-        while the leader is unreaped or a known member of the group lives.
+        The leader's group gets it by ``killpg``, while its id cannot have been
+        recycled (the leader is unreaped or a known member of the group lives);
+        members outside the group get it by pidfd. No process gets it twice: a
+        program may read a second SIGINT or SIGTERM as "stop now".
         """
         self.refresh()
         alive = self.alive()
-        in_group = any((group_and_session(pid) or (0, 0))[0] == self.leader for pid in alive)
-        if leader_alive or in_group:
+        in_group = {pid for pid in alive if (group_and_session(pid) or (0, 0))[0] == self.leader}
+        group_signalled = leader_alive or bool(in_group)
+        if group_signalled:
             kill_process_group(self.leader, signum)
         for pid in alive:
+            if group_signalled and pid in in_group:
+                continue
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._members[pid], signum)
         return alive

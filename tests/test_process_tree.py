@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 
 from chapiteau.supervisor.process_tree import ProcessTree, descendants, group_and_session
@@ -81,3 +82,43 @@ def test_wait_members_reports_a_member_that_outlives_the_timeout():
         tree.signal(signal.SIGKILL, leader_alive=False)
         asyncio.run(tree.wait_members(TIMEOUT))
         tree.close()
+
+
+COUNT_SIGNALS = """
+import signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
+open(sys.argv[1] + ".ready", "w").close()
+signal.sigwait([signal.SIGRTMIN])
+count = 1
+while signal.sigtimedwait([signal.SIGRTMIN], 1.0):
+    count += 1
+open(sys.argv[1], "w").write(str(count))
+"""
+
+
+def test_each_process_gets_the_signal_once_in_or_out_of_the_group(tmp_path):
+    """Real-time signals queue instead of merging, so a second delivery would be counted."""
+    script = tmp_path / "count.py"
+    script.write_text(COUNT_SIGNALS)
+    python = f"{sys.executable} {script}"
+    leader = subprocess.Popen(
+        ["sh", "-c", f"{python} {tmp_path}/in & setsid {python} {tmp_path}/out & wait"],
+        start_new_session=True,
+    )
+    for name in ("in", "out"):
+        wait_for_file(tmp_path / f"{name}.ready")
+    tree = ProcessTree(leader.pid)
+    try:
+        tree.signal(signal.SIGRTMIN, leader_alive=True)
+        assert asyncio.run(tree.wait_members(TIMEOUT))
+        assert [(tmp_path / name).read_text() for name in ("in", "out")] == ["1", "1"]
+    finally:
+        tree.close()
+        leader.wait(TIMEOUT)
+
+
+def wait_for_file(path) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.005)
