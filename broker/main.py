@@ -36,6 +36,7 @@ from chapiteau.broker.privileges import (
     supervisor_files,
 )
 from chapiteau.broker.socket_table import bind_all, close_all
+from chapiteau.protocol.channel import reserve_standard_fds
 from chapiteau.protocol.ini import ConfigError
 
 VERSION = "0.1.0"
@@ -66,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    reserve_standard_fds()
     args = parse_args(argv)
     configure_logging(args.log_level or "info", args.log_format)
     # Start-up errors go to the caller's stderr even once logs go to --log-output.

@@ -49,8 +49,9 @@ def chapiteau(workdir: Path) -> Iterator[Callable[..., Chapiteau]]:
     endpoints = Path(tempfile.mkdtemp(prefix="chapiteau-endpoints-"))
     endpoints.chmod(0o777)
 
-    def start(config: str, *args: str) -> Chapiteau:
-        instance = Chapiteau(workdir, with_private_endpoints(config, endpoints), args).start()
+    def start(config: str, *args: str, stdio_closed: bool = False) -> Chapiteau:
+        instance = Chapiteau(workdir, with_private_endpoints(config, endpoints), args)
+        instance.start(stdio_closed)
         started.append(instance)
         return instance
 

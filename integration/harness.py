@@ -39,7 +39,8 @@ class Chapiteau:
         self._offset = 0
         self.events: list[dict[str, Any]] = []
 
-    def start(self) -> Chapiteau:
+    def start(self, stdio_closed: bool = False) -> Chapiteau:
+        """Start the broker; with ``stdio_closed`` its fds 0-2 are closed (logs: --log-output)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.process = subprocess.Popen(
             [
@@ -58,6 +59,7 @@ class Chapiteau:
             stdin=subprocess.DEVNULL,
             cwd=self.directory,
             start_new_session=True,
+            preexec_fn=_close_stdio if stdio_closed else None,
         )
         log.close()
         self.seen.add(self.process.pid)
@@ -162,6 +164,10 @@ class Chapiteau:
         if self.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(5)
+
+
+def _close_stdio() -> None:
+    os.closerange(0, 3)
 
 
 def descendants(pid: int) -> set[int]:

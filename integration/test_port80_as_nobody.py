@@ -110,3 +110,13 @@ def _listening_inodes(port: int) -> set[str]:
             if state == "0A" and int(local.split(":")[1], 16) == port:
                 found.add(inode)
     return found
+
+
+def test_closed_stdio_never_lends_its_numbers_to_a_socket(chapiteau, workdir):
+    """Started with fds 0-2 closed, the broker fills them with /dev/null before binding."""
+    tree = chapiteau(CONFIG, "--log-output", str(workdir / "chapiteau.log"), stdio_closed=True)
+    workers = tree.worker_pids("web", 2)
+    assert f"uid {NOBODY.pw_uid}" in http_get(80)
+    for pid in (tree.pid, tree.supervisor_pid(), *workers):
+        fds = open_fds(pid)
+        assert all(not fds[fd].startswith("socket:") for fd in (0, 1, 2)), (pid, fds)

@@ -15,6 +15,7 @@ import sys
 
 import structlog
 
+from chapiteau.protocol.channel import reserve_standard_fds
 from chapiteau.protocol.ini import ConfigError
 from chapiteau.supervisor.arbiter import EX_CONFIG, Arbiter
 from chapiteau.supervisor.broker_client import BROKER_FD_VARIABLE, BrokerClient, BrokerError
@@ -44,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    reserve_standard_fds()
     args = parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     try:
