@@ -1,8 +1,8 @@
 """Circus 0.19, the baseline every benchmark compares against, and the statistics they print.
 
-``install_circus`` makes (once) a throwaway virtualenv holding ``circus==0.19.0``
-from PyPI, so that chapiteau and circusd are measured in the same run on the
-same machine.
+``install_circus`` makes (once) a throwaway virtualenv holding circus 0.19
+from PyPI (integration/circus-requirements.txt), so that chapiteau and circusd
+are measured in the same run on the same machine.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from chapiteau.supervisor.process_tree import descendants
 
-CIRCUS_VERSION = "0.19.0"
+CIRCUS_REQUIREMENTS = Path(__file__).parents[1] / "integration" / "circus-requirements.txt"
 CIRCUS_VENV = Path("/tmp/chapiteau-bench-circus-venv")
 
 
@@ -27,7 +27,7 @@ def install_circus(venv: Path = CIRCUS_VENV) -> Path:
     if not (bin_dir / "circusd").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run(
-            [str(bin_dir / "pip"), "install", "-q", f"circus=={CIRCUS_VERSION}"], check=True
+            [str(bin_dir / "pip"), "install", "-q", "-r", str(CIRCUS_REQUIREMENTS)], check=True
         )
     return bin_dir
 

@@ -20,7 +20,7 @@ import pytest
 
 from integration.harness import free_port, wait_until
 
-CIRCUS_VERSION = "0.19.0"
+CIRCUS_REQUIREMENTS = Path(__file__).with_name("circus-requirements.txt")
 
 
 @pytest.fixture(scope="session")
@@ -32,13 +32,13 @@ def circus_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert made.returncode == 0, f"cannot create a virtualenv for circus: {made.stderr}"
     installed = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", f"circus=={CIRCUS_VERSION}"],
+        [str(venv / "bin" / "pip"), "install", "-q", "-r", str(CIRCUS_REQUIREMENTS)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert installed.returncode == 0, (
-        f"pip could not install circus=={CIRCUS_VERSION}, so Circus's clients cannot be "
+        f"pip could not install {CIRCUS_REQUIREMENTS}, so Circus's clients cannot be "
         f"tested against chapiteau:\n{installed.stdout}\n{installed.stderr}"
     )
     return venv
