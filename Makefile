@@ -41,10 +41,12 @@ system-packages:
 	  fi; \
 	fi
 
+# umask 022 whatever the caller's: nobody must read the virtualenv, and the integration
+# tests write files (configs, scripts) for nobody to read.
 $(BIN)/chapiteau: setup.py | system-packages
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	umask 022 && $(PYTHON) -m venv $(VENV)
+	umask 022 && $(BIN)/pip install -q --upgrade pip
+	umask 022 && $(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
 example: $(BIN)/chapiteau
@@ -57,5 +59,5 @@ lint: $(BIN)/chapiteau
 	$(BIN)/ruff format --check .
 
 test: $(BIN)/chapiteau lint
-	$(BIN)/pytest -q --timeout 300 tests integration $(PYTEST_ARGS)
+	umask 022 && $(BIN)/pytest -q --timeout 300 tests integration $(PYTEST_ARGS)
 endif
