@@ -87,7 +87,8 @@ def start_chapiteau(workdir: Path, endpoint: str) -> Chapiteau:
         f"[circus]\nendpoint = {endpoint}\npubsub_endpoint = tcp://127.0.0.1:{free_port()}\n"
         f"[broker]\nuser = nobody\n" + WATCHER.format(n=PROCESSES)
     )
-    return Chapiteau(workdir, config).start()
+    # A later --log-level wins over the harness's debug, which no user runs with.
+    return Chapiteau(workdir, config, ("--log-level", "warning")).start()
 
 
 def start_circusd(venv: Path, workdir: Path, endpoint: str) -> subprocess.Popen:
@@ -168,8 +169,7 @@ def main() -> int:
         for client in clients.values():
             client.close()
         stop_manager(circusd)
-        tree.stop()
-        tree.kill_everything()
+        tree.shut_down()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -97,6 +97,10 @@ def bind(spec: SocketSpec, *, listen: bool = True, address: tuple | None = None)
         if listen and spec.type in LISTENING_TYPES:
             sock.listen(spec.backlog)
         sock.setblocking(spec.blocking)
+    except OSError as exc:
+        # What the steps above do not word themselves: setsockopt(), unlink(), listen().
+        sock.close()
+        raise BindError(f"{spec.where}: {exc.strerror or exc}") from None
     except BaseException:
         sock.close()
         raise
@@ -170,7 +174,7 @@ def _bind_inet(sock: socket.socket, spec: SocketSpec, address: tuple) -> None:
             ) from None
         if exc.errno == errno.EADDRNOTAVAIL:
             raise BindError(f"{where}: no local interface has this address") from None
-        raise BindError(f"{where}: {exc.strerror}") from None
+        raise BindError(f"{where}: {exc.strerror or exc}") from None
 
 
 def existing_socket_file(path: str, where: str) -> bool:
@@ -184,7 +188,7 @@ def existing_socket_file(path: str, where: str) -> bool:
     except FileNotFoundError:
         return False
     except OSError as exc:
-        raise BindError(f"{where}: {exc.strerror}") from None
+        raise BindError(f"{where}: {exc.strerror or exc}") from None
     if not stat.S_ISSOCK(existing.st_mode):
         raise BindError(f"{where}: the path exists and is not a socket; refusing to remove it")
     return True
@@ -203,7 +207,7 @@ def _bind_unix(sock: socket.socket, spec: SocketSpec) -> int:
     try:
         sock.bind(spec.path)
     except OSError as exc:
-        raise BindError(f"{where}: {exc.strerror}") from None
+        raise BindError(f"{where}: {exc.strerror or exc}") from None
     finally:
         os.umask(previous)
     return os.lstat(spec.path).st_ino

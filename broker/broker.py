@@ -254,9 +254,7 @@ class Broker:
     # -- peers ----------------------------------------------------------------
 
     def _listen(self) -> None:
-        assert self.config.socket_path is not None
-        if self.listener is None:
-            self.listener = listen_for_supervisors(self.config.socket_path, self.user)
+        assert self.listener is not None
         self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
         log.info("broker_listening", path=self.config.socket_path, user=self.user.name)
 
@@ -305,11 +303,6 @@ class Broker:
     def _reply(self, conn: socket.socket, request_id: int, reply: Reply) -> None:
         try:
             send(conn, reply.message, request_id, reply.fds)
-        except ValueError as exc:
-            # A reply we cannot encode (e.g. a config with too many sockets) is our
-            # problem, not the peer's: tell it why instead of dying.
-            log.error("reply_too_large", peer=self.peers[conn].name, error=str(exc))
-            self._reply(conn, request_id, Reply(Error("too_many", str(exc))))
         except OSError as exc:
             log.warning("reply_failed", peer=self.peers[conn].name, error=str(exc))
             self._drop_peer(conn)
@@ -319,10 +312,12 @@ class Broker:
     def _close(self) -> None:
         for conn in list(self.peers):
             self._drop_peer(conn)
-        if self.listener is not None and self.config.socket_path:
+        if self.listener is not None:
+            # The path it was bound to: a reload may have changed [broker] socket_path.
+            path = self.listener.getsockname()
             self.listener.close()
             with contextlib.suppress(OSError):
-                os.unlink(self.config.socket_path)
+                os.unlink(path)
         close_all(self.service.sockets.values())
         log.info("broker_stopped", exit_status=self.exit_status)
 

@@ -14,11 +14,17 @@ import socket
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, replace
 
-from chapiteau.protocol.broker_messages import MAX_NAME_BYTES, NAME_PATTERN
-from chapiteau.protocol.ini import ConfigError, IniFile, Section, global_env, read_ini
+from chapiteau.protocol.broker_messages import MAX_NAME_BYTES, MAX_SOCKETS, NAME_PATTERN
+from chapiteau.protocol.ini import (
+    LOG_LEVELS,
+    ConfigError,
+    IniFile,
+    Section,
+    global_env,
+    read_ini,
+)
 
 SOCKET_PREFIX = "socket:"
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 DEFAULT_UNIX_UMASK = 0o077
 
 FAMILIES = {"AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6, "AF_UNIX": socket.AF_UNIX}
@@ -108,7 +114,13 @@ def load_broker_config(path: str, environ: Mapping[str, str] | None = None) -> B
     ini = read_ini(path)
     env = global_env(ini, os.environ if environ is None else environ)
     sockets: dict[str, SocketSpec] = {}
-    for section in ini.sections_with_prefix(SOCKET_PREFIX):
+    socket_sections = ini.sections_with_prefix(SOCKET_PREFIX)
+    if len(socket_sections) > MAX_SOCKETS:
+        # One socket_list reply describes them all, and a supervisor refuses a longer one.
+        raise socket_sections[MAX_SOCKETS].error(
+            None, f"too many [socket:*] sections: {len(socket_sections)}, at most {MAX_SOCKETS}"
+        )
+    for section in socket_sections:
         spec = parse_socket(section.expanded(env), ini.defaults.keys())
         if spec.name in sockets:
             raise section.error(
@@ -144,7 +156,7 @@ def _with_circus_logging(config: BrokerConfig, circus: Section) -> BrokerConfig:
 
 
 def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec]) -> BrokerConfig:
-    _reject_unknown(section, BROKER_KEYS | ini.defaults.keys(), BROKER_KEYS)
+    _reject_unknown(section, BROKER_KEYS, ini.defaults.keys())
     command = section.get_str("supervisor_command")
     argv: tuple[str, ...] | None = None
     if command is not None:
@@ -179,7 +191,7 @@ def parse_socket(section: Section, defaults: Set[str] = frozenset()) -> SocketSp
     silently), except the ``defaults`` that [DEFAULT] puts in every section.
     """
     name = section.name[len(SOCKET_PREFIX) :].lower()
-    _reject_unknown(section, SOCKET_KEYS | defaults)
+    _reject_unknown(section, SOCKET_KEYS, defaults)
     if not 0 < len(name) <= MAX_NAME_BYTES or not NAME_PATTERN.match(name):
         raise section.error(
             None,
@@ -244,12 +256,12 @@ def _lookup(section: Section, key: str, word: str, table: dict[str, int]) -> int
     return value
 
 
-def _reject_unknown(section: Section, known: Set[str], documented: Set[str] = SOCKET_KEYS) -> None:
+def _reject_unknown(section: Section, keys: Set[str], defaults: Set[str]) -> None:
+    """ConfigError for an option that is neither one of ``keys`` nor a [DEFAULT] one."""
     for key in section.options:
-        if key not in known:
+        if key not in keys and key not in defaults:
             raise ConfigError(
-                f"unknown option; the [{section.name}] section accepts "
-                f"{', '.join(sorted(documented))}",
+                f"unknown option; the [{section.name}] section accepts {', '.join(sorted(keys))}",
                 file=section.file_of(key),
                 section=section.name,
                 key=key,

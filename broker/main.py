@@ -18,7 +18,7 @@ import structlog
 
 from chapiteau.broker.binding import BindError, BoundSocket
 from chapiteau.broker.broker import Broker, listen_for_supervisors
-from chapiteau.broker.config import LOG_LEVELS, load_broker_config
+from chapiteau.broker.config import load_broker_config
 from chapiteau.broker.logs import configure_logging
 from chapiteau.broker.pidfile import (
     PidfileError,
@@ -37,7 +37,7 @@ from chapiteau.broker.privileges import (
 )
 from chapiteau.broker.socket_table import bind_all, close_all
 from chapiteau.protocol.channel import reserve_standard_fds
-from chapiteau.protocol.ini import ConfigError
+from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
 
 VERSION = "0.1.0"
 log = structlog.get_logger("chapiteau.broker")
@@ -69,7 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     reserve_standard_fds()
     args = parse_args(argv)
-    configure_logging(args.log_level or "info", args.log_format)
     # Start-up errors go to the caller's stderr even once logs go to --log-output.
     console = sys.stderr
     sockets: dict[str, BoundSocket] = {}
@@ -79,13 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         args.log_level = args.log_level or config.loglevel or "info"
         args.log_output = args.log_output or config.logoutput
         args.pidfile = args.pidfile or config.pidfile
-        configure_logging(args.log_level, args.log_format)
-        if config.loggerconfig:
-            log.warning(
-                "loggerconfig_ignored",
-                loggerconfig=config.loggerconfig,
-                hint="chapiteau logs with structlog: use --log-format json and --log-output",
-            )
         user = resolve_service_user(config.user, config.group)
         if config.socket_path is None:
             check_access(user, supervisor_files(config))
@@ -93,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
             check_pidfile(args.pidfile)
         if args.log_output:
             console = _redirect_output(args.log_output)
+        # Only now: whether to colour depends on where stderr ends up.
+        configure_logging(args.log_level, args.log_format)
+        if config.loggerconfig:
+            log.warning(
+                "loggerconfig_ignored",
+                loggerconfig=config.loggerconfig,
+                hint="chapiteau logs with structlog: use --log-format json and --log-output",
+            )
         sockets = bind_all(config.sockets.values())
         listener = listen_for_supervisors(config.socket_path, user) if config.socket_path else None
         if args.daemon:

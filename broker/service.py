@@ -117,12 +117,6 @@ class Service:
             sibling = bind_reuseport_sibling(master)
         except BindError as exc:
             return self._refuse(peer, "bind_failed", str(exc))
-        except OSError as exc:
-            # socket(), setsockopt() or listen() failing (EMFILE, ENOBUFS) is not a
-            # BindError, and must not take the broker and every socket down with it.
-            return self._refuse(
-                peer, "bind_failed", f"cannot bind another {message.name} socket: {exc}"
-            )
         return Reply(Sockets((sibling.info(),)), [sibling.fd], [sibling])
 
     def _reload_config(self, peer: Peer, message: ReloadConfig) -> Reply:
@@ -130,8 +124,6 @@ class Service:
             return Reply(self._reload())
         except ReloadError as exc:
             return self._refuse(peer, "reload_failed", str(exc))
-        except OSError as exc:
-            return self._refuse(peer, "reload_failed", f"cannot apply the new config: {exc}")
 
     def _shutdown_request(self, peer: Peer, message: Shutdown) -> Reply:
         log.info("shutdown_requested", peer=peer.name)

@@ -47,8 +47,10 @@ def close_all(sockets: Iterable[BoundSocket]) -> None:
 def apply_reload(table: dict[str, BoundSocket], specs: dict[str, SocketSpec]) -> Reloaded:
     """Change ``table`` in place to match ``specs``; ReloadError leaves it untouched.
 
-    A socket whose only changes are its backlog or blocking flag is adjusted in
-    place: rebinding the same address would fail while workers hold it.
+    A socket whose only changes are its backlog, blocking flag or unix mode is
+    adjusted in place: rebinding the same address would fail while workers hold
+    it. (Should adjusting one fail, those adjusted before it keep their new
+    settings; the table itself is left as it was.)
     """
     added = [name for name in specs if name not in table]
     removed = [name for name in table if name not in specs]
@@ -58,12 +60,17 @@ def apply_reload(table: dict[str, BoundSocket], specs: dict[str, SocketSpec]) ->
     rebind = [name for name in changed if not _adjustable(table[name].spec, specs[name])]
     try:
         fresh = bind_all(specs[name] for name in added + rebind)
-    except (BindError, OSError) as exc:
+    except BindError as exc:
         raise ReloadError(str(exc)) from None
-    for name in changed:
-        if name not in rebind:
-            table[name] = _adjust(table[name], specs[name])
+    try:
+        adjusted = {
+            name: _adjust(table[name], specs[name]) for name in changed if name not in rebind
+        }
+    except OSError as exc:
+        close_all(fresh.values())
+        raise ReloadError(f"cannot apply the new config: {exc}") from None
     close_all(table.pop(name) for name in removed + rebind)
+    table.update(adjusted)
     table.update(fresh)
     log.info("sockets_reloaded", added=added, removed=removed, changed=changed)
     return Reloaded(tuple(added), tuple(removed), tuple(changed))

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chapiteau.supervisor.process_tree import descendants
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEFAULT_TIMEOUT = 15.0
 
@@ -85,17 +87,25 @@ class Chapiteau:
         self.track_tree()
         return self.events
 
+    def events_named(
+        self, event: str, where: Callable[[dict[str, Any]], bool] | None = None
+    ) -> list[dict[str, Any]]:
+        """The log events named ``event`` so far (those matching ``where``, if given)."""
+        return [
+            e for e in self.read_events() if e["event"] == event and (where is None or where(e))
+        ]
+
     def wait_for(
         self,
         event: str,
         timeout: float = DEFAULT_TIMEOUT,
-        where: Callable[[dict[str, Any]], bool] = lambda e: True,
+        where: Callable[[dict[str, Any]], bool] | None = None,
         count: int = 1,
     ) -> list[dict[str, Any]]:
         """Wait until ``count`` log events named ``event`` (matching ``where``) were logged."""
         deadline = time.monotonic() + timeout
         while True:
-            found = [e for e in self.read_events() if e["event"] == event and where(e)]
+            found = self.events_named(event, where)
             if len(found) >= count:
                 return found
             if time.monotonic() > deadline:
@@ -118,8 +128,7 @@ class Chapiteau:
         while True:
             spawned = [
                 e["pid"]
-                for e in self.read_events()
-                if e["event"] == "process_spawned" and e.get("watcher") == watcher
+                for e in self.events_named("process_spawned", lambda e: e.get("watcher") == watcher)
             ]
             alive = [pid for pid in spawned if is_alive(pid)]
             if len(alive) >= count:
@@ -150,17 +159,9 @@ class Chapiteau:
 
     def kill_everything(self) -> None:
         """Last-resort cleanup: SIGKILL every process of the tree this test saw."""
-        # Freeze the tree first: a supervisor killed after its worker would
-        # respawn that worker in between, out of reach of this cleanup.
         self.track_tree()
         top = [self.process.pid] if self.process is not None else []
-        for pid in top + sorted(self.seen - set(top)):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGSTOP)
-        self.track_tree()
-        for pid in self.seen:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        kill_tree(top + sorted(self.seen - set(top)))
         if self.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(5)
@@ -170,26 +171,18 @@ def _close_stdio() -> None:
     os.closerange(0, 3)
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live descendant of ``pid``, from /proc/PID/task/*/children."""
-    found: set[int] = set()
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        for child in children(current):
-            if child not in found:
-                found.add(child)
-                pending.append(child)
-    return found
+def kill_tree(pids: list[int]) -> None:
+    """SIGKILL ``pids`` and all their descendants, every one frozen (SIGSTOP) before any dies.
 
-
-def children(pid: int) -> list[int]:
-    result: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as listing:
-                result.extend(int(word) for word in listing.read().split())
-    return result
+    Killed one by one, a supervisor killed after its worker would respawn that
+    worker in between, out of reach of the cleanup.
+    """
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGSTOP)
+    for pid in [*pids, *(child for parent in pids for child in descendants(parent))]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def is_alive(pid: int) -> bool:
@@ -199,6 +192,22 @@ def is_alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def argv(pid: int) -> list[str]:
+    """The command line of ``pid``; [] once it is gone (or before its exec wrote one)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return [os.fsdecode(word) for word in cmdline.read().split(b"\0")[:-1]]
+    except OSError:
+        return []
+
+
+def environ(pid: int) -> dict[str, str]:
+    """The environment ``pid`` was started with, from /proc/PID/environ."""
+    with open(f"/proc/{pid}/environ", "rb") as data:
+        pairs = [item.split(b"=", 1) for item in data.read().split(b"\0") if b"=" in item]
+    return {os.fsdecode(key): os.fsdecode(value) for key, value in pairs}
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -218,6 +227,17 @@ def open_fds(pid: int) -> dict[int, str]:
 
 def socket_inodes(pid: int) -> set[str]:
     return {target for target in open_fds(pid).values() if target.startswith("socket:")}
+
+
+def tcp_sockets() -> dict[str, tuple[int, str]]:
+    """inode → (local port, state) for every IPv4 TCP socket in /proc/net/tcp ("0A": LISTEN)."""
+    found = {}
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            found[fields[9]] = (int(fields[1].split(":")[1], 16), fields[3])
+    return found
 
 
 def http_get(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> str:

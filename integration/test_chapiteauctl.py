@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -148,8 +147,5 @@ def test_error_reply_exits_3_with_the_reason(ctl: Ctl) -> None:
 
 def test_quit_stops_the_daemon(ctl: Ctl) -> None:
     assert ctl.out("quit", "--waiting") in ("ok\n", "")
-    deadline = time.monotonic() + 15
-    while ctl.tree.process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert ctl.tree.process.poll() is not None
+    wait_until(lambda: ctl.tree.process.poll() is not None)
     assert ctl("list", timeout=0.5).returncode == 1

@@ -187,10 +187,7 @@ def test_circusctl_error_reply_exits_3(daemon: Daemon) -> None:
 
 def test_circusctl_quit(daemon: Daemon) -> None:
     assert daemon.out("quit") == "ok\n"
-    deadline = time.monotonic() + 15
-    while daemon.tree.process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert daemon.tree.process.poll() is not None
+    wait_until(lambda: daemon.tree.process.poll() is not None)
 
 
 def test_circus_client_calls(daemon: Daemon) -> None:

@@ -14,7 +14,8 @@ import socket
 import time
 from pathlib import Path
 
-from integration.harness import children, descendants, free_port, http_get, wait_until
+from chapiteau.supervisor.process_tree import children, descendants
+from integration.harness import argv, environ, free_port, http_get, wait_until
 
 INCLUDED = """
 [watcher:web]
@@ -24,17 +25,6 @@ numprocesses = 5
 [env:web]
 FROM_INCLUDE = included
 """
-
-
-def environ(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/environ", "rb") as data:
-        pairs = [item.split(b"=", 1) for item in data.read().split(b"\0") if b"=" in item]
-    return {key.decode(): value.decode() for key, value in pairs}
-
-
-def argv(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/cmdline", "rb") as data:
-        return [word.decode() for word in data.read().split(b"\0")[:-1]]
 
 
 def pids(d, name: str, count: int) -> list[int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import signal
 import socket
 import stat
 import subprocess
@@ -21,14 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from integration.harness import (
-    DEFAULT_TIMEOUT,
-    children,
-    descendants,
-    free_port,
-    http_get,
-    wait_until,
-)
+from chapiteau.supervisor.process_tree import children
+from integration.harness import DEFAULT_TIMEOUT, free_port, http_get, kill_tree, wait_until
 
 NOBODY = pwd.getpwnam("nobody")
 STRANGER_UID = 4321
@@ -36,10 +29,6 @@ STRANGER_UID = 4321
 
 def config(workdir: Path, port: int) -> str:
     return f"""
-[circus]
-endpoint = tcp://127.0.0.1:{free_port()}
-pubsub_endpoint = tcp://127.0.0.1:{free_port()}
-
 [broker]
 user = nobody
 socket_path = {workdir}/run/broker.sock
@@ -69,10 +58,7 @@ def supervisors() -> Iterator[list[subprocess.Popen]]:
     started: list[subprocess.Popen] = []
     yield started
     for process in started:
-        tree = descendants(process.pid) | {process.pid}
-        for pid in tree:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_tree([process.pid])
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(5)
 
@@ -105,7 +91,7 @@ def test_broker_spawns_no_supervisor(started):
     tree, _ = started
     tree.wait_for("socket_bound")
     assert children(tree.pid) == []
-    assert not [e for e in tree.read_events() if e["event"] == "supervisor_started"]
+    assert not tree.events_named("supervisor_started")
 
 
 def test_socket_directory_is_0750_with_the_service_group(started, workdir):

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from chapiteau.supervisor.process_tree import descendants
 from integration.harness import (
     DEFAULT_TIMEOUT,
-    descendants,
+    argv,
     free_port,
     http_get,
     is_alive,
+    kill_tree,
     wait_until,
 )
 
@@ -54,20 +56,13 @@ cmd = /bin/sh -c "echo {MARKER}; exec sleep 600"
 
 def tree_of(config_path: Path) -> list[int]:
     """Pids of every process whose command line names ``config_path`` (broker, supervisor)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            with contextlib.suppress(OSError), open(f"/proc/{name}/cmdline", "rb") as cmdline:
-                if str(config_path).encode() in cmdline.read() and is_alive(int(name)):
-                    found.append(int(name))
-    return found
-
-
-def all_descendants(pids: list[int]) -> set[int]:
-    result = set(pids)
-    for pid in pids:
-        result |= descendants(pid)
-    return result
+    return [
+        int(name)
+        for name in os.listdir("/proc")
+        if name.isdigit()
+        and any(str(config_path) in word for word in argv(int(name)))
+        and is_alive(int(name))
+    ]
 
 
 @pytest.fixture
@@ -78,9 +73,7 @@ def daemon(workdir) -> Iterator[tuple[Path, int]]:
     path.write_text(config(port))
     path.chmod(0o644)
     yield path, port
-    for pid in all_descendants(tree_of(path)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill_tree(tree_of(path))
 
 
 def run(path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -112,8 +105,7 @@ def test_daemon_detaches_and_the_pidfile_holds_the_broker(daemon):
     assert result.returncode == 0, result.stderr
     pid = read_pid(pidfile)
     assert pid in tree_of(path)
-    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-        assert b"chapiteau.broker" in cmdline.read()
+    assert "chapiteau.broker" in argv(pid)
     assert os.getsid(pid) != os.getsid(0)
     wait_until(lambda: served(port))
 
@@ -124,7 +116,7 @@ def test_sigterm_to_the_pidfile_pid_stops_everything(daemon):
     assert run(path, "--daemon", "--pidfile", str(pidfile)).returncode == 0
     pid = read_pid(pidfile)
     wait_until(lambda: served(port))
-    tree = all_descendants([pid])
+    tree = {pid, *descendants(pid)}
     assert len(tree) >= 4, tree
     os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not any(is_alive(p) for p in tree))

@@ -11,7 +11,8 @@ import signal
 import time
 from pathlib import Path
 
-from integration.harness import children, is_alive, wait_until
+from chapiteau.supervisor.process_tree import children
+from integration.harness import argv, is_alive, wait_until
 
 
 def config(numprocesses: int, extra: str = "") -> str:
@@ -26,14 +27,6 @@ numprocesses = {numprocesses}
 """
 
 
-def cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [arg.decode() for arg in f.read().split(b"\0")[:-1]]
-    except OSError:
-        return []
-
-
 def live_wids(supervisor: int, program: str = "sleep") -> set[int]:
     """The wids (last argv word) of the supervisor's live children running ``program``.
 
@@ -45,9 +38,9 @@ def live_wids(supervisor: int, program: str = "sleep") -> set[int]:
         listed = children(supervisor)
         found = set()
         for pid in listed:
-            argv = cmdline(pid)
-            if argv[:1] == [program] and is_alive(pid):
-                found.add(int(argv[-1]))
+            words = argv(pid)
+            if words[:1] == [program] and is_alive(pid):
+                found.add(int(words[-1]))
         if children(supervisor) == listed:
             return found
 
@@ -118,7 +111,7 @@ def test_reload_with_send_hup_signals_the_workers_and_keeps_them(chapiteau, work
     wait_until(lambda: (out / "hup").exists() and len((out / "hup").read_text().split()) == 2)
     assert sorted(int(pid) for pid in (out / "hup").read_text().split()) == sorted(workers)
     assert all(is_alive(pid) for pid in workers)
-    assert not [e for e in tree.read_events() if e["event"] == "process_reaped"]
+    assert not tree.events_named("process_reaped")
 
 
 def test_max_age_replaces_workers_without_ever_running_fewer_than_numprocesses(chapiteau):
@@ -132,6 +125,5 @@ def test_max_age_replaces_workers_without_ever_running_fewer_than_numprocesses(c
     while time.monotonic() < deadline:
         lowest = min(lowest, live_workers(supervisor))
 
-    spawned = [e for e in tree.read_events() if e["event"] == "process_spawned"]
-    assert len(spawned) - spawned_before >= 4
+    assert len(tree.events_named("process_spawned")) - spawned_before >= 4
     assert lowest == 2

@@ -48,5 +48,4 @@ def test_worker_obeying_sigterm_exits_without_waiting_for_the_timeout(chapiteau,
 
     reaped = tree.wait_for("process_reaped", where=lambda e: e["pid"] == obedient)
     assert reaped[0]["exit_code"] == -15
-    escalated = [e for e in tree.read_events() if e["event"] == "process_kill_escalated"]
-    assert obedient not in [e["pid"] for e in escalated]
+    assert not tree.events_named("process_kill_escalated", lambda e: e["pid"] == obedient)

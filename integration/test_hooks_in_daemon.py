@@ -51,8 +51,7 @@ def test_before_start_returning_false_keeps_the_watcher_stopped(chapiteau, workd
     tree = start(chapiteau, workdir, "hooks.before_start = myhooks.refuse")
     tree.wait_for("watcher_start_refused", where=lambda e: e["watcher"] == "app")
     tree.worker_pids("other", 1)
-    spawned = [e for e in tree.read_events() if e["event"] == "process_spawned"]
-    assert [e["watcher"] for e in spawned] == ["other"]
+    assert [e["watcher"] for e in tree.events_named("process_spawned")] == ["other"]
 
 
 def test_after_spawn_receives_each_new_pid(chapiteau, workdir):

@@ -31,19 +31,11 @@ on_demand = true
 """
 
 
-def spawned(tree, watcher: str) -> list[int]:
-    return [
-        e["pid"]
-        for e in tree.read_events()
-        if e["event"] == "process_spawned" and e["watcher"] == watcher
-    ]
-
-
 def test_on_demand_watcher_does_not_start_at_boot(chapiteau):
     tree = chapiteau(config(free_port()))
     tree.wait_for("on_demand_waiting", where=lambda e: e["watcher"] == "lazy")
     tree.wait_for("watcher_started", where=lambda e: e["watcher"] == "eager")
-    assert spawned(tree, "lazy") == []
+    assert not tree.events_named("process_spawned", lambda e: e["watcher"] == "lazy")
 
 
 def test_first_connection_starts_the_watcher_and_is_served(chapiteau):
@@ -53,7 +45,9 @@ def test_first_connection_starts_the_watcher_and_is_served(chapiteau):
 
     body = http_get(port)
 
-    [worker] = spawned(tree, "lazy")
+    [worker] = [
+        e["pid"] for e in tree.events_named("process_spawned", lambda e: e["watcher"] == "lazy")
+    ]
     assert f"pid {worker} " in body
     assert is_alive(worker)
 
@@ -67,6 +61,7 @@ def test_a_connection_leaves_the_other_watchers_alone(chapiteau):
     http_get(port)
     http_get(port)
 
-    assert spawned(tree, "later") == []
-    assert spawned(tree, "eager") == [eager]
-    assert len(spawned(tree, "lazy")) == 1
+    spawned = tree.events_named("process_spawned")
+    assert [e["pid"] for e in spawned if e["watcher"] == "later"] == []
+    assert [e["pid"] for e in spawned if e["watcher"] == "eager"] == [eager]
+    assert len([e for e in spawned if e["watcher"] == "lazy"]) == 1

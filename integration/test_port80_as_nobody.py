@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import pwd
 
-from integration.harness import http_get, open_fds, proc_status, socket_inodes
+from integration.harness import argv, http_get, open_fds, proc_status, socket_inodes, tcp_sockets
 
 NOBODY = pwd.getpwnam("nobody")
 
 CONFIG = """
-[circus]
-endpoint = ipc:///tmp/chapiteau-test-port80.sock
-
 [broker]
 user = nobody
 
@@ -65,7 +62,7 @@ def test_broker_keeps_only_the_capabilities_it_needs(chapiteau):
 def test_broker_holds_the_port_80_socket_the_workers_use(chapiteau):
     tree = chapiteau(CONFIG)
     workers = tree.worker_pids("web", 2)
-    listening = _listening_inodes(80)
+    listening = {inode for inode, entry in tcp_sockets().items() if entry == (80, "0A")}
     assert len(listening) == 1
     inode = f"socket:[{listening.pop()}]"
     assert inode in socket_inodes(tree.pid)
@@ -95,21 +92,7 @@ cmd = /bin/sleep 1000 $(circus.sockets.web)
     (fd, target) = inherited.popitem()
     assert target.startswith("socket:")
     assert proc_status(pid)["Uid"].split()[0] == str(NOBODY.pw_uid)
-    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-        assert cmdline.read().split(b"\0")[2] == str(fd).encode()
-
-
-def _listening_inodes(port: int) -> set[str]:
-    """Inodes of TCP sockets listening on ``port``, from /proc/net/tcp."""
-    found = set()
-    with open("/proc/net/tcp") as table:
-        next(table)
-        for line in table:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state == "0A" and int(local.split(":")[1], 16) == port:
-                found.add(inode)
-    return found
+    assert argv(pid)[2] == str(fd)
 
 
 def test_closed_stdio_never_lends_its_numbers_to_a_socket(chapiteau, workdir):

@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from integration.harness import free_port, http_get, socket_inodes
+from integration.harness import http_get, socket_inodes, tcp_sockets
 
 WATCHERS = {
     "cmd": "cmd = python3 hello_wsgi.py --fd $(circus.sockets.web)",
@@ -23,10 +23,6 @@ WATCHERS = {
 
 def config(reference: str) -> str:
     return f"""
-[circus]
-endpoint = tcp://127.0.0.1:{free_port()}
-pubsub_endpoint = tcp://127.0.0.1:{free_port()}
-
 [broker]
 user = nobody
 
@@ -40,17 +36,6 @@ so_reuseport = true
 numprocesses = 2
 copy_env = true
 """
-
-
-def tcp_sockets() -> dict[str, tuple[int, str]]:
-    """inode → (local port, state) for every IPv4 TCP socket in /proc/net/tcp."""
-    found = {}
-    with open("/proc/net/tcp") as table:
-        next(table)
-        for line in table:
-            fields = line.split()
-            found[fields[9]] = (int(fields[1].split(":")[1], 16), fields[3])
-    return found
 
 
 def inode_numbers(pid: int) -> set[str]:

@@ -50,8 +50,7 @@ def test_spawn_error_is_logged_with_errno_and_text(chapiteau, failure: str):
 def test_spawn_errors_count_against_max_retry_then_stop_the_watcher(chapiteau, failure: str):
     tree = chapiteau(config(failure))
     tree.wait_for("watcher_stopped", where=lambda e: e["watcher"] == "broken")
-    failed = [e for e in tree.read_events() if e["event"] == "spawn_failed"]
-    assert [e["attempt"] for e in failed] == [1, 2, 3]
+    assert [e["attempt"] for e in tree.events_named("spawn_failed")] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("failure", sorted(FAILURES))

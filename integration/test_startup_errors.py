@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.harness import free_port
+from integration.harness import argv, free_port
 
 VENV = Path(sys.prefix)
 TIMEOUT = 30
@@ -47,16 +47,11 @@ def run(
 
 def assert_nothing_left(config: Path) -> None:
     """No process of this test's tree (they all carry the config path) is alive."""
-    left = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as cmdline:
-                if str(config).encode() in cmdline.read():
-                    left.append(int(name))
-        except OSError:
-            continue
+    left = [
+        int(name)
+        for name in os.listdir("/proc")
+        if name.isdigit() and any(str(config) in word for word in argv(int(name)))
+    ]
     for pid in left:
         os.kill(pid, 9)
     assert not left, f"processes left behind: {left}"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from integration.harness import descendants, is_alive, wait_until
+from chapiteau.supervisor.process_tree import descendants
+from integration.harness import is_alive, wait_until
 
 CONFIG = """
 [broker]
@@ -52,4 +53,4 @@ def test_sigterm_leaves_no_process_of_the_worker_tree(chapiteau, workdir: Path, 
     assert tree.stop() == 0
 
     assert [pid for pid in members if is_alive(pid)] == []
-    assert not [e for e in tree.read_events() if e["event"] == "orphan_signalled"]
+    assert not tree.events_named("orphan_signalled")

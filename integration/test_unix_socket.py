@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from integration.harness import free_port
-
 NOBODY = pwd.getpwnam("nobody")
 
 SERVER = """
@@ -32,10 +30,6 @@ while True:
 def config(workdir: Path, umask: str | None) -> str:
     umask_line = f"umask = {umask}" if umask is not None else ""
     return f"""
-[circus]
-endpoint = tcp://127.0.0.1:{free_port()}
-pubsub_endpoint = tcp://127.0.0.1:{free_port()}
-
 [broker]
 user = nobody
 

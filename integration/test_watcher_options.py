@@ -8,15 +8,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from integration.harness import children, is_alive, wait_until
-
-
-def spawns(tree, watcher: str | None = None) -> list[dict]:
-    return [
-        e
-        for e in tree.read_events()
-        if e["event"] == "process_spawned" and watcher in (None, e["watcher"])
-    ]
+from chapiteau.supervisor.process_tree import children
+from integration.harness import argv, is_alive, wait_until
 
 
 def seconds_between(first: dict, second: dict) -> float:
@@ -67,7 +60,11 @@ cmd = sleep 1000
 priority = 20
 """)
     tree.wait_for("watcher_started", count=3)
-    assert [e["watcher"] for e in spawns(tree)] == ["b_high", "c_middle", "a_low"]
+    assert [e["watcher"] for e in tree.events_named("process_spawned")] == [
+        "b_high",
+        "c_middle",
+        "a_low",
+    ]
 
 
 def test_autostart_false_watcher_is_not_started(chapiteau):
@@ -83,7 +80,7 @@ autostart = false
 cmd = sleep 1000
 """)
     tree.wait_for("watcher_started", where=lambda e: e["watcher"] == "zz_auto")
-    assert [e["watcher"] for e in spawns(tree)] == ["zz_auto"]
+    assert [e["watcher"] for e in tree.events_named("process_spawned")] == ["zz_auto"]
 
 
 def test_watcher_warmup_delay_spaces_its_spawns(chapiteau):
@@ -97,7 +94,7 @@ numprocesses = 3
 warmup_delay = 0.5
 """)
     tree.wait_for("process_spawned", count=3)
-    first, second, third = spawns(tree, "slow")
+    first, second, third = tree.events_named("process_spawned")
     assert seconds_between(first, second) >= 0.5
     assert seconds_between(second, third) >= 0.5
 
@@ -117,7 +114,7 @@ cmd = sleep 1000
 cmd = sleep 1000
 """)
     tree.wait_for("process_spawned", count=2)
-    one, two = spawns(tree)
+    one, two = tree.events_named("process_spawned")
     assert seconds_between(one, two) >= 0.5
 
 
@@ -133,15 +130,7 @@ singleton = true
 
 
 def count_alive(supervisor: int) -> int:
-    return sum(1 for pid in children(supervisor) if is_alive(pid) and cmdline_is_sleep(pid))
-
-
-def cmdline_is_sleep(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().startswith(b"sleep\0")
-    except OSError:
-        return False
+    return sum(1 for pid in children(supervisor) if is_alive(pid) and argv(pid)[:1] == ["sleep"])
 
 
 def test_singleton_reload_never_runs_two_processes(chapiteau):
@@ -152,7 +141,7 @@ def test_singleton_reload_never_runs_two_processes(chapiteau):
     os.kill(tree.pid, signal.SIGHUP)
     highest = 0
     deadline = time.monotonic() + 15
-    while len(spawns(tree, "only")) < 2 or count_alive(supervisor) != 1:
+    while len(tree.events_named("process_spawned")) < 2 or count_alive(supervisor) != 1:
         highest = max(highest, count_alive(supervisor))
         assert time.monotonic() < deadline
 
@@ -166,7 +155,7 @@ def test_singleton_max_age_never_runs_two_processes(chapiteau):
     tree.worker_pids("only", 1)
     highest = 0
     deadline = time.monotonic() + 15
-    while len(spawns(tree, "only")) < 3:
+    while len(tree.events_named("process_spawned")) < 3:
         highest = max(highest, count_alive(supervisor))
         assert time.monotonic() < deadline
     assert highest == 1

@@ -6,13 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from integration.harness import free_port, open_fds, socket_inodes, wait_until
-
-
-def environ(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        pairs = [item.decode().split("=", 1) for item in f.read().split(b"\0") if item]
-    return dict(pairs)
+from integration.harness import environ, free_port, open_fds, socket_inodes, wait_until
 
 
 def limits(pid: int) -> dict[str, list[str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from integration.harness import is_alive
+from integration.harness import argv, is_alive
 
 # check_delay is Circus's polling period; a respawn that waited for it would miss the
 # harness's 15 s timeout.
@@ -22,15 +22,10 @@ numprocesses = 2
 """
 
 
-def cmdline(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return [arg.decode() for arg in f.read().split(b"\0")[:-1]]
-
-
 def test_a_worker_killed_with_sigkill_is_replaced_by_a_new_process(chapiteau):
     tree = chapiteau(CONFIG)
     first, second = tree.worker_pids("sleeper", 2)
-    victim_wid = cmdline(first)[2]
+    victim_wid = argv(first)[2]
 
     os.kill(first, signal.SIGKILL)
 
@@ -39,7 +34,7 @@ def test_a_worker_killed_with_sigkill_is_replaced_by_a_new_process(chapiteau):
         for e in tree.wait_for("process_spawned", where=lambda e: e["pid"] not in (first, second))
     ]
     assert is_alive(replacement)
-    assert cmdline(replacement) == ["sleep", "1000", victim_wid]
+    assert argv(replacement) == ["sleep", "1000", victim_wid]
     assert is_alive(second)
     reaped = tree.wait_for("process_reaped", where=lambda e: e["pid"] == first)
     assert reaped[0]["exit_code"] == -signal.SIGKILL
@@ -64,8 +59,7 @@ def test_without_respawn_a_dead_worker_stays_dead(chapiteau):
     tree.wait_for("process_reaped", where=lambda e: e["pid"] == first)
 
     assert is_alive(second)
-    spawned = [e for e in tree.read_events() if e["event"] == "process_spawned"]
-    assert [e["pid"] for e in spawned] == [first, second]
+    assert [e["pid"] for e in tree.events_named("process_spawned")] == [first, second]
 
 
 def test_without_respawn_the_watcher_stops_when_its_last_worker_died(chapiteau):
@@ -76,5 +70,4 @@ def test_without_respawn_the_watcher_stops_when_its_last_worker_died(chapiteau):
         os.kill(pid, signal.SIGKILL)
 
     tree.wait_for("watcher_stopped", where=lambda e: e["watcher"] == "once")
-    spawned = [e for e in tree.read_events() if e["event"] == "process_spawned"]
-    assert len(spawned) == 2
+    assert len(tree.events_named("process_spawned")) == 2

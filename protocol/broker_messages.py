@@ -19,10 +19,11 @@ is the human description of the same rules.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 PROTOCOL_VERSION = 1
@@ -30,6 +31,8 @@ MAX_FRAME_BYTES = 256 * 1024
 MAX_FDS_PER_MESSAGE = 250  # the kernel's SCM_MAX_FD is 253
 MAX_NAME_BYTES = 200
 MAX_NAMES_PER_REQUEST = MAX_FDS_PER_MESSAGE
+MAX_SOCKETS = MAX_FDS_PER_MESSAGE
+"""Socket objects in one ``socket_list`` or ``sockets``: a config has at most this many."""
 MAX_REASON_BYTES = 4096
 MAX_ID = 2**53
 HEADER = struct.Struct(">I")
@@ -52,25 +55,11 @@ ERROR_CODES = (
 )
 
 
-SOCKET_INFO_FIELDS = (
-    "name",
-    "family",
-    "type",
-    "host",
-    "port",
-    "path",
-    "backlog",
-    "blocking",
-    "reuseport",
-    "inode",
-)
-
-
 class ProtocolError(Exception):
     """The peer sent something that breaks the protocol; answer or drop it, then go on."""
 
     def __init__(self, code: str, reason: str) -> None:
-        # The reason often quotes the peer's input; capped, it always fits an Error reply.
+        # The reason often quotes the peer's input: capped, so a log line stays bounded.
         reason = reason[:MAX_REASON_BYTES]
         super().__init__(f"{code}: {reason}")
         self.code = code
@@ -93,23 +82,12 @@ class SocketInfo:
     inode: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "family": self.family,
-            "type": self.type,
-            "host": self.host,
-            "port": self.port,
-            "path": self.path,
-            "backlog": self.backlog,
-            "blocking": self.blocking,
-            "reuseport": self.reuseport,
-            "inode": self.inode,
-        }
+        return dict(vars(self))
 
     @classmethod
     def from_json(cls, obj: Any) -> SocketInfo:
         fields = _require_object(obj, "socket")
-        _only(fields, SOCKET_INFO_FIELDS)
+        _only(fields, tuple(field.name for field in dataclasses.fields(cls)))
         return cls(
             name=_name(fields.get("name")),
             family=_choice(fields.get("family"), FAMILIES, "family"),
@@ -217,7 +195,12 @@ class Error:
 
     TYPE: ClassVar[str] = "error"
     code: str
-    reason: str = field(default="")
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        # Reasons quote config files, peers and OS errors; capped here, where every
+        # Error is built, no reply can break the limit its receiver enforces.
+        object.__setattr__(self, "reason", self.reason[:MAX_REASON_BYTES])
 
 
 Message = (
@@ -345,7 +328,7 @@ def _parse_welcome(fields: dict[str, Any]) -> Welcome:
 def _parse_socket_list(cls: type) -> Any:
     def parse(fields: dict[str, Any]) -> Message:
         _only(fields, ("sockets",))
-        items = _list(fields.get("sockets"), "sockets", MAX_FDS_PER_MESSAGE)
+        items = _list(fields.get("sockets"), "sockets", MAX_SOCKETS)
         return cls(tuple(SocketInfo.from_json(item) for item in items))
 
     return parse
@@ -405,7 +388,7 @@ def _require_object(value: Any, what: str) -> dict[str, Any]:
 def _only(fields: dict[str, Any], allowed: tuple[str, ...]) -> None:
     extra = sorted(set(fields) - set(allowed))
     if extra:
-        raise ProtocolError("bad_message", f"unexpected field {extra[0]!r}"[:MAX_REASON_BYTES])
+        raise ProtocolError("bad_message", f"unexpected field {extra[0]!r}")
 
 
 def _list(value: Any, what: str, limit: int) -> list[Any]:

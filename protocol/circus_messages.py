@@ -6,9 +6,11 @@ Theory of operation (CIRCUS.md §2.2-2.3). A request is one JSON object,
 sent garbage, into the error reply to send back: it never raises, so a
 malformed frame can never stall the server (Circus stalls on an empty body,
 a non-object or a missing ``command``, CIRCUS.md §8.2 a). `ok` and `error`
-build reply dicts with Circus's key order; `encode_reply` turns one into the
-frame's bytes exactly as Circus's ``jsonapi.dumps`` does. No I/O here: the
-supervisor's controller and the command-line client both use this module.
+build reply dicts with Circus's key order; `encode` turns a request or a
+reply into the frame's bytes exactly as Circus's ``jsonapi.dumps`` does. The
+option type tables say which JSON type each ``add``/``set`` option takes. No
+I/O here: the supervisor's controller and the command-line client both use
+this module.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-NOT_SPECIFIED = 0
 INVALID_JSON = 1
 UNKNOWN_COMMAND = 2
 MESSAGE_ERROR = 3
@@ -44,6 +45,28 @@ HOOK_NAMES = (
     "after_reap",
     "extended_stats",
 )
+
+# The JSON type of each watcher option ``add`` and ``set`` take (Circus's
+# validate_option, CIRCUS.md §2.5): the daemon checks values against these,
+# the CLI converts ``set NAME KEY VALUE`` words to them.
+INT_OPTIONS = frozenset({"numprocesses", "max_retry", "max_age", "max_age_variance", "priority"})
+NUMBER_OPTIONS = frozenset({"warmup_delay", "retry_in", "graceful_timeout"})
+BOOL_OPTIONS = frozenset(
+    {
+        "send_hup",
+        "shell",
+        "copy_env",
+        "respawn",
+        "stop_children",
+        "singleton",
+        "close_child_stdin",
+        "close_child_stdout",
+        "close_child_stderr",
+        "autostart",
+        "use_sockets",
+    }
+)
+STRING_OPTIONS = frozenset({"working_dir", "cmd"})
 
 
 @dataclass(frozen=True)
@@ -128,14 +151,9 @@ def error(reason: str, errno: int, request_id: Any = None, tb: str | None = None
     }
 
 
-def encode_reply(reply: dict[str, Any]) -> bytes:
-    """The reply frame: stdlib JSON with default separators, ASCII only, as Circus sends."""
-    return json.dumps(reply).encode()
-
-
-def encode_request(request: dict[str, Any]) -> bytes:
-    """The request frame for a dict made by `make_request`."""
-    return json.dumps(request).encode()
+def encode(message: dict[str, Any]) -> bytes:
+    """A request or reply frame: stdlib JSON, default separators, ASCII only, as Circus sends."""
+    return json.dumps(message).encode()
 
 
 def decode_reply(body: bytes) -> dict[str, Any]:

@@ -36,6 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 DEFAULT_SECTION = "DEFAULT"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+"""The values of ``[circus] loglevel`` (and of ``--log-level``), most severe first."""
 
 _SECTION_HEADER = re.compile(r"\[(?P<header>.+)\]")
 _OPTION_LINE = re.compile(r"(?P<key>.*?)\s*(?P<delimiter>[=:])\s*(?P<value>.*)$")

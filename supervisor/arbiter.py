@@ -20,18 +20,17 @@ from functools import partial
 
 import structlog
 
-from chapiteau.protocol.ini import ConfigError
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError, ReceivedSocket
 from chapiteau.supervisor.child_exit import ChildWatcher, become_subreaper
 from chapiteau.supervisor.commands import CommandError, dispatch
-from chapiteau.supervisor.config import FLAPPING_PLUGIN, Config, WatcherConfig, load_config
+from chapiteau.supervisor.config import Config, WatcherConfig, load_config
 from chapiteau.supervisor.controller import Controller, Curve, EndpointError
 from chapiteau.supervisor.events import Events
 from chapiteau.supervisor.pubsub import PubSub
 from chapiteau.supervisor.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
 from chapiteau.supervisor.stats import ProcessSampler, start_stats
-from chapiteau.supervisor.watcher import Flapping, Runtime, Watcher
+from chapiteau.supervisor.watcher import Runtime, Watcher
 
 log = structlog.get_logger("chapiteau.supervisor")
 
@@ -70,11 +69,10 @@ class Arbiter:
         self.stopping = False
         self._done: asyncio.Future[None] | None = None
         self._runtime: Runtime | None = None
-        self.flapping = _flapping(config)
         self.added: set[str] = set()
+        """Lower-cased names of the watchers created by ``add``: reloadconfig keeps them."""
         self.sampler = ProcessSampler()
         """Per-process figures for the stats commands (the stats stream keeps its own)."""
-        """Lower-cased names of the watchers created by ``add``: reloadconfig keeps them."""
         self.controller: Controller | None = None
         self.pubsub: PubSub | None = None
         self._reload_lock = asyncio.Lock()
@@ -96,7 +94,7 @@ class Arbiter:
             events=self.events,
             arbiter=self,
             workers=self.pids,
-            flapping=self.flapping,
+            flapping=self.config.flapping,
         )
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.quit()))
@@ -124,23 +122,25 @@ class Arbiter:
         return 0
 
     def _open_endpoints(self) -> None:
-        """The PUB first, so that the events of the first start reach early subscribers."""
+        """The controller, then the PUB in the controller's ZMQ context: one authenticator
+        (``endpoint_curve_clients``) vets the clients of both."""
         circus = self.config.circus
         curve = _curve(self.config)
-        self.pubsub = PubSub(circus.pubsub_endpoint, self.events, curve)
-        self.pubsub.start()
         self.controller = Controller(
             circus.endpoint, partial(dispatch, self), owner=circus.endpoint_owner, curve=curve
         )
         self.controller.start()
+        self.pubsub = PubSub(circus.pubsub_endpoint, self.events, self.controller.context, curve)
+        self.pubsub.start()
 
     async def _close_endpoints(self) -> None:
-        if self.controller is not None:
-            await self.controller.close()
-            self.controller = None
+        """The PUB first: the controller terminates the context they share."""
         if self.pubsub is not None:
             self.pubsub.close()
             self.pubsub = None
+        if self.controller is not None:
+            await self.controller.close()
+            self.controller = None
 
     def by_priority(self) -> list[Watcher]:
         """Watchers in start order: priority descending, then name."""
@@ -253,6 +253,11 @@ class Arbiter:
         old_by_name = {w.name.lower(): w for w in self.config.watchers}
         new_by_name = {w.name.lower(): w for w in new.watchers}
         plan = ReloadPlan(new)
+        plan.removed = [
+            self.watchers[key]
+            for key in old_by_name
+            if key not in new_by_name and key not in self.added and key in self.watchers
+        ]
         built: list[Watcher] = []
         try:
             for key, config in new_by_name.items():
@@ -267,16 +272,11 @@ class Arbiter:
                     else:
                         built.append(self.watcher(config))
                         plan.replaced.append((running, built[-1]))
+            changed = self._reload_sockets(new, plan)
         except Exception:
             for watcher in built:
                 watcher.close_streams()
             raise
-        plan.removed = [
-            self.watchers[key]
-            for key in old_by_name
-            if key not in new_by_name and key not in self.added and key in self.watchers
-        ]
-        changed = self._reload_sockets(new, plan)
         touched = {w for w, _ in plan.replaced} | set(plan.removed)
         plan.restarted = [
             w
@@ -284,9 +284,8 @@ class Arbiter:
             if w not in touched and set(self.sockets.names_for(w.config)) & changed
         ]
         self.config = new
-        self.flapping = _flapping(new)
         if self._runtime is not None:
-            self._runtime.flapping = self.flapping
+            self._runtime.flapping = new.flapping
         self._apply_circus_options(new)
         return plan
 
@@ -330,7 +329,6 @@ class Arbiter:
         for old, new in plan.replaced:
             old.close_streams()
             self.added.discard(old.name.lower())
-            self.watchers.pop(old.name.lower(), None)
             self.watchers[new.name.lower()] = new
         for watcher in plan.added:
             self.watchers[watcher.name.lower()] = watcher
@@ -384,17 +382,3 @@ def _curve(config: Config) -> Curve | None:
     if not secret:
         return None
     return Curve.load(secret, options.get(CURVE_CLIENTS, "").strip() or None)
-
-
-def _flapping(config: Config) -> Flapping:
-    """The crash-loop policy: built in, tuned by a [plugin:flapping] section if present."""
-    for plugin in config.plugins:
-        if plugin.use == FLAPPING_PLUGIN:
-            try:
-                return Flapping(
-                    window=float(plugin.config.get("window", "1.0")),
-                    max_retry=int(plugin.config.get("max_retry", "-1")),
-                )
-            except ValueError as exc:
-                raise ConfigError(str(exc), file=config.path, section=plugin.name) from None
-    return Flapping()

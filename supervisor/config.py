@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 
 from chapiteau.protocol.circus_messages import HOOK_NAMES
 from chapiteau.protocol.ini import (
+    LOG_LEVELS,
     ConfigError,
     IniFile,
     Section,
@@ -55,6 +56,8 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 FLAPPING_PLUGIN = "circus.plugins.flapping.Flapping"
 """Built into the supervisor's crash-loop backoff: no plugin process runs for it."""
+CRASH_WINDOW = 1.0
+"""A process that dies this soon after its spawn crashed (Circus flapping's default window)."""
 
 STREAM_CLASSES = frozenset(
     {
@@ -71,6 +74,7 @@ __all__ = [
     "CircusOptions",
     "Config",
     "ConfigError",
+    "Flapping",
     "PluginConfig",
     "SocketConfig",
     "WatcherConfig",
@@ -79,9 +83,8 @@ __all__ = [
 
 SOCKET_PROTOCOLS = frozenset({"circus", "systemd"})
 
-LOG_LEVELS = frozenset({"critical", "error", "warning", "info", "debug"})
 
-_SOCKET_REFERENCE = re.compile(
+SOCKET_REFERENCE = re.compile(
     r"\$\(circus\.sockets\.(?P<dollar>[\w.\-]+)\)|\(\(circus\.sockets\.(?P<parens>[\w.\-]+)\)\)",
     re.IGNORECASE,
 )
@@ -192,8 +195,9 @@ class PluginConfig:
 
     ``watcher`` carries the watcher options of the section with the plugin
     defaults (priority 1, singleton, copy_env, copy_path, outputs closed unless
-    [circus] debug); its ``cmd`` is empty and is filled in by whoever knows how
-    to start the plugin runner.
+    [circus] debug) and circusd's plugin runner command line as ``cmd``; it is
+    the same object as the plugin's entry in ``Config.watchers``. The built-in
+    flapping plugin runs no process: its ``cmd`` is empty and it has no entry.
     """
 
     name: str
@@ -202,6 +206,15 @@ class PluginConfig:
     config: dict[str, str]
     """Every key of the section, including ``use``, as written after expansion."""
     watcher: WatcherConfig
+
+
+@dataclass(frozen=True)
+class Flapping:
+    """Crash-loop policy; Circus's [plugin:flapping] options when configured."""
+
+    window: float = CRASH_WINDOW
+    max_retry: int = -1
+    """Crash-loop backoff rounds before the watcher is stopped; -1 never stops it."""
 
 
 @dataclass(frozen=True)
@@ -214,6 +227,9 @@ class Config:
     """Sorted by name, as in Circus (start order is decided by priority)."""
     sockets: tuple[SocketConfig, ...]
     plugins: tuple[PluginConfig, ...]
+    flapping: Flapping
+    """The crash-loop policy: built in, tuned by the first plugin section that uses
+    ``circus.plugins.flapping.Flapping``."""
     env: dict[str, str]
     """The [env] section, expanded against the supervisor's environment."""
     files: tuple[str, ...]
@@ -255,6 +271,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         watchers.append(_watcher(section, name, context, plugin_defaults=None))
 
     plugins = []
+    flapping: Flapping | None = None
     plugin_defaults = {
         "priority": "1",
         "singleton": "true",
@@ -270,10 +287,13 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         if not use:
             raise section.error("use", "a plugin needs 'use = dotted.path.to.PluginClass'")
         config = {key: watcher.options[key] for key in section.options}
+        if use == FLAPPING_PLUGIN:
+            if flapping is None:
+                flapping = _flapping(section, config)
+        else:
+            watcher = replace(watcher, cmd=_plugin_command(section, use, config, circus))
+            watchers.append(watcher)
         plugins.append(PluginConfig(section.name, use, config, watcher))
-        if use != FLAPPING_PLUGIN:
-            command = _plugin_command(section, use, config, circus)
-            watchers.append(replace(watcher, cmd=command))
 
     return Config(
         path=ini.path,
@@ -281,6 +301,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         watchers=tuple(sorted(watchers, key=lambda watcher: watcher.name)),
         sockets=tuple(sockets),
         plugins=tuple(plugins),
+        flapping=flapping or Flapping(),
         env=dict(local_env),
         files=tuple(ini.files),
         warnings=tuple(warnings),
@@ -318,6 +339,17 @@ def _plugin_command(
     if settings:
         argv += ["--config", settings]
     return shlex.join([*argv, use])
+
+
+def _flapping(section: Section, config: dict[str, str]) -> Flapping:
+    """The ``window`` and ``max_retry`` of a [plugin:flapping] section (values expanded)."""
+    values = Section(section.name, config, section.sources, section.file)
+    window = values.get_float("window", None)
+    max_retry = values.get_int("max_retry", None)
+    return Flapping(
+        window=CRASH_WINDOW if window is None else window,
+        max_retry=-1 if max_retry is None else max_retry,
+    )
 
 
 @dataclass(frozen=True)
@@ -712,7 +744,7 @@ def _socket_names(section: Section, context: _Context) -> tuple[str, ...]:
     declared = section.get_str("sockets", "") or ""
     found.extend(("sockets", name.lower()) for name in re.split(r"[\s,]+", declared) if name)
     for key in ("cmd", "args", "shell_args"):
-        for match in _SOCKET_REFERENCE.finditer(section.get_str(key, "") or ""):
+        for match in SOCKET_REFERENCE.finditer(section.get_str(key, "") or ""):
             found.append((key, (match.group("dollar") or match.group("parens")).lower()))
     stdin_socket = section.get_str("stdin_socket")
     if stdin_socket and stdin_socket.strip():

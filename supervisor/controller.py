@@ -33,7 +33,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from chapiteau.protocol.circus_messages import (
     MAX_REQUEST_BYTES,
     Request,
-    encode_reply,
+    encode,
     parse_request,
 )
 from chapiteau.supervisor.config import UnknownIdentity, user_ids
@@ -114,6 +114,32 @@ def prepare_endpoint(sock: zmq.Socket, endpoint: str, curve: Curve | None, what:
         raise EndpointError(f"{what} {endpoint}: cannot bind: {exc}") from None
 
 
+def rebind_endpoint(
+    sock: zmq.Socket,
+    old: str,
+    new: str,
+    curve: Curve | None,
+    what: str,
+    bound: Callable[[str], None] | None = None,
+) -> None:
+    """Bind ``sock`` on ``new`` as well; ``old`` keeps serving for UNBIND_DELAY, then goes.
+
+    ``bound`` runs once ``new`` is bound (the controller chowns its ipc socket);
+    when it raises, ``old`` is not unbound.
+    """
+    prepare_endpoint(sock, new, curve, what)
+    if bound is not None:
+        bound(new)
+    asyncio.get_running_loop().call_later(UNBIND_DELAY, _unbind, sock, old)
+    log.info("endpoint_rebound", what=what, endpoint=new, previous=old)
+
+
+def _unbind(sock: zmq.Socket, endpoint: str) -> None:
+    if not sock.closed:
+        with contextlib.suppress(zmq.ZMQError):
+            sock.unbind(endpoint)
+
+
 def owner_uid(owner: str) -> int:
     """The uid named by ``endpoint_owner`` (a user name or a number)."""
     try:
@@ -175,18 +201,11 @@ class Controller:
 
     def rebind(self, endpoint: str) -> None:
         """Serve on ``endpoint`` from now on; the old one goes after UNBIND_DELAY."""
-        if endpoint == self.endpoint or self.socket is None:
-            return
-        prepare_endpoint(self.socket, endpoint, self.curve, "endpoint")
-        self._chown(endpoint)
-        old, self.endpoint = self.endpoint, endpoint
-        asyncio.get_running_loop().call_later(UNBIND_DELAY, self._unbind, old)
-        log.info("controller_rebound", endpoint=endpoint, previous=old)
-
-    def _unbind(self, endpoint: str) -> None:
-        if self.socket is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self.socket.unbind(endpoint)
+        if endpoint != self.endpoint and self.socket is not None:
+            rebind_endpoint(
+                self.socket, self.endpoint, endpoint, self.curve, "endpoint", self._chown
+            )
+            self.endpoint = endpoint
 
     async def close(self) -> None:
         """Let replies being computed go out (briefly), then close the socket."""
@@ -236,7 +255,7 @@ class Controller:
         # back whole; anything else is answered on the identity alone.
         route = envelope if envelope[-1] == b"" else envelope[:1]
         try:
-            self.socket.send_multipart([*route, encode_reply(reply)], zmq.NOBLOCK)
+            self.socket.send_multipart([*route, encode(reply)], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.warning("controller_reply_failed", error=str(exc))
         # Sending can consume the fd's edge for requests that arrived meanwhile.

@@ -132,7 +132,7 @@ class Controller:
             return EXIT_OK
         opts = {option.name: getattr(args, option.name) for option in command.options}
         try:
-            if command.name == "listen":
+            if command.build is None:
                 endpoint = self.args.endpoint or DEFAULT_PUBSUB_ENDPOINT
                 return listen(endpoint, list(args.args) or [""], self.curve)
             properties = command.build(list(args.args), opts)

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from chapiteau.protocol.circus_messages import decode_reply, encode_request, make_request
+from chapiteau.protocol.circus_messages import decode_reply, encode, make_request
 
 
 class CallError(Exception):
@@ -43,7 +43,7 @@ class Client:
             self._socket = self._connect(zmq)
         request_id = os.urandom(16).hex()
         try:
-            self._socket.send(encode_request(make_request(command, properties, request_id)))
+            self._socket.send(encode(make_request(command, properties, request_id)))
         except zmq.ZMQError as exc:
             raise CallError(str(exc)) from None
         while True:

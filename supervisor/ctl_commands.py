@@ -3,8 +3,9 @@
 One `Command` per circusctl command (CIRCUS.md §6.2): its usage line, its
 options, a builder turning the command-line words into the request's
 properties (raising ArgumentError for wrong ones) and a printer turning the
-reply into circusctl's output. ``set`` values are typed here the way the
-daemon expects them. Standard library only: the CLI must start fast.
+reply into circusctl's output. ``set`` values are typed with the option type
+tables the daemon checks them against (`chapiteau.protocol.circus_messages`).
+Standard library only: the CLI must start fast.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chapiteau.protocol.circus_messages import HOOK_NAMES
+from chapiteau.protocol.circus_messages import (
+    BOOL_OPTIONS,
+    HOOK_NAMES,
+    INT_OPTIONS,
+    NUMBER_OPTIONS,
+    STRING_OPTIONS,
+)
 
 INFOLINE = (
     "%(pid)s  %(cmdline)s %(username)s %(nice)s %(mem_info1)s "
@@ -48,7 +55,8 @@ class Command:
     name: str
     usage: str
     summary: str
-    build: Callable[[list[str], dict[str, Any]], Properties]
+    build: Callable[[list[str], dict[str, Any]], Properties] | None
+    """None for ``listen``, which subscribes to the pubsub endpoint instead of sending."""
     show: Callable[[dict[str, Any]], str] = field(default=lambda reply: _ok_or_error(reply))
     options: tuple[Option, ...] = ()
 
@@ -378,9 +386,7 @@ COMMANDS: dict[str, Command] = {
             _build_optional_name("Invalid number of arguments"),
             _show_list,
         ),
-        Command(
-            "listen", "listen [TOPIC...]", "Print the daemon's events", lambda a, o: {"topics": a}
-        ),
+        Command("listen", "listen [TOPIC...]", "Print the daemon's events", None),
         Command(
             "listsockets",
             "listsockets",
@@ -496,32 +502,20 @@ COMMANDS: dict[str, Command] = {
 
 # -- set: option values typed as the daemon expects them -------------------------------------
 
-_INT_KEYS = ("numprocesses", "max_retry", "max_age", "max_age_variance")
-_FLOAT_KEYS = ("warmup_delay", "retry_in", "graceful_timeout")
-_BOOL_KEYS = (
-    "send_hup",
-    "stop_children",
-    "shell",
-    "copy_env",
-    "respawn",
-    "singleton",
-    "close_child_stdin",
-    "close_child_stdout",
-    "close_child_stderr",
-)
-_STRING_KEYS = ("working_dir", "uid", "gid", "cmd", "args")
+# uid, gid and args may also be numbers or lists on the wire; words are sent as strings.
+_STRING_KEYS = STRING_OPTIONS | {"uid", "gid", "args"}
 
 
 def convert_option(key: str, value: str) -> Any:
     """``set``'s VALUE as the JSON type the daemon validates (circusctl's ``convert_option``)."""
     try:
-        if key in _INT_KEYS or key.startswith("rlimit_"):
+        if key in INT_OPTIONS or key.startswith("rlimit_"):
             return int(value)
-        if key in _FLOAT_KEYS:
+        if key in NUMBER_OPTIONS:
             return float(value)
     except ValueError:
         raise ArgumentError(f"{key} must be a number, not {value!r}") from None
-    if key in _BOOL_KEYS:
+    if key in BOOL_OPTIONS:
         return _bool(key, value)
     if key in _STRING_KEYS:
         return value

@@ -11,8 +11,6 @@ import sys
 
 import structlog
 
-LEVELS = ("critical", "error", "warning", "info", "debug")
-
 
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
     """Send structlog events to stderr, filtered by ``level``, rendered as ``fmt``."""

@@ -16,12 +16,12 @@ import sys
 import structlog
 
 from chapiteau.protocol.channel import reserve_standard_fds
-from chapiteau.protocol.ini import ConfigError
+from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
 from chapiteau.supervisor.arbiter import EX_CONFIG, Arbiter
 from chapiteau.supervisor.broker_client import BROKER_FD_VARIABLE, BrokerClient, BrokerError
 from chapiteau.supervisor.config import Config, load_config
 from chapiteau.supervisor.hooks import HookError
-from chapiteau.supervisor.logs import LEVELS, configure_logging
+from chapiteau.supervisor.logs import configure_logging
 from chapiteau.supervisor.socket_pool import SocketPool
 from chapiteau.supervisor.streams import StreamConfigError
 
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     channel = parser.add_mutually_exclusive_group()
     channel.add_argument("--broker-fd", type=int, help="the inherited broker channel fd")
     channel.add_argument("--broker-socket", help="connect to a broker listening on this path")
-    parser.add_argument("--log-level", type=str.lower, choices=LEVELS, default="info")
+    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
     parser.add_argument("--log-format", choices=("console", "json"), default="console")
     return parser.parse_args(argv)
 

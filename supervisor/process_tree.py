@@ -22,7 +22,7 @@ import contextlib
 import os
 import select
 import signal
-from collections.abc import Container
+from collections.abc import Container, Iterable
 
 from chapiteau.supervisor.child_exit import kill_process_group
 
@@ -45,14 +45,19 @@ def children(pid: int) -> list[int]:
 
 def descendants(pid: int) -> list[int]:
     """Every live descendant of ``pid``, parents before their children."""
-    found: list[int] = []
-    pending = [pid]
+    return _subtrees([pid])[1:]
+
+
+def _subtrees(roots: Iterable[int]) -> list[int]:
+    """``roots`` and every live descendant of them, each listed (and walked) once."""
+    found = dict.fromkeys(roots)
+    pending = list(found)
     while pending:
         for child in children(pending.pop()):
             if child not in found:
-                found.append(child)
+                found[child] = None
                 pending.append(child)
-    return found
+    return list(found)
 
 
 def group_and_session(pid: int) -> tuple[int, int] | None:
@@ -82,15 +87,13 @@ class ProcessTree:
     def refresh(self) -> None:
         """Take hold of descendants that appeared since the last look."""
         roots = [self.leader, *self.alive()]
-        found = [pid for root in roots for pid in descendants(root)]
         for pid in children(os.getpid()):
             if pid in self.others:
                 continue
             ids = group_and_session(pid)
             if pid != self.leader and ids is not None and self.leader in ids:
-                found.append(pid)
-                found.extend(descendants(pid))
-        for pid in found:
+                roots.append(pid)
+        for pid in _subtrees(roots):
             if pid in self._members or pid == self.leader:
                 continue
             try:
@@ -117,7 +120,7 @@ class ProcessTree:
         if group_signalled:
             kill_process_group(self.leader, signum)
         for pid in alive:
-            if group_signalled and pid in in_group:
+            if pid in in_group:
                 continue
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._members[pid], signum)

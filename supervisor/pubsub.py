@@ -8,14 +8,12 @@ so a plain non-blocking send from the event loop is safe.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 
 import structlog
 import zmq
 
-from chapiteau.supervisor.controller import UNBIND_DELAY, Curve, prepare_endpoint
+from chapiteau.supervisor.controller import Curve, prepare_endpoint, rebind_endpoint
 from chapiteau.supervisor.events import Events
 
 log = structlog.get_logger("chapiteau.supervisor")
@@ -24,16 +22,19 @@ log = structlog.get_logger("chapiteau.supervisor")
 class PubSub:
     """Publishes the events of ``events`` on ``endpoint``."""
 
-    def __init__(self, endpoint: str, events: Events, curve: Curve | None = None) -> None:
+    def __init__(
+        self, endpoint: str, events: Events, context: zmq.Context, curve: Curve | None = None
+    ) -> None:
+        """``context``: the controller's, whose authenticator then vets subscribers too."""
         self.endpoint = endpoint
         self.events = events
+        self.context = context
         self.curve = curve
-        self.context = zmq.Context()
         self.socket: zmq.Socket | None = None
 
     def start(self) -> None:
         """Bind and subscribe; raises EndpointError when the endpoint is unusable."""
-        sock = self.context.socket(zmq.PUB)
+        sock = zmq.Socket(self.context, zmq.PUB)
         sock.linger = 0
         try:
             prepare_endpoint(sock, self.endpoint, self.curve, "pubsub_endpoint")
@@ -53,18 +54,10 @@ class PubSub:
             log.debug("event_dropped", topic=topic)
 
     def rebind(self, endpoint: str) -> None:
-        """Publish on ``endpoint`` from now on; the old one goes after a short delay."""
-        if endpoint == self.endpoint or self.socket is None:
-            return
-        prepare_endpoint(self.socket, endpoint, self.curve, "pubsub_endpoint")
-        old, self.endpoint = self.endpoint, endpoint
-        asyncio.get_running_loop().call_later(UNBIND_DELAY, self._unbind, old)
-        log.info("pubsub_rebound", endpoint=endpoint, previous=old)
-
-    def _unbind(self, endpoint: str) -> None:
-        if self.socket is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self.socket.unbind(endpoint)
+        """Publish on ``endpoint`` from now on; the old one goes after UNBIND_DELAY."""
+        if endpoint != self.endpoint and self.socket is not None:
+            rebind_endpoint(self.socket, self.endpoint, endpoint, self.curve, "pubsub_endpoint")
+            self.endpoint = endpoint
 
     def close(self) -> None:
         if self.socket is None:
@@ -72,4 +65,3 @@ class PubSub:
         self.events.unsubscribe(self.publish)
         self.socket.close()
         self.socket = None
-        self.context.term()

@@ -194,8 +194,8 @@ def _posix_spawn(plan: _Plan, spec: SpawnSpec) -> int:
             actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, os.O_RDWR, 0))
     actions.extend((os.POSIX_SPAWN_DUP2, moved, target) for moved, target in moves)
     actions.extend((os.POSIX_SPAWN_CLOSE, moved) for moved, _ in moves)
-    reported: tuple[int, int] | None = None
-    for index, path in enumerate(plan.candidates):
+    codes: list[int] = []
+    for path in plan.candidates:
         try:
             return os.posix_spawn(
                 path,
@@ -211,9 +211,8 @@ def _posix_spawn(plan: _Plan, spec: SpawnSpec) -> int:
             if code == errno_codes.EAGAIN:
                 # Without an id switch, exec never says EAGAIN: the clone was refused.
                 raise SpawnError("fork", code) from exc
-            if code not in (errno_codes.ENOENT, errno_codes.ENOTDIR):
-                reported = reported or (code, index)
-    code, index = reported or (errno_codes.ENOENT, len(plan.candidates) - 1)
+            codes.append(code)
+    code, index = _exec_error(codes)
     raise _spawn_error("exec", code, index, spec, plan)
 
 
@@ -311,17 +310,13 @@ def _child(plan: _Plan, report_fd: int, devnull: int) -> NoReturn:
         if plan.listen_pid:
             env[b"LISTEN_PID"] = b"%d" % os.getpid()
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        # execvp's choice of error: the first one that is not "not here".
-        reported: tuple[int, int] | None = None
-        for index, path in enumerate(plan.candidates):
+        codes: list[int] = []
+        for path in plan.candidates:
             try:
                 os.execve(path, plan.argv, env)
             except OSError as exc:
-                if exc.errno not in (errno_codes.ENOENT, errno_codes.ENOTDIR):
-                    reported = reported or (exc.errno, index)
-                elif reported is None:
-                    arg = index
-        code, arg = reported or (errno_codes.ENOENT, arg)
+                codes.append(exc.errno or errno_codes.EINVAL)
+        code, arg = _exec_error(codes)
         raise OSError(code, "execve")
     # The child must never return into the parent's code, whatever happened.
     except BaseException as exc:
@@ -330,6 +325,15 @@ def _child(plan: _Plan, report_fd: int, devnull: int) -> NoReturn:
             os.write(report_fd, b"%s:%d:%d" % (step.encode(), code, arg))
     finally:
         os._exit(_CHILD_FAILED)
+
+
+def _exec_error(codes: list[int]) -> tuple[int, int]:
+    """execvp's choice among the errnos of the exec candidates, as (errno, candidate index):
+    the first one that is not "not here" (ENOENT, ENOTDIR), else ENOENT on the last one."""
+    for index, code in enumerate(codes):
+        if code not in (errno_codes.ENOENT, errno_codes.ENOTDIR):
+            return code, index
+    return errno_codes.ENOENT, len(codes) - 1
 
 
 def _rlimit_errno(soft: int, hard: int) -> int:

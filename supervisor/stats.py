@@ -256,9 +256,12 @@ def stat_topic(name: str, subtopic: int | None = None) -> str:
 class StatsPublisher:
     """The ``stats_endpoint`` PUB socket and the one-second timer that feeds it."""
 
-    def __init__(self, arbiter: Any, endpoint: str, curve: Curve | None = None) -> None:
+    def __init__(
+        self, arbiter: Any, endpoint: str, context: zmq.Context, curve: Curve | None = None
+    ) -> None:
         self.arbiter = arbiter
         self.endpoint = endpoint
+        self.context = context
         self.curve = curve
         self.sampler = ProcessSampler()
         self._socket: zmq.asyncio.Socket | None = None
@@ -271,8 +274,7 @@ class StatsPublisher:
 
     def open(self) -> None:
         """Bind the PUB socket and start the timer."""
-        context = zmq.asyncio.Context.instance()
-        self._socket = context.socket(zmq.PUB)
+        self._socket = zmq.asyncio.Socket(self.context, zmq.PUB)
         self._socket.linger = 0
         try:
             prepare_endpoint(self._socket, self.endpoint, self.curve, "stats_endpoint")
@@ -382,13 +384,16 @@ class _NoStats:
 async def start_stats(arbiter: Any) -> StatsPublisher | _NoStats:
     """Start publishing if ``[circus] statsd`` is on; the result's ``close()`` stops it.
 
-    The endpoint gets the control endpoint's CURVE settings; a bind failure is
-    an `EndpointError` naming ``stats_endpoint``.
+    The endpoint gets the control endpoint's CURVE settings and ZMQ context (so
+    its authenticator); a bind failure is an `EndpointError` naming
+    ``stats_endpoint``.
     """
     options = arbiter.config.circus
     if not options.statsd:
         return _NoStats()
-    curve = getattr(getattr(arbiter, "controller", None), "curve", None)
-    publisher = StatsPublisher(arbiter, options.stats_endpoint, curve)
+    controller = arbiter.controller
+    publisher = StatsPublisher(
+        arbiter, options.stats_endpoint, controller.context, controller.curve
+    )
     publisher.open()
     return publisher

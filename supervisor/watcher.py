@@ -22,14 +22,14 @@ import random
 import resource
 import signal
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 
 from chapiteau.supervisor.child_exit import ChildWatcher
-from chapiteau.supervisor.config import WatcherConfig
+from chapiteau.supervisor.config import Flapping, WatcherConfig
 from chapiteau.supervisor.events import Events
 from chapiteau.supervisor.hooks import Hooks
 from chapiteau.supervisor.process import Process
@@ -43,21 +43,10 @@ from chapiteau.supervisor.substitution import format_args
 log = structlog.get_logger("chapiteau.supervisor")
 
 STOPPED, STARTING, ACTIVE, STOPPING = "stopped", "starting", "active", "stopping"
-CRASH_WINDOW = 1.0
-"""A process that dies this soon after its spawn crashed (Circus flapping's default window)."""
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 60.0
 KILL_WAIT = 10.0
 """How long to wait for a SIGKILLed process to be reaped before giving up on it."""
-
-
-@dataclass(frozen=True)
-class Flapping:
-    """Crash-loop policy; Circus's [plugin:flapping] options when configured."""
-
-    window: float = CRASH_WINDOW
-    max_retry: int = -1
-    """Crash-loop backoff rounds before the watcher is stopped; -1 never stops it."""
 
 
 @dataclass
@@ -72,7 +61,8 @@ class Runtime:
     arbiter: Any
     workers: dict[int, Watcher]
     """Every live worker's pid, whichever watcher it belongs to."""
-    flapping: Flapping = Flapping()
+    flapping: Flapping
+    """The configuration's crash-loop policy (reloadconfig replaces it)."""
 
 
 class Watcher:
@@ -147,16 +137,16 @@ class Watcher:
 
     async def set_numprocesses(self, count: int) -> int:
         """Change the target count and spawn or stop (the oldest) to reach it."""
-        async with self.lock:
-            self.config = replace(self.config, numprocesses=max(0, count))
-            if self.state == ACTIVE:
-                await self._reconcile()
-            return self.config.numprocesses
+        return await self._resize(lambda _: count)
 
     async def change_numprocesses(self, delta: int) -> int:
         """incr/decr: move the target count by ``delta`` (not below 0) and reach it."""
+        return await self._resize(lambda current: current + delta)
+
+    async def _resize(self, new_count: Callable[[int], int]) -> int:
+        """Set the target count to ``new_count(current count)``, not below 0, and reach it."""
         async with self.lock:
-            count = max(0, self.config.numprocesses + delta)
+            count = max(0, new_count(self.config.numprocesses))
             self.config = replace(self.config, numprocesses=count)
             if self.state == ACTIVE:
                 await self._reconcile()
@@ -324,11 +314,7 @@ class Watcher:
             if 0 <= self.config.max_retry < self.spawn_failures:
                 await self._stop_after_failure(f"spawn failed {self.spawn_failures} times: {exc}")
                 return None
-            self._cancel_respawn()
-            self.respawn_timer = self.runtime.loop.call_later(
-                _backoff(self.spawn_failures),
-                lambda: self.runtime.loop.create_task(self._respawn()),
-            )
+            self._respawn_after(_backoff(self.spawn_failures))
             return None
         self.spawn_failures = 0
         if not self._hook("after_spawn", pid=process.pid):
@@ -437,10 +423,7 @@ class Watcher:
         delay = _backoff(rounds)
         self._log.warning("crash_loop_backoff", crashes=self.crash_streak, delay=delay)
         self._publish_own("crash_loop_backoff", {"crashes": self.crash_streak, "delay": delay})
-        self._cancel_respawn()
-        self.respawn_timer = self.runtime.loop.call_later(
-            delay, lambda: self.runtime.loop.create_task(self._respawn())
-        )
+        self._respawn_after(delay)
 
     async def _respawn(self) -> None:
         self.respawn_timer = None
@@ -509,6 +492,13 @@ class Watcher:
     async def _stop_after_failure(self, reason: str) -> None:
         self._log.error("watcher_stopped_on_failure", reason=reason)
         await self._stop()
+
+    def _respawn_after(self, delay: float) -> None:
+        """Reach the target count again in ``delay`` seconds (replacing a pending respawn)."""
+        self._cancel_respawn()
+        self.respawn_timer = self.runtime.loop.call_later(
+            delay, lambda: self.runtime.loop.create_task(self._respawn())
+        )
 
     def _cancel_respawn(self) -> None:
         if self.respawn_timer is not None:

@@ -7,7 +7,6 @@ import socket
 import stat
 import subprocess
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,28 +20,9 @@ from chapiteau.broker.binding import (
 )
 from chapiteau.broker.config import SocketSpec
 from chapiteau.broker.socket_table import ReloadError, apply_reload, bind_all, close_all
+from tests.specs import socket_spec as spec
 
 TCP_LISTEN = "0A"
-
-
-def spec(name: str = "web", **changes: object) -> SocketSpec:
-    base = SocketSpec(
-        name=name,
-        family=socket.AF_INET,
-        type=socket.SOCK_STREAM,
-        proto=0,
-        host="127.0.0.1",
-        port=0,
-        path=None,
-        backlog=2048,
-        umask=0o077,
-        replace=False,
-        blocking=False,
-        interface=None,
-        so_reuseport=False,
-        where=f"/etc/circus.ini:socket:{name}",
-    )
-    return replace(base, **changes)
 
 
 def unix(path: Path, **changes: object) -> SocketSpec:

@@ -16,6 +16,7 @@ from chapiteau.broker.config import (
     load_broker_config,
     parse_socket,
 )
+from chapiteau.protocol.broker_messages import MAX_SOCKETS
 from chapiteau.protocol.ini import ConfigError, Section
 
 
@@ -136,6 +137,12 @@ def test_so_reuseport_on_a_unix_socket_is_refused(tmp_path):
 def test_duplicate_socket_names_differing_in_case_are_refused(tmp_path):
     message = error_of(tmp_path, "[socket:web]\nport = 1\n[socket:WEB]\nport = 2\n")
     assert "'web' is defined twice" in message
+
+
+def test_more_sockets_than_one_socket_list_holds_are_refused(tmp_path):
+    text = "".join(f"[socket:s{n}]\nport = {n}\n" for n in range(MAX_SOCKETS + 1))
+    message = error_of(tmp_path, text)
+    assert f":socket:s{MAX_SOCKETS}: too many [socket:*] sections" in message
 
 
 def test_bad_socket_name_is_refused(tmp_path):

@@ -153,7 +153,10 @@ def test_frame_over_the_limit_is_a_bad_frame() -> None:
 
 def test_encoding_a_frame_over_the_limit_is_refused() -> None:
     with pytest.raises(ValueError, match="exceeds"):
-        encode(Error("bad_frame", "x" * MAX_FRAME_BYTES), 1)
+        encode(
+            SocketList((SocketInfo("web", "AF_UNIX", "SOCK_STREAM", path="x" * MAX_FRAME_BYTES),)),
+            1,
+        )
 
 
 def test_sockets_with_the_maximum_fds_round_trip() -> None:
@@ -253,6 +256,11 @@ def test_error_reason_over_the_limit_is_a_bad_message() -> None:
 def test_protocol_error_reason_is_capped_so_it_fits_an_error_reply() -> None:
     exc = ProtocolError("bad_message", "x" * (MAX_FRAME_BYTES * 2))
     assert len(exc.reason) <= MAX_REASON_BYTES
+
+
+def test_an_error_reply_with_a_long_reason_is_capped_so_the_peer_accepts_it() -> None:
+    reply = Error("bind_failed", "x" * (MAX_REASON_BYTES + 1))
+    assert decode(encode(reply, 1)) == (1, Error("bind_failed", "x" * MAX_REASON_BYTES))
 
 
 def test_unknown_type_with_a_huge_name_gives_a_bounded_reason() -> None:

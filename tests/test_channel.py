@@ -110,41 +110,36 @@ def test_sending_the_wrong_number_of_fds_is_refused(
         send(pair[0], Hello(), 1, [listener.fileno()])
 
 
-def test_fds_on_a_message_that_carries_none_are_refused_and_closed(
-    pair: tuple[socket.socket, socket.socket], listener: socket.socket
+def assert_refused_and_closed(
+    pair: tuple[socket.socket, socket.socket], datagram: bytes, fds: list[int]
 ) -> None:
+    """``datagram`` sent with ``fds`` is refused as unexpected_fds, and no fd stays open."""
     left, right = pair
     before = open_fds()
-    socket.send_fds(left, [encode(Hello(), 1)], [listener.fileno()] * 3)
+    socket.send_fds(left, [datagram], fds)
     with pytest.raises(ProtocolError) as caught:
         receive(right)
     assert caught.value.code == "unexpected_fds"
     assert open_fds() == before
+
+
+def test_fds_on_a_message_that_carries_none_are_refused_and_closed(
+    pair: tuple[socket.socket, socket.socket], listener: socket.socket
+) -> None:
+    assert_refused_and_closed(pair, encode(Hello(), 1), [listener.fileno()] * 3)
 
 
 def test_sockets_with_too_few_fds_is_refused_and_its_fds_closed(
     pair: tuple[socket.socket, socket.socket], listener: socket.socket
 ) -> None:
-    left, right = pair
-    before = open_fds()
     message = Sockets((info_of(listener),) * 2)
-    socket.send_fds(left, [encode(message, 1)], [listener.fileno()])
-    with pytest.raises(ProtocolError) as caught:
-        receive(right)
-    assert caught.value.code == "unexpected_fds"
-    assert open_fds() == before
+    assert_refused_and_closed(pair, encode(message, 1), [listener.fileno()])
 
 
 def test_fds_with_an_empty_datagram_are_refused_and_closed(
     pair: tuple[socket.socket, socket.socket], listener: socket.socket
 ) -> None:
-    left, right = pair
-    before = open_fds()
-    socket.send_fds(left, [b""], [listener.fileno()])
-    with pytest.raises(ProtocolError) as caught:
-        receive(right)
-    assert caught.value.code == "unexpected_fds"
-    assert open_fds() == before
+    assert_refused_and_closed(pair, b"", [listener.fileno()])
 
 
 def test_more_fds_than_fit_is_truncated_control_data_and_all_are_closed(

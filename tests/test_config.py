@@ -17,6 +17,7 @@ from chapiteau.supervisor.config import (
     DEFAULT_PATH,
     CircusOptions,
     Config,
+    Flapping,
     WatcherConfig,
     load_config,
 )
@@ -471,6 +472,19 @@ def test_flapping_plugin_runs_no_process() -> None:
     assert [w.name for w in load("plugin.ini").watchers if w.name.startswith("plugin:")] == []
 
 
+def test_flapping_plugin_tunes_the_crash_loop_policy() -> None:
+    assert load("plugin.ini").flapping == Flapping(window=1.0, max_retry=2)
+    assert load("minimal.ini").flapping == Flapping()
+
+
+def test_flapping_window_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
+    raised = error(
+        tmp_path, "[plugin:flapping]\nuse = circus.plugins.flapping.Flapping\nwindow = soon\n"
+    )
+    assert (raised.section, raised.key) == ("plugin:flapping", "window")
+    assert str(raised).startswith(f"{tmp_path / 'circus.ini'}:plugin:flapping:window: ")
+
+
 @pytest.fixture
 def circus_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stand-in ``circus`` package on sys.path (the real one is not a test dependency)."""
@@ -496,6 +510,12 @@ def test_plugin_runs_as_a_watcher_with_circusd_command_line(tmp_path: Path) -> N
     assert argv[argv.index("--config") + 1] == "loop_rate:60:::msg_regex:a b"
     assert argv[-1] == "circus.plugins.watchdog.WatchDog"
     assert (plugin.singleton, plugin.priority, plugin.copy_path) == (True, 1, True)
+
+
+@pytest.mark.usefixtures("circus_package")
+def test_plugin_section_and_its_watcher_share_one_config(tmp_path: Path) -> None:
+    config = load_text(tmp_path, "[plugin:watchdog]\nuse = circus.plugins.watchdog.WatchDog\n")
+    assert config.plugins[0].watcher is config.watcher("plugin:watchdog")
 
 
 def test_plugin_without_the_circus_package_is_refused(tmp_path: Path) -> None:

@@ -285,6 +285,17 @@ def test_set_unknown_key_is_refused_client_side(daemon: FakeDaemon, capsys) -> N
     assert daemon.requests == []
 
 
+def test_set_types_priority_autostart_and_use_sockets_as_the_daemon_does(
+    daemon: FakeDaemon,
+) -> None:
+    assert run(daemon, "set", "web", "priority", "5", "autostart", "no", "use_sockets", "on") == 0
+    assert daemon.last["properties"]["options"] == {
+        "priority": 5,
+        "autostart": False,
+        "use_sockets": True,
+    }
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [("numprocesses", "many"), ("send_hup", "maybe"), ("stop_signal", "SIGNOPE"),

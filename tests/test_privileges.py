@@ -25,6 +25,7 @@ from chapiteau.broker.privileges import (
     resolve_service_user,
     supervisor_files,
 )
+from tests.specs import socket_spec
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to build owned trees")
 
@@ -145,26 +146,6 @@ def test_numeric_user_and_group_are_accepted():
     assert (user.uid, user.gid) == (NOBODY.pw_uid, NOBODY.pw_gid)
 
 
-def socket_spec(**changes: object) -> SocketSpec:
-    base = SocketSpec(
-        name="web",
-        family=socket.AF_INET,
-        type=socket.SOCK_STREAM,
-        proto=0,
-        host="127.0.0.1",
-        port=80,
-        path=None,
-        backlog=1,
-        umask=0o077,
-        replace=False,
-        blocking=False,
-        interface=None,
-        so_reuseport=False,
-        where="c.ini:socket:web",
-    )
-    return replace(base, **changes)
-
-
 def broker_config(sockets: dict[str, SocketSpec], files: tuple[str, ...] = ()) -> BrokerConfig:
     return BrokerConfig(
         path="/etc/c.ini",
@@ -179,18 +160,18 @@ def broker_config(sockets: dict[str, SocketSpec], files: tuple[str, ...] = ()) -
 
 
 def test_plain_sockets_need_no_net_raw():
-    config = broker_config({"web": socket_spec()})
+    config = broker_config({"web": socket_spec(port=80)})
     assert needed_capabilities(config) == BASE_CAPABILITIES
     assert "net_raw" not in BASE_CAPABILITIES
 
 
 def test_interface_needs_net_raw():
-    config = broker_config({"web": socket_spec(), "lo": socket_spec(name="lo", interface="lo")})
+    config = broker_config({"web": socket_spec(port=80), "lo": socket_spec("lo", interface="lo")})
     assert needed_capabilities(config) == (*BASE_CAPABILITIES, "net_raw")
 
 
 def test_raw_socket_needs_net_raw():
-    config = broker_config({"raw": socket_spec(name="raw", type=socket.SOCK_RAW)})
+    config = broker_config({"raw": socket_spec("raw", type=socket.SOCK_RAW)})
     assert "net_raw" in needed_capabilities(config)
 
 

@@ -143,6 +143,8 @@ class StandIn:
         )
         if self.sockets is None:
             self.sockets = SimpleNamespace(sockets={})
+        if self.controller is None:
+            self.controller = SimpleNamespace(context=zmq.asyncio.Context.instance(), curve=None)
 
 
 def _watcher(name: str, pids: list[int]) -> Any:

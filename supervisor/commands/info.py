@@ -42,16 +42,20 @@ def watcher_process_info(arbiter: Arbiter, watcher: Watcher, pid: int, extended:
     return info
 
 
+def _process_infos(arbiter: Arbiter, watcher: Watcher, extended: bool) -> dict[str, Any]:
+    return {
+        str(pid): watcher_process_info(arbiter, watcher, pid, extended)
+        for pid in sorted(watcher.processes)
+    }
+
+
 @command("stats")
 async def stats(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
     extended = bool_property(props, "extended", False)
     if props.get("name") is None:
         return {
             "infos": {
-                watcher.name: {
-                    str(pid): watcher_process_info(arbiter, watcher, pid, extended)
-                    for pid in sorted(watcher.processes)
-                }
+                watcher.name: _process_infos(arbiter, watcher, extended)
                 for watcher in arbiter.watchers.values()
             }
         }
@@ -60,10 +64,7 @@ async def stats(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
     if pid is None:
         return {
             "name": props["name"],
-            "info": {
-                str(p): watcher_process_info(arbiter, watcher, p, extended)
-                for p in sorted(watcher.processes)
-            },
+            "info": _process_infos(arbiter, watcher, extended),
         }
     if pid not in watcher.processes:
         raise CommandError(f"process {pid!r} not found in {props['name']!r}")

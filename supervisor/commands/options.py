@@ -15,12 +15,18 @@ import dataclasses
 import grp
 import os
 import pwd
-import re
 import resource
 import shlex
 from typing import TYPE_CHECKING, Any
 
-from chapiteau.protocol.circus_messages import COMMAND_ERROR, HOOK_NAMES
+from chapiteau.protocol.circus_messages import (
+    BOOL_OPTIONS,
+    COMMAND_ERROR,
+    HOOK_NAMES,
+    INT_OPTIONS,
+    NUMBER_OPTIONS,
+    STRING_OPTIONS,
+)
 from chapiteau.protocol.signals import SignalError, parse_signal
 from chapiteau.supervisor.commands.base import (
     CommandError,
@@ -32,6 +38,7 @@ from chapiteau.supervisor.commands.base import (
 )
 from chapiteau.supervisor.config import (
     DEFAULT_PATH,
+    SOCKET_REFERENCE,
     UnknownIdentity,
     WatcherConfig,
     group_id,
@@ -43,28 +50,10 @@ if TYPE_CHECKING:
     from chapiteau.supervisor.arbiter import Arbiter
     from chapiteau.supervisor.watcher import Watcher
 
-INT_KEYS = frozenset({"numprocesses", "max_retry", "max_age", "max_age_variance", "priority"})
-NUMBER_KEYS = frozenset({"warmup_delay", "retry_in", "graceful_timeout"})
-BOOL_KEYS = frozenset(
-    {
-        "send_hup",
-        "shell",
-        "copy_env",
-        "respawn",
-        "stop_children",
-        "singleton",
-        "close_child_stdin",
-        "close_child_stdout",
-        "close_child_stderr",
-        "autostart",
-        "use_sockets",
-    }
-)
-STRING_KEYS = frozenset({"working_dir", "cmd"})
 OTHER_KEYS = frozenset(
     {"uid", "gid", "stop_signal", "env", "args", "stdout_stream", "stderr_stream", "hooks"}
 )
-VALID_KEYS = INT_KEYS | NUMBER_KEYS | BOOL_KEYS | STRING_KEYS | OTHER_KEYS
+VALID_KEYS = INT_OPTIONS | NUMBER_OPTIONS | BOOL_OPTIONS | STRING_OPTIONS | OTHER_KEYS
 VALID_PREFIXES = ("stdout_stream.", "stderr_stream.", "hooks.", "rlimit_")
 
 RELOAD_KEYS = frozenset(
@@ -109,25 +98,21 @@ GET_KEYS = (
     "close_child_stderr",
 )
 
-_SOCKET_REFERENCE = re.compile(
-    r"\$\(circus\.sockets\.([\w.\-]+)\)|\(\(circus\.sockets\.([\w.\-]+)\)\)", re.IGNORECASE
-)
-
 
 def validate_option(key: str, value: Any) -> None:
     """Check one ``add``/``set`` option as Circus's ``validate_option`` does (its texts)."""
     if key not in VALID_KEYS and not key.startswith(VALID_PREFIXES):
         raise CommandError(f"unknown key {key!r}")
-    if key in INT_KEYS:
+    if key in INT_OPTIONS:
         if isinstance(value, bool) or not isinstance(value, int):
             raise CommandError(f"{key!r} isn't an integer")
-    elif key in NUMBER_KEYS:
+    elif key in NUMBER_OPTIONS:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise CommandError(f"{key!r} isn't a number")
-    elif key in BOOL_KEYS:
+    elif key in BOOL_OPTIONS:
         if not isinstance(value, bool):
             raise CommandError(f"{key!r} isn't a valid boolean")
-    elif key in STRING_KEYS:
+    elif key in STRING_OPTIONS:
         if not isinstance(value, str):
             raise CommandError(f"{key!r} isn't a string")
     elif key in ("uid", "gid"):
@@ -207,10 +192,10 @@ def apply_options(
     for key, value in options.items():
         if key in ("uid", "gid"):
             continue
-        if key in INT_KEYS | BOOL_KEYS | STRING_KEYS or key in ("warmup_delay", "graceful_timeout"):
-            changes[key] = value
-        elif key == "retry_in":
+        if key == "retry_in":
             free_form[key] = str(value)
+        elif key in INT_OPTIONS | NUMBER_OPTIONS | BOOL_OPTIONS | STRING_OPTIONS:
+            changes[key] = value
         elif key == "stop_signal":
             try:
                 changes[key] = parse_signal(value)
@@ -263,8 +248,8 @@ def apply_options(
 def _socket_names(config: WatcherConfig, sockets: set[str]) -> tuple[str, ...]:
     found = list(config.sockets)
     for text in (config.cmd, config.args):
-        for match in _SOCKET_REFERENCE.finditer(text):
-            found.append((match.group(1) or match.group(2)).lower())
+        for match in SOCKET_REFERENCE.finditer(text):
+            found.append((match.group("dollar") or match.group("parens")).lower())
     for name in found:
         if name not in sockets:
             raise CommandError(
@@ -332,9 +317,7 @@ def options_of(watcher: Watcher) -> dict[str, Any]:
         values[f"rlimit_{name}"] = None if limit == resource.RLIM_INFINITY else limit
     fields = {field.name for field in dataclasses.fields(config)}
     for key, value in config.options.items():
-        if key not in fields and not key.startswith(
-            ("hooks.", "stdout_stream.", "stderr_stream.", "rlimit_")
-        ):
+        if key not in fields and not key.startswith(VALID_PREFIXES):
             values.setdefault(key, value)
     return dict(sorted(values.items()))
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from chapiteau.supervisor import process_tree
 from chapiteau.supervisor.commands.base import (
     CommandError,
     Deferred,
@@ -19,11 +20,9 @@ from chapiteau.supervisor.commands.base import (
     signal_property,
     watcher_named,
 )
-from chapiteau.supervisor.process_tree import children, descendants
 
 if TYPE_CHECKING:
     from chapiteau.supervisor.arbiter import Arbiter
-    from chapiteau.supervisor.watcher import Watcher
 
 log = structlog.get_logger("chapiteau.supervisor")
 
@@ -101,13 +100,7 @@ async def kill(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
     timeout = number_property(props, "graceful_timeout")
     if pid is not None and pid not in watcher.processes:
         raise CommandError(f"process {pid} not found in {watcher.name!r}")
-    return Deferred(_kill_and_replace(watcher, pid, signum, timeout))
-
-
-async def _kill_and_replace(
-    watcher: Watcher, pid: int | None, signum: int | None, timeout: float | None
-) -> None:
-    await watcher.kill(pid, signum, timeout)
+    return Deferred(watcher.kill(pid, signum, timeout))
 
 
 @command("signal", "name", "signum")
@@ -127,22 +120,18 @@ async def send_signal(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Defer
             log.info("signal_unknown_pid", watcher=watcher.name, pid=target)
             continue
         if childpid is not None:
-            if childpid not in _child_pids(target, recursive=False):
+            if childpid not in process_tree.children(target):
                 raise CommandError(f"process {childpid} is not a child of {target}")
             _kill(childpid, signum)
         elif children:
-            for child in _child_pids(target, recursive=False):
+            for child in process_tree.children(target):
                 _kill(child, signum)
         else:
-            descendants = _child_pids(target, recursive=True) if recursive else []
+            descendants = process_tree.descendants(target) if recursive else []
             watcher.send_signal(signum, target)
             for child in descendants:
                 _kill(child, signum)
     return {}
-
-
-def _child_pids(pid: int, recursive: bool) -> list[int]:
-    return descendants(pid) if recursive else children(pid)
 
 
 def _kill(pid: int, signum: int) -> None:
