@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -105,15 +106,21 @@ def test_each_process_gets_the_signal_once_in_or_out_of_the_group(tmp_path):
         ["sh", "-c", f"{python} {tmp_path}/in & setsid {python} {tmp_path}/out & wait"],
         start_new_session=True,
     )
-    for name in ("in", "out"):
-        wait_for_file(tmp_path / f"{name}.ready")
-    tree = ProcessTree(leader.pid)
     try:
-        tree.signal(signal.SIGRTMIN, leader_alive=True)
-        assert asyncio.run(tree.wait_members(TIMEOUT))
-        assert [(tmp_path / name).read_text() for name in ("in", "out")] == ["1", "1"]
+        for name in ("in", "out"):
+            wait_for_file(tmp_path / f"{name}.ready")
+        tree = ProcessTree(leader.pid)
+        try:
+            tree.signal(signal.SIGRTMIN, leader_alive=True)
+            assert asyncio.run(tree.wait_members(TIMEOUT))
+            assert [(tmp_path / name).read_text() for name in ("in", "out")] == ["1", "1"]
+        finally:
+            tree.close()
     finally:
-        tree.close()
+        # Whatever failed, nothing is left waiting for a signal.
+        for pid in [*descendants(leader.pid), leader.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         leader.wait(TIMEOUT)
 
 
