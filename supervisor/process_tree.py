@@ -26,6 +26,22 @@ from collections.abc import Container, Iterable
 
 from chapiteau.supervisor.child_exit import kill_process_group
 
+_CHUNK = 65536
+
+
+def read_proc(path: str) -> bytes:
+    """A /proc file's content, read without a Python file object (a third of the cost)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+            if len(chunk) < _CHUNK:
+                break
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
 
 def children(pid: int) -> list[int]:
     """The direct children of ``pid`` (none once it is gone).
@@ -38,8 +54,8 @@ def children(pid: int) -> list[int]:
     with contextlib.suppress(OSError):
         tasks = f"/proc/{pid}/task"
         for task in [str(pid)] if os.stat(tasks).st_nlink == 3 else os.listdir(tasks):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
-                found.extend(int(word) for word in f.read().split())
+            with contextlib.suppress(OSError):
+                found.extend(map(int, read_proc(f"/proc/{pid}/task/{task}/children").split()))
     return found
 
 
@@ -63,11 +79,16 @@ def _subtrees(roots: Iterable[int]) -> list[int]:
 def group_and_session(pid: int) -> tuple[int, int] | None:
     """The (process group, session) of ``pid``; None once it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
+        fields = stat_fields(pid)
     except OSError:
         return None
     return int(fields[2]), int(fields[3])
+
+
+def stat_fields(pid: int) -> list[bytes]:
+    """The fields of /proc/PID/stat after the command name: [0] is the state, field 3 of
+    proc(5), so field N is at N - 3."""
+    return read_proc(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()
 
 
 def _exited(pidfd: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pytest
 import zmq
 
@@ -76,6 +78,30 @@ def test_sampler_reports_circus_fields_of_a_live_process() -> None:
     assert info is not None and set(info) == CIRCUS_FIELDS
     assert (info["pid"], info["cmdline"], info["children"]) == (child.pid, "sleep", [])
     assert info["mem_info1"][-1] in "BKMG" and isinstance(info["mem"], float)
+
+
+def test_sampler_figures_are_the_ones_psutil_reads() -> None:
+    child = subprocess.Popen(["nice", "-n", "7", "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 5
+        while psutil.Process(child.pid).name() != "sleep":
+            assert time.monotonic() < deadline, "nice never exec'd sleep"
+            time.sleep(0.005)
+        os.kill(child.pid, signal.SIGSTOP)  # nothing changes between the two reads
+        info = ProcessSampler().sample(child.pid)
+        process = psutil.Process(child.pid)
+        memory, times = process.memory_info(), process.cpu_times()
+        expected = {
+            "mem_info1": human_bytes(memory.rss),
+            "mem_info2": human_bytes(memory.vms),
+            "ctime": cpu_time_text(times.user + times.system),
+            "nice": process.nice(),
+        }
+    finally:
+        child.kill()
+        child.wait()
+    assert info is not None and {key: info[key] for key in expected} == expected
+    assert info["nice"] == 7
 
 
 def test_sampler_cpu_is_percent_since_previous_sample() -> None:
