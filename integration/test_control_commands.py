@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import pwd
+import shutil
 import time
 from pathlib import Path
 
@@ -369,6 +370,34 @@ def test_set_cmd_reloads_the_watcher(daemon):
     pid = d.call("list", name="worker")["pids"][0]
     assert pid not in old
     assert Path(f"/proc/{pid}/cmdline").read_bytes() == b"/bin/sleep\x00999\x00"
+
+
+def test_set_of_a_command_that_cannot_start_is_an_error_and_keeps_the_processes(daemon):
+    d = daemon(TWO)
+    old = d.call("list", name="web")["pids"]
+    # No ``waiting``: the reply still waits until the new processes run, or failed to.
+    reply = d.call("set", name="web", options={"cmd": "/nonexistent"})
+    assert_error(reply, 3)
+    assert reply["reason"].startswith("set web cmd: a new process cannot start (exec /nonexistent")
+    assert "2 running process(es) keep serving, with the previous settings" in reply["reason"]
+    assert sorted(d.call("list", name="web")["pids"]) == sorted(old)
+    assert all(is_alive(pid) for pid in old)
+    assert d.call("get", name="web", keys=["cmd"])["options"]["cmd"] == "/bin/sleep 1000"
+    assert d.call("status", name="web")["status"] == "active"
+
+
+def test_reload_that_cannot_start_is_an_error_and_keeps_the_processes(daemon, workdir: Path):
+    program = workdir / "sleeper"
+    shutil.copy("/bin/sleep", program)
+    program.chmod(0o755)
+    d = daemon(f"[watcher:web]\ncmd = {program} 1000\nnumprocesses = 2\n")
+    old = d.call("list", name="web")["pids"]
+    program.chmod(0o644)
+    reply = d.call("reload", name="web")
+    assert_error(reply, 3)
+    assert reply["reason"].startswith(f"reload web: a new process cannot start (exec {program}")
+    assert sorted(d.call("list", name="web")["pids"]) == sorted(old)
+    assert all(is_alive(pid) for pid in old)
 
 
 def test_set_publishes_updated_per_key(daemon):

@@ -34,6 +34,7 @@ from chapiteau.supervisor.commands.base import (
     Fields,
     bool_property,
     command,
+    replacing,
     watcher_named,
 )
 from chapiteau.supervisor.config import (
@@ -353,7 +354,12 @@ async def set_(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
     reload = any(
         key in RELOAD_KEYS or key.startswith(("stdout_stream", "stderr_stream")) for key in changes
     )
-    return Deferred(watcher.configure(new, reload=reload, updated=len(changes)))
+    if not reload:
+        return Deferred(watcher.configure(new, reload=False, updated=len(changes)))
+    return replacing(
+        lambda spawned: watcher.configure(new, reload=True, updated=len(changes), spawned=spawned),
+        f"set {watcher.name} {' '.join(changes)}",
+    )
 
 
 @command("add", "name", "cmd")
