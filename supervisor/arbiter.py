@@ -23,7 +23,13 @@ import structlog
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError, ReceivedSocket
 from chapiteau.supervisor.child_exit import ChildWatcher, become_subreaper
 from chapiteau.supervisor.commands import CommandError, dispatch
-from chapiteau.supervisor.config import Config, WatcherConfig, load_config
+from chapiteau.supervisor.config import (
+    CURVE_CLIENTS,
+    CURVE_SECRET_KEY,
+    Config,
+    WatcherConfig,
+    load_config,
+)
 from chapiteau.supervisor.controller import Controller, Curve, EndpointError
 from chapiteau.supervisor.events import Events
 from chapiteau.supervisor.pubsub import PubSub
@@ -37,8 +43,6 @@ log = structlog.get_logger("chapiteau.supervisor")
 EX_CONFIG = 78
 """Exit status for a configuration the supervisor cannot run (sysexits.h); the broker does
 not restart a first supervisor that exits with it."""
-CURVE_SECRET_KEY = "endpoint_curve_secretkey"
-CURVE_CLIENTS = "endpoint_curve_clients"
 
 
 @dataclass

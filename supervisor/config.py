@@ -21,6 +21,8 @@ Where Circus has a defect, this module does the right thing instead:
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import fnmatch
 import grp
 import importlib.util
@@ -82,6 +84,9 @@ __all__ = [
 ]
 
 SOCKET_PROTOCOLS = frozenset({"circus", "systemd"})
+
+CURVE_SECRET_KEY = "endpoint_curve_secretkey"
+CURVE_CLIENTS = "endpoint_curve_clients"
 
 
 SOCKET_REFERENCE = re.compile(
@@ -244,6 +249,21 @@ class Config:
         return None
 
 
+_NOT_KEYS = {"name", "options", "rlimits", "hooks", "stdout_stream", "stderr_stream"}
+WATCHER_KEYS = frozenset(
+    {f.name for f in dataclasses.fields(WatcherConfig)} - _NOT_KEYS
+    | {"env", "check_flapping", "retry_in", "use_papa", "stream_backend"}
+)
+"""Every key a [watcher:*] section may hold (Circus's, chapiteau's) besides the prefixes."""
+WATCHER_PREFIXES = ("rlimit_", "hooks.", "stdout_stream.", "stderr_stream.")
+CIRCUS_KEYS = frozenset(
+    {f.name for f in dataclasses.fields(CircusOptions)} - {"options"}
+    | {CURVE_SECRET_KEY, CURVE_CLIENTS, "statsd_close_outputs", "httpd_close_outputs"}
+    | {"stream_backend"}
+)
+"""Every key a [circus] section may hold."""
+
+
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Read and check the configuration file at ``path``.
 
@@ -258,6 +278,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     local_env = env_section.expanded(environ).options if env_section else {}
 
     circus_section = ini.sections.get("circus", Section("circus", {}, file=ini.path))
+    _warn_unknown_keys(circus_section, CIRCUS_KEYS, (), "ignored", warnings)
     circus = _circus_options(circus_section.expanded(expansion_env), warnings)
     sockets = _sockets(ini, expansion_env)
     socket_names = {socket.name for socket in sockets}
@@ -268,6 +289,8 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     for section in ini.sections_with_prefix("watcher:"):
         name = section.name[len("watcher:") :]
         _check_unique_name(section, name, seen)
+        fate = "kept as a free-form option for plugins, as in Circus"
+        _warn_unknown_keys(section, WATCHER_KEYS, WATCHER_PREFIXES, fate, warnings)
         watchers.append(_watcher(section, name, context, plugin_defaults=None))
 
     plugins = []
@@ -362,6 +385,26 @@ class _Context:
     local_env: dict[str, str]
     socket_names: set[str]
     warnings: list[str]
+
+
+def _warn_unknown_keys(
+    section: Section,
+    known: frozenset[str],
+    prefixes: tuple[str, ...],
+    fate: str,
+    warnings: list[str],
+) -> None:
+    """Warn about each key that is no option, naming the closest one (likely a typo).
+
+    A key with a dot (``flapping.max_retry``) is taken to be a plugin's and is
+    not reported.
+    """
+    for key in section.options:
+        if key in known or key.startswith(prefixes) or "." in key:
+            continue
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "check its spelling"
+        warnings.append(str(section.error(key, f"unknown key, {fate}; {hint}")))
 
 
 def _check_unique_name(section: Section, name: str, seen: dict[str, str]) -> None:
@@ -501,12 +544,7 @@ def _watcher(
     shell_args = section.get_str("shell_args")
     if shell_args is not None and not shell:
         context.warnings.append(str(section.error("shell_args", "ignored without shell = true")))
-    socket_protocol = (section.get_str("socket_protocol", "circus") or "").strip().lower()
-    if socket_protocol not in SOCKET_PROTOCOLS:
-        raise section.error(
-            "socket_protocol",
-            f"{socket_protocol!r} is not a socket protocol; use circus or systemd",
-        )
+    socket_protocol = _socket_protocol(section, context)
     max_retry = section.get_int("max_retry", 5)
     if max_retry is not None and max_retry < -1:
         raise section.error("max_retry", f"{max_retry} is not a retry count; use -1 for no limit")
@@ -573,6 +611,22 @@ def _watcher(
         umask=section.get_octal("umask", None),
         options=dict(section.options),
     )
+
+
+def _socket_protocol(section: Section, context: _Context) -> str:
+    protocol = (section.get_str("socket_protocol", "circus") or "").strip().lower()
+    if protocol not in SOCKET_PROTOCOLS:
+        raise section.error(
+            "socket_protocol", f"{protocol!r} is not a socket protocol; use circus or systemd"
+        )
+    all_sockets = section.get_bool("use_sockets", False) and context.socket_names
+    if protocol == "systemd" and not _socket_names(section, context) and not all_sockets:
+        raise section.error(
+            "socket_protocol",
+            "systemd passes the watcher's sockets, and this watcher declares none "
+            "(LISTEN_FDS would be 0): name them with 'sockets = NAME ...', or remove the key",
+        )
+    return protocol
 
 
 def _expand_watcher(section: Section, env: Mapping[str, str]) -> Section:
