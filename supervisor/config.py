@@ -85,6 +85,11 @@ __all__ = [
 
 SOCKET_PROTOCOLS = frozenset({"circus", "systemd"})
 
+PROCESS_OWN_VARIABLES = frozenset({"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"})
+"""systemd's messages to the one process they were given to: ``copy_env`` never copies
+them (a worker would notify systemd, or take fds it does not have); the systemd socket
+protocol sets a worker's own LISTEN_* variables."""
+
 CURVE_SECRET_KEY = "endpoint_curve_secretkey"
 CURVE_CLIENTS = "endpoint_curve_clients"
 
@@ -639,7 +644,7 @@ def _expand_watcher(section: Section, env: Mapping[str, str]) -> Section:
 
 def _watcher_env(section: Section, name: str, context: _Context, copy_env: bool) -> dict[str, str]:
     """Compute the environment of a watcher's processes (CIRCUS.md §1.8, fixes i, j, s)."""
-    env = dict(context.environ) if copy_env else {}
+    env = copied_env(context.environ) if copy_env else {}
     configured = dict(context.local_env)
     for env_section in context.ini.sections_with_prefix("env:"):
         patterns = env_section.name[len("env:") :].split(",")
@@ -650,6 +655,11 @@ def _watcher_env(section: Section, name: str, context: _Context, copy_env: bool)
             lambda match: context.environ.get(match.group(1), ""), value
         ).strip()
     return env
+
+
+def copied_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What ``copy_env`` copies of the supervisor's environment ``environ``."""
+    return {key: value for key, value in environ.items() if key not in PROCESS_OWN_VARIABLES}
 
 
 def _user_and_group(section: Section) -> tuple[int | None, int | None]:

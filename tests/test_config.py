@@ -541,8 +541,7 @@ def test_a_misspelt_watcher_key_is_kept_with_a_warning_naming_the_closest_key(
 def test_a_misspelt_circus_key_is_warned_about(tmp_path: Path) -> None:
     config = load_text(tmp_path, "[circus]\nendpont = tcp://127.0.0.1:1\n")
     assert config.warnings == (
-        f"{tmp_path / 'circus.ini'}:circus:endpont: unknown key, ignored; "
-        "did you mean 'endpoint'?",
+        f"{tmp_path / 'circus.ini'}:circus:endpont: unknown key, ignored; did you mean 'endpoint'?",
     )
 
 

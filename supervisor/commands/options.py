@@ -42,6 +42,7 @@ from chapiteau.supervisor.config import (
     SOCKET_REFERENCE,
     UnknownIdentity,
     WatcherConfig,
+    copied_env,
     group_id,
     user_ids,
 )
@@ -204,7 +205,9 @@ def apply_options(
                 raise CommandError(str(exc)) from None
         elif key == "env":
             env = (
-                {**os.environ, **value} if options.get("copy_env", config.copy_env) else dict(value)
+                {**copied_env(os.environ), **value}
+                if options.get("copy_env", config.copy_env)
+                else dict(value)
             )
             env.setdefault("PATH", DEFAULT_PATH)
             changes[key] = env
@@ -389,7 +392,7 @@ async def add(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
 
 
 def _default_env(options: dict[str, Any]) -> dict[str, str]:
-    env = dict(os.environ) if options.get("copy_env") else {}
+    env = copied_env(os.environ) if options.get("copy_env") else {}
     env.setdefault("PATH", DEFAULT_PATH)
     return env
 
