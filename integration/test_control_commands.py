@@ -119,6 +119,27 @@ def test_options_lists_every_option_sorted(daemon):
     assert options["stop_signal"] == 15 and options["numprocesses"] == 2
 
 
+CIRCUSD_OPTIONS_OF_WEB = {
+    "args": "", "close_child_stderr": False, "close_child_stdin": True,
+    "close_child_stdout": False, "cmd": "/bin/sleep 1000", "copy_env": False, "env": {},
+    "executable": None, "gid": None, "graceful_timeout": 30.0, "max_age": 0,
+    "max_age_variance": 30, "max_retry": 5, "numprocesses": 2, "on_demand": False,
+    "priority": 0, "respawn": True, "send_hup": False, "shell": False, "shell_args": None,
+    "singleton": False, "stderr_stream_conf": {}, "stdout_stream_conf": {},
+    "stop_children": False, "stop_signal": 15, "uid": None, "use_sockets": False,
+    "warmup_delay": 0,
+}  # fmt: skip
+"""circusd 0.19's reply to ``options`` on [watcher:web] of TWO, but ``__name__`` (a Circus
+defect) and ``working_dir`` (its cwd)."""
+
+
+def test_options_of_a_plain_watcher_are_circusds(daemon):
+    options = daemon(TWO).call("options", name="web")["options"]
+    del options["working_dir"]
+    assert options == CIRCUSD_OPTIONS_OF_WEB
+    assert type(options["warmup_delay"]) is int
+
+
 def test_get_answers_the_requested_keys_only(daemon):
     d = daemon(TWO)
     reply = d.call("get", name="web", keys=["numprocesses", "env", "stop_signal"])

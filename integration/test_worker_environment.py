@@ -156,3 +156,4 @@ copy_env = true
     env = environ(worker)
     assert env["CHAPITEAU_TEST_MARK"] == "kept"
     assert not {"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"} & set(env)
+    assert "CHAPITEAU_BROKER_FD" not in env

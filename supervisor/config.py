@@ -12,7 +12,8 @@ Where Circus has a defect, this module does the right thing instead:
 * ``$VAR`` is expanded only in values written in [env] / [env:...] sections,
   never in values inherited through ``copy_env`` (§8.2 j, issue #1189);
 * a child whose environment has no PATH gets ``PATH=/usr/local/bin:/usr/bin:/bin``
-  instead of an empty environment (§8.2 s);
+  instead of an empty environment (§8.2 s), added at spawn (`worker_env`) so that
+  ``options`` shows the environment as Circus computes it;
 * ``uid``/``gid`` 0 or ``root`` mean root, not "unset" (§8.2 x): they are
   resolved to numbers here and ``None`` is the only "unset";
 * the multicast responder is off unless ``multicast_endpoint`` is set (§8.2 r);
@@ -46,6 +47,7 @@ from chapiteau.protocol.ini import (
     read_ini,
 )
 from chapiteau.protocol.signals import SignalError, parse_signal
+from chapiteau.supervisor.broker_client import BROKER_FD_VARIABLE
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_PUBSUB_ENDPOINT = "tcp://127.0.0.1:5556"
@@ -85,10 +87,12 @@ __all__ = [
 
 SOCKET_PROTOCOLS = frozenset({"circus", "systemd"})
 
-PROCESS_OWN_VARIABLES = frozenset({"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"})
-"""systemd's messages to the one process they were given to: ``copy_env`` never copies
-them (a worker would notify systemd, or take fds it does not have); the systemd socket
-protocol sets a worker's own LISTEN_* variables."""
+PROCESS_OWN_VARIABLES = frozenset(
+    {"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", BROKER_FD_VARIABLE}
+)
+"""Messages to the one process they were given to (systemd's, the broker's to the
+supervisor): ``copy_env`` never copies them, or a worker would notify systemd or look
+for fds it does not have. The systemd socket protocol sets a worker's own LISTEN_*."""
 
 CURVE_SECRET_KEY = "endpoint_curve_secretkey"
 CURVE_CLIENTS = "endpoint_curve_clients"
@@ -116,7 +120,7 @@ class CircusOptions:
     stats_endpoint: str = DEFAULT_STATS_ENDPOINT
     statsd: bool = False
     check_delay: float = 5.0
-    warmup_delay: float = 0.0
+    warmup_delay: float = 0
     umask: int | None = None
     httpd: bool = False
     httpd_host: str = "localhost"
@@ -150,7 +154,7 @@ class WatcherConfig:
     gid: int | None = None
     """The user's primary group when ``uid`` is set and ``gid`` is not."""
     numprocesses: int = 1
-    warmup_delay: float = 0.0
+    warmup_delay: float = 0
     singleton: bool = False
     send_hup: bool = False
     stop_signal: int = 15
@@ -444,7 +448,7 @@ def _circus_options(section: Section, warnings: list[str]) -> CircusOptions:
     if multicast is not None:
         _check_multicast(section, multicast)
     check_delay = section.get_float("check_delay", 5.0)
-    warmup_delay = section.get_float("warmup_delay", 0.0)
+    warmup_delay = _whole_or_real(section, "warmup_delay")
     _check_not_negative(section, "warmup_delay", warmup_delay)
     return CircusOptions(
         endpoint=section.get_str("endpoint", DEFAULT_ENDPOINT) or DEFAULT_ENDPOINT,
@@ -455,7 +459,7 @@ def _circus_options(section: Section, warnings: list[str]) -> CircusOptions:
         stats_endpoint=stats_endpoint or DEFAULT_STATS_ENDPOINT,
         statsd=statsd,
         check_delay=check_delay if check_delay is not None else 5.0,
-        warmup_delay=warmup_delay or 0.0,
+        warmup_delay=warmup_delay,
         umask=section.get_octal("umask", None),
         httpd=False,
         httpd_host=section.get_str("httpd_host", "localhost") or "localhost",
@@ -554,7 +558,7 @@ def _watcher(
     if max_retry is not None and max_retry < -1:
         raise section.error("max_retry", f"{max_retry} is not a retry count; use -1 for no limit")
     graceful_timeout = section.get_float("graceful_timeout", 30.0)
-    warmup_delay = section.get_float("warmup_delay", 0.0)
+    warmup_delay = _whole_or_real(section, "warmup_delay")
     max_age = section.get_int("max_age", 0)
     max_age_variance = section.get_int("max_age_variance", 30)
     for key, number in (
@@ -570,8 +574,6 @@ def _watcher(
         env["PYTHONPATH"] = os.pathsep.join(sys.path)
     if virtualenv is not None:
         _apply_virtualenv(section, env, virtualenv, section.get_str("virtualenv_py_ver"))
-    if not copy_env:
-        env.setdefault("PATH", DEFAULT_PATH)
 
     return WatcherConfig(
         name=name,
@@ -584,7 +586,7 @@ def _watcher(
         uid=uid,
         gid=gid,
         numprocesses=numprocesses if numprocesses is not None else 1,
-        warmup_delay=warmup_delay or 0.0,
+        warmup_delay=warmup_delay,
         singleton=singleton,
         send_hup=section.get_bool("send_hup", False),
         stop_signal=_signal(section, "stop_signal", 15),
@@ -655,6 +657,11 @@ def _watcher_env(section: Section, name: str, context: _Context, copy_env: bool)
             lambda match: context.environ.get(match.group(1), ""), value
         ).strip()
     return env
+
+
+def worker_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment a worker of ``env`` starts with: DEFAULT_PATH if it has no PATH."""
+    return {"PATH": DEFAULT_PATH, **env} if "PATH" not in env else dict(env)
 
 
 def copied_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -855,6 +862,13 @@ def _apply_virtualenv(
     env["PYTHONPATH"] = os.pathsep.join(python_path)
     bin_dir = os.path.join(virtualenv, "bin")
     env["PATH"] = os.pathsep.join([bin_dir, env["PATH"]]) if env.get("PATH") else bin_dir
+
+
+def _whole_or_real(section: Section, key: str) -> float:
+    """A number of seconds that Circus parses as an int: an int when it is whole, so that
+    ``options`` shows ``0`` as circusd does; fractions still work."""
+    number = section.get_float(key, 0) or 0
+    return int(number) if float(number).is_integer() else number
 
 
 def _check_not_negative(section: Section, key: str, value: float | None) -> None:

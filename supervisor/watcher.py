@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 
 from chapiteau.supervisor.child_exit import ChildWatcher
-from chapiteau.supervisor.config import Flapping, WatcherConfig
+from chapiteau.supervisor.config import Flapping, WatcherConfig, worker_env
 from chapiteau.supervisor.crash_rounds import CrashRounds, backoff
 from chapiteau.supervisor.events import Events
 from chapiteau.supervisor.hooks import Hooks
@@ -422,7 +422,7 @@ class Watcher:
         try:
             spec = SpawnSpec(
                 argv=tuple(format_args(config, wid, plan.numbers)),
-                env=config.env,
+                env=worker_env(config.env),
                 executable=config.executable,
                 working_dir=config.working_dir,
                 uid=config.uid,

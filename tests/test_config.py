@@ -20,6 +20,7 @@ from chapiteau.supervisor.config import (
     Flapping,
     WatcherConfig,
     load_config,
+    worker_env,
 )
 
 FIXTURES = Path(__file__).parent / "config"
@@ -110,7 +111,6 @@ def test_watcher_defaults_are_circus_defaults() -> None:
     assert worker == WatcherConfig(
         name="worker",
         cmd="/usr/bin/sleep 60",
-        env={"PATH": DEFAULT_PATH},
         options={"cmd": "/usr/bin/sleep 60"},
     )
     assert (worker.numprocesses, worker.graceful_timeout, worker.stop_signal) == (1, 30.0, 15)
@@ -412,7 +412,10 @@ def test_no_name_variable_in_any_environment() -> None:
 
 
 def test_child_without_configured_env_gets_a_default_path(tmp_path: Path) -> None:
-    assert watcher(tmp_path, "").env == {"PATH": DEFAULT_PATH}
+    env = watcher(tmp_path, "").env
+    assert env == {}  # as Circus computes it, which `options` shows
+    assert worker_env(env) == {"PATH": DEFAULT_PATH}
+    assert worker_env({"PATH": "/bin"}) == {"PATH": "/bin"}
 
 
 def test_copy_env_keeps_the_inherited_path(tmp_path: Path) -> None:
