@@ -458,11 +458,7 @@ class Watcher:
             self.runtime.redirector.add(stdout[0], pid, "stdout", self.stdout_stream)
         if stderr and self.stderr_stream:
             self.runtime.redirector.add(stderr[0], pid, "stderr", self.stderr_stream)
-        if config.max_age > 0:
-            lifetime = config.max_age + random.randint(0, max(0, config.max_age_variance))
-            process.max_age_timer = self.runtime.loop.call_later(
-                lifetime, lambda: self.runtime.loop.create_task(self._expire(process))
-            )
+        self._arm_max_age(process)
         self._log.info("process_spawned", pid=pid, wid=wid)
         self._publish("spawn", {"process_pid": pid, "time": process.started})
         return process
@@ -534,8 +530,22 @@ class Watcher:
                 await self._kill(process)
                 await self._spawn_one()
                 return
-            await self._spawn_one()
+            try:
+                await self._try_spawn()
+            except NotStarted as exc:
+                # Without its replacement the old process serves on, and expires again later.
+                self._log.error("max_age_replacement_failed", pid=process.pid, error=str(exc))
+                process.stopping = False
+                self._arm_max_age(process)
+                return
             await self._kill(process)
+
+    def _arm_max_age(self, process: Process) -> None:
+        if self.config.max_age > 0:
+            lifetime = self.config.max_age + random.randint(0, max(0, self.config.max_age_variance))
+            process.max_age_timer = self.runtime.loop.call_later(
+                lifetime, lambda: self.runtime.loop.create_task(self._expire(process))
+            )
 
     async def _kill(
         self, process: Process, signum: int | None = None, timeout: float | None = None

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -190,3 +191,21 @@ def test_crash_backoff_grows_per_round_whatever_the_number_of_processes() -> Non
 
     assert one == ["spawn", 0.1, "spawn", 0.2, "spawn", 0.4]
     assert eight == one
+
+
+def test_max_age_whose_replacement_cannot_start_keeps_the_old_process() -> None:
+    async def test() -> None:
+        expiring = config("sleep 1000", 2, max_age=1, max_age_variance=0)
+        async with running(expiring) as (watcher, recorder):
+            old = sorted(watcher.processes)
+            watcher.config = replace(expiring, cmd="/nonexistent/program")
+
+            def failures() -> int:
+                return sum(t.endswith(".spawn_failed") for t, _ in recorder.events)
+
+            await recorder.wait_for(lambda: failures() >= 2)
+
+            assert sorted(watcher.processes) == old
+            assert pids_alive(old)
+
+    run(test)
