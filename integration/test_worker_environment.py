@@ -117,6 +117,8 @@ GREETING = hello
 """)
     [worker] = tree.worker_pids("w", 1)
     supervisor_env = environ(tree.supervisor_pid())
+    # The broker's channel to the supervisor is the supervisor's alone.
+    del supervisor_env["CHAPITEAU_BROKER_FD"]
     assert environ(worker) == {**supervisor_env, "GREETING": "hello"}
 
 
