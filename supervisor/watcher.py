@@ -62,7 +62,8 @@ class NotStarted(Exception):
 
 
 class HookRefused(NotStarted):
-    """``before_spawn`` or ``after_spawn`` returned false: the watcher stops."""
+    """``before_spawn`` or ``after_spawn`` returned false (a start or respawn then stops
+    the watcher; a reload keeps the old processes)."""
 
 
 @dataclass
@@ -131,13 +132,16 @@ class Watcher:
         An old process stops only once its replacement runs. If a new process
         cannot start, the new ones stop, the old ones keep serving and
         `ReloadError` says why. ``spawned`` gets its result once the new
-        processes run, before the old ones are stopped.
+        processes run, before the old ones are stopped (with ``sequential``,
+        once the first one runs; for a start or a restart, at once).
         """
         if not graceful:
+            _resolve(spawned)
             return await self.restart()
         async with self.lock:
             old = list(self.processes.values())
             if self.state == STOPPED:
+                _resolve(spawned)
                 await self._start()
             elif self.config.send_hup:
                 for process in old:
@@ -147,11 +151,11 @@ class Watcher:
             elif sequential or self.config.singleton:
                 for process in old:
                     await self._replace(process, len(old))
+                    _resolve(spawned)
                     await self._warmup()
             else:
                 await self._spawn_replacements(self.config.numprocesses, len(old))
-                if spawned is not None:
-                    spawned.set_result(None)
+                _resolve(spawned)
                 await asyncio.gather(*(self._kill(process) for process in old))
             self._publish("reload")
             old_pids = {process.pid for process in old}
@@ -187,8 +191,13 @@ class Watcher:
         try:
             await self._try_spawn()
         except NotStarted as exc:
-            self._respawn_after(backoff(self.spawn_failures))
-            raise self._reload_failed(exc, 0) from None
+            delay = backoff(self.spawn_failures)
+            self._respawn_after(delay)
+            self._log.error("reload_failed", error=str(exc), retry_in=delay)
+            raise ReloadError(
+                f"a new process cannot start ({exc}); a singleton's old process stops first, "
+                f"so it is started again in {delay} s"
+            ) from None
 
     def _reload_failed(self, reason: NotStarted, serving: int) -> ReloadError:
         self._log.error("reload_failed", error=str(reason), serving=serving)
@@ -642,6 +651,11 @@ async def _tree_gone(process: Process, tree: ProcessTree, deadline: float) -> bo
     # What the worker left behind (re-parented to us) got the signal with it.
     tree.refresh()
     return await tree.wait_members(max(0.0, deadline - loop.time()))
+
+
+def _resolve(spawned: asyncio.Future[Any] | None) -> None:
+    if spawned is not None and not spawned.done():
+        spawned.set_result(None)
 
 
 def _close_streams(streams: Iterable[Any]) -> None:

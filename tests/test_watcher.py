@@ -209,3 +209,19 @@ def test_max_age_whose_replacement_cannot_start_keeps_the_old_process() -> None:
             assert pids_alive(old)
 
     run(test)
+
+
+def test_set_of_a_singleton_command_that_cannot_start_restarts_the_previous_one() -> None:
+    async def test() -> None:
+        before = config("sleep 1000", 1, singleton=True)
+        async with running(before) as (watcher, _):
+            [old] = watcher.processes
+
+            with pytest.raises(ReloadError, match=r"singleton.*previous settings"):
+                await watcher.configure(replace(before, cmd="/nonexistent/program"), reload=True)
+
+            assert watcher.config == before
+            [new] = watcher.processes
+            assert new != old and watcher.state == "active"
+
+    run(test)
