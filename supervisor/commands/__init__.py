@@ -91,6 +91,8 @@ def _in_background(name: str, deferred: Deferred) -> None:
     async def run() -> None:
         try:
             await deferred.work
+        except CommandError as exc:  # the client's mistake, answered when it was `started`
+            log.warning("command_failed", command=name, error=exc.reason)
         except Exception as exc:  # nobody waits for this reply: the log is the only place
             log.error("command_failed", command=name, error=str(exc), exc_info=True)
 
