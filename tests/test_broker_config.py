@@ -186,7 +186,7 @@ def test_broker_defaults_without_a_broker_section(tmp_path):
 def test_unknown_broker_key_is_refused_with_the_accepted_keys(tmp_path):
     message = error_of(tmp_path, "[broker]\nusr = nobody\n")
     assert message.startswith(f"{tmp_path / 'circus.ini'}:broker:usr: unknown option")
-    assert "orphan_timeout, socket_path, supervisor_command, user" in message
+    assert "runtime_directory, runtime_directory_mode, socket_path, supervisor_command" in message
 
 
 def test_default_section_keys_are_tolerated_in_broker_and_socket_sections(tmp_path):
