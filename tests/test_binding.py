@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import stat
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from chapiteau.broker.binding import (
     BindError,
@@ -23,6 +27,7 @@ from tests.specs import USER
 from tests.specs import socket_spec as spec
 
 TCP_LISTEN = "0A"
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
 
 
 def unix(path: Path, **changes: object) -> SocketSpec:
@@ -262,6 +267,45 @@ def test_close_keeps_a_socket_file_that_replaced_it(tmp_path, opened):
     second = keep(opened, bind_master(unix(path, replace=True), USER))
     first.close()
     assert second.path is not None and os.lstat(path).st_ino == second.path.inode
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """``chattr +i path`` for the duration: even root cannot unlink inside it."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0" * 4))[0]
+        try:
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", flags | FS_IMMUTABLE_FL))
+        except OSError as exc:
+            pytest.skip(f"cannot make {path} immutable here: {exc.strerror}")
+        try:
+            yield
+        finally:
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", flags))
+    finally:
+        os.close(fd)
+
+
+def test_close_survives_a_socket_file_it_cannot_remove(tmp_path):
+    path = tmp_path / "web.sock"
+    bound = bind_master(unix(path), USER)
+    with immutable(tmp_path), structlog.testing.capture_logs() as logs:
+        bound.close()
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    assert [e["event"] for e in logs] == ["socket_file_not_removed"]
+    assert logs[0]["path"] == str(path) and logs[0]["error"] == "Operation not permitted"
+
+
+def test_reload_removing_a_socket_whose_file_cannot_be_removed_goes_on(tmp_path):
+    path = tmp_path / "gone.sock"
+    table = bind_all([unix(path, name="gone"), spec(name="kept")], USER)
+    try:
+        with immutable(tmp_path):
+            result = apply_reload(table, {"kept": spec(name="kept")}, USER)
+        assert result.removed == ("gone",) and list(table) == ["kept"]
+    finally:
+        close_all(table.values())
 
 
 def test_reuseport_master_is_bound_but_not_listening(opened):
