@@ -18,6 +18,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,13 +123,15 @@ def running(tree: Chapiteau, event: str = "supervisor_ready") -> bool:
     return True
 
 
-def refusal(tree: Chapiteau) -> str:
-    """The one start-up error line of a chapiteau that must exit 1 by itself."""
+def outcome(tree: Chapiteau) -> tuple[int | None, str]:
+    """Exit status of a chapiteau that should exit by itself (None: still running), its error."""
     assert tree.process is not None
-    assert tree.process.wait(DEFAULT_TIMEOUT) == 1
+    try:
+        status = tree.process.wait(DEFAULT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        status = None
     lines = [line for line in tree.log_path.read_text().splitlines() if "chapiteau: " in line]
-    assert len(lines) == 1, tree.log_path.read_text()
-    return lines[0]
+    return status, "\n".join(lines)
 
 
 def writable_by_nobody(directory: Path) -> str:
@@ -164,8 +167,9 @@ def test_log_output_through_a_planted_link_is_refused(chapiteau, theirs, secret)
     log = theirs / "chapiteau.log"
     plant(log, secret)
     tree = chapiteau("[broker]\nuser = nobody\n", "--log-output", str(log))
-    assert f"log output: {log}: {writable_by_nobody(theirs)}" in refusal(tree)
+    status, error = outcome(tree)
     assert_untouched(secret)
+    assert status == 1 and f"log output: {log}: {writable_by_nobody(theirs)}" in error
 
 
 def test_pidfile_temporary_names_planted_as_links_are_refused(chapiteau, theirs, secret):
@@ -174,8 +178,9 @@ def test_pidfile_temporary_names_planted_as_links_are_refused(chapiteau, theirs,
     run_as_nobody(PLANT_LINKS, str(pidfile), str(secret), str(last), str(last + 3000))
     tree = chapiteau("[broker]\nuser = nobody\n", "--pidfile", str(pidfile))
     assert last < tree.pid < last + 3000
-    assert f"pid file: {pidfile}: {writable_by_nobody(theirs)}" in refusal(tree)
+    status, error = outcome(tree)
     assert_untouched(secret)
+    assert status == 1 and f"pid file: {pidfile}: {writable_by_nobody(theirs)}" in error
 
 
 def test_socket_mode_change_on_reload_cannot_be_swapped_onto_a_root_file(
@@ -186,12 +191,14 @@ def test_socket_mode_change_on_reload_cannot_be_swapped_onto_a_root_file(
     if running(tree):
         plant(theirs / "decoy", secret)
         attack(attackers, EXCHANGE, str(path), str(theirs / "decoy"), str(ATTACK_SECONDS))
-        for old, new in [("umask = 077", "umask = 000"), ("umask = 000", "umask = 077")] * 15:
-            reload_config(tree, old, new)
-            if stat.S_IMODE(os.stat(secret).st_mode) != 0o600:
-                break
+        deadline = time.monotonic() + ATTACK_SECONDS
+        umasks = ["077", "000"]
+        while time.monotonic() < deadline and stat.S_IMODE(os.stat(secret).st_mode) == 0o600:
+            reload_config(tree, f"umask = {umasks[0]}", f"umask = {umasks[1]}")
+            umasks.reverse()
+    status, error = outcome(tree)
     assert_untouched(secret)
-    assert f"cannot bind {path}: {writable_by_nobody(theirs)}" in refusal(tree)
+    assert status == 1 and f"cannot bind {path}: {writable_by_nobody(theirs)}" in error
 
 
 def test_unix_socket_through_a_planted_directory_link_is_refused(chapiteau, workdir, theirs):
@@ -199,27 +206,10 @@ def test_unix_socket_through_a_planted_directory_link_is_refused(chapiteau, work
     root_only.mkdir(mode=0o700)
     plant(theirs / "sub", root_only)
     tree = chapiteau(unix_config(theirs / "sub" / "app.sock"))
-    line = refusal(tree)
-    assert f"the directory {theirs} is writable by the service user 'nobody'" in line
-    assert "who could swap 'sub' for a link" in line
+    status, error = outcome(tree)
     assert list(root_only.iterdir()) == []
-
-
-def test_connect_mode_socket_chown_cannot_be_swapped_onto_a_root_file(
-    chapiteau, theirs, secret, attackers
-):
-    path = theirs / "broker.sock"
-    plant(theirs / "decoy", secret)
-    attack(attackers, EXCHANGE, str(path), str(theirs / "decoy"), str(ATTACK_SECONDS))
-    for _ in range(10):
-        tree = chapiteau(connect_config(path))
-        if not running(tree, "broker_listening"):
-            break
-        tree.stop()
-        if os.stat(secret).st_gid != 0:
-            break
-    assert_untouched(secret)
-    assert f"[broker] socket_path = {path}: cannot bind {path}: " in refusal(tree)
+    assert status == 1 and writable_by_nobody(theirs) in error
+    assert "who could swap 'sub' for a link" in error
 
 
 def test_stop_cannot_be_made_to_delete_a_root_file(chapiteau, workdir, theirs):
@@ -230,8 +220,9 @@ def test_stop_cannot_be_made_to_delete_a_root_file(chapiteau, workdir, theirs):
     if running(tree, "broker_listening"):
         run_as_nobody(SWAP_FOR_LINK, str(theirs / "run"), str(root_only))
         tree.stop()
+    status, error = outcome(tree)
     assert (root_only / "broker.sock").read_text() == SECRET
-    assert writable_by_nobody(theirs) in refusal(tree)
+    assert status == 1 and writable_by_nobody(theirs) in error
 
 
 SPARE = """
