@@ -188,7 +188,7 @@ def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec
         raise section.error("orphan_timeout", "must be a number of seconds >= 0")
     runtime_directory = section.get_str("runtime_directory") or None
     if runtime_directory is not None and (
-        not os.path.isabs(runtime_directory) or os.path.normpath(runtime_directory) == "/"
+        not os.path.isabs(runtime_directory) or not runtime_directory.strip("/")
     ):
         raise section.error(
             "runtime_directory", f"{runtime_directory!r} must be an absolute path below /"

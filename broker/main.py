@@ -200,13 +200,16 @@ def _path_problems(config: BrokerConfig, user: ServiceUser, args: argparse.Names
         for spec in config.sockets.values()
         if spec.path
     ]
-    places = {
-        "[broker] runtime_directory": config.runtime_directory,
-        "pid file": args.pidfile or config.pidfile,
-        "log output": args.log_output or config.logoutput,
-    }
+    # Where the start acts: the pidfile's and the directory's own names, the log file's target.
+    places = [
+        ("[broker] runtime_directory", config.runtime_directory, False),
+        ("pid file", args.pidfile or config.pidfile, False),
+        ("log output", args.log_output or config.logoutput, True),
+    ]
     checks += [
-        (where, partial(_check_parent, path, user)) for where, path in places.items() if path
+        (where, partial(_check_parent, path, user, follow))
+        for where, path, follow in places
+        if path
     ]
     problems = []
     for where, check in checks:
@@ -227,8 +230,9 @@ def _check_listener_path(config: BrokerConfig, user: ServiceUser) -> None:
         _check_parent(directory, user)
 
 
-def _check_parent(path: str, user: ServiceUser) -> None:
-    open_parent(path, user).close()
+def _check_parent(path: str, user: ServiceUser, follow: bool = False) -> None:
+    directory, _ = open_parent(path, user, follow=follow)
+    directory.close()
 
 
 def _redirect_output(path: str, user: ServiceUser) -> TextIO:
