@@ -106,8 +106,6 @@ def main(argv: list[str] | None = None) -> int:
             check_trusted_file(path, user)
         if config.socket_path is None:
             check_access(user, supervisor_files(config))
-        if args.pidfile:
-            check_pidfile(args.pidfile, user)
         if args.log_output:
             console = _redirect_output(args.log_output, user)
         # Only now: whether to colour depends on where stderr ends up.
@@ -120,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if config.runtime_directory:
             make_runtime_directory(config, user)
+        if args.pidfile:
+            check_pidfile(args.pidfile, user)
         sockets = bind_all(config.sockets.values(), user)
         if config.socket_path:
             listener, listener_file = listen_for_supervisors(config.socket_path, user)
