@@ -12,34 +12,28 @@ file left by them does not block the next start.
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import socket
 import stat
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from integration.harness import DEFAULT_TIMEOUT, Chapiteau, kill_tree
+from integration.harness import DEFAULT_TIMEOUT, Chapiteau
 from integration.zmq_clients import Control
+from tests.nobody import (
+    SECRET,
+    assert_untouched,
+    directory_of_nobody,
+    exchanging,
+    plant,
+    root_secret,
+    run_as_nobody,
+)
 
-NOBODY = pwd.getpwnam("nobody")
-SECRET = "root only\n"
 ATTACK_SECONDS = 20.0
-
-EXCHANGE = """
-import ctypes, sys, time
-renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-AT_FDCWD, RENAME_EXCHANGE = -100, 2
-first, second = sys.argv[1].encode(), sys.argv[2].encode()
-deadline = time.monotonic() + float(sys.argv[3])
-while time.monotonic() < deadline:
-    renameat2(AT_FDCWD, first, AT_FDCWD, second, RENAME_EXCHANGE)
-"""
 PLANT_LINKS = """
 import os, sys
 prefix, target, first, last = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -54,63 +48,15 @@ os.symlink(target, directory)
 """
 
 
-def as_nobody(code: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        user=NOBODY.pw_uid,
-        group=NOBODY.pw_gid,
-        extra_groups=[],
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-@pytest.fixture
-def attackers() -> Iterator[list[subprocess.Popen]]:
-    """The service user's processes of a test; each is killed (by pid) at the end."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        kill_tree([process.pid])
-        process.wait(5)
-
-
-def attack(attackers: list[subprocess.Popen], code: str, *args: str) -> subprocess.Popen:
-    attackers.append(as_nobody(code, *args))
-    return attackers[-1]
-
-
-def run_as_nobody(code: str, *args: str) -> None:
-    process = as_nobody(code, *args)
-    assert process.wait(DEFAULT_TIMEOUT) == 0
-
-
 @pytest.fixture
 def theirs(workdir: Path) -> Path:
     """A directory the service user owns, inside the root-owned work directory."""
-    path = workdir / "theirs"
-    path.mkdir(mode=0o755)
-    os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
-    return path
+    return directory_of_nobody(workdir / "theirs")
 
 
 @pytest.fixture
 def secret(workdir: Path) -> Path:
-    """A root file that the service user must never get changed: 0600 root:root."""
-    path = workdir / "secret"
-    path.write_text(SECRET)
-    path.chmod(0o600)
-    return path
-
-
-def assert_untouched(secret: Path) -> None:
-    st = os.stat(secret)
-    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
-    assert secret.read_text() == SECRET
-
-
-def plant(link: Path, target: Path) -> None:
-    run_as_nobody("import os, sys; os.symlink(sys.argv[1], sys.argv[2])", str(target), str(link))
+    return root_secret(workdir / "secret")
 
 
 def running(tree: Chapiteau, event: str = "supervisor_ready") -> bool:
@@ -183,19 +129,16 @@ def test_pidfile_temporary_names_planted_as_links_are_refused(chapiteau, theirs,
     assert status == 1 and f"pid file: {pidfile}: {writable_by_nobody(theirs)}" in error
 
 
-def test_socket_mode_change_on_reload_cannot_be_swapped_onto_a_root_file(
-    chapiteau, theirs, secret, attackers
-):
+def test_socket_mode_change_on_reload_cannot_be_swapped_onto_a_root_file(chapiteau, theirs, secret):
     path = theirs / "app.sock"
     tree = chapiteau(unix_config(path))
     if running(tree):
         plant(theirs / "decoy", secret)
-        attack(attackers, EXCHANGE, str(path), str(theirs / "decoy"), str(ATTACK_SECONDS))
-        deadline = time.monotonic() + ATTACK_SECONDS
         umasks = ["077", "000"]
-        while time.monotonic() < deadline and stat.S_IMODE(os.stat(secret).st_mode) == 0o600:
-            reload_config(tree, f"umask = {umasks[0]}", f"umask = {umasks[1]}")
-            umasks.reverse()
+        with exchanging(path, theirs / "decoy", ATTACK_SECONDS) as deadline:
+            while time.monotonic() < deadline and stat.S_IMODE(os.stat(secret).st_mode) == 0o600:
+                reload_config(tree, f"umask = {umasks[0]}", f"umask = {umasks[1]}")
+                umasks.reverse()
     status, error = outcome(tree)
     assert_untouched(secret)
     assert status == 1 and f"cannot bind {path}: {writable_by_nobody(theirs)}" in error

@@ -8,36 +8,27 @@ which needs root; the tests are skipped otherwise.
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from chapiteau.broker.main import main
+from tests.nobody import NOBODY, directory_of_nobody, reachable_directory
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="gives directories to nobody: root")
-
-NOBODY = pwd.getpwnam("nobody")
 
 
 @pytest.fixture
 def base() -> Iterator[Path]:
     """A root directory the service user can reach (so that the supervisor check passes)."""
-    path = Path(tempfile.mkdtemp(prefix="chapiteau-check-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with reachable_directory("chapiteau-check-") as path:
+        yield path
 
 
 @pytest.fixture
 def theirs(base: Path) -> Path:
-    path = base / "theirs"
-    path.mkdir(mode=0o755)
-    os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
-    return path
+    return directory_of_nobody(base / "theirs")
 
 
 def check(base: Path, text: str, *args: str) -> int:
