@@ -206,14 +206,15 @@ def _bind_inet(sock: socket.socket, spec: SocketSpec, address: tuple) -> None:
 
 
 def bind_unix(
-    sock: socket.socket, path: str, user: ServiceUser, umask: int, replace: bool
+    sock: socket.socket, path: str, user: ServiceUser, umask: int, replace: bool | None
 ) -> Entry:
     """Bind ``sock`` to ``path`` inside its verified directory; the file is then an Entry.
 
     An existing socket file is removed first when nothing answers on it (a
     stale file of a previous run) or when ``replace`` says to take the path
-    over; anything else there is a BindError. The mode comes from ``umask`` at
-    bind time. BindError for everything the operator must fix.
+    over (None: the path has no such option, as ``[broker] socket_path``);
+    anything else there is a BindError. The mode comes from ``umask`` at bind
+    time. BindError for everything the operator must fix.
     """
     where = f"cannot bind {path}"
     try:
@@ -226,9 +227,10 @@ def bind_unix(
         existing = _existing_socket(directory, name, sock.type, where)
         if existing is not None:
             if existing[1] and not replace:
+                hint = "" if replace is None else ", or set replace = true to take the path over"
                 raise BindError(
-                    f"{where}: something is listening there (another chapiteau?); stop it first, "
-                    f"or set replace = true to take the path over"
+                    f"{where}: something is listening there (another chapiteau?); "
+                    f"stop it first{hint}"
                 )
             Entry.of(directory, name, existing[0]).remove()
         previous = os.umask(umask)

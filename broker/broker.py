@@ -356,7 +356,7 @@ def listen_for_supervisors(path: str, user: ServiceUser) -> tuple[socket.socket,
     entry = None
     try:
         make_directory(os.path.dirname(path), user, 0o750, owner, user.gid)
-        entry = bind_unix(listener, path, user, 0o117, replace=False)
+        entry = bind_unix(listener, path, user, 0o117, replace=None)
         entry.change(gid=user.gid)
         listener.listen(MAX_PEERS)
     except (BindError, UnsafePathError) as exc:

@@ -77,8 +77,11 @@ class Directory:
             return None
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        """Close the fd once (a second call must not close an fd number reused since)."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
 
     def __enter__(self) -> Directory:
         return self
@@ -119,7 +122,7 @@ class Entry:
     def change(self, mode: int | None = None, uid: int = -1, gid: int = -1) -> None:
         """chmod and/or chown the inode itself, never what its name points at.
 
-        OSError(ESTALE) when the name is no longer this inode.
+        FileNotFoundError when the name is no longer this inode.
         """
         fd = os.open(self.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.directory.fd)
         try:
@@ -160,27 +163,6 @@ def open_parent(path: str, user: ServiceUser, *, follow: bool = False) -> tuple[
         directory.close()
         raise
     return directory, name
-
-
-def open_directory(path: str, user: ServiceUser) -> Directory:
-    """Open the directory ``path`` itself, verified as ``open_parent`` verifies a parent."""
-    parent, name = open_parent(path, user, follow=True)
-    with parent:
-        if name == "":
-            return Directory(os.dup(parent.fd), parent.path)
-        fd = _open_directory_entry(parent, name)
-    directory = Directory(fd, os.path.join(parent.path, name))
-    try:
-        why = _writable_by(os.fstat(fd), fd, user) if guarded(user) else None
-        if why:
-            raise UnsafePathError(
-                f"{path}: the directory {directory.path} is writable by the service user "
-                f"{user.name!r} ({why}); use a directory only root can write"
-            )
-    except BaseException:
-        directory.close()
-        raise
-    return directory
 
 
 def open_for_append(path: str, user: ServiceUser, mode: int = 0o640) -> int:

@@ -23,7 +23,6 @@ from chapiteau.broker.safe_paths import (
     check_trusted_file,
     directories_in_use,
     make_directory,
-    open_directory,
     open_for_append,
     open_parent,
     read_small_file,
@@ -168,14 +167,6 @@ def test_a_file_in_the_middle_is_not_a_directory(base):
 def test_a_relative_path_is_refused():
     with pytest.raises(UnsafePathError, match="must be an absolute path"):
         open_parent("run/web.sock", USER)
-
-
-def test_open_directory_checks_the_directory_itself(base):
-    mine = directory(base / "mine", 0o755, USER.uid)
-    with pytest.raises(UnsafePathError, match="is writable by the service user"):
-        open_directory(str(mine), USER)
-    with open_directory(str(base), USER) as opened:
-        assert os.path.samestat(os.fstat(opened.fd), os.stat(base))
 
 
 def test_append_creates_a_private_file_and_appends(base):
