@@ -27,9 +27,10 @@ operator's documentation is docs/security.md, "Root and the filesystem"):
 
 "Writable by the service user" means: the user owns it, or its group bits
 allow writing and the group is one of the user's (or the directory has a POSIX
-ACL, whose mask is those bits), or anyone may write it. The checks apply when
-the broker runs as root for another user; a broker that runs as its service
-user has no more rights to abuse, so it only keeps the fd discipline.
+ACL, whose mask is those bits), or anyone may write it. The checks apply
+whenever the broker runs as another user than its service user (root, as a
+rule); a broker that runs as its service user has no more rights to abuse, so
+it only keeps the fd discipline.
 """
 
 from __future__ import annotations
@@ -138,8 +139,8 @@ class Entry:
 
 
 def guarded(user: ServiceUser) -> bool:
-    """Whether the rules apply: the broker is root and the service user is not."""
-    return os.geteuid() == 0 and user.uid != 0
+    """Whether the rules apply: the broker is not the service user (it has rights to abuse)."""
+    return os.geteuid() != user.uid
 
 
 def open_parent(path: str, user: ServiceUser, *, follow: bool = False) -> tuple[Directory, str]:
@@ -297,7 +298,9 @@ def directories_in_use(
 def _walk(path: str, user: ServiceUser, follow: bool) -> tuple[Directory, str]:
     """Resolve every name of ``path`` but the last; with ``follow``, links at the last too."""
     if not os.path.isabs(path):
-        raise UnsafePathError(f"{path}: must be an absolute path")
+        # Relative to the directory chapiteau was started in, as open() would; not
+        # normalised, so that ".." after a link means what it means to the kernel.
+        path = os.path.join(os.getcwd(), path)
     stack = [Directory(os.open("/", DIRECTORY_FLAGS), "/")]
     pending = _names(path)
     links = 0
