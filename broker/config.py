@@ -51,7 +51,18 @@ SOCKET_KEYS = frozenset(
         "so_reuseport",
     }
 )
-BROKER_KEYS = frozenset({"user", "group", "supervisor_command", "socket_path", "orphan_timeout"})
+BROKER_KEYS = frozenset(
+    {
+        "user",
+        "group",
+        "supervisor_command",
+        "socket_path",
+        "orphan_timeout",
+        "runtime_directory",
+        "runtime_directory_mode",
+    }
+)
+DEFAULT_RUNTIME_DIRECTORY_MODE = 0o750
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,9 @@ class BrokerConfig:
     """``[circus] pidfile``, used when the command line gives none."""
     loggerconfig: str | None = None
     """``[circus] loggerconfig``: not applied (chapiteau logs with structlog); warned about."""
+    runtime_directory: str | None = None
+    """``[broker] runtime_directory``: made by the broker for the service user (ipc endpoints)."""
+    runtime_directory_mode: int = DEFAULT_RUNTIME_DIRECTORY_MODE
 
 
 def load_broker_config(path: str, environ: Mapping[str, str] | None = None) -> BrokerConfig:
@@ -172,6 +186,16 @@ def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec
     orphan_timeout = section.get_float("orphan_timeout", 30.0)
     if orphan_timeout is None or orphan_timeout < 0:
         raise section.error("orphan_timeout", "must be a number of seconds >= 0")
+    runtime_directory = section.get_str("runtime_directory") or None
+    if runtime_directory is not None and (
+        not os.path.isabs(runtime_directory) or not runtime_directory.strip("/")
+    ):
+        raise section.error(
+            "runtime_directory", f"{runtime_directory!r} must be an absolute path below /"
+        )
+    runtime_mode = section.get_octal("runtime_directory_mode", DEFAULT_RUNTIME_DIRECTORY_MODE)
+    if runtime_mode is None or runtime_mode > 0o777:
+        raise section.error("runtime_directory_mode", "must be an octal mode between 000 and 777")
     return BrokerConfig(
         path=ini.path,
         user=section.get_str("user") or None,
@@ -180,6 +204,8 @@ def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec
         socket_path=socket_path,
         orphan_timeout=orphan_timeout,
         sockets=sockets,
+        runtime_directory=runtime_directory,
+        runtime_directory_mode=runtime_mode,
         files=tuple(ini.files),
     )
 
