@@ -11,7 +11,7 @@ class PidfileError(Exception):
 
 
 def check_pidfile(path: str) -> None:
-    """Refuse a pidfile that names another live process (Circus §5.1).
+    """Refuse a pidfile that names another live process (circusd does too).
 
     Called before daemonizing too, so that the command an operator typed fails
     with status 1 instead of a detached child failing where nobody sees it.
