@@ -25,12 +25,15 @@ INSTALLED = Path(sysconfig.get_paths()["purelib"]).resolve() / "chapiteau"
 
 
 def source_modules() -> list[str]:
-    """The dotted name of every module in the checkout's source folders."""
-    return sorted(
-        ".".join(("chapiteau", *path.relative_to(CHECKOUT).with_suffix("").parts))
-        for folder in FOLDERS
-        for path in (CHECKOUT / folder).rglob("*.py")
-    )
+    """The dotted name of every module and package in the checkout's source folders."""
+    names = []
+    for folder in FOLDERS:
+        for path in (CHECKOUT / folder).rglob("*.py"):
+            parts = path.relative_to(CHECKOUT).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            names.append(".".join(("chapiteau", *parts)))
+    return sorted(names)
 
 
 def test_chapiteau_is_the_installed_package_not_the_checkout() -> None:
