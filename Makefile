@@ -56,11 +56,13 @@ $(BIN)/chapiteau: pyproject.toml setup.py | system-packages
 # The wheel that Debian's pip builds from this checkout, installed (not editable) into a
 # fresh virtualenv made with that same pip, with the extras in EXTRAS (e.g. [test]).
 # build/ goes first: setuptools would pack into the wheel what a previous build left there.
+# --use-pep517: python-prctl has no pyproject.toml, and pip 23.0 builds such a package with
+# the deprecated `setup.py install` (and says so) unless told.
 wheel-venv: | system-packages
 	rm -rf build dist $(WHEEL_VENV)
 	umask 022 && $(PYTHON) -m venv $(WHEEL_VENV)
 	umask 022 && $(WHEEL_VENV)/bin/pip wheel -q --no-deps --wheel-dir dist .
-	umask 022 && $(WHEEL_VENV)/bin/pip install -q "$$(echo dist/chapiteau-*.whl)$(EXTRAS)"
+	umask 022 && $(WHEEL_VENV)/bin/pip install -q --use-pep517 "$$(echo dist/chapiteau-*.whl)$(EXTRAS)"
 
 example: wheel-venv
 	@port=8000; [ "$$(id -u)" = 0 ] && port=80; \
