@@ -150,7 +150,7 @@ def load_broker_config(path: str, environ: Mapping[str, str] | None = None) -> B
 
 
 def _with_circus_logging(config: BrokerConfig, circus: Section) -> BrokerConfig:
-    """circusd's own [circus] keys for logging and the pidfile (CIRCUS.md §1.3)."""
+    """circusd's own [circus] keys for logging and the pidfile."""
     level = (circus.get_str("loglevel") or "").strip().lower() or None
     if level is not None and level not in LOG_LEVELS:
         raise circus.error("loglevel", f"{level!r} is not one of {', '.join(LOG_LEVELS)}")

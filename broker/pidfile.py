@@ -27,7 +27,7 @@ class PidfileError(Exception):
 
 
 def check_pidfile(path: str, user: ServiceUser) -> None:
-    """Refuse a pidfile that names another live process (Circus §5.1), or an unsafe path.
+    """Refuse a pidfile that names another live process (circusd does too), or an unsafe path.
 
     Called before daemonizing too, so that the command an operator typed fails
     with status 1 instead of a detached child failing where nobody sees it.

@@ -1,6 +1,6 @@
 """A start-up mistake stops chapiteau at once: one line on stderr, non-zero exit, nothing left.
 
-Circus logs such errors and exits 0 (CIRCUS.md §8.2 w); an init system must
+Circus logs such errors and exits 0; an init system must
 see the failure, and nothing may stay half-started: no supervisor, no worker,
 no bound socket.
 """
