@@ -9,6 +9,7 @@ bound, with a message naming the file, section and key.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import socket
 from collections.abc import Mapping, Set
@@ -51,7 +52,10 @@ SOCKET_KEYS = frozenset(
         "so_reuseport",
     }
 )
-BROKER_KEYS = frozenset({"user", "group", "supervisor_command", "socket_path", "orphan_timeout"})
+BROKER_KEYS = frozenset(
+    {"user", "group", "supervisor_command", "supervisor_env", "socket_path", "orphan_timeout"}
+)
+VARIABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?\Z")
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class BrokerConfig:
     """``[circus] pidfile``, used when the command line gives none."""
     loggerconfig: str | None = None
     """``[circus] loggerconfig``: not applied (chapiteau logs with structlog); warned about."""
+    supervisor_env: tuple[str, ...] = ()
+    """``[broker] supervisor_env``: more variables (NAME or PREFIX*) the supervisor inherits."""
 
 
 def load_broker_config(path: str, environ: Mapping[str, str] | None = None) -> BrokerConfig:
@@ -181,7 +187,20 @@ def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec
         orphan_timeout=orphan_timeout,
         sockets=sockets,
         files=tuple(ini.files),
+        supervisor_env=_variable_names(section),
     )
+
+
+def _variable_names(section: Section) -> tuple[str, ...]:
+    """``[broker] supervisor_env``: environment variable names, or prefixes ending in ``*``."""
+    names = tuple((section.get_str("supervisor_env") or "").split())
+    for name in names:
+        if not VARIABLE_PATTERN.match(name):
+            raise section.error(
+                "supervisor_env",
+                f"{name!r} is not a variable name: write NAME or PREFIX* separated by spaces",
+            )
+    return names
 
 
 def parse_socket(section: Section, defaults: Set[str] = frozenset()) -> SocketSpec:

@@ -4,7 +4,9 @@ The order is the trust model: everything that can fail for a reason the
 operator must fix (config, user, file access, binding) happens first, in the
 foreground, with a one-line error and a non-zero exit, before anything is
 started. Only then does the broker daemonize (if asked), drop its privileges
-and start the supervisor as the service user.
+and start the supervisor as the service user. Start-up ends when that
+supervisor is ready: until then the caller's stderr (or, with ``--daemon``,
+the foreground process) waits to hear whether the service runs.
 """
 
 from __future__ import annotations
@@ -36,11 +38,17 @@ from chapiteau.broker.privileges import (
     supervisor_files,
 )
 from chapiteau.broker.socket_table import bind_all, close_all
+from chapiteau.broker.startup import StartupReport, daemonize
+from chapiteau.broker.supervisor_process import NEVER_PASSED
 from chapiteau.protocol.channel import reserve_standard_fds
 from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
 
 VERSION = "0.1.0"
 log = structlog.get_logger("chapiteau.broker")
+DAEMON_NEEDS_LOG_OUTPUT = (
+    "--daemon needs --log-output FILE (or [circus] logoutput = FILE): a daemon has no "
+    "stderr to log to; under systemd, run chapiteau in the foreground (logs go to the journal)"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,16 +76,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     reserve_standard_fds()
+    # They were given to this process (e.g. by systemd): no child may take them for its own.
+    for name in NEVER_PASSED:
+        os.environ.pop(name, None)
     args = parse_args(argv)
     # Start-up errors go to the caller's stderr even once logs go to --log-output.
     console = sys.stderr
     sockets: dict[str, BoundSocket] = {}
+    report: StartupReport | None = None
     try:
         config = load_broker_config(args.config)
         # The command line wins over [circus], as with circusd.
         args.log_level = args.log_level or config.loglevel or "info"
         args.log_output = args.log_output or config.logoutput
         args.pidfile = args.pidfile or config.pidfile
+        if args.daemon and not args.log_output:
+            raise ConfigError(DAEMON_NEEDS_LOG_OUTPUT)
         user = resolve_service_user(config.user, config.group)
         if config.socket_path is None:
             check_access(user, supervisor_files(config))
@@ -86,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.log_output:
             console = _redirect_output(args.log_output)
         # Only now: whether to colour depends on where stderr ends up.
-        configure_logging(args.log_level, args.log_format)
+        log_sink = configure_logging(args.log_level, args.log_format)
         if config.loggerconfig:
             log.warning(
                 "loggerconfig_ignored",
@@ -96,27 +110,31 @@ def main(argv: list[str] | None = None) -> int:
         sockets = bind_all(config.sockets.values())
         listener = listen_for_supervisors(config.socket_path, user) if config.socket_path else None
         if args.daemon:
-            _daemonize(keep_output=bool(args.log_output))
+            report = daemonize(console)
         if args.pidfile:
             write_pidfile(args.pidfile)
     except (ConfigError, PrivilegeError, BindError, PidfileError, OSError) as exc:
         close_all(sockets.values())
-        print(f"chapiteau: {exc}", file=console)
+        if report is None:
+            print(f"chapiteau: {exc}", file=console)
+        else:
+            report.failed(1, str(exc))
         return 1
-    if console is not sys.stderr:
-        console.close()
+    if report is None:
+        # Without --log-output the log is the caller's stderr: it tells everything.
+        report = StartupReport(None if console is sys.stderr else console)
     if running_as_root():
         drop_privileges(needed_capabilities(config))
     options = ["--log-level", args.log_level, "--log-format", args.log_format]
     try:
-        return Broker(config, sockets, user, options, listener).run()
+        return Broker(config, sockets, user, options, listener, report, log_sink).run()
     finally:
         if args.pidfile:
             remove_pidfile(args.pidfile)
 
 
 def _redirect_output(path: str) -> TextIO:
-    """Point fds 1 and 2 at ``path`` (the supervisor and workers inherit them).
+    """Point fds 1 and 2 at ``path`` (the broker's log; the supervisor's output is relayed there).
 
     Returns the previous stderr, for the start-up error an operator must see.
     """
@@ -126,22 +144,3 @@ def _redirect_output(path: str) -> TextIO:
     os.dup2(fd, 2)
     os.close(fd)
     return console
-
-
-def _daemonize(keep_output: bool) -> None:
-    """Double fork, new session, stdio on /dev/null unless redirected to a log file.
-
-    Output goes to /dev/null even when it is a pipe, not only a terminal: a
-    daemon that kept its caller's pipe open would make the caller wait forever.
-    """
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    if not keep_output:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-    os.close(null)

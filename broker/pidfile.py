@@ -11,7 +11,7 @@ class PidfileError(Exception):
 
 
 def check_pidfile(path: str) -> None:
-    """Refuse a pidfile that names another live process (Circus §5.1).
+    """Refuse a pidfile that names another live process, as circusd does.
 
     Called before daemonizing too, so that the command an operator typed fails
     with status 1 instead of a detached child failing where nobody sees it.
@@ -22,9 +22,16 @@ def check_pidfile(path: str) -> None:
     except (FileNotFoundError, ValueError):
         other = 0
     if other and other != os.getpid() and _alive(other):
+        command = _command_line(other)
+        if command is None or _is_chapiteau(command):
+            raise PidfileError(
+                f"chapiteau is already running with pid {other} (pid file {path}): "
+                f"stop it first (kill {other})"
+            )
         raise PidfileError(
-            f"pid file {path!r} is stale, current pid {other}: stop that process first "
-            f"or remove the file if it is not chapiteau"
+            f"pid file {path} names pid {other}, which is running but is not chapiteau "
+            f"({' '.join(command)[:80]}): remove the file if it is left over, or choose "
+            f"another --pidfile"
         )
 
 
@@ -56,3 +63,20 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _command_line(pid: int) -> list[str] | None:
+    """The command line of ``pid``, or None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            words = cmdline.read().split(b"\0")
+    except OSError:
+        return None
+    return [os.fsdecode(word) for word in words if word] or None
+
+
+def _is_chapiteau(command: list[str]) -> bool:
+    """True for ``chapiteau ...`` and ``python -m chapiteau.broker ...``."""
+    return any(
+        os.path.basename(word) == "chapiteau" or word == "chapiteau.broker" for word in command[:3]
+    )
