@@ -39,12 +39,13 @@ from chapiteau.broker.privileges import (
 )
 from chapiteau.broker.socket_table import bind_all, close_all
 from chapiteau.broker.startup import StartupReport, daemonize
-from chapiteau.broker.supervisor_process import NEVER_PASSED
 from chapiteau.protocol.channel import reserve_standard_fds
 from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
 
 VERSION = "0.1.0"
 log = structlog.get_logger("chapiteau.broker")
+SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+"""Given to the broker by systemd (or a test): they belong to this process, never to a child."""
 DAEMON_NEEDS_LOG_OUTPUT = (
     "--daemon needs --log-output FILE (or [circus] logoutput = FILE): a daemon has no "
     "stderr to log to; under systemd, run chapiteau in the foreground (logs go to the journal)"
@@ -76,8 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     reserve_standard_fds()
-    # They were given to this process (e.g. by systemd): no child may take them for its own.
-    for name in NEVER_PASSED:
+    for name in SYSTEMD_VARIABLES:
         os.environ.pop(name, None)
     args = parse_args(argv)
     # Start-up errors go to the caller's stderr even once logs go to --log-output.

@@ -30,7 +30,7 @@ def check_pidfile(path: str) -> None:
             )
         raise PidfileError(
             f"pid file {path} names pid {other}, which is running but is not chapiteau "
-            f"({' '.join(command)[:80]}): remove the file if it is left over, or choose "
+            f"({' '.join(command[:2])}): remove the file if it is left over, or choose "
             f"another --pidfile"
         )
 

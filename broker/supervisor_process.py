@@ -23,8 +23,6 @@ BROKER_FD_VARIABLE = "CHAPITEAU_BROKER_FD"
 PASSED_VARIABLES = ("PATH", "LANG", "LC_*", "TZ", "PYTHONPATH")
 """Copied from the broker's environment: where programs are, the locale, the time zone,
 and the import path the supervisor (the same Python program as the broker) needs."""
-NEVER_PASSED = frozenset({"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"})
-"""systemd's variables belong to the process they were given to, whatever the allow-list."""
 EX_CONFIG = 78
 """The supervisor's exit status when it refuses the configuration (sysexits.h)."""
 
@@ -56,14 +54,14 @@ def supervisor_environment(
     PASSED_VARIABLES and the ``passed`` names or ``PREFIX*`` patterns
     (``[broker] supervisor_env``) are copied; HOME, USER, LOGNAME and SHELL
     describe the service user; CHAPITEAU_BROKER_FD names the channel. Nothing
-    else of root's environment (secrets, systemd's NOTIFY_SOCKET and LISTEN_*)
-    reaches the supervisor, nor its ``copy_env`` workers.
+    else of root's environment (secrets, for one) reaches the supervisor, nor
+    its ``copy_env`` workers.
     """
     patterns = (*PASSED_VARIABLES, *passed)
     env = {
         name: value
         for name, value in base.items()
-        if name not in NEVER_PASSED and any(_matches(name, pattern) for pattern in patterns)
+        if any(_matches(name, pattern) for pattern in patterns)
     }
     env[BROKER_FD_VARIABLE] = str(channel_fd)
     try:
