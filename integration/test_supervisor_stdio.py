@@ -19,13 +19,13 @@ FLOOD = """\
 import fcntl, os, sys, time
 flags = fcntl.fcntl(2, fcntl.F_GETFL)
 fcntl.fcntl(2, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-line = b"flood " * 200 + b"\\n"
 written = 0
-while written < 4 * 2**20:
-    try:
-        written += os.write(2, line)
-    except BlockingIOError:
-        break
+for chunk in (b"flood " * 200 + b"\\n", b"."):  # lines, then fill the last bytes
+    while written < 4 * 2**20:
+        try:
+            written += os.write(2, chunk)
+        except BlockingIOError:
+            break
 open(sys.argv[1], "w").close()
 time.sleep(1000)
 """
