@@ -207,6 +207,8 @@ class Broker:
 
     def _relay(self, relay: OutputRelay, drain: bool = False) -> None:
         """Relay what ``relay``'s pipe holds; forget the pipe once every writer closed it."""
+        if relay not in self.relays:
+            return  # closed earlier in the same batch of events (its supervisor exited)
         if relay.drain() if drain else relay.read():
             return
         self.selector.unregister(relay.fd)

@@ -1,8 +1,9 @@
 """The supervisor writes into pipes the broker reads, never into the broker's own stdout/stderr.
 
-A hostile supervisor (``[broker] supervisor_command``) that makes its stderr
-non-blocking and floods it must not make the broker's log writes fail: the
-broker keeps serving and stops on SIGTERM. With ``--log-output`` the
+A hostile supervisor (``[broker] supervisor_command``) that fills its stderr
+(made non-blocking for that, then blocking again) and makes the broker log
+must neither make the broker's log writes fail nor block them: the broker
+keeps serving and stops on SIGTERM. With ``--log-output`` the
 supervisor holds no fd of the root-opened log file; its lines reach the file
 through the broker.
 """
@@ -16,22 +17,29 @@ from chapiteau.supervisor.process_tree import descendants
 from integration.harness import DEFAULT_TIMEOUT, kill_tree, open_fds, wait_until
 
 FLOOD = """\
-import fcntl, os, sys, time
+import fcntl, os, socket, sys, time
 flags = fcntl.fcntl(2, fcntl.F_GETFL)
 fcntl.fcntl(2, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-written = 0
-for chunk in (b"flood " * 200 + b"\\n", b"."):  # lines, then fill the last bytes
-    while written < 4 * 2**20:
+# Lines, then single bytes to fill the last page; bounded, for a pipe someone reads.
+for chunk, most in ((b"flood " * 200 + b"\\n", 4 * 2**20), (b".", 8192)):
+    written = 0
+    while written < most:
         try:
             written += os.write(2, chunk)
         except BlockingIOError:
             break
+# Blocking again: whoever else writes to this pipe now waits until someone reads.
+fcntl.fcntl(2, fcntl.F_SETFL, flags)
+# Junk frames make the broker log a warning each.
+channel = socket.socket(fileno=int(os.environ["CHAPITEAU_BROKER_FD"]))
+for _ in range(100):
+    channel.send(b"junk")
 open(sys.argv[1], "w").close()
 time.sleep(1000)
 """
 
 
-def test_supervisor_flooding_a_non_blocking_stderr_leaves_the_broker_running(workdir):
+def test_supervisor_filling_the_stderr_pipe_neither_stops_nor_stalls_the_broker(workdir):
     flags = workdir / "flags"
     flags.mkdir()
     flags.chmod(0o777)
