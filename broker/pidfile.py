@@ -23,15 +23,19 @@ def check_pidfile(path: str) -> None:
         other = 0
     if other and other != os.getpid() and _alive(other):
         command = _command_line(other)
-        if command is None or _is_chapiteau(command):
+        if command is not None and _is_chapiteau(command):
             raise PidfileError(
                 f"chapiteau is already running with pid {other} (pid file {path}): "
                 f"stop it first (kill {other})"
             )
+        if command is None:
+            raise PidfileError(
+                f"pid file {path} names pid {other}, which is running (its command line cannot "
+                f"be read): stop it, or remove the file if it is not chapiteau"
+            )
         raise PidfileError(
-            f"pid file {path} names pid {other}, which is running but is not chapiteau "
-            f"({' '.join(command[:2])}): remove the file if it is left over, or choose "
-            f"another --pidfile"
+            f"pid file {path} names pid {other}, a running {' '.join(command[:2])!r}, not "
+            f"chapiteau: remove the file if it is left over, or choose another --pidfile"
         )
 
 

@@ -137,7 +137,7 @@ def test_pidfile_naming_a_live_process_that_is_not_chapiteau_is_refused(daemon):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert f"names pid {os.getpid()}, which is running but is not chapiteau" in lines[0]
+    assert f"names pid {os.getpid()}, a running " in lines[0] and ", not chapiteau: " in lines[0]
     assert pidfile.read_text() == f"{os.getpid()}\n"
     assert tree_of(path) == []
 
