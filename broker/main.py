@@ -69,7 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--log-output", help="append all logs (broker, supervisor, workers) to this file"
     )
-    parser.add_argument("--daemon", action="store_true", help="detach and run in the background")
+    parser.add_argument(
+        "--daemon",
+        action="store_true",
+        help="detach and run in the background (needs --log-output); returns once the "
+        "service runs, or with the error",
+    )
     parser.add_argument("--pidfile", help="write the broker's pid here (signal this process)")
     parser.add_argument("--version", action="version", version=f"chapiteau {VERSION}")
     return parser.parse_args(argv)
