@@ -219,12 +219,12 @@ class Broker:
 
     def _supervisor_ready(self, peer: Peer) -> None:
         """The supervisor we started says it serves: start-up is over."""
-        if self.supervisor_channel is None or self.peers.get(self.supervisor_channel) is not peer:
+        if self.supervisor is None or self.peers.get(self.supervisor_channel) is not peer:
             return
         if not self.supervisor_was_ready:
-            log.info("service_ready", supervisor=self.supervisor.pid if self.supervisor else None)
-        self.supervisor_was_ready = True
-        self.startup.ready()
+            self.supervisor_was_ready = True
+            log.info("service_ready", supervisor=self.supervisor.pid)
+            self.startup.ready()
 
     def _start_up_failed(self, status: int, message: str) -> None:
         """The first supervisor never became ready: stop with ``status``, say why."""
@@ -394,7 +394,7 @@ class Broker:
             self.selector.unregister(relay.fd)
             relay.close()
         if not self.startup.done:
-            self.startup.failed(self.exit_status or 0, "stopped before the supervisor was ready")
+            self.startup.failed(self.exit_status or 1, "stopped before the supervisor was ready")
         for conn in list(self.peers):
             self._drop_peer(conn)
         if self.listener is not None:

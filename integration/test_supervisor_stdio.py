@@ -30,10 +30,12 @@ for chunk, most in ((b"flood " * 200 + b"\\n", 4 * 2**20), (b".", 8192)):
             break
 # Blocking again: whoever else writes to this pipe now waits until someone reads.
 fcntl.fcntl(2, fcntl.F_SETFL, flags)
-# Junk frames make the broker log a warning each.
+# Junk frames make the broker log a warning each (and answer: nothing stays unread).
 channel = socket.socket(fileno=int(os.environ["CHAPITEAU_BROKER_FD"]))
 for _ in range(100):
     channel.send(b"junk")
+    channel.recv(65536)
+channel.close()
 open(sys.argv[1], "w").close()
 time.sleep(1000)
 """
