@@ -9,6 +9,11 @@ supervisor's workers become the broker's children. They get their stop signal
 (SIGTERM to each process group) at once and SIGKILL after ``orphan_timeout``,
 while a new supervisor starts after a capped exponential backoff and receives
 the very same listening sockets, which the kernel kept queueing meanwhile.
+Until a supervisor has said ``ready`` once, though, its death is a failed
+start-up: the broker reports it (`StartupReport`) and stops.
+
+The supervisor's stdout and stderr are pipes that the loop reads too
+(`OutputRelay`), copying each line to the broker's own output (`LogSink`).
 """
 
 from __future__ import annotations
