@@ -221,7 +221,7 @@ def test_ipc_endpoint_in_a_directory_the_service_user_cannot_write_says_how_to_f
         f"chapiteau-supervisor: {key} {endpoints[key]}: the service user nobody cannot create "
         f"files in {root_only}, where the socket file goes; use a directory that nobody may "
         "write (for example one it owns: mkdir -p DIR && chown nobody DIR), or put the "
-        "endpoint under a directory the broker prepares for it ([broker] runtime_directory = "
+        "endpoint under the directory the broker prepares for it ([broker] runtime_directory = "
         "/run/circus)"
     )
 
