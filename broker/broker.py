@@ -94,12 +94,23 @@ class Broker:
         else:
             self._start_supervisor()
         while self.exit_status is None:
-            for key, _ in self.selector.select(self._timeout()):
-                callback: Callable[[], None] = key.data
-                callback()
+            self._dispatch(self.selector.select(self._timeout()))
             self._run_timers()
         self._close()
         return self.exit_status
+
+    def _dispatch(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        """Run the callback of each ready fd that is still registered.
+
+        An earlier callback of the same batch may have dropped a peer (the
+        supervisor's exit drops its channel while a child it forked still
+        writes to it), and a peer accepted meanwhile may even have its fd
+        number: only a key that is still the registered one is acted on.
+        """
+        for key, _ in events:
+            if self.selector.get_map().get(key.fd) is key:
+                callback: Callable[[], None] = key.data
+                callback()
 
     def _timeout(self) -> float | None:
         deadlines = [t for t in (self.restart_at, self.kill_orphans_at) if t is not None]
@@ -284,12 +295,21 @@ class Broker:
     def _serve(self, conn: socket.socket) -> None:
         peer = self.peers[conn]
         try:
+            self._answer(conn, peer)
+        except Exception:
+            # Last resort: a bug in handling one peer's frame costs that peer its
+            # connection, never the root broker and every listening socket with it.
+            log.exception("peer_handling_failed", peer=peer.name)
+            self._drop_peer(conn)
+
+    def _answer(self, conn: socket.socket, peer: Peer) -> None:
+        try:
             received = receive(conn)
         except BlockingIOError:
             return
         except ProtocolError as exc:
             log.warning("bad_frame", peer=peer.name, code=exc.code, reason=exc.reason)
-            self._reply(conn, 0, Reply(Error(exc.code, exc.reason)))
+            self._reply(conn, peer, 0, Reply(Error(exc.code, exc.reason)))
             return
         except OSError as exc:
             log.warning("peer_failed", peer=peer.name, error=str(exc))
@@ -298,13 +318,13 @@ class Broker:
         if received is None:
             self._drop_peer(conn)
             return
-        self._reply(conn, received.request_id, self.service.handle(peer, received))
+        self._reply(conn, peer, received.request_id, self.service.handle(peer, received))
 
-    def _reply(self, conn: socket.socket, request_id: int, reply: Reply) -> None:
+    def _reply(self, conn: socket.socket, peer: Peer, request_id: int, reply: Reply) -> None:
         try:
             send(conn, reply.message, request_id, reply.fds)
         except OSError as exc:
-            log.warning("reply_failed", peer=self.peers[conn].name, error=str(exc))
+            log.warning("reply_failed", peer=peer.name, error=str(exc))
             self._drop_peer(conn)
         finally:
             close_all(reply.close_after)
