@@ -38,7 +38,7 @@ from chapiteau.broker.supervisor_process import (
     supervisor_argv,
 )
 from chapiteau.protocol.broker_messages import Error, ProtocolError, Reloaded
-from chapiteau.protocol.channel import channel_pair, receive, send
+from chapiteau.protocol.channel import channel_pair, receive, refuse_fds, send
 from chapiteau.protocol.ini import ConfigError
 
 log = structlog.get_logger("chapiteau.broker")
@@ -386,6 +386,7 @@ def listen_for_supervisors(path: str, user: ServiceUser) -> socket.socket:
             )
         os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    refuse_fds(listener)
     previous = os.umask(0o117)
     try:
         listener.bind(path)
