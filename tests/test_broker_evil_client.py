@@ -9,6 +9,7 @@ did not hold before (counted in /proc/<pid>/fd).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -20,6 +21,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,10 +29,12 @@ from pathlib import Path
 
 import pytest
 
+from chapiteau.broker.broker import HELLO_DEADLINE, MAX_FDS_IN_FLIGHT, MAX_PEERS
 from chapiteau.protocol.broker_messages import (
     HEADER,
     MAX_FRAME_BYTES,
     MAX_NAME_BYTES,
+    MAX_NAMES_PER_REQUEST,
     PROTOCOL_VERSION,
     BindReuseport,
     Error,
@@ -574,6 +578,88 @@ def test_a_lingering_socket_sent_to_the_broker_does_not_stall_it(broker: Running
     assert (busy, outcome) == ("bad_message", refused_or("sent").encode())
     assert isinstance(listing.message, SocketList)
     assert status == 0
+
+
+# -- what one peer may hold ----------------------------------------------------------
+
+
+def waiting_bytes(sock: socket.socket) -> int:
+    """Bytes queued for ``sock`` to read (FIONREAD): the broker's reply arrived, unread."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4)))[0]
+
+
+ALL_THE_FDS = GetSockets(("web",) * MAX_NAMES_PER_REQUEST)
+
+
+def test_a_peer_that_leaves_its_replies_unread_gets_fds_for_one_request_only(
+    broker: RunningBroker,
+) -> None:
+    client = Client(broker.socket_path)
+    client.hello()
+    before = broker.fd_count()
+    for request_id in (1, 2, 3):
+        client.send_raw(encode(ALL_THE_FDS, request_id))
+    # A last request the broker logs: once it is logged, the three before are answered.
+    client.send_raw(encode(GetSockets(("nope",)), 4))
+    wait_for(
+        lambda: any(e.get("code") == "unknown_socket" for e in broker.log_events()),
+        "the last request answered",
+    )
+    replies = [client.reply() for _ in range(4)]
+    after = broker.fd_count()
+    client.close()
+    for reply in replies:
+        close_fds(reply.fds)
+    assert isinstance(replies[0].message, Sockets) and len(replies[0].fds) == 250
+    assert [(error_code(r), r.fds) for r in replies[1:3]] == [("fds_in_flight", ())] * 2
+    assert after == before
+    assert_serves(broker)
+
+
+def test_peers_together_hold_at_most_max_fds_in_flight_unread(broker: RunningBroker) -> None:
+    holders = [Client(broker.socket_path) for _ in range(MAX_FDS_IN_FLIGHT // 250)]
+    asker = Client(broker.socket_path)
+    for client in (*holders, asker):
+        client.hello()
+    for holder in holders:
+        holder.send_raw(encode(ALL_THE_FDS, 1))
+        wait_for(lambda holder=holder: waiting_bytes(holder.sock) > 0, "the reply, unread")
+    refused = asker.request(GetSockets(("web",)), 2)
+    close_fds(holders[0].reply().fds)
+    granted = asker.request(GetSockets(("web",)), 3)
+    close_fds(granted.fds)
+    for client in (*holders, asker):
+        client.close()
+    assert (error_code(refused), refused.fds) == ("fds_in_flight", ())
+    assert isinstance(granted.message, Sockets) and len(granted.fds) == 1
+    assert_serves(broker)
+
+
+def test_a_connection_that_never_says_hello_is_dropped(broker: RunningBroker) -> None:
+    silent = Client(broker.socket_path)
+    silent.sock.settimeout(HELLO_DEADLINE + TIMEOUT)
+    closed = silent.sock.recv(MAX_FRAME_BYTES)
+    silent.close()
+    assert closed == b""
+    assert any(e.get("event") == "peer_dropped" for e in broker.log_events())
+    assert_serves(broker)
+
+
+def test_connections_that_never_say_hello_do_not_lock_the_supervisor_out(
+    broker: RunningBroker,
+) -> None:
+    junk = [Client(broker.socket_path) for _ in range(MAX_PEERS)]
+    wait_for(
+        lambda: sum(e.get("event") == "peer_accepted" for e in broker.log_events()) == MAX_PEERS,
+        "every junk connection accepted",
+    )
+    supervisor = Client(broker.socket_path)
+    welcome = supervisor.hello()
+    supervisor.close()
+    for client in junk:
+        client.close()
+    assert welcome.broker_pid == broker.pid
+    assert_serves(broker)
 
 
 # -- volume ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import os
 import selectors
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +97,27 @@ def test_a_bug_while_serving_a_peer_drops_that_peer_not_the_broker(
     assert reply is not None and isinstance(reply.message, SocketList)
     for sock in (buggy_client, healthy_client):
         sock.close()
+
+
+def test_an_idle_broker_sleeps_with_no_timeout(broker: Broker) -> None:
+    greeted, greeted_client = channel_pair()
+    supervisor, supervisor_client = channel_pair()
+    broker._add_peer(greeted, "uid 0", time.monotonic() + 5)
+    broker.peers[greeted].greeted = True
+    broker._add_peer(supervisor, "supervisor")
+    assert broker._timeout() is None
+    for sock in (greeted_client, supervisor_client):
+        sock.close()
+
+
+def test_the_hello_deadline_sets_the_select_timeout_then_drops_the_silent_peer(
+    broker: Broker,
+) -> None:
+    silent, silent_client = channel_pair()
+    broker._add_peer(silent, "uid 0", time.monotonic() + 60)
+    timeout = broker._timeout()
+    assert timeout is not None and 0 < timeout <= 60
+    broker.peers[silent].hello_by = time.monotonic()
+    broker._run_timers()
+    assert broker.peers == {} and broker._timeout() is None
+    silent_client.close()
