@@ -96,11 +96,35 @@ class RunningBroker:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def log_events(self) -> list[dict]:
-        events = []
-        for line in self.log_path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                events.append(json.loads(line))
-        return events
+        return json_lines(self.log_path)
+
+
+def json_lines(path: Path) -> list[dict]:
+    """The JSON log lines of a file (other lines skipped)."""
+    events = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            events.append(json.loads(line))
+    return events
+
+
+def in_child(action: Callable[[], bytes]) -> bytes:
+    """Run ``action`` in a forked child and return what it returned (b"crashed" if it raised)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        outcome = b"crashed"
+        try:
+            outcome = action()
+        finally:
+            os.write(write_end, outcome)
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as result:
+        outcome = result.read()
+    os.waitpid(pid, 0)
+    return outcome
 
 
 class Client:
@@ -530,36 +554,27 @@ BUSY_FRAME = frame_of(b"[" + b"0," * (MAX_FRAME_BYTES // 2 - 4) + b"0]")
 
 
 def send_lingering_socket(client: Client, port: int) -> bytes:
-    """In a child: connect to ``port``, queue unsendable data, set SO_LINGER {1, 30}, attach
-    the socket to a frame for the broker, exit. BUSY_FRAME first keeps the broker parsing
-    while the child exits, whose own close never lingers (an exiting process does not):
-    the broker's copy is then the last one, and closing it would block for 30 s."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        outcome = b"crashed"
+    """Connect to ``port``, queue unsendable data, set SO_LINGER {1, 30}, attach the socket
+    to a frame for the broker; in a child that exits at once. BUSY_FRAME first keeps the
+    broker parsing while the child exits, whose own close never lingers (an exiting process
+    does not): the broker's copy is then the last one, and closing it would block 30 s."""
+
+    def send() -> bytes:
+        sender = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sender.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                sender.send(b"x" * 65536)
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 30))
+        client.send_raw(BUSY_FRAME)
         try:
-            sender = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-            sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            sender.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                while True:
-                    sender.send(b"x" * 65536)
-            sender.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 30))
-            client.send_raw(BUSY_FRAME)
-            try:
-                client.send_raw(encode(ListSockets(), 1), [sender.fileno()])
-                outcome = b"sent"
-            except PermissionError:
-                outcome = REFUSED.encode()
-        finally:
-            os.write(write_end, outcome)
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as result:
-        outcome = result.read()
-    os.waitpid(pid, 0)
-    return outcome
+            client.send_raw(encode(ListSockets(), 1), [sender.fileno()])
+        except PermissionError:
+            return REFUSED.encode()
+        return b"sent"
+
+    return in_child(send)
 
 
 def test_a_lingering_socket_sent_to_the_broker_does_not_stall_it(broker: RunningBroker) -> None:
@@ -736,20 +751,7 @@ def test_ten_thousand_bad_requests_leak_no_fd(broker: RunningBroker, spare_fds: 
 
 
 def test_peer_from_another_uid_is_closed_without_a_reply(broker: RunningBroker) -> None:
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        outcome = b"crashed"
-        try:
-            outcome = _intrude(broker.socket_path)
-        finally:
-            os.write(write_end, outcome)
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as result:
-        outcome = result.read()
-    os.waitpid(pid, 0)
+    outcome = in_child(lambda: _intrude(broker.socket_path))
     assert outcome in (b"closed", b"reset")
 
     def rejected() -> bool:

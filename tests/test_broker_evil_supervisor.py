@@ -8,8 +8,6 @@ whatever the script does, and still stop in order on SIGTERM.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 import signal
@@ -23,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from chapiteau.protocol.broker_messages import ListSockets, encode
+from tests.test_broker_evil_client import json_lines
 
 TIMEOUT = 30.0
 RACE_ATTEMPTS = 6
@@ -83,11 +82,7 @@ class HostileSupervisor:
             )
 
     def events(self) -> list[dict]:
-        events = []
-        for line in self.log_path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                events.append(json.loads(line))
-        return events
+        return json_lines(self.log_path)
 
     def wait_for(self, condition: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + TIMEOUT
