@@ -567,9 +567,11 @@ def send_lingering_socket(client: Client, port: int) -> bytes:
             while True:
                 sender.send(b"x" * 65536)
         sender.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 30))
+        # Detached: only the child's exit closes it here, and that close does not linger.
+        fd = sender.detach()
         client.send_raw(BUSY_FRAME)
         try:
-            client.send_raw(encode(ListSockets(), 1), [sender.fileno()])
+            client.send_raw(encode(ListSockets(), 1), [fd])
         except PermissionError:
             return REFUSED.encode()
         return b"sent"
