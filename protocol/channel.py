@@ -31,8 +31,11 @@ from chapiteau.protocol.broker_messages import (
     fd_count,
 )
 
-SO_PASSRIGHTS = getattr(socket, "SO_PASSRIGHTS", 83)
-"""Linux 6.16's socket option (83 outside alpha, parisc and sparc; Python 3.11 lacks the name)."""
+SO_PASSRIGHTS: int | None = getattr(
+    socket, "SO_PASSRIGHTS", None if os.uname().machine.startswith(("parisc", "sparc")) else 83
+)
+"""Linux 6.16's socket option: 83 (asm-generic), unknown here for parisc and sparc, whose
+socket options are numbered apart; Python 3.11 does not name it."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ def refuse_fds(sock: socket.socket) -> None:
     An older kernel lacks the option (ENOPROTOOPT): fds still arrive there,
     and are closed on receipt.
     """
+    if SO_PASSRIGHTS is None:
+        return
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_PASSRIGHTS, 0)
     except OSError as exc:
