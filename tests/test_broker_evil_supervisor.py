@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from chapiteau.protocol.broker_messages import ListSockets, encode
+from chapiteau.protocol.broker_messages import Hello, ListSockets, Ready, encode
 from tests.test_broker_evil_client import json_lines
 
 TIMEOUT = 30.0
@@ -32,6 +32,10 @@ import os, signal, socket, sys
 channel = socket.socket(fileno=int(os.environ["CHAPITEAU_BROKER_FD"]))
 frame = bytes.fromhex(sys.argv[1])
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+# Serving first (hello, ready), so that the broker restarts it when it exits.
+for greeting in sys.argv[2:]:
+    channel.send(bytes.fromhex(greeting))
+    channel.recv(4096)
 parent = os.getpid()
 ready, spinning = os.pipe()
 if os.fork() == 0:
@@ -118,7 +122,13 @@ def test_a_frame_sent_by_the_child_of_an_exited_supervisor_does_not_kill_the_bro
     """The race needs the right timing, which a run may or may not get;
     tests/test_broker_peers.py builds it every time, in-process."""
     assert os.geteuid() == 0, "the supervisor runs as nobody: run the tests as root"
-    broker = HostileSupervisor(directory, FORK_AND_SEND_AFTER_EXIT, encode(ListSockets(), 1).hex())
+    broker = HostileSupervisor(
+        directory,
+        FORK_AND_SEND_AFTER_EXIT,
+        encode(ListSockets(), 1).hex(),
+        encode(Hello(), 1).hex(),
+        encode(Ready(), 2).hex(),
+    )
     try:
         broker.wait_for(
             lambda: any(

@@ -50,6 +50,7 @@ def test_a_frame_from_a_supervisor_that_exited_in_the_same_batch_is_ignored(
 ) -> None:
     broker_end, supervisor_end = channel_pair()
     broker.supervisor = exited_child()
+    broker.supervisor_was_ready = True  # it had been serving: its death is restarted
     broker.supervisor_channel = broker_end
     broker._add_peer(broker_end, "supervisor")
     # The SIGCHLD wake-up and a frame the supervisor's own child sent just
