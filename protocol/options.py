@@ -121,7 +121,7 @@ def parse_hook(value: str | list[Any]) -> tuple[str, bool]:
     ``[path, flag]``; FLAG is a boolean word meaning "ignore a failure" (false if absent)."""
     if isinstance(value, str):
         path, _, flag = value.partition(",")
-        ignore = parse_bool(flag) if flag.strip() else False
+        ignore = parse_bool(flag.strip()) if flag.strip() else False
     elif (
         isinstance(value, list)
         and len(value) == 2
@@ -192,6 +192,12 @@ def parse_hook_list(text: str) -> dict[str, str]:
             raise OptionError(f"unknown hook {name!r}")
         hooks[name] = path
     return hooks
+
+
+def _hook_word(text: str) -> str:
+    """A hook word, checked as the daemon will and sent as it is."""
+    parse_hook(text)
+    return text
 
 
 def _stream_word(text: str) -> int | str:
@@ -335,7 +341,7 @@ SIGNAL = Kind("signal", parse_signal_word, _json_signal, parse_signal_word)
 ARGS = Kind("args", _same, _json_args, _same)
 ENV = Kind("env", parse_env, _json_env, parse_env, _env_text)
 HOOKS = Kind("hooks", parse_hook_list, _json_hooks, parse_hook_list)
-HOOK = Kind("hook", parse_hook, _json_hook, _same)
+HOOK = Kind("hook", parse_hook, _json_hook, _hook_word)
 RLIMIT = Kind("rlimit", parse_rlimit, _json_rlimit, parse_int)
 STREAM = Kind("stream", _json_object, _json_stream, _json_object)
 STREAM_KEY = Kind("stream option", _same, _json_stream_key, _stream_word)
@@ -484,7 +490,6 @@ WATCHER_OPTIONS: Mapping[str, Option] = _options(
             stream,
             STREAM,
             {},
-            True,
             reloads=True,
             owner_only=True,
             shown_as=f"{stream}_conf",

@@ -123,14 +123,15 @@ def resolve_user(value: int | str) -> tuple[int, int | None]:
     try:
         return user_ids(str(value))
     except UnknownIdentity as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandError(f"uid: {exc}") from None
 
 
 def resolve_group(value: int | str) -> int:
+    """gid of a group name or number, as a command property."""
     try:
         return group_id(str(value))
     except UnknownIdentity as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandError(f"gid: {exc}") from None
 
 
 def check_owner(arbiter: Arbiter, options: dict[str, Any], current: WatcherConfig | None) -> None:
