@@ -181,6 +181,12 @@ def parse_env(text: str) -> dict[str, str]:
     return env
 
 
+def _unknown_hook(name: str) -> str | None:
+    if name in HOOK_NAMES:
+        return None
+    return f"{name!r} is not a hook; use one of {', '.join(sorted(HOOK_NAMES))}"
+
+
 def parse_hook_list(text: str) -> dict[str, str]:
     """``HOOK:dotted.path[,HOOK2:path2]``: chapiteauctl's way to give ``hooks``."""
     hooks = {}
@@ -188,8 +194,9 @@ def parse_hook_list(text: str) -> dict[str, str]:
         name, sep, path = item.partition(":")
         if not sep or ":" in path:
             raise OptionError(f"{item!r} is not HOOK:dotted.path")
-        if name not in HOOK_NAMES:
-            raise OptionError(f"unknown hook {name!r}")
+        problem = _unknown_hook(name)
+        if problem is not None:
+            raise OptionError(problem)
         hooks[name] = path
     return hooks
 
@@ -243,8 +250,9 @@ def _json_env(value: Any) -> dict[str, str]:
 def _json_hooks(value: Any) -> dict[str, tuple[str, bool]]:
     if not isinstance(value, dict):
         raise OptionError(f"{value!r} isn't a valid hook dict")
-    for name in value:
-        _check_hook_name(name)
+    problem = next(filter(None, map(_unknown_hook, value)), None)
+    if problem is not None:
+        raise OptionError(problem)
     return {name: parse_hook(hook) for name, hook in value.items()}
 
 
@@ -370,17 +378,8 @@ def _resource_name(key: str) -> str | None:
     return f"{name.lower()!r} is not a resource limit (see setrlimit(2))"
 
 
-def _check_hook_name(name: str) -> None:
-    if name not in HOOK_NAMES:
-        raise OptionError(f"{name!r} is not a hook; use one of {', '.join(sorted(HOOK_NAMES))}")
-
-
 def _hook_name(key: str) -> str | None:
-    try:
-        _check_hook_name(key[len("hooks.") :])
-    except OptionError as exc:
-        return str(exc)
-    return None
+    return _unknown_hook(key[len("hooks.") :])
 
 
 @dataclass(frozen=True)

@@ -556,7 +556,7 @@ def _watcher(
     if values["virtualenv"] is not None:
         _apply_virtualenv(section, env, values["virtualenv"], values["virtualenv_py_ver"])
     values["uid"], values["gid"] = _user_and_group(section)
-    values["sockets"] = _socket_names(section, context)
+    values["sockets"] = _socket_names(section, values["sockets"], context)
     values["stdin_socket"] = _stdin_socket(section, context)
     _check_socket_protocol(section, values, context)
     values.update(
@@ -721,11 +721,11 @@ def _stdin_socket(section: Section, context: _Context) -> str | None:
     return name
 
 
-def _socket_names(section: Section, context: _Context) -> tuple[str, ...]:
+def _socket_names(
+    section: Section, declared: tuple[str, ...], context: _Context
+) -> tuple[str, ...]:
     """List the sockets a watcher uses: ``sockets``, references in the command, stdin_socket."""
-    found: list[tuple[str, str]] = []
-    declared = section.get_str("sockets", "") or ""
-    found.extend(("sockets", name.lower()) for name in re.split(r"[\s,]+", declared) if name)
+    found = [("sockets", name) for name in declared]
     for key in ("cmd", "args", "shell_args"):
         for match in SOCKET_REFERENCE.finditer(section.get_str(key, "") or ""):
             found.append((key, (match.group("dollar") or match.group("parens")).lower()))
