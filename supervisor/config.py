@@ -453,10 +453,9 @@ def _circus_options(section: Section, warnings: list[str]) -> CircusOptions:
     if multicast is not None:
         _check_multicast(section, multicast)
     check_delay = section.get_float("check_delay", 5.0)
+    warmup = WATCHER_OPTIONS["warmup_delay"]  # read and checked as a watcher's
     try:
-        warmup_delay = WATCHER_OPTIONS["warmup_delay"].parse_text(
-            section.get_str("warmup_delay", "0") or "0"
-        )
+        warmup_delay = warmup.parse_text(section.get_str("warmup_delay", "0") or "")
     except OptionError as exc:
         raise section.error("warmup_delay", str(exc)) from None
     return CircusOptions(
