@@ -3,24 +3,23 @@
 One `Command` per circusctl command: its usage line, its
 options, a builder turning the command-line words into the request's
 properties (raising ArgumentError for wrong ones) and a printer turning the
-reply into circusctl's output. ``set`` values are typed with the option type
-tables the daemon checks them against (`chapiteau.protocol.circus_messages`).
+reply into circusctl's output. ``set`` values are typed with the option table
+the daemon checks them against (`chapiteau.protocol.options`).
 Standard library only: the CLI must start fast.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chapiteau.protocol.circus_messages import (
-    BOOL_OPTIONS,
-    HOOK_NAMES,
-    INT_OPTIONS,
-    NUMBER_OPTIONS,
-    STRING_OPTIONS,
+from chapiteau.protocol.options import (
+    OptionError,
+    UnknownOption,
+    settable_option,
+    show,
+    watcher_option,
 )
 
 INFOLINE = (
@@ -145,11 +144,10 @@ def _show_dstats(reply: dict[str, Any]) -> str:
 
 def option_text(key: str, value: Any) -> str:
     """A value as circusctl prints it: env as ``K=V,K2=V2`` (sorted), None as empty."""
-    if key == "env":
-        if not value:
-            return ""
-        return ",".join(f"{k}={v}" for k, v in sorted(value.items()))
-    return "" if value is None else str(value)
+    try:
+        return watcher_option(key).kind.to_text(value)
+    except OptionError:  # a free-form key, or a [circus] one of globaloptions
+        return show(value)
 
 
 def _show_options(reply: dict[str, Any]) -> str:
@@ -502,80 +500,13 @@ COMMANDS: dict[str, Command] = {
 
 # -- set: option values typed as the daemon expects them -------------------------------------
 
-# uid, gid and args may also be numbers or lists on the wire; words are sent as strings.
-_STRING_KEYS = STRING_OPTIONS | {"uid", "gid", "args"}
-
 
 def convert_option(key: str, value: str) -> Any:
-    """``set``'s VALUE as the JSON type the daemon validates (circusctl's ``convert_option``)."""
+    """``set``'s VALUE as the JSON value the daemon takes (circusctl's ``convert_option``),
+    typed by the option table."""
     try:
-        if key in INT_OPTIONS or key.startswith("rlimit_"):
-            return int(value)
-        if key in NUMBER_OPTIONS:
-            return float(value)
-    except ValueError:
-        raise ArgumentError(f"{key} must be a number, not {value!r}") from None
-    if key in BOOL_OPTIONS:
-        return _bool(key, value)
-    if key in _STRING_KEYS:
-        return value
-    if key == "stop_signal":
-        from chapiteau.protocol.signals import SignalError, parse_signal
-
-        try:
-            return parse_signal(value)
-        except SignalError as exc:
-            raise ArgumentError(str(exc)) from None
-    if key == "env":
-        return parse_env(value)
-    if key.startswith(("stdout_stream.", "stderr_stream.")):
-        if key.split(".", 1)[1] in ("max_bytes", "backup_count"):
-            return _int(value, key)
-        return value
-    if key == "hooks":
-        return _parse_hooks(value)
-    if key.startswith("hooks."):
-        if key.split(".", 1)[1] not in HOOK_NAMES:
-            raise ArgumentError(f"unknown hook {key.split('.', 1)[1]!r}")
-        return value
-    raise ArgumentError(f"unknown key {key!r}")
-
-
-def _bool(key: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("yes", "true", "on", "1"):
-        return True
-    if lowered in ("no", "false", "off", "0"):
-        return False
-    raise ArgumentError(f"{key} must be true or false, not {value!r}")
-
-
-def parse_env(value: str) -> dict[str, str]:
-    """``KEY=VALUE[,KEY2=VALUE2]`` (as ``get NAME env`` prints it) or a JSON object."""
-    if value.lstrip().startswith("{"):
-        try:
-            env = json.loads(value)
-        except ValueError as exc:
-            raise ArgumentError(f"env: invalid JSON object: {exc}") from None
-        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-            raise ArgumentError("env: a JSON value must be an object of strings")
-        return env
-    env = {}
-    for pair in filter(None, value.split(",")):
-        key, sep, item = pair.partition("=")
-        if not sep or not key.strip():
-            raise ArgumentError(f"env: {pair!r} is not KEY=VALUE; write env A=1,B=2")
-        env[key.strip()] = item
-    return env
-
-
-def _parse_hooks(value: str) -> dict[str, str]:
-    hooks = {}
-    for item in filter(None, value.split(",")):
-        name, sep, path = item.partition(":")
-        if not sep or ":" in path:
-            raise ArgumentError(f"hooks: {item!r} is not HOOK:dotted.path")
-        if name not in HOOK_NAMES:
-            raise ArgumentError(f"unknown hook {name!r}")
-        hooks[name] = path
-    return hooks
+        return settable_option(key).kind.from_word(value)
+    except UnknownOption as exc:
+        raise ArgumentError(str(exc)) from None
+    except OptionError as exc:
+        raise ArgumentError(f"{key}: {exc}") from None

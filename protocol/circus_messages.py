@@ -7,8 +7,8 @@ sent garbage, into the error reply to send back: it never raises, so a
 malformed frame can never stall the server (Circus stalls on an empty body,
 a non-object or a missing ``command``). `ok` and `error`
 build reply dicts with Circus's key order; `encode` turns a request or a
-reply into the frame's bytes exactly as Circus's ``jsonapi.dumps`` does. The
-option type tables say which JSON type each ``add``/``set`` option takes. No
+reply into the frame's bytes exactly as Circus's ``jsonapi.dumps`` does (the
+JSON type of each ``add``/``set`` option is in `chapiteau.protocol.options`). No
 I/O here: the supervisor's controller and the command-line client both use
 this module.
 """
@@ -29,44 +29,6 @@ BAD_MSG_DATA_ERROR = 6
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 """Larger frames are refused by the transport; no command needs more than a few KiB."""
-
-# The hooks a watcher may have: shared by the daemon, which loads
-# them, and the CLI, which checks `set NAME hooks ...` before sending it.
-HOOK_NAMES = (
-    "before_start",
-    "after_start",
-    "before_stop",
-    "after_stop",
-    "before_spawn",
-    "after_spawn",
-    "before_signal",
-    "after_signal",
-    "before_reap",
-    "after_reap",
-    "extended_stats",
-)
-
-# The JSON type of each watcher option ``add`` and ``set`` take (Circus's
-# validate_option): the daemon checks values against these,
-# the CLI converts ``set NAME KEY VALUE`` words to them.
-INT_OPTIONS = frozenset({"numprocesses", "max_retry", "max_age", "max_age_variance", "priority"})
-NUMBER_OPTIONS = frozenset({"warmup_delay", "retry_in", "graceful_timeout"})
-BOOL_OPTIONS = frozenset(
-    {
-        "send_hup",
-        "shell",
-        "copy_env",
-        "respawn",
-        "stop_children",
-        "singleton",
-        "close_child_stdin",
-        "close_child_stdout",
-        "close_child_stderr",
-        "autostart",
-        "use_sockets",
-    }
-)
-STRING_OPTIONS = frozenset({"working_dir", "cmd"})
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,19 @@ on the section.
 from __future__ import annotations
 
 import glob
-import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+from chapiteau.protocol.options import (
+    OptionError,
+    parse_bool,
+    parse_float,
+    parse_int,
+    parse_octal,
+)
 
 DEFAULT_SECTION = "DEFAULT"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -42,8 +50,8 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _SECTION_HEADER = re.compile(r"\[(?P<header>.+)\]")
 _OPTION_LINE = re.compile(r"(?P<key>.*?)\s*(?P<delimiter>[=:])\s*(?P<value>.*)$")
 
-_TRUE = frozenset({"yes", "true", "on", "1"})
-_FALSE = frozenset({"no", "false", "off", "0"})
+_T = TypeVar("_T")
+_D = TypeVar("_D")
 
 # $(circus.KEY) and ((circus.KEY)), case-insensitive.
 _CIRCUS_VARIABLE = re.compile(
@@ -105,51 +113,29 @@ class Section:
         return self.options.get(key, default)
 
     def get_bool(self, key: str, default: bool) -> bool:
-        """Parse ``key`` as yes/true/on/1 or no/false/off/0 (any case)."""
-        value = self.options.get(key)
-        if value is None:
-            return default
-        word = value.strip().lower()
-        if word in _TRUE:
-            return True
-        if word in _FALSE:
-            return False
-        raise self.error(key, f"{value!r} is not a boolean; use true or false")
+        """Parse ``key`` as a boolean word (`chapiteau.protocol.options.parse_bool`)."""
+        return self._parsed(key, parse_bool, default)
 
     def get_int(self, key: str, default: int | None) -> int | None:
         """Parse ``key`` as a decimal integer."""
-        value = self.options.get(key)
-        if value is None:
-            return default
-        try:
-            return int(value)
-        except ValueError:
-            raise self.error(key, f"{value!r} is not an integer") from None
+        return self._parsed(key, parse_int, default)
 
     def get_float(self, key: str, default: float | None) -> float | None:
         """Parse ``key`` as a number of seconds or any other real number."""
+        return self._parsed(key, parse_float, default)
+
+    def get_octal(self, key: str, default: int | None) -> int | None:
+        """Parse ``key`` as an octal number such as ``077``, ``0o77`` or ``0``."""
+        return self._parsed(key, parse_octal, default)
+
+    def _parsed(self, key: str, parse: Callable[[str], _T], default: _D) -> _T | _D:
         value = self.options.get(key)
         if value is None:
             return default
         try:
-            number = float(value)
-        except ValueError:
-            raise self.error(key, f"{value!r} is not a number") from None
-        if math.isnan(number):
-            raise self.error(key, f"{value!r} is not a number")
-        return number
-
-    def get_octal(self, key: str, default: int | None) -> int | None:
-        """Parse ``key`` as an octal number such as ``077``, ``0o77`` or ``0``."""
-        value = self.options.get(key)
-        if value is None:
-            return default
-        digits = value.strip()
-        if digits[:2].lower() == "0o":
-            digits = digits[2:]
-        if not digits or any(char not in "01234567" for char in digits):
-            raise self.error(key, f"{value!r} is not an octal number such as 022 or 0o022")
-        return int(digits, 8)
+            return parse(value)
+        except OptionError as exc:
+            raise self.error(key, str(exc)) from None
 
 
 @dataclass(frozen=True)

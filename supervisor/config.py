@@ -30,13 +30,12 @@ import importlib.util
 import os
 import pwd
 import re
-import resource
 import shlex
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from chapiteau.protocol.circus_messages import HOOK_NAMES
 from chapiteau.protocol.ini import (
     LOG_LEVELS,
     ConfigError,
@@ -46,7 +45,14 @@ from chapiteau.protocol.ini import (
     global_env,
     read_ini,
 )
-from chapiteau.protocol.signals import SignalError, parse_signal
+from chapiteau.protocol.options import (
+    FAMILIES,
+    WATCHER_OPTIONS,
+    OptionError,
+    UnknownOption,
+    check_watcher,
+    watcher_option,
+)
 from chapiteau.supervisor.broker_client import BROKER_FD_VARIABLE
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
@@ -84,8 +90,6 @@ __all__ = [
     "WatcherConfig",
     "load_config",
 ]
-
-SOCKET_PROTOCOLS = frozenset({"circus", "systemd"})
 
 PROCESS_OWN_VARIABLES = frozenset(
     {"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", BROKER_FD_VARIABLE}
@@ -138,56 +142,59 @@ class CircusOptions:
     """Every key of the section as written (after ``$(circus.env.X)`` expansion)."""
 
 
+_DEFAULT = {key: option.default for key, option in WATCHER_OPTIONS.items()}
+
+
 @dataclass(frozen=True)
 class WatcherConfig:
-    """One [watcher:NAME] section, parsed and checked."""
+    """One [watcher:NAME] section, parsed and checked; defaults are the option table's."""
 
     name: str
     cmd: str
-    args: str = ""
-    shell: bool = False
-    shell_args: str | None = None
-    executable: str | None = None
-    working_dir: str | None = None
+    args: str = _DEFAULT["args"]
+    shell: bool = _DEFAULT["shell"]
+    shell_args: str | None = _DEFAULT["shell_args"]
+    executable: str | None = _DEFAULT["executable"]
+    working_dir: str | None = _DEFAULT["working_dir"]
     """None means the supervisor's working directory."""
-    uid: int | None = None
-    gid: int | None = None
+    uid: int | None = _DEFAULT["uid"]
+    gid: int | None = _DEFAULT["gid"]
     """The user's primary group when ``uid`` is set and ``gid`` is not."""
-    numprocesses: int = 1
-    warmup_delay: float = 0
-    singleton: bool = False
-    send_hup: bool = False
-    stop_signal: int = 15
-    stop_children: bool = False
-    graceful_timeout: float = 30.0
-    max_retry: int = 5
-    priority: int = 0
-    use_sockets: bool = False
-    copy_env: bool = False
-    copy_path: bool = False
-    respawn: bool = True
-    autostart: bool = True
-    on_demand: bool = False
-    close_child_stdin: bool = True
-    close_child_stdout: bool = False
-    close_child_stderr: bool = False
+    numprocesses: int = _DEFAULT["numprocesses"]
+    warmup_delay: float = _DEFAULT["warmup_delay"]
+    singleton: bool = _DEFAULT["singleton"]
+    send_hup: bool = _DEFAULT["send_hup"]
+    stop_signal: int = _DEFAULT["stop_signal"]
+    stop_children: bool = _DEFAULT["stop_children"]
+    graceful_timeout: float = _DEFAULT["graceful_timeout"]
+    max_retry: int = _DEFAULT["max_retry"]
+    priority: int = _DEFAULT["priority"]
+    use_sockets: bool = _DEFAULT["use_sockets"]
+    copy_env: bool = _DEFAULT["copy_env"]
+    copy_path: bool = _DEFAULT["copy_path"]
+    respawn: bool = _DEFAULT["respawn"]
+    autostart: bool = _DEFAULT["autostart"]
+    on_demand: bool = _DEFAULT["on_demand"]
+    close_child_stdin: bool = _DEFAULT["close_child_stdin"]
+    close_child_stdout: bool = _DEFAULT["close_child_stdout"]
+    close_child_stderr: bool = _DEFAULT["close_child_stderr"]
     rlimits: dict[str, int] = field(default_factory=dict)
     """Lower-case resource name (``nofile``) to limit; soft = hard."""
     hooks: dict[str, tuple[str, bool]] = field(default_factory=dict)
     """Hook name to (dotted path, ignore failure)."""
     stdout_stream: dict[str, str] = field(default_factory=dict)
     stderr_stream: dict[str, str] = field(default_factory=dict)
-    max_age: int = 0
-    max_age_variance: int = 30
-    virtualenv: str | None = None
-    virtualenv_py_ver: str | None = None
-    stdin_socket: str | None = None
+    max_age: int = _DEFAULT["max_age"]
+    max_age_variance: int = _DEFAULT["max_age_variance"]
+    virtualenv: str | None = _DEFAULT["virtualenv"]
+    virtualenv_py_ver: str | None = _DEFAULT["virtualenv_py_ver"]
+    stdin_socket: str | None = _DEFAULT["stdin_socket"]
     env: dict[str, str] = field(default_factory=dict)
     """The complete environment of the watcher's processes."""
-    sockets: tuple[str, ...] = ()
+    sockets: tuple[str, ...] = _DEFAULT["sockets"]
     """Names of the sockets the processes inherit, in order of first mention."""
-    socket_protocol: str = "circus"
-    umask: int | None = None
+    socket_protocol: str = _DEFAULT["socket_protocol"]
+    umask: int | None = _DEFAULT["umask"]
     """chapiteau extension: the processes' umask; None inherits the supervisor's."""
     options: dict[str, str] = field(default_factory=dict)
     """Every key of the section as written, after expansion (plugins read these)."""
@@ -258,13 +265,11 @@ class Config:
         return None
 
 
-_NOT_KEYS = {"name", "options", "rlimits", "hooks", "stdout_stream", "stderr_stream"}
+_FIELDS = frozenset(field.name for field in dataclasses.fields(WatcherConfig))
 WATCHER_KEYS = frozenset(
-    {f.name for f in dataclasses.fields(WatcherConfig)} - _NOT_KEYS
-    | {"env", "check_flapping", "retry_in", "use_papa", "stream_backend"}
+    key for key, option in WATCHER_OPTIONS.items() if option.in_file and not option.family
 )
-"""Every key a [watcher:*] section may hold (Circus's, chapiteau's) besides the prefixes."""
-WATCHER_PREFIXES = ("rlimit_", "hooks.", "stdout_stream.", "stderr_stream.")
+"""Every key a [watcher:*] section may hold (Circus's, chapiteau's) besides the families."""
 CIRCUS_KEYS = frozenset(
     {f.name for f in dataclasses.fields(CircusOptions)} - {"options"}
     | {CURVE_SECRET_KEY, CURVE_CLIENTS, "statsd_close_outputs", "httpd_close_outputs"}
@@ -299,7 +304,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         name = section.name[len("watcher:") :]
         _check_unique_name(section, name, seen)
         fate = "kept as a free-form option for plugins, as in Circus"
-        _warn_unknown_keys(section, WATCHER_KEYS, WATCHER_PREFIXES, fate, warnings)
+        _warn_unknown_keys(section, WATCHER_KEYS, FAMILIES, fate, warnings)
         watchers.append(_watcher(section, name, context, plugin_defaults=None))
 
     plugins = []
@@ -448,8 +453,11 @@ def _circus_options(section: Section, warnings: list[str]) -> CircusOptions:
     if multicast is not None:
         _check_multicast(section, multicast)
     check_delay = section.get_float("check_delay", 5.0)
-    warmup_delay = _whole_or_real(section, "warmup_delay")
-    _check_not_negative(section, "warmup_delay", warmup_delay)
+    warmup = WATCHER_OPTIONS["warmup_delay"]  # read and checked as a watcher's
+    try:
+        warmup_delay = warmup.parse_text(section.get_str("warmup_delay", "0") or "")
+    except OptionError as exc:
+        raise section.error("warmup_delay", str(exc)) from None
     return CircusOptions(
         endpoint=section.get_str("endpoint", DEFAULT_ENDPOINT) or DEFAULT_ENDPOINT,
         endpoint_owner=section.get_str("endpoint_owner"),
@@ -518,122 +526,80 @@ def _watcher(
     *,
     plugin_defaults: Mapping[str, str] | None,
 ) -> WatcherConfig:
-    options = dict(plugin_defaults or {})
-    options.update(raw.options)
-    section = Section(raw.name, options, raw.sources, raw.file)
-
+    """Read one watcher (or plugin) section through the option table, then the rules
+    that involve other sections: the environment, users, sockets, the virtualenv."""
+    section = Section(raw.name, {**(plugin_defaults or {}), **raw.options}, raw.sources, raw.file)
     copy_env = section.expanded(context.expansion_env).get_bool("copy_env", False)
     env = _watcher_env(section, name, context, copy_env)
     # Circus's second expansion: every value but name and env sees the
     # watcher's own env on top of the global one.
     section = _expand_watcher(section, {**context.expansion_env, **env})
-
     if "env" in raw.options:
         message = f"ignored, as in Circus; use an [env:{name}] section"
         context.warnings.append(str(raw.error("env", message)))
 
-    cmd = section.get_str("cmd", "") or ""
-    if plugin_defaults is None and not cmd.strip():
+    values, families = _table_values(section)
+    if plugin_defaults is None and not values["cmd"].strip():
         raise section.error("cmd", "a watcher needs a command: cmd = /path/to/program")
-    numprocesses = section.get_int("numprocesses", 1)
-    singleton = section.get_bool("singleton", False)
-    _check_not_negative(section, "numprocesses", numprocesses)
-    if singleton and numprocesses is not None and numprocesses > 1:
-        raise section.error("numprocesses", "a singleton watcher runs at most 1 process")
-    if numprocesses == 0 and not singleton:
+    broken = check_watcher(values)
+    if broken is not None:
+        raise section.error(*broken)
+    if values["numprocesses"] == 0 and not values["singleton"]:
         message = "0 processes: nothing runs until incr"
         context.warnings.append(str(section.error("numprocesses", message)))
-    copy_path = section.get_bool("copy_path", False)
-    if copy_path and not copy_env:
-        raise section.error("copy_path", "copy_path needs copy_env = true")
-    virtualenv = section.get_str("virtualenv")
-    if virtualenv is not None and not copy_env:
-        raise section.error("virtualenv", "virtualenv needs copy_env = true")
-    shell = section.get_bool("shell", False)
-    shell_args = section.get_str("shell_args")
-    if shell_args is not None and not shell:
+    if values["shell_args"] is not None and not values["shell"]:
         context.warnings.append(str(section.error("shell_args", "ignored without shell = true")))
-    socket_protocol = _socket_protocol(section, context)
-    max_retry = section.get_int("max_retry", 5)
-    if max_retry is not None and max_retry < -1:
-        raise section.error("max_retry", f"{max_retry} is not a retry count; use -1 for no limit")
-    graceful_timeout = section.get_float("graceful_timeout", 30.0)
-    warmup_delay = _whole_or_real(section, "warmup_delay")
-    max_age = section.get_int("max_age", 0)
-    max_age_variance = section.get_int("max_age_variance", 30)
-    for key, number in (
-        ("graceful_timeout", graceful_timeout),
-        ("warmup_delay", warmup_delay),
-        ("max_age", max_age),
-        ("max_age_variance", max_age_variance),
-    ):
-        _check_not_negative(section, key, number)
-    uid, gid = _user_and_group(section)
 
-    if copy_path:
+    if values["copy_path"]:
         env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    if virtualenv is not None:
-        _apply_virtualenv(section, env, virtualenv, section.get_str("virtualenv_py_ver"))
-
-    return WatcherConfig(
+    if values["virtualenv"] is not None:
+        _apply_virtualenv(section, env, values["virtualenv"], values["virtualenv_py_ver"])
+    values["uid"], values["gid"] = _user_and_group(section)
+    values["sockets"] = _socket_names(section, values["sockets"], context)
+    values["stdin_socket"] = _stdin_socket(section, context)
+    _check_socket_protocol(section, values, context)
+    values.update(
         name=name,
-        cmd=cmd,
-        args=section.get_str("args", "") or "",
-        shell=shell,
-        shell_args=shell_args,
-        executable=section.get_str("executable"),
-        working_dir=section.get_str("working_dir"),
-        uid=uid,
-        gid=gid,
-        numprocesses=numprocesses if numprocesses is not None else 1,
-        warmup_delay=warmup_delay,
-        singleton=singleton,
-        send_hup=section.get_bool("send_hup", False),
-        stop_signal=_signal(section, "stop_signal", 15),
-        stop_children=section.get_bool("stop_children", False),
-        graceful_timeout=graceful_timeout if graceful_timeout is not None else 30.0,
-        max_retry=max_retry if max_retry is not None else 5,
-        priority=section.get_int("priority", 0) or 0,
-        use_sockets=section.get_bool("use_sockets", False),
-        copy_env=copy_env,
-        copy_path=copy_path,
-        respawn=section.get_bool("respawn", True),
-        autostart=section.get_bool("autostart", True),
-        on_demand=section.get_bool("on_demand", False),
-        close_child_stdin=section.get_bool("close_child_stdin", True),
-        close_child_stdout=section.get_bool("close_child_stdout", False),
-        close_child_stderr=section.get_bool("close_child_stderr", False),
-        rlimits=_rlimits(section),
-        hooks=_hooks(section),
-        stdout_stream=_stream(section, "stdout_stream"),
-        stderr_stream=_stream(section, "stderr_stream"),
-        max_age=max_age or 0,
-        max_age_variance=max_age_variance if max_age_variance is not None else 30,
-        virtualenv=virtualenv,
-        virtualenv_py_ver=section.get_str("virtualenv_py_ver"),
-        stdin_socket=_stdin_socket(section, context),
         env=env,
-        sockets=_socket_names(section, context),
-        socket_protocol=socket_protocol,
-        umask=section.get_octal("umask", None),
+        rlimits={key.lower(): limit for key, limit in families["rlimit_"].items()},
+        hooks=families["hooks."],
+        stdout_stream=_stream(section, "stdout_stream", families),
+        stderr_stream=_stream(section, "stderr_stream", families),
         options=dict(section.options),
     )
+    return WatcherConfig(**{key: values[key] for key in _FIELDS})
 
 
-def _socket_protocol(section: Section, context: _Context) -> str:
-    protocol = (section.get_str("socket_protocol", "circus") or "").strip().lower()
-    if protocol not in SOCKET_PROTOCOLS:
-        raise section.error(
-            "socket_protocol", f"{protocol!r} is not a socket protocol; use circus or systemd"
-        )
-    all_sockets = section.get_bool("use_sockets", False) and context.socket_names
-    if protocol == "systemd" and not _socket_names(section, context) and not all_sockets:
+def _table_values(section: Section) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Every option of the table: the section's value, parsed and checked, or the default;
+    and the members of each family (``rlimit_`` → {``nofile``: 4096}) by their short key."""
+    values = {key: option.default for key, option in WATCHER_OPTIONS.items() if not option.family}
+    families: dict[str, dict[str, Any]] = {prefix: {} for prefix in FAMILIES}
+    for key, text in section.options.items():
+        try:
+            option = watcher_option(key)
+            if key == "env" or not option.in_file:
+                continue
+            value = option.parse_text(text)
+        except UnknownOption:
+            continue
+        except OptionError as exc:
+            raise section.error(key, str(exc)) from None
+        if option.family:
+            families[option.name][key[len(option.name) :]] = value
+        else:
+            values[key] = value
+    return values, families
+
+
+def _check_socket_protocol(section: Section, values: Mapping[str, Any], context: _Context) -> None:
+    all_sockets = values["use_sockets"] and context.socket_names
+    if values["socket_protocol"] == "systemd" and not values["sockets"] and not all_sockets:
         raise section.error(
             "socket_protocol",
             "systemd passes the watcher's sockets, and this watcher declares none "
             "(LISTEN_FDS would be 0): name them with 'sockets = NAME ...', or remove the key",
         )
-    return protocol
 
 
 def _expand_watcher(section: Section, env: Mapping[str, str]) -> Section:
@@ -730,73 +696,18 @@ def _resolve_group(section: Section, value: str) -> int:
         raise section.error("gid", str(exc)) from None
 
 
-def _signal(section: Section, key: str, default: int) -> int:
-    value = section.get_str(key)
-    if value is None:
-        return default
-    try:
-        return parse_signal(value)
-    except SignalError as error:
-        raise section.error(key, str(error)) from None
-
-
-def _rlimits(section: Section) -> dict[str, int]:
-    limits = {}
-    for key, value in section.options.items():
-        if not key.startswith("rlimit_"):
-            continue
-        resource_name = key[len("rlimit_") :].lower()
-        if not hasattr(resource, f"RLIMIT_{resource_name.upper()}"):
-            raise section.error(
-                key, f"{resource_name!r} is not a resource limit (see setrlimit(2))"
-            )
-        if not value.strip():
-            limits[resource_name] = resource.RLIM_INFINITY
-            continue
-        limit = section.get_int(key, None)
-        if limit is None or (limit < 0 and limit != resource.RLIM_INFINITY):
-            raise section.error(key, f"{value!r} is not a limit; use a number or an empty value")
-        limits[resource_name] = limit
-    return limits
-
-
-def _hooks(section: Section) -> dict[str, tuple[str, bool]]:
-    hooks = {}
-    for key, value in section.options.items():
-        if not key.startswith("hooks."):
-            continue
-        hook_name = key[len("hooks.") :]
-        if hook_name not in HOOK_NAMES:
-            raise section.error(
-                key, f"{hook_name!r} is not a hook; use one of {', '.join(sorted(HOOK_NAMES))}"
-            )
-        target, _, flag = value.partition(",")
-        target = target.strip()
-        if not target:
-            raise section.error(key, "a hook needs a dotted path: package.module.function")
-        ignore_failure = False
-        if flag.strip():
-            ignore_failure = Section(section.name, {key: flag.strip()}, section.sources).get_bool(
-                key, False
-            )
-        hooks[hook_name] = (target, ignore_failure)
-    return hooks
-
-
-def _stream(section: Section, prefix: str) -> dict[str, str]:
-    stream = {
-        key[len(prefix) + 1 :]: value
-        for key, value in section.options.items()
-        if key.startswith(prefix + ".")
-    }
-    stream_class = stream.get("class")
+def _stream(
+    section: Section, stream: str, families: Mapping[str, dict[str, str]]
+) -> dict[str, str]:
+    conf = families[f"{stream}."]
+    stream_class = conf.get("class")
     if stream_class is not None and "." not in stream_class and stream_class not in STREAM_CLASSES:
         raise section.error(
-            f"{prefix}.class",
+            f"{stream}.class",
             f"{stream_class!r} is not a stream class; use a dotted path or one of "
             + ", ".join(sorted(STREAM_CLASSES)),
         )
-    return stream
+    return dict(conf)
 
 
 def _stdin_socket(section: Section, context: _Context) -> str | None:
@@ -809,11 +720,11 @@ def _stdin_socket(section: Section, context: _Context) -> str | None:
     return name
 
 
-def _socket_names(section: Section, context: _Context) -> tuple[str, ...]:
+def _socket_names(
+    section: Section, declared: tuple[str, ...], context: _Context
+) -> tuple[str, ...]:
     """List the sockets a watcher uses: ``sockets``, references in the command, stdin_socket."""
-    found: list[tuple[str, str]] = []
-    declared = section.get_str("sockets", "") or ""
-    found.extend(("sockets", name.lower()) for name in re.split(r"[\s,]+", declared) if name)
+    found = [("sockets", name) for name in declared]
     for key in ("cmd", "args", "shell_args"):
         for match in SOCKET_REFERENCE.finditer(section.get_str(key, "") or ""):
             found.append((key, (match.group("dollar") or match.group("parens")).lower()))
@@ -862,15 +773,3 @@ def _apply_virtualenv(
     env["PYTHONPATH"] = os.pathsep.join(python_path)
     bin_dir = os.path.join(virtualenv, "bin")
     env["PATH"] = os.pathsep.join([bin_dir, env["PATH"]]) if env.get("PATH") else bin_dir
-
-
-def _whole_or_real(section: Section, key: str) -> float:
-    """A number of seconds that Circus parses as an int: an int when it is whole, so that
-    ``options`` shows ``0`` as circusd does; fractions still work."""
-    number = section.get_float(key, 0) or 0
-    return int(number) if float(number).is_integer() else number
-
-
-def _check_not_negative(section: Section, key: str, value: float | None) -> None:
-    if value is not None and value < 0:
-        raise section.error(key, f"{value} is negative")

@@ -38,7 +38,7 @@ from typing import Any
 
 import structlog
 
-from chapiteau.protocol.circus_messages import HOOK_NAMES
+from chapiteau.protocol.options import HOOK_NAMES
 
 log = structlog.get_logger("chapiteau.supervisor")
 

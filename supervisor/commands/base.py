@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from chapiteau.protocol.circus_messages import MESSAGE_ERROR
+from chapiteau.protocol.options import TRUE_WORDS
 from chapiteau.protocol.signals import SignalError, parse_signal
 from chapiteau.supervisor.watcher import ReloadError
 
@@ -157,9 +158,11 @@ def number_property(
 
 
 def bool_property(properties: dict[str, Any], key: str, default: bool) -> bool:
+    """A flag of a command (``waiting``, ``graceful`` ...): a string is true when it is one
+    of the true boolean words, anything else by its truth value."""
     value = properties.get(key, default)
     if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on", "y")
+        return value.strip().lower() in TRUE_WORDS
     return bool(value)
 
 

@@ -48,6 +48,8 @@ from typing import Any, BinaryIO, NotRequired, Protocol, TypedDict
 
 import structlog
 
+from chapiteau.protocol.options import OptionError, parse_bool
+
 log = structlog.get_logger(__name__)
 
 
@@ -411,8 +413,6 @@ STREAM_CLASSES: Mapping[str, Callable[..., Stream]] = {
 _CIRCUS_MODULES = ("circus.stream.file_stream.", "circus.stream.")
 
 _INT_OPTIONS = {"max_bytes": 0, "backup_count": 0, "rotate_interval": 1}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 def _import_class(path: str, where: str) -> Callable[..., Stream]:
@@ -470,12 +470,10 @@ def _int_option(key: str, value: Any, minimum: int, where: str) -> int:
 def _bool_option(key: str, value: Any, where: str) -> bool:
     if isinstance(value, bool):
         return value
-    word = str(value).strip().lower()
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise StreamConfigError(f"{where}.{key}: {value!r} is not true or false")
+    try:
+        return parse_bool(str(value))
+    except OptionError as exc:
+        raise StreamConfigError(f"{where}.{key}: {exc}") from None
 
 
 def _builtin_options(
