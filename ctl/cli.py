@@ -25,11 +25,9 @@ from typing import Any
 
 from chapiteau.ctl.client import CallError, Client, Curve, listen
 from chapiteau.ctl.commands import COMMANDS, ArgumentError
+from chapiteau.protocol.constants import DEFAULT_ENDPOINT, DEFAULT_PUBSUB_ENDPOINT, VERSION
 
-VERSION = "0.1.0"
 PROG = "chapiteauctl"
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-DEFAULT_PUBSUB_ENDPOINT = "tcp://127.0.0.1:5556"
 ENDPOINT_VARIABLE = "CIRCUSCTL_ENDPOINT"
 SERVER_KEY_VARIABLE = "CHAPITEAUCTL_CURVE_SERVERKEY"
 CLIENT_KEY_VARIABLE = "CHAPITEAUCTL_CURVE_CLIENTKEY"

@@ -20,6 +20,7 @@ from functools import partial
 
 import structlog
 
+from chapiteau.protocol.constants import EX_CONFIG
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError, ReceivedSocket
 from chapiteau.supervisor.children.child_exit import ChildWatcher, become_subreaper
 from chapiteau.supervisor.commands import CommandError, dispatch
@@ -40,7 +41,6 @@ from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
 
 log = structlog.get_logger("chapiteau.supervisor")
 
-EX_CONFIG = 78
 """Exit status for a configuration the supervisor cannot run (sysexits.h); the broker does
 not restart a first supervisor that exits with it."""
 

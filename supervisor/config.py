@@ -37,6 +37,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from chapiteau.protocol.circus_messages import HOOK_NAMES
+from chapiteau.protocol.constants import (
+    BROKER_FD_VARIABLE,
+    DEFAULT_ENDPOINT,
+    DEFAULT_PUBSUB_ENDPOINT,
+    DEFAULT_STATS_ENDPOINT,
+)
 from chapiteau.protocol.ini import (
     LOG_LEVELS,
     ConfigError,
@@ -47,11 +53,7 @@ from chapiteau.protocol.ini import (
     read_ini,
 )
 from chapiteau.protocol.signals import SignalError, parse_signal
-from chapiteau.supervisor.broker_client import BROKER_FD_VARIABLE
-
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-DEFAULT_PUBSUB_ENDPOINT = "tcp://127.0.0.1:5556"
-DEFAULT_STATS_ENDPOINT = "tcp://127.0.0.1:5557"
+from chapiteau.supervisor.io.streams import STREAM_CLASSES
 
 # Given to a child whose configured environment has no PATH: what a login
 # shell would give, so that bare command names resolve the same way in the
@@ -62,17 +64,6 @@ FLAPPING_PLUGIN = "circus.plugins.flapping.Flapping"
 """Built into the supervisor's crash-loop backoff: no plugin process runs for it."""
 CRASH_WINDOW = 1.0
 """A process that dies this soon after its spawn crashed (Circus flapping's default window)."""
-
-STREAM_CLASSES = frozenset(
-    {
-        "FileStream",
-        "WatchedFileStream",
-        "TimedRotatingFileStream",
-        "StdoutStream",
-        "FancyStdoutStream",
-        "QueueStream",
-    }
-)
 
 __all__ = [
     "CircusOptions",
