@@ -50,9 +50,9 @@ from chapiteau.broker.safe_paths import (
 )
 from chapiteau.broker.socket_table import bind_all, close_all
 from chapiteau.broker.startup import StartupReport, daemonize
-from chapiteau.protocol.channel import reserve_standard_fds
 from chapiteau.protocol.constants import VERSION
 from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
+from chapiteau.protocol.standard_fds import reserve_standard_fds
 
 log = structlog.get_logger("chapiteau.broker")
 SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")

@@ -31,9 +31,10 @@ from chapiteau.supervisor.config import (
     WatcherConfig,
     load_config,
 )
-from chapiteau.supervisor.endpoints.controller import Controller, Curve, EndpointError
+from chapiteau.supervisor.endpoints.controller import Controller
 from chapiteau.supervisor.endpoints.pubsub import PubSub
 from chapiteau.supervisor.endpoints.stats import ProcessSampler, start_stats
+from chapiteau.supervisor.endpoints.zmq_setup import Curve, EndpointError
 from chapiteau.supervisor.events import Events
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool

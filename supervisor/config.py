@@ -50,8 +50,8 @@ from chapiteau.protocol.ini import (
     Section,
     expand_env,
     global_env,
-    read_ini,
 )
+from chapiteau.protocol.ini_files import read_ini_file
 from chapiteau.protocol.signals import SignalError, parse_signal
 from chapiteau.supervisor.io.streams import STREAM_CLASSES
 
@@ -271,7 +271,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     None). Raises ConfigError on the first invalid value.
     """
     environ = dict(os.environ if environ is None else environ)
-    ini = read_ini(path)
+    ini = read_ini_file(path)
     warnings = list(ini.warnings)
     expansion_env = global_env(ini, environ)
     env_section = ini.sections.get("env")

@@ -10,4 +10,4 @@ from chapiteau.protocol.constants import VERSION
 
 def test_the_version_is_the_packages_version():
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
-    assert VERSION == pyproject["project"]["version"]
+    assert pyproject["project"]["version"] == VERSION

@@ -47,7 +47,7 @@ import zmq
 import zmq.asyncio
 
 from chapiteau.supervisor.children import process_tree
-from chapiteau.supervisor.endpoints.controller import Curve, EndpointError, prepare_endpoint
+from chapiteau.supervisor.endpoints.zmq_setup import Curve, EndpointError, prepare_endpoint
 
 log = structlog.get_logger("chapiteau.supervisor")
 
