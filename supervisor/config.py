@@ -94,6 +94,15 @@ SOCKET_REFERENCE = re.compile(
     re.IGNORECASE,
 )
 
+
+def socket_references(text: str) -> list[str]:
+    """The socket names ``$(circus.sockets.NAME)`` / ``((circus.sockets.NAME))`` in ``text``."""
+    return [
+        (match.group("dollar") or match.group("parens")).lower()
+        for match in SOCKET_REFERENCE.finditer(text)
+    ]
+
+
 # Circus's parse_env_dict pattern: only upper-case names.
 _ENV_REFERENCE = re.compile(r"\$([A-Z]+[A-Z0-9_]*)")
 
@@ -806,8 +815,7 @@ def _socket_names(section: Section, context: _Context) -> tuple[str, ...]:
     declared = section.get_str("sockets", "") or ""
     found.extend(("sockets", name.lower()) for name in re.split(r"[\s,]+", declared) if name)
     for key in ("cmd", "args", "shell_args"):
-        for match in SOCKET_REFERENCE.finditer(section.get_str(key, "") or ""):
-            found.append((key, (match.group("dollar") or match.group("parens")).lower()))
+        found.extend((key, name) for name in socket_references(section.get_str(key, "") or ""))
     stdin_socket = section.get_str("stdin_socket")
     if stdin_socket and stdin_socket.strip():
         found.append(("stdin_socket", stdin_socket.strip().lower()))
