@@ -5,24 +5,31 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 TIMEOUT = 15.0
 """An upper bound only: a passing test waits for its condition, never this long."""
 
 
 def wait_until(
-    condition: Callable[[], object],
+    condition: Callable[[], T],
     timeout: float = TIMEOUT,
     *,
     what: str = "the condition",
     interval: float = 0.01,
-) -> None:
-    """Poll ``condition`` every ``interval`` s until true; AssertionError after ``timeout``."""
+) -> T:
+    """Poll ``condition`` every ``interval`` s until it returns a true value, and return that.
+
+    AssertionError after ``timeout`` seconds.
+    """
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+    return value
 
 
 async def wait_until_async(
