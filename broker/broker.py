@@ -43,7 +43,6 @@ from chapiteau.broker.socket_table import ReloadError, apply_reload, close_all
 from chapiteau.broker.startup import StartupReport
 from chapiteau.broker.supervisor_output import OutputRelay, recent_lines
 from chapiteau.broker.supervisor_process import (
-    EX_CONFIG,
     SupervisorStartError,
     start_supervisor,
     supervisor_argv,
@@ -56,6 +55,7 @@ from chapiteau.protocol.broker_messages import (
     Reloaded,
 )
 from chapiteau.protocol.channel import channel_pair, receive, refuse_fds, send
+from chapiteau.protocol.constants import EX_CONFIG
 from chapiteau.protocol.ini import ConfigError
 
 log = structlog.get_logger("chapiteau.broker")

@@ -22,8 +22,8 @@ from chapiteau.protocol.ini import (
     IniFile,
     Section,
     global_env,
-    read_ini,
 )
+from chapiteau.protocol.ini_files import read_ini_file
 
 SOCKET_PREFIX = "socket:"
 DEFAULT_UNIX_UMASK = 0o077
@@ -130,7 +130,7 @@ class BrokerConfig:
 
 def load_broker_config(path: str, environ: Mapping[str, str] | None = None) -> BrokerConfig:
     """Read and validate the broker's sections of ``path``; ConfigError on any mistake."""
-    ini = read_ini(path)
+    ini = read_ini_file(path)
     env = global_env(ini, os.environ if environ is None else environ)
     sockets: dict[str, SocketSpec] = {}
     socket_sections = ini.sections_with_prefix(SOCKET_PREFIX)

@@ -50,10 +50,10 @@ from chapiteau.broker.safe_paths import (
 )
 from chapiteau.broker.socket_table import bind_all, close_all
 from chapiteau.broker.startup import StartupReport, daemonize
-from chapiteau.protocol.channel import reserve_standard_fds
+from chapiteau.protocol.constants import VERSION
 from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
+from chapiteau.protocol.standard_fds import reserve_standard_fds
 
-VERSION = "0.1.0"
 log = structlog.get_logger("chapiteau.broker")
 SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 """Given to the broker by systemd (or a test): they belong to this process, never to a child."""

@@ -18,13 +18,11 @@ from collections.abc import Mapping, Sequence
 
 from chapiteau.broker.config import BrokerConfig
 from chapiteau.broker.privileges import ServiceUser, running_as_root
+from chapiteau.protocol.constants import BROKER_FD_VARIABLE
 
-BROKER_FD_VARIABLE = "CHAPITEAU_BROKER_FD"
 PASSED_VARIABLES = ("PATH", "LANG", "LC_*", "TZ", "PYTHONPATH")
 """Copied from the broker's environment: where programs are, the locale, the time zone,
 and the import path the supervisor (the same Python program as the broker) needs."""
-EX_CONFIG = 78
-"""The supervisor's exit status when it refuses the configuration (sysexits.h)."""
 
 
 class SupervisorStartError(Exception):

@@ -23,13 +23,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from chapiteau.ctl.client import CallError, Client, Curve, listen
-from chapiteau.ctl.commands import COMMANDS, ArgumentError
+from chapiteau.ctl.client import CallError, Client, CurveClient, listen
+from chapiteau.ctl.commands import CTL_COMMANDS, ArgumentError
+from chapiteau.protocol.constants import DEFAULT_ENDPOINT, DEFAULT_PUBSUB_ENDPOINT, VERSION
 
-VERSION = "0.1.0"
 PROG = "chapiteauctl"
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-DEFAULT_PUBSUB_ENDPOINT = "tcp://127.0.0.1:5556"
 ENDPOINT_VARIABLE = "CIRCUSCTL_ENDPOINT"
 SERVER_KEY_VARIABLE = "CHAPITEAUCTL_CURVE_SERVERKEY"
 CLIENT_KEY_VARIABLE = "CHAPITEAUCTL_CURVE_CLIENTKEY"
@@ -61,7 +59,8 @@ def build_parser(with_commands: bool) -> argparse.ArgumentParser:
         prog=PROG,
         usage=f"{PROG} [options] command [args]",
         description="Controls a chapiteau (or Circus) daemon",
-        epilog="Commands:\n" + "\n".join(f"  {c.name:<14}{c.summary}" for c in COMMANDS.values()),
+        epilog="Commands:\n"
+        + "\n".join(f"  {c.name:<14}{c.summary}" for c in CTL_COMMANDS.values()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False,
     )
@@ -85,7 +84,7 @@ def build_parser(with_commands: bool) -> argparse.ArgumentParser:
     )
     if with_commands:
         subparsers = parser.add_subparsers(dest="command")
-        for command in COMMANDS.values():
+        for command in CTL_COMMANDS.values():
             sub = subparsers.add_parser(command.name, usage=f"{PROG} {command.usage}")
             # add's CMD keeps its own options (add web python -m http.server)
             nargs = argparse.REMAINDER if command.name == "add" else "*"
@@ -100,7 +99,7 @@ def build_parser(with_commands: bool) -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse like circusctl: subcommands exist only if a command name appears."""
-    parser = build_parser(any(word in COMMANDS for word in argv))
+    parser = build_parser(any(word in CTL_COMMANDS for word in argv))
     args, extra = parser.parse_known_args(argv)
     if not hasattr(args, "command"):
         args.command = None
@@ -113,20 +112,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-class Controller:
-    """Runs commands for one set of global options and prints as circusctl."""
+class Session:
+    """One chapiteauctl session: global options and a client; runs commands as circusctl does."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.endpoint = args.endpoint or os.environ.get(ENDPOINT_VARIABLE) or DEFAULT_ENDPOINT
         self.curve = (
-            Curve(args.curve_server_key, args.curve_client_key) if args.curve_server_key else None
+            CurveClient(args.curve_server_key, args.curve_client_key)
+            if args.curve_server_key
+            else None
         )
         self.client = Client(self.endpoint, args.timeout, self.curve)
 
     def run(self, args: argparse.Namespace) -> int:
         """Run the command in ``args``; return circusctl's exit status."""
-        command = COMMANDS[args.command]
+        command = CTL_COMMANDS[args.command]
         if self.args.help:
             print(f"usage: {PROG} {command.usage}\n\n{command.summary}")
             return EXIT_OK
@@ -170,7 +171,7 @@ class Controller:
         self.client.close()
 
 
-def make_shell(controller: Controller) -> Any:
+def make_shell(session: Session) -> Any:
     """An interactive ``cmd.Cmd`` shell with one ``do_<command>`` per command."""
     import cmd
     import shlex
@@ -184,12 +185,12 @@ def make_shell(controller: Controller) -> Any:
             except ValueError as exc:
                 print(f"error: {exc}")
                 return
-            controller.run(args)
+            session.run(args)
 
-        run.__doc__ = f"{COMMANDS[name].usage}\n{COMMANDS[name].summary}"
+        run.__doc__ = f"{CTL_COMMANDS[name].usage}\n{CTL_COMMANDS[name].summary}"
         return run
 
-    methods: dict[str, Any] = {f"do_{name}": do(name) for name in COMMANDS}
+    methods: dict[str, Any] = {f"do_{name}": do(name) for name in CTL_COMMANDS}
     methods["do_EOF"] = lambda shell, line: True
     methods["postloop"] = lambda shell: sys.stdout.write("\n")
     shell_class = type("Shell", (cmd.Cmd,), {"prompt": f"({PROG}) ", **methods})
@@ -203,17 +204,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None and args.help:
         args.parser.print_help()
         return EXIT_OK
-    controller = Controller(args)
+    session = Session(args)
     try:
         if args.command is not None:
-            return controller.run(args)
+            return session.run(args)
         print(f"{PROG} {VERSION}")
-        controller.run(parse_args(["status"]))
-        shell = make_shell(controller)
+        session.run(parse_args(["status"]))
+        shell = make_shell(session)
         try:
             shell.cmdloop()
         except KeyboardInterrupt:
             sys.stdout.write("\n")
         return EXIT_OK
     finally:
-        controller.close()
+        session.close()

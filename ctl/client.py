@@ -18,7 +18,7 @@ class CallError(Exception):
 
 
 @dataclass(frozen=True)
-class Curve:
+class CurveClient:
     """Client CURVE settings: the server's public key and, optionally, this client's key pair."""
 
     server_key: str
@@ -28,7 +28,7 @@ class Curve:
 class Client:
     """A DEALER connected to a control endpoint; replies are matched on their id."""
 
-    def __init__(self, endpoint: str, timeout: float, curve: Curve | None = None) -> None:
+    def __init__(self, endpoint: str, timeout: float, curve: CurveClient | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.curve = curve
@@ -82,7 +82,7 @@ class Client:
             self._socket = None
 
 
-def apply_curve(sock: Any, curve: Curve) -> None:
+def apply_curve(sock: Any, curve: CurveClient) -> None:
     """Make ``sock`` a CURVE client of the server whose public key is ``curve.server_key``."""
     import zmq
     import zmq.auth
@@ -122,7 +122,7 @@ def _public_key(value: str) -> bytes:
     return value.encode()
 
 
-def listen(endpoint: str, topics: list[str], curve: Curve | None = None) -> int:
+def listen(endpoint: str, topics: list[str], curve: CurveClient | None = None) -> int:
     """Print every event on ``endpoint`` whose topic starts with one of ``topics``, forever."""
     import zmq
 

@@ -1,6 +1,6 @@
 """chapiteauctl's commands: how each builds its request and prints the reply, as circusctl.
 
-One `Command` per circusctl command: its usage line, its
+One `CtlCommand` per circusctl command: its usage line, its
 options, a builder turning the command-line words into the request's
 properties (raising ArgumentError for wrong ones) and a printer turning the
 reply into circusctl's output. ``set`` values are typed with the option table
@@ -48,7 +48,7 @@ Properties = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class Command:
+class CtlCommand:
     """One circusctl command."""
 
     name: str
@@ -323,17 +323,17 @@ def _show_status(reply: dict[str, Any]) -> str:
     return _error(reply)
 
 
-COMMANDS: dict[str, Command] = {
+CTL_COMMANDS: dict[str, CtlCommand] = {
     command.name: command
     for command in (
-        Command(
+        CtlCommand(
             "add",
             "add [--start] NAME CMD...",
             "Add a watcher",
             _build_add,
             options=(Option("start", False, "start the watcher immediately"),),
         ),
-        Command(
+        CtlCommand(
             "decr",
             "decr NAME [NB] [--waiting]",
             "Decrement the number of processes in a watcher",
@@ -341,24 +341,24 @@ COMMANDS: dict[str, Command] = {
             _show_incr,
             (WAITING,),
         ),
-        Command(
+        CtlCommand(
             "dstats",
             "dstats",
             "Get the daemon's own stats",
             _build_nothing("Invalid message"),
             _show_dstats,
         ),
-        Command(
+        CtlCommand(
             "get", "get NAME KEY...", "Get the value of watcher options", _build_get, _show_options
         ),
-        Command(
+        CtlCommand(
             "globaloptions",
             "globaloptions [KEY]",
             "Get the daemon's options",
             _build_globaloptions,
             _show_globaloptions,
         ),
-        Command(
+        CtlCommand(
             "incr",
             "incr NAME [NB] [--waiting]",
             "Increment the number of processes in a watcher",
@@ -366,7 +366,7 @@ COMMANDS: dict[str, Command] = {
             _show_incr,
             (WAITING,),
         ),
-        Command(
+        CtlCommand(
             "kill",
             "kill NAME [PID] [--signum S] [--graceful_timeout T] [--waiting]",
             "Kill a watcher's processes (or one of them)",
@@ -377,46 +377,46 @@ COMMANDS: dict[str, Command] = {
                 Option("graceful_timeout", None, "overrides the watcher's graceful_timeout"),
             ),
         ),
-        Command(
+        CtlCommand(
             "list",
             "list [NAME]",
             "Get the list of watchers, or of a watcher's pids",
             _build_optional_name("Invalid number of arguments"),
             _show_list,
         ),
-        Command("listen", "listen [TOPIC...]", "Print the daemon's events", None),
-        Command(
+        CtlCommand("listen", "listen [TOPIC...]", "Print the daemon's events", None),
+        CtlCommand(
             "listsockets",
             "listsockets",
             "Get the list of sockets",
             lambda a, o: {},
             _show_listsockets,
         ),
-        Command(
+        CtlCommand(
             "numprocesses",
             "numprocesses [NAME]",
             "Get the number of processes",
             _build_optional_name("message invalid"),
             _show_number("numprocesses"),
         ),
-        Command(
+        CtlCommand(
             "numwatchers",
             "numwatchers",
             "Get the number of watchers",
             _build_nothing("Invalid number of arguments"),
             _show_number("numwatchers"),
         ),
-        Command(
+        CtlCommand(
             "options", "options NAME", "Get a watcher's options", _build_options, _show_options
         ),
-        Command(
+        CtlCommand(
             "quit",
             "quit [--waiting]",
             "Quit the daemon immediately",
             _build_waiting_only,
             options=(WAITING,),
         ),
-        Command(
+        CtlCommand(
             "reload",
             "reload [NAME] [--waiting] [--sequential] [--terminate]",
             "Reload the daemon or a watcher",
@@ -427,35 +427,35 @@ COMMANDS: dict[str, Command] = {
                 Option("terminate", False, "stop immediately"),
             ),
         ),
-        Command(
+        CtlCommand(
             "reloadconfig",
             "reloadconfig [--waiting]",
             "Reload the configuration file",
             _build_waiting_only,
             options=(WAITING,),
         ),
-        Command(
+        CtlCommand(
             "restart",
             "restart [NAME] [--waiting] [--match simple|glob|regex]",
             "Restart the daemon's watchers or one watcher",
             _build_start,
             options=(WAITING, MATCH),
         ),
-        Command(
+        CtlCommand(
             "rm",
             "rm NAME [--nostop] [--waiting]",
             "Remove a watcher",
             _build_rm,
             options=(WAITING, Option("nostop", False, "do not stop the watcher's processes")),
         ),
-        Command(
+        CtlCommand(
             "set",
             "set NAME KEY VALUE [KEY VALUE...] [--waiting]",
             "Set a watcher option",
             _build_set,
             options=(WAITING,),
         ),
-        Command(
+        CtlCommand(
             "signal",
             "signal NAME [PID] [--children] [--recursive] SIGNUM",
             "Send a signal",
@@ -465,14 +465,14 @@ COMMANDS: dict[str, Command] = {
                 Option("recursive", False, "signal the process and its children"),
             ),
         ),
-        Command(
+        CtlCommand(
             "start",
             "start [NAME] [--waiting] [--match simple|glob|regex]",
             "Start the daemon's watchers or one watcher",
             _build_start,
             options=(WAITING, MATCH),
         ),
-        Command(
+        CtlCommand(
             "stats",
             "stats [--extended] [NAME] [PID]",
             "Get process infos",
@@ -480,14 +480,14 @@ COMMANDS: dict[str, Command] = {
             _show_stats,
             (Option("extended", False, "include info from the extended_stats hook"),),
         ),
-        Command(
+        CtlCommand(
             "status",
             "status [NAME]",
             "Get the status of a watcher or of all watchers",
             _build_optional_name("message invalid"),
             _show_status,
         ),
-        Command(
+        CtlCommand(
             "stop",
             "stop [NAME] [--waiting] [--match simple|glob|regex]",
             "Stop watchers",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from chapiteau.supervisor.children.process_tree import descendants
+from tests.waiting import wait_until as wait_until
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEFAULT_TIMEOUT = 15.0
@@ -254,14 +255,6 @@ def read_response(conn: socket.socket) -> str:
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0], head
     return body.decode()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.02)
 
 
 _handed_out: set[int] = set()

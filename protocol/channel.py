@@ -17,7 +17,6 @@ import contextlib
 import errno
 import os
 import socket
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,22 +44,6 @@ class Received:
     request_id: int
     message: Message
     fds: tuple[int, ...] = ()
-
-
-def reserve_standard_fds() -> None:
-    """Open /dev/null on whichever of fds 0, 1 and 2 is closed; call it before any socket.
-
-    A process started with a standard fd closed would otherwise get that number
-    for the next socket it binds or receives, and hand a listening socket to a
-    worker as its stdin, or write its logs into it. Python leaves sys.stdin,
-    sys.stdout or sys.stderr None for a closed fd: each gets a file on it.
-    """
-    while (fd := os.open(os.devnull, os.O_RDWR)) <= 2:
-        pass
-    os.close(fd)
-    for fd, name in enumerate(("stdin", "stdout", "stderr")):
-        if getattr(sys, name) is None:
-            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
 
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:

@@ -9,14 +9,14 @@ a non-object or a missing ``command``). `ok` and `error`
 build reply dicts with Circus's key order; `encode` turns a request or a
 reply into the frame's bytes exactly as Circus's ``jsonapi.dumps`` does (the
 JSON type of each ``add``/``set`` option is in `chapiteau.protocol.options`). No
-I/O here: the supervisor's controller and the command-line client both use
+I/O here, not even the clock: a reply's ``time`` is the ``now`` its caller
+passes. The supervisor's controller and the command-line client both use
 this module.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,25 +49,27 @@ class Request:
         return bool(self.properties.get("waiting", False))
 
 
-def parse_request(body: bytes) -> Request | dict[str, Any]:
-    """Return the `Request` in ``body``, or the error reply for a malformed one."""
+def parse_request(body: bytes, now: float) -> Request | dict[str, Any]:
+    """The `Request` in ``body``, or the error reply (at time ``now``) for a malformed one."""
     try:
         message = json.loads(body)
     except (ValueError, RecursionError):
-        return error("json invalid", INVALID_JSON)
+        return error("json invalid", INVALID_JSON, now=now)
     if not isinstance(message, dict):
-        return error("message invalid: not a JSON object", MESSAGE_ERROR)
+        return error("message invalid: not a JSON object", MESSAGE_ERROR, now=now)
     request_id = message.get("id")
     command = message.get("command")
     if command is None:
-        return error("message invalid 'command' is missing", MESSAGE_ERROR, request_id)
+        return error("message invalid 'command' is missing", MESSAGE_ERROR, request_id, now=now)
     if not isinstance(command, str):
-        return error("message invalid 'command' is not a string", MESSAGE_ERROR, request_id)
+        reason = "message invalid 'command' is not a string"
+        return error(reason, MESSAGE_ERROR, request_id, now=now)
     properties = message.get("properties")
     if properties is None:
         properties = {}
     if not isinstance(properties, dict):
-        return error("message invalid 'properties' is not an object", MESSAGE_ERROR, request_id)
+        reason = "message invalid 'properties' is not an object"
+        return error(reason, MESSAGE_ERROR, request_id, now=now)
     return Request(
         id=request_id,
         command=command.lower(),
@@ -89,25 +91,27 @@ def make_request(
     return message
 
 
-def ok(fields: dict[str, Any] | None = None, request_id: Any = None) -> dict[str, Any]:
-    """A success reply: ``status``, ``time``, the command's fields, then ``id``.
+def ok(fields: dict[str, Any] | None, request_id: Any, *, now: float) -> dict[str, Any]:
+    """A success reply at time ``now``: ``status``, ``time``, the command's fields, then ``id``.
 
     A field named ``status`` replaces ``"ok"`` in place, as in Circus, where
     ``status NAME`` answers ``{"status": "active", ...}``.
     """
-    reply: dict[str, Any] = {"status": "ok", "time": time.time()}
+    reply: dict[str, Any] = {"status": "ok", "time": now}
     reply.update(fields or {})
     reply["id"] = request_id
     return reply
 
 
-def error(reason: str, errno: int, request_id: Any = None, tb: str | None = None) -> dict[str, Any]:
-    """An error reply with Circus's keys, in Circus's order."""
+def error(
+    reason: str, errno: int, request_id: Any = None, tb: str | None = None, *, now: float
+) -> dict[str, Any]:
+    """An error reply at time ``now``, with Circus's keys, in Circus's order."""
     return {
         "status": "error",
         "reason": reason,
         "tb": tb,
-        "time": time.time(),
+        "time": now,
         "errno": errno,
         "id": request_id,
     }

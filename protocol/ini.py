@@ -1,4 +1,8 @@
-"""Read a configuration file written in Circus's INI dialect.
+"""Parse a configuration written in Circus's INI dialect: text in, sections out.
+
+No I/O here: `parse_ini` gets the text of each file, and the files an include
+pattern names, from an `IniSource` the caller passes
+(`chapiteau.protocol.ini_files.read_ini_file` is the one that reads the disk).
 
 Theory of operation: the reader turns the main file, then its includes, into
 one ordered map of sections. The rules are Circus 0.19's StrictConfigParser
@@ -28,12 +32,11 @@ on the section.
 
 from __future__ import annotations
 
-import glob
-import os
+import posixpath
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from chapiteau.protocol.options import (
     OptionError,
@@ -170,17 +173,7 @@ class _Reader:
         self.sections: dict[str, _RawSection] = {}
         self.defaults: _RawSection | None = None
 
-    def read(self, path: str) -> None:
-        try:
-            with open(path, encoding="utf-8") as stream:
-                text = stream.read()
-        except UnicodeDecodeError as error:
-            raise ConfigError(f"not valid UTF-8 text ({error.reason})", file=path) from None
-        except OSError as error:
-            raise ConfigError(f"cannot read the file: {error.strerror}", file=path) from None
-        self._parse(text, path)
-
-    def _parse(self, text: str, path: str) -> None:
+    def parse(self, text: str, path: str) -> None:
         section: _RawSection | None = None
         # The lines that a continuation line extends: None after a header, a
         # throwaway list after an ignored duplicate key so that its
@@ -257,37 +250,43 @@ def _option_value(line: str, option: re.Match[str]) -> str:
     return "" if value == '""' else value
 
 
-def read_ini(path: str | os.PathLike[str]) -> IniFile:
-    """Read ``path`` and the files its [circus] section includes.
+class IniSource(Protocol):
+    """Where `parse_ini` gets the text of a file and the files an include pattern names."""
 
-    Raises ConfigError for a missing, unreadable or undecodable file and for a
-    line that is neither a comment, a header, an option nor a continuation.
+    def text(self, path: str) -> str:
+        """The text of the file ``path``; ConfigError when it cannot be read."""
+        ...
+
+    def matches(self, pattern: str) -> list[str]:
+        """The absolute paths of the files that the glob ``pattern`` (absolute) names."""
+        ...
+
+
+def parse_ini(main: str, source: IniSource) -> IniFile:
+    """Parse the file ``main`` (an absolute path) and the files its [circus] section includes.
+
+    Raises ConfigError for a file ``source`` cannot give and for a line that is
+    neither a comment, a header, an option nor a continuation.
     """
-    main = os.path.abspath(os.fspath(path))
     reader = _Reader()
-    reader.read(main)
+    reader.parse(source.text(main), main)
     files = [main]
     warnings: list[str] = []
     circus = reader.result().get("circus")
     if circus is not None:
-        directory = os.path.dirname(main)
+        directory = posixpath.dirname(main)
         patterns = (circus.get_str("include") or "").split()
         patterns += [
-            os.path.join(folder, "*.ini")
+            posixpath.join(folder, "*.ini")
             for folder in (circus.get_str("include_dir") or "").split()
         ]
         for pattern in patterns:
-            matches = sorted(
-                match
-                for match in glob.glob(os.path.join(directory, pattern))
-                if os.path.isfile(match)
-            )
+            matches = sorted(source.matches(posixpath.join(directory, pattern)))
             if not matches:
                 warnings.append(f"{main}: include pattern {pattern!r} matched no file")
-            for match in matches:
-                included = os.path.abspath(match)
+            for included in matches:
                 if included not in files:
-                    reader.read(included)
+                    reader.parse(source.text(included), included)
                     files.append(included)
     defaults = reader.defaults.lines if reader.defaults else {}
     default_values = {key: "\n".join(lines) for key, lines in defaults.items()}

@@ -20,6 +20,7 @@ from functools import partial
 
 import structlog
 
+from chapiteau.protocol.constants import EX_CONFIG
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError, ReceivedSocket
 from chapiteau.supervisor.children.child_exit import ChildWatcher, become_subreaper
 from chapiteau.supervisor.commands import CommandError, dispatch
@@ -30,9 +31,10 @@ from chapiteau.supervisor.config import (
     WatcherConfig,
     load_config,
 )
-from chapiteau.supervisor.endpoints.controller import Controller, Curve, EndpointError
+from chapiteau.supervisor.endpoints.controller import Controller
 from chapiteau.supervisor.endpoints.pubsub import PubSub
 from chapiteau.supervisor.endpoints.stats import ProcessSampler, start_stats
+from chapiteau.supervisor.endpoints.zmq_setup import Curve, EndpointError
 from chapiteau.supervisor.events import Events
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
@@ -40,7 +42,6 @@ from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
 
 log = structlog.get_logger("chapiteau.supervisor")
 
-EX_CONFIG = 78
 """Exit status for a configuration the supervisor cannot run (sysexits.h); the broker does
 not restart a first supervisor that exits with it."""
 

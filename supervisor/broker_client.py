@@ -33,7 +33,6 @@ from chapiteau.protocol.broker_messages import (
 )
 from chapiteau.protocol.channel import close_fds, receive, send
 
-BROKER_FD_VARIABLE = "CHAPITEAU_BROKER_FD"
 TIMEOUT = 10.0
 
 

@@ -36,6 +36,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from chapiteau.protocol.constants import (
+    BROKER_FD_VARIABLE,
+    DEFAULT_ENDPOINT,
+    DEFAULT_PUBSUB_ENDPOINT,
+    DEFAULT_STATS_ENDPOINT,
+)
 from chapiteau.protocol.ini import (
     LOG_LEVELS,
     ConfigError,
@@ -43,8 +49,8 @@ from chapiteau.protocol.ini import (
     Section,
     expand_env,
     global_env,
-    read_ini,
 )
+from chapiteau.protocol.ini_files import read_ini_file
 from chapiteau.protocol.options import (
     FAMILIES,
     WATCHER_OPTIONS,
@@ -53,11 +59,7 @@ from chapiteau.protocol.options import (
     check_watcher,
     watcher_option,
 )
-from chapiteau.supervisor.broker_client import BROKER_FD_VARIABLE
-
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-DEFAULT_PUBSUB_ENDPOINT = "tcp://127.0.0.1:5556"
-DEFAULT_STATS_ENDPOINT = "tcp://127.0.0.1:5557"
+from chapiteau.supervisor.io.streams import STREAM_CLASSES
 
 # Given to a child whose configured environment has no PATH: what a login
 # shell would give, so that bare command names resolve the same way in the
@@ -68,17 +70,6 @@ FLAPPING_PLUGIN = "circus.plugins.flapping.Flapping"
 """Built into the supervisor's crash-loop backoff: no plugin process runs for it."""
 CRASH_WINDOW = 1.0
 """A process that dies this soon after its spawn crashed (Circus flapping's default window)."""
-
-STREAM_CLASSES = frozenset(
-    {
-        "FileStream",
-        "WatchedFileStream",
-        "TimedRotatingFileStream",
-        "StdoutStream",
-        "FancyStdoutStream",
-        "QueueStream",
-    }
-)
 
 __all__ = [
     "CircusOptions",
@@ -106,6 +97,15 @@ SOCKET_REFERENCE = re.compile(
     r"\$\(circus\.sockets\.(?P<dollar>[\w.\-]+)\)|\(\(circus\.sockets\.(?P<parens>[\w.\-]+)\)\)",
     re.IGNORECASE,
 )
+
+
+def socket_references(text: str) -> list[str]:
+    """The socket names ``$(circus.sockets.NAME)`` / ``((circus.sockets.NAME))`` in ``text``."""
+    return [
+        (match.group("dollar") or match.group("parens")).lower()
+        for match in SOCKET_REFERENCE.finditer(text)
+    ]
+
 
 # Circus's parse_env_dict pattern: only upper-case names.
 _ENV_REFERENCE = re.compile(r"\$([A-Z]+[A-Z0-9_]*)")
@@ -285,7 +285,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     None). Raises ConfigError on the first invalid value.
     """
     environ = dict(os.environ if environ is None else environ)
-    ini = read_ini(path)
+    ini = read_ini_file(path)
     warnings = list(ini.warnings)
     expansion_env = global_env(ini, environ)
     env_section = ini.sections.get("env")
@@ -726,8 +726,7 @@ def _socket_names(
     """List the sockets a watcher uses: ``sockets``, references in the command, stdin_socket."""
     found = [("sockets", name) for name in declared]
     for key in ("cmd", "args", "shell_args"):
-        for match in SOCKET_REFERENCE.finditer(section.get_str(key, "") or ""):
-            found.append((key, (match.group("dollar") or match.group("parens")).lower()))
+        found.extend((key, name) for name in socket_references(section.get_str(key, "") or ""))
     stdin_socket = section.get_str("stdin_socket")
     if stdin_socket and stdin_socket.strip():
         found.append(("stdin_socket", stdin_socket.strip().lower()))

@@ -17,9 +17,19 @@ log = structlog.get_logger("chapiteau.supervisor")
 Subscriber = Callable[[str, dict], None]
 
 
+def topic_name(watcher_name: str) -> str:
+    """A watcher's name as Circus writes it in topics: lower-cased, spaces as underscores."""
+    return watcher_name.lower().replace(" ", "_")
+
+
 def watcher_topic(watcher_name: str, event: str) -> str:
     """Circus's topic for an event of ``watcher_name``."""
-    return f"watcher.{watcher_name.lower().replace(' ', '_')}.{event}"
+    return f"watcher.{topic_name(watcher_name)}.{event}"
+
+
+def own_topic(watcher_name: str, event: str) -> str:
+    """The topic of chapiteau's own events, which Circus clients do not subscribe to."""
+    return f"chapiteau.{topic_name(watcher_name)}.{event}"
 
 
 class Events:

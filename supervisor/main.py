@@ -15,10 +15,11 @@ import sys
 
 import structlog
 
-from chapiteau.protocol.channel import reserve_standard_fds
+from chapiteau.protocol.constants import BROKER_FD_VARIABLE, EX_CONFIG
 from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
-from chapiteau.supervisor.arbiter import EX_CONFIG, Arbiter
-from chapiteau.supervisor.broker_client import BROKER_FD_VARIABLE, BrokerClient, BrokerError
+from chapiteau.protocol.standard_fds import reserve_standard_fds
+from chapiteau.supervisor.arbiter import Arbiter
+from chapiteau.supervisor.broker_client import BrokerClient, BrokerError
 from chapiteau.supervisor.config import Config, load_config
 from chapiteau.supervisor.hooks import HookError
 from chapiteau.supervisor.io.streams import StreamConfigError

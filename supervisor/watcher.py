@@ -38,7 +38,7 @@ from chapiteau.supervisor.children.process_tree import ProcessTree
 from chapiteau.supervisor.children.spawn import SpawnError, SpawnSpec, spawn
 from chapiteau.supervisor.config import Flapping, WatcherConfig, worker_env
 from chapiteau.supervisor.crash_rounds import CrashRounds, backoff
-from chapiteau.supervisor.events import Events
+from chapiteau.supervisor.events import Events, own_topic
 from chapiteau.supervisor.hooks import Hooks
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.io.streams import build_stream, close_stream, reopen_stream
@@ -628,7 +628,7 @@ class Watcher:
     def _publish_own(self, event: str, payload: dict) -> None:
         """chapiteau's own events, on a topic Circus clients do not subscribe to."""
         self.runtime.events.publish_topic(
-            f"chapiteau.{self.name.lower().replace(' ', '_')}.{event}",
+            own_topic(self.name, event),
             {**payload, "time": time.time()},
         )
 

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import termios
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ from chapiteau.protocol.broker_messages import (
     encode,
 )
 from chapiteau.protocol.channel import Received, channel_pair, close_fds, receive
+from tests.waiting import wait_until
 
 TIMEOUT = 10.0
 SCM_MAX_FD = 253
@@ -185,13 +185,6 @@ def frame_json(obj: object) -> bytes:
     return frame_of(json.dumps(obj).encode())
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def assert_serves(broker: RunningBroker) -> None:
     """A fresh client can still say hello and list the configured sockets."""
     assert broker.process.poll() is None, broker.log_path.read_text()
@@ -229,7 +222,7 @@ def broker(tmp_path: Path) -> Iterator[RunningBroker]:
         )
     running = RunningBroker(process, socket_path, log_path)
     try:
-        wait_for(lambda: _listening(running), "the broker to listen")
+        wait_until(lambda: _listening(running), TIMEOUT, what="the broker to listen")
         yield running
     finally:
         process.send_signal(signal.SIGTERM)
@@ -618,9 +611,10 @@ def test_a_peer_that_leaves_its_replies_unread_gets_fds_for_one_request_only(
         client.send_raw(encode(ALL_THE_FDS, request_id))
     # A last request the broker logs: once it is logged, the three before are answered.
     client.send_raw(encode(GetSockets(("nope",)), 4))
-    wait_for(
+    wait_until(
         lambda: any(e.get("code") == "unknown_socket" for e in broker.log_events()),
-        "the last request answered",
+        TIMEOUT,
+        what="the last request answered",
     )
     replies = [client.reply() for _ in range(4)]
     after = broker.fd_count()
@@ -640,7 +634,9 @@ def test_peers_together_hold_at_most_max_fds_in_flight_unread(broker: RunningBro
         client.hello()
     for holder in holders:
         holder.send_raw(encode(ALL_THE_FDS, 1))
-        wait_for(lambda holder=holder: waiting_bytes(holder.sock) > 0, "the reply, unread")
+        wait_until(
+            lambda holder=holder: waiting_bytes(holder.sock) > 0, TIMEOUT, what="the reply, unread"
+        )
     refused = asker.request(GetSockets(("web",)), 2)
     close_fds(holders[0].reply().fds)
     granted = asker.request(GetSockets(("web",)), 3)
@@ -666,9 +662,10 @@ def test_connections_that_never_say_hello_do_not_lock_the_supervisor_out(
     broker: RunningBroker,
 ) -> None:
     junk = [Client(broker.socket_path) for _ in range(MAX_PEERS)]
-    wait_for(
+    wait_until(
         lambda: sum(e.get("event") == "peer_accepted" for e in broker.log_events()) == MAX_PEERS,
-        "every junk connection accepted",
+        TIMEOUT,
+        what="every junk connection accepted",
     )
     supervisor = Client(broker.socket_path)
     welcome = supervisor.hello()
@@ -762,7 +759,7 @@ def test_peer_from_another_uid_is_closed_without_a_reply(broker: RunningBroker) 
             for e in broker.log_events()
         )
 
-    wait_for(rejected, "a peer_rejected log line")
+    wait_until(rejected, TIMEOUT, what="a peer_rejected log line")
     assert_serves(broker)
 
 
@@ -796,8 +793,9 @@ def test_protocol_error_lines_are_logged_not_fatal(broker: RunningBroker) -> Non
     client = Client(broker.socket_path)
     client.raw(b"\x00")
     client.close()
-    wait_for(
+    wait_until(
         lambda: any(e.get("event") == "bad_frame" for e in broker.log_events()),
-        "a bad_frame log line",
+        TIMEOUT,
+        what="a bad_frame log line",
     )
     assert broker.process.poll() is None

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 
 from chapiteau.protocol.broker_messages import Hello, ListSockets, Ready, encode
 from tests.test_broker_evil_client import json_lines
+from tests.waiting import wait_until
 
 TIMEOUT = 30.0
 RACE_ATTEMPTS = 6
@@ -89,11 +89,13 @@ class HostileSupervisor:
         return json_lines(self.log_path)
 
     def wait_for(self, condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while not condition():
+        """Wait until ``condition`` holds; fail at once, with the log, if the broker died."""
+
+        def met() -> bool:
             assert self.process.poll() is None, f"the broker died:\n{self.log_path.read_text()}"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.02)
+            return condition()
+
+        wait_until(met, TIMEOUT, what=what, interval=0.02)
 
     def stop(self) -> int:
         """SIGTERM, then the exit status (killed after TIMEOUT)."""

@@ -24,6 +24,7 @@ from chapiteau.supervisor.children.child_exit import (
     kill_process_group,
 )
 from chapiteau.supervisor.children.spawn import SpawnSpec, spawn
+from tests.waiting import wait_until
 
 PATH = {"PATH": "/usr/bin:/bin"}
 TIMEOUT = 5.0
@@ -36,13 +37,6 @@ def proc_state(pid: int) -> str | None:
             return stat.read().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return None
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.001)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -148,7 +142,7 @@ def test_sigchld_pass_reports_a_watched_child_and_drops_its_pidfd() -> None:
     async def scenario(watcher: ChildWatcher, exits: Exits, orphans: Exits) -> None:
         pid = start("/bin/true")
         watcher.watch(pid)
-        wait_until(lambda: proc_state(pid) == "Z", "the child to exit")
+        wait_until(lambda: proc_state(pid) == "Z", what="the child to exit")
         watcher.reap()
         assert watcher.watched() == frozenset()
         assert await exits.next() == (pid, 0)
@@ -185,7 +179,7 @@ def test_send_signal_to_an_exited_unreaped_child_is_false() -> None:
     async def scenario(watcher: ChildWatcher, exits: Exits, _: Exits) -> None:
         pid = start("/bin/true")
         watcher.watch(pid)
-        wait_until(lambda: proc_state(pid) == "Z", "the child to exit")
+        wait_until(lambda: proc_state(pid) == "Z", what="the child to exit")
         assert watcher.send_signal(pid, signal.SIGTERM) is False
         await exits.next()
 
@@ -241,7 +235,7 @@ def test_kill_process_group_kills_the_workers_descendants() -> None:
     async def scenario(watcher: ChildWatcher, exits: Exits, orphans: Exits) -> None:
         pid = start("sh", "-c", "sleep 30 & sleep 30 & wait")
         watcher.watch(pid)
-        wait_until(lambda: len(group_members(pid)) == 3, "the worker to start two children")
+        wait_until(lambda: len(group_members(pid)) == 3, what="the worker to start two children")
         kill_process_group(pid, signal.SIGKILL)
         assert await exits.next() == (pid, -signal.SIGKILL)
         # The orphaned sleeps come back to us, the subreaper, to be reaped.

@@ -328,7 +328,7 @@ def test_version_prints_program_and_version(capsys) -> None:
 def test_help_lists_every_command(capsys) -> None:
     assert ctl.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert all(f"  {name} " in out for name in ctl.COMMANDS)
+    assert all(f"  {name} " in out for name in ctl.CTL_COMMANDS)
 
 
 def test_help_with_a_command_prints_its_usage_without_sending(daemon: FakeDaemon, capsys) -> None:
@@ -349,7 +349,7 @@ def test_every_circusctl_command_exists() -> None:
                  "listsockets", "numprocesses", "numwatchers", "options", "quit", "reload",
                  "reloadconfig", "restart", "rm", "set", "signal", "start", "stats", "status",
                  "stop"}  # fmt: skip
-    assert set(ctl.COMMANDS) == circusctl
+    assert set(ctl.CTL_COMMANDS) == circusctl
 
 
 # -- the installed script: interactive shell, listen, CURVE ----------------------------------

@@ -15,9 +15,10 @@ from chapiteau.protocol.ini import (
     Section,
     expand_env,
     global_env,
-    read_ini,
+    parse_ini,
     replace_variables,
 )
+from chapiteau.protocol.ini_files import read_ini_file
 
 
 def write(directory: Path, name: str, text: str) -> Path:
@@ -28,7 +29,7 @@ def write(directory: Path, name: str, text: str) -> Path:
 
 
 def parse(tmp_path: Path, text: str) -> IniFile:
-    return read_ini(write(tmp_path, "circus.ini", text))
+    return read_ini_file(write(tmp_path, "circus.ini", text))
 
 
 def options(tmp_path: Path, text: str, section: str = "s") -> dict[str, str]:
@@ -144,7 +145,7 @@ def test_sections_with_prefix(tmp_path: Path) -> None:
 
 def test_missing_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
-        read_ini(tmp_path / "nope.ini")
+        read_ini_file(tmp_path / "nope.ini")
     assert raised.value.file == str(tmp_path / "nope.ini")
 
 
@@ -152,7 +153,7 @@ def test_undecodable_file_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.ini"
     path.write_bytes(b"[s]\na = \xff\n")
     with pytest.raises(ConfigError, match="UTF-8"):
-        read_ini(path)
+        read_ini_file(path)
 
 
 def test_option_before_any_section_is_an_error_with_line_number(tmp_path: Path) -> None:
@@ -186,7 +187,44 @@ def test_include_is_relative_to_the_main_file(tmp_path: Path) -> None:
     write(tmp_path, "conf/more.ini", "[s]\nb = 2\n")
     main = write(tmp_path, "conf/circus.ini", "[circus]\ninclude = more.ini\n[s]\na = 1\n")
     os.chdir("/")
-    assert read_ini(main).sections["s"].options == {"a": "1", "b": "2"}
+    assert read_ini_file(main).sections["s"].options == {"a": "1", "b": "2"}
+
+
+class RecordingSource:
+    """An `IniSource` in memory that records what the parser asks of it."""
+
+    def __init__(self, files: dict[str, str], globs: dict[str, list[str]]) -> None:
+        self.files = files
+        self.globs = globs
+        self.calls: list[tuple[str, str]] = []
+
+    def text(self, path: str) -> str:
+        self.calls.append(("text", path))
+        return self.files[path]
+
+    def matches(self, pattern: str) -> list[str]:
+        self.calls.append(("matches", pattern))
+        return self.globs.get(pattern, [])
+
+
+def test_the_parser_reads_only_through_its_source() -> None:
+    source = RecordingSource(
+        {
+            "/etc/c/main.ini": "[circus]\ninclude = more.ini\ninclude_dir = d\n[s]\na = 1\n",
+            "/etc/c/more.ini": "[s]\nb = 2\n",
+            "/etc/c/d/x.ini": "[s]\nc = 3\n",
+        },
+        {"/etc/c/more.ini": ["/etc/c/more.ini"], "/etc/c/d/*.ini": ["/etc/c/d/x.ini"]},
+    )
+    ini = parse_ini("/etc/c/main.ini", source)
+    assert ini.sections["s"].options == {"a": "1", "b": "2", "c": "3"}
+    assert source.calls == [
+        ("text", "/etc/c/main.ini"),
+        ("matches", "/etc/c/more.ini"),
+        ("text", "/etc/c/more.ini"),
+        ("matches", "/etc/c/d/*.ini"),
+        ("text", "/etc/c/d/x.ini"),
+    ]
 
 
 def test_main_file_wins_over_includes(tmp_path: Path) -> None:

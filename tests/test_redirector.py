@@ -9,7 +9,7 @@ import struct
 import subprocess
 import termios
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 
 from chapiteau.supervisor.io.redirector import READ_SIZE, Redirector, split_incomplete_utf8
 from chapiteau.supervisor.io.streams import Chunk, FileStream
+from tests.waiting import wait_until_async
 
 
 @pytest.fixture
@@ -36,13 +37,6 @@ def spawn(script: str) -> tuple[subprocess.Popen[bytes], int, int]:
     os.close(out_write)
     os.close(err_write)
     return child, out_read, err_read
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 def is_closed(fd: int) -> bool:
@@ -63,7 +57,7 @@ def test_child_output_lands_in_file_streams(
     redirector.add(err_fd, child.pid, "stderr", err)
 
     async def both_pipes_at_eof() -> None:
-        await wait_until(lambda: is_closed(out_fd) and is_closed(err_fd))
+        await wait_until_async(lambda: is_closed(out_fd) and is_closed(err_fd))
 
     loop.run_until_complete(both_pipes_at_eof())
     child.wait()
@@ -77,7 +71,7 @@ def test_chunks_carry_pid_and_stream_name(loop: asyncio.AbstractEventLoop) -> No
     os.close(err_fd)
     redirector = Redirector(loop)
     redirector.add(out_fd, child.pid, "stdout", received.append)
-    loop.run_until_complete(wait_until(lambda: is_closed(out_fd)))
+    loop.run_until_complete(wait_until_async(lambda: is_closed(out_fd)))
     child.wait()
     assert received == [{"data": b"hi\n", "pid": child.pid, "name": "stdout"}]
 
@@ -124,7 +118,7 @@ def test_a_failing_stream_is_logged_and_reading_goes_on(loop: asyncio.AbstractEv
     redirector.add(out_fd, child.pid, "stdout", broken)
     redirector.add(err_fd, child.pid, "stderr", lambda chunk: received.append(chunk["data"]))
     with capture_logs() as logs:
-        loop.run_until_complete(wait_until(lambda: is_closed(out_fd) and is_closed(err_fd)))
+        loop.run_until_complete(wait_until_async(lambda: is_closed(out_fd) and is_closed(err_fd)))
     child.wait()
     assert received == [b"err\n"]
     [failure] = [entry for entry in logs if entry["event"] == "stream_write_failed"]
@@ -147,7 +141,7 @@ def test_a_failing_stream_is_logged_once_until_it_recovers(loop: asyncio.Abstrac
     async def write_four_chunks() -> None:
         for count in range(1, 5):
             os.write(write_end, b"x")
-            await wait_until(lambda: len(calls) == count)  # noqa: B023 - awaited at once
+            await wait_until_async(lambda: len(calls) == count)  # noqa: B023 - awaited at once
 
     with capture_logs() as logs:
         loop.run_until_complete(write_four_chunks())
@@ -164,7 +158,7 @@ def test_one_wake_up_reads_at_most_64_kib(loop: asyncio.AbstractEventLoop) -> No
     os.close(err_fd)
     redirector = Redirector(loop)
     redirector.add(out_fd, child.pid, "stdout", lambda chunk: sizes.append(len(chunk["data"])))
-    loop.run_until_complete(wait_until(lambda: is_closed(out_fd)))
+    loop.run_until_complete(wait_until_async(lambda: is_closed(out_fd)))
     child.wait()
     assert sum(sizes) == 1048576
     assert max(sizes) <= READ_SIZE
@@ -215,7 +209,7 @@ def test_a_character_split_by_a_read_is_written_whole(
         time.sleep(0.01)
     redirector = Redirector(loop)
     redirector.add(out_fd, child.pid, "stdout", stream)
-    loop.run_until_complete(wait_until(lambda: is_closed(out_fd)))
+    loop.run_until_complete(wait_until_async(lambda: is_closed(out_fd)))
     child.wait()
     assert (tmp_path / "out.log").read_text(encoding="utf-8") == text
 
@@ -228,7 +222,7 @@ def test_an_unfinished_character_at_end_of_file_is_still_delivered(
     os.close(err_fd)
     redirector = Redirector(loop)
     redirector.add(out_fd, child.pid, "stdout", lambda chunk: received.append(chunk["data"]))
-    loop.run_until_complete(wait_until(lambda: is_closed(out_fd)))
+    loop.run_until_complete(wait_until_async(lambda: is_closed(out_fd)))
     child.wait()
     assert b"".join(received) == b"x\xc3"
 

@@ -15,7 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chapiteau.supervisor.children import spawn as spawn_module
 from chapiteau.supervisor.children.spawn import SpawnError, SpawnSpec, spawn
 
 PATH = {"PATH": "/usr/bin:/bin"}
@@ -71,25 +70,34 @@ def fd_target(pid: int | str, fd: int) -> str:
     return os.readlink(f"/proc/{pid}/fd/{fd}")
 
 
+FORKS: list[int] = []
+"""One entry per os.fork() of this process (posix_spawn runs no at-fork hook)."""
+os.register_at_fork(after_in_parent=lambda: FORKS.append(1))
+
+
 @pytest.fixture(autouse=True, params=["posix_spawn", "fork"])
-def spawn_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def spawn_path(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run each test on both ways of starting a worker, whatever fds pytest inherited.
 
-    The fast path is taken only while no stray fd is inheritable, so for it the
-    inherited ones are made non-inheritable for the test; for the other,
-    posix_spawn is ruled out.
+    The fast path is taken only while no stray fd is inheritable: for it, the
+    inherited ones are made non-inheritable for the test; for the other, one
+    inheritable fd (that no worker may get) rules posix_spawn out.
     """
     if request.param == "fork":
-        monkeypatch.setattr(spawn_module, "_needs_no_fork", lambda plan: False)
-        yield request.param
+        stray = os.open(os.devnull, os.O_RDONLY)
+        os.set_inheritable(stray, True)
+        try:
+            yield request.param
+        finally:
+            os.close(stray)
         return
-    stray = inheritable_fds()
-    for fd in stray:
+    stray_fds = inheritable_fds()
+    for fd in stray_fds:
         os.set_inheritable(fd, False)
     try:
         yield request.param
     finally:
-        for fd in stray:
+        for fd in stray_fds:
             with contextlib.suppress(OSError):
                 os.set_inheritable(fd, True)
 
@@ -460,16 +468,23 @@ def test_stdio_targets_in_fds_are_a_programming_error() -> None:
         spawn(sleeper(fds={1: 1}))
 
 
-# The fork run would test the fixture's stand-in for _needs_no_fork, not the choice.
+def forks_to_start(spec: SpawnSpec, children: list[int]) -> int:
+    """How many times the supervisor forked to start ``spec``'s worker."""
+    before = len(FORKS)
+    children.append(spawn(spec))
+    return len(FORKS) - before
+
+
 @pytest.mark.parametrize("spawn_path", ["posix_spawn"], indirect=True)
-def test_a_plain_worker_is_started_without_fork_only_while_no_fd_would_leak() -> None:
-    plain = spawn_module._make_plan(sleeper())
-    assert spawn_module._needs_no_fork(plain)
-    assert not spawn_module._needs_no_fork(spawn_module._make_plan(sleeper(umask=0o22)))
+def test_a_plain_worker_is_started_without_fork_only_while_no_fd_would_leak(
+    children: list[int],
+) -> None:
+    assert forks_to_start(sleeper(), children) == 0
+    assert forks_to_start(sleeper(umask=0o22), children) == 1
     leaky_read, leaky_write = os.pipe()
     os.set_inheritable(leaky_read, True)
     try:
-        assert not spawn_module._needs_no_fork(plain)
+        assert forks_to_start(sleeper(), children) == 1
     finally:
         os.close(leaky_read)
         os.close(leaky_write)

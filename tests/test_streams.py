@@ -7,6 +7,7 @@ import os
 import pwd
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -150,10 +151,28 @@ def test_file_stream_without_backups_never_rotates(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["out.log"]
 
 
+OPEN_FILES = """
+import os
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        print(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        pass
+"""
+
+
 def test_file_stream_file_is_not_inherited_by_workers(tmp_path: Path) -> None:
     stream = FileStream(str(tmp_path / "out.log"))
-    assert stream._file is not None
-    assert not os.get_inheritable(stream._file.fileno())
+    stream(chunk(b"open\n"))
+    child_files = subprocess.run(
+        [sys.executable, "-c", OPEN_FILES],
+        close_fds=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert str(tmp_path / "out.log") not in child_files
 
 
 # --- logrotate ----------------------------------------------------------------------------

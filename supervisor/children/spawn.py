@@ -246,85 +246,110 @@ def _fork(plan: _Plan, write_end: int, devnull: int) -> int:
     return pid
 
 
+class _Progress:
+    """The step the child is at, and its argument: what the report names if the step fails."""
+
+    __slots__ = ("arg", "step")
+
+    def __init__(self) -> None:
+        self.step, self.arg = "signals", 0
+
+    def at(self, step: str, arg: int = 0) -> None:
+        self.step, self.arg = step, arg
+
+
 def _child(plan: _Plan, report_fd: int, devnull: int) -> NoReturn:
-    step, arg = "signals", 0
+    progress = _Progress()
     try:
         signal.set_wakeup_fd(-1)
         for signum in _RESETTABLE_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
-
-        step = "dup2"
-        # Every source (and the report pipe) first moves above all targets, so a
-        # dup2 onto a target can never clobber a source still to be placed.
+        progress.at("dup2")
+        # The report pipe first moves above all targets, so no dup2 can clobber it.
         report_fd = fcntl.fcntl(report_fd, fcntl.F_DUPFD_CLOEXEC, plan.high)
-        moved = []
-        for target, source in plan.dups:
-            fd = devnull if source == _DEVNULL else source
-            moved.append((target, fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, plan.high)))
-        for target, fd in moved:
-            arg = target
-            os.dup2(fd, target)
-
-        step, arg = "close", 0
-        low = 3
-        for fd in sorted(plan.keep_below_high):
-            os.closerange(low, fd)
-            low = fd + 1
-        os.closerange(low, report_fd)
-        os.closerange(report_fd + 1, plan.max_fd)
-
+        _place_fds(plan, devnull, progress)
+        progress.at("close")
+        _close_other_fds(plan, report_fd)
         if plan.new_session:
-            step = "setsid"
+            progress.at("setsid")
             os.setsid()
-
-        step = "rlimit"
-        for res, soft, hard in plan.rlimits:
-            arg = res
-            try:
-                resource.setrlimit(res, (soft, hard))
-            except ValueError:
-                raise OSError(_rlimit_errno(soft, hard), "setrlimit") from None
-
-        if plan.gid is not None:
-            step, arg = "setgid", plan.gid
-            os.setgid(plan.gid)
-            if os.getresgid() != (plan.gid, plan.gid, plan.gid):
-                raise OSError(errno_codes.EPERM, "setgid")
-        if plan.groups is not None:
-            step, arg = plan.groups_step, 0
-            os.setgroups(plan.groups)
-        if plan.uid is not None:
-            step, arg = "setuid", plan.uid
-            os.setuid(plan.uid)
-            if os.getresuid() != (plan.uid, plan.uid, plan.uid):
-                raise OSError(errno_codes.EPERM, "setuid")
-
+        _set_rlimits(plan, progress)
+        _switch_ids(plan, progress)
         if plan.umask is not None:
             os.umask(plan.umask)
         if plan.working_dir is not None:
-            step, arg = "chdir", 0
+            progress.at("chdir")
             os.chdir(plan.working_dir)
-
-        step, arg = "exec", 0
-        env = plan.env
-        if plan.listen_pid:
-            env[b"LISTEN_PID"] = b"%d" % os.getpid()
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        codes: list[int] = []
-        for path in plan.candidates:
-            try:
-                os.execve(path, plan.argv, env)
-            except OSError as exc:
-                codes.append(exc.errno or errno_codes.EINVAL)
-        code, arg = _exec_error(codes)
-        raise OSError(code, "execve")
+        progress.at("exec")
+        _exec(plan, progress)
     # The child must never return into the parent's code, whatever happened.
     except BaseException as exc:
         code = getattr(exc, "errno", None) or errno_codes.EINVAL
         with contextlib.suppress(OSError):
-            os.write(report_fd, b"%s:%d:%d" % (step.encode(), code, arg))
+            os.write(report_fd, b"%s:%d:%d" % (progress.step.encode(), code, progress.arg))
     finally:
         os._exit(_CHILD_FAILED)
+
+
+def _place_fds(plan: _Plan, devnull: int, progress: _Progress) -> None:
+    # Every source first moves above all targets, so a dup2 onto a target can
+    # never clobber a source still to be placed.
+    moved = []
+    for target, source in plan.dups:
+        fd = devnull if source == _DEVNULL else source
+        moved.append((target, fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, plan.high)))
+    for target, fd in moved:
+        progress.at("dup2", target)
+        os.dup2(fd, target)
+
+
+def _close_other_fds(plan: _Plan, report_fd: int) -> None:
+    low = 3
+    for fd in sorted(plan.keep_below_high):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, report_fd)
+    os.closerange(report_fd + 1, plan.max_fd)
+
+
+def _set_rlimits(plan: _Plan, progress: _Progress) -> None:
+    for res, soft, hard in plan.rlimits:
+        progress.at("rlimit", res)
+        try:
+            resource.setrlimit(res, (soft, hard))
+        except ValueError:
+            raise OSError(_rlimit_errno(soft, hard), "setrlimit") from None
+
+
+def _switch_ids(plan: _Plan, progress: _Progress) -> None:
+    if plan.gid is not None:
+        progress.at("setgid", plan.gid)
+        os.setgid(plan.gid)
+        if os.getresgid() != (plan.gid, plan.gid, plan.gid):
+            raise OSError(errno_codes.EPERM, "setgid")
+    if plan.groups is not None:
+        progress.at(plan.groups_step)
+        os.setgroups(plan.groups)
+    if plan.uid is not None:
+        progress.at("setuid", plan.uid)
+        os.setuid(plan.uid)
+        if os.getresuid() != (plan.uid, plan.uid, plan.uid):
+            raise OSError(errno_codes.EPERM, "setuid")
+
+
+def _exec(plan: _Plan, progress: _Progress) -> NoReturn:
+    env = plan.env
+    if plan.listen_pid:
+        env[b"LISTEN_PID"] = b"%d" % os.getpid()
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    codes: list[int] = []
+    for path in plan.candidates:
+        try:
+            os.execve(path, plan.argv, env)
+        except OSError as exc:
+            codes.append(exc.errno or errno_codes.EINVAL)
+    code, progress.arg = _exec_error(codes)
+    raise OSError(code, "execve")
 
 
 def _exec_error(codes: list[int]) -> tuple[int, int]:
@@ -384,52 +409,19 @@ def _spawn_error(step: str, code: int, arg: int, spec: SpawnSpec, plan: _Plan) -
 
 
 def _make_plan(spec: SpawnSpec) -> _Plan:
-    if not spec.argv:
-        raise ValueError("SpawnSpec.argv must name the program")
-    if any(target < 3 for target in spec.fds):
-        raise ValueError("SpawnSpec.fds targets must be >= 3; use stdin/stdout/stderr")
-    unknown = set(spec.rlimits) - set(_RLIMIT_NAMES)
-    if unknown:
-        raise ValueError(f"unknown rlimit resources {sorted(unknown)}")
-
-    env = {os.fsencode(key): os.fsencode(value) for key, value in spec.env.items()}
-    for key, value in env.items():
-        if not key or b"=" in key or b"\0" in key or b"\0" in value:
-            raise SpawnError("exec", errno_codes.EINVAL, f"environment variable {key!r}")
+    _check_spec(spec)
+    env = _plan_env(spec)
     argv = tuple(os.fsencode(arg) for arg in spec.argv)
     if any(b"\0" in arg for arg in argv):
         raise SpawnError("exec", errno_codes.EINVAL, f"argument list {list(spec.argv)}")
-
-    listen_pid = spec.listen_fds_names is not None
-    if spec.listen_fds_names is not None:
-        names = spec.listen_fds_names
-        missing = set(range(3, 3 + len(names))) - set(spec.fds)
-        if missing:
-            raise ValueError(f"listen_fds_names needs fds {sorted(missing)} in SpawnSpec.fds")
-        if any(":" in name for name in names):
-            raise SpawnError("listen_fds", errno_codes.EINVAL, f"socket names {list(names)} (':')")
-        env[b"LISTEN_FDS"] = b"%d" % len(names)
-        env[b"LISTEN_FDNAMES"] = os.fsencode(":".join(names))
-
-    dups: list[tuple[int, int]] = [(0, _DEVNULL if spec.stdin is None else spec.stdin)]
-    for target, source, close in (
-        (1, spec.stdout, spec.close_stdout),
-        (2, spec.stderr, spec.close_stderr),
-    ):
-        if close:
-            dups.append((target, _DEVNULL))
-        elif source is not None:
-            dups.append((target, source))
-    dups.extend(sorted(spec.fds.items()))
     targets = {0, 1, 2, *spec.fds}
     high = max(targets) + 1
-
     uid, gid, groups, groups_step = _plan_groups(spec)
     return _Plan(
         argv=argv,
         env=env,
         candidates=_exec_candidates(spec.executable or spec.argv[0], spec.env),
-        dups=tuple(dups),
+        dups=_plan_dups(spec),
         high=high,
         keep_below_high=frozenset(fd for fd in targets if fd >= 3),
         max_fd=max(os.sysconf("SC_OPEN_MAX"), high + 1),
@@ -441,8 +433,53 @@ def _make_plan(spec: SpawnSpec) -> _Plan:
         uid=uid,
         umask=spec.umask,
         working_dir=None if spec.working_dir is None else os.fsencode(spec.working_dir),
-        listen_pid=listen_pid,
+        listen_pid=spec.listen_fds_names is not None,
     )
+
+
+def _check_spec(spec: SpawnSpec) -> None:
+    """ValueError for a spec no caller should build (a programming error)."""
+    if not spec.argv:
+        raise ValueError("SpawnSpec.argv must name the program")
+    if any(target < 3 for target in spec.fds):
+        raise ValueError("SpawnSpec.fds targets must be >= 3; use stdin/stdout/stderr")
+    unknown = set(spec.rlimits) - set(_RLIMIT_NAMES)
+    if unknown:
+        raise ValueError(f"unknown rlimit resources {sorted(unknown)}")
+    names = spec.listen_fds_names or ()
+    missing = set(range(3, 3 + len(names))) - set(spec.fds)
+    if missing:
+        raise ValueError(f"listen_fds_names needs fds {sorted(missing)} in SpawnSpec.fds")
+
+
+def _plan_env(spec: SpawnSpec) -> dict[bytes, bytes]:
+    """The child's environment as bytes, with the systemd socket variables but LISTEN_PID."""
+    env = {os.fsencode(key): os.fsencode(value) for key, value in spec.env.items()}
+    for key, value in env.items():
+        if not key or b"=" in key or b"\0" in key or b"\0" in value:
+            raise SpawnError("exec", errno_codes.EINVAL, f"environment variable {key!r}")
+    names = spec.listen_fds_names
+    if names is not None:
+        if any(":" in name for name in names):
+            raise SpawnError("listen_fds", errno_codes.EINVAL, f"socket names {list(names)} (':')")
+        env[b"LISTEN_FDS"] = b"%d" % len(names)
+        env[b"LISTEN_FDNAMES"] = os.fsencode(":".join(names))
+    return env
+
+
+def _plan_dups(spec: SpawnSpec) -> tuple[tuple[int, int], ...]:
+    """(child fd, parent fd or _DEVNULL) for stdio and the declared fds."""
+    dups: list[tuple[int, int]] = [(0, _DEVNULL if spec.stdin is None else spec.stdin)]
+    for target, source, close in (
+        (1, spec.stdout, spec.close_stdout),
+        (2, spec.stderr, spec.close_stderr),
+    ):
+        if close:
+            dups.append((target, _DEVNULL))
+        elif source is not None:
+            dups.append((target, source))
+    dups.extend(sorted(spec.fds.items()))
+    return tuple(dups)
 
 
 def _plan_groups(spec: SpawnSpec) -> tuple[int | None, int | None, tuple[int, ...] | None, str]:

@@ -11,6 +11,7 @@ on one watcher queue on that watcher's lock.
 from __future__ import annotations
 
 import asyncio
+import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -52,11 +53,15 @@ async def dispatch(arbiter: Arbiter, request: Request, raw: bytes) -> dict[str, 
 async def _run(arbiter: Arbiter, request: Request, raw: bytes) -> dict[str, Any]:
     found = COMMANDS.get(request.command)
     if found is None:
-        return error(f"unknown command: {request.command!r}", UNKNOWN_COMMAND, request.id)
+        return error(
+            f"unknown command: {request.command!r}", UNKNOWN_COMMAND, request.id, now=time.time()
+        )
     props = request.properties
     for name in found.required:
         if name not in props:
-            return error(f"message invalid {name!r} is missing", MESSAGE_ERROR, request.id)
+            return error(
+                f"message invalid {name!r} is missing", MESSAGE_ERROR, request.id, now=time.time()
+            )
     log.debug("command_received", command=request.command, properties=props)
     try:
         result = await found.handler(arbiter, props)
@@ -65,7 +70,7 @@ async def _run(arbiter: Arbiter, request: Request, raw: bytes) -> dict[str, Any]
                 _in_background(request.command, result)
                 if result.started is not None and (failure := await result.started):
                     raise failure
-                return ok({}, request.id)
+                return ok({}, request.id, now=time.time())
             try:
                 result = result.shape(await result.work)
             except (CommandError, ReloadError):
@@ -73,18 +78,28 @@ async def _run(arbiter: Arbiter, request: Request, raw: bytes) -> dict[str, Any]
             except Exception as exc:  # the work failed after the checks passed
                 log.error("command_failed", command=request.command, error=str(exc), exc_info=True)
                 return error(
-                    f"server error: {exc}", BAD_MSG_DATA_ERROR, request.id, traceback.format_exc()
+                    f"server error: {exc}",
+                    BAD_MSG_DATA_ERROR,
+                    request.id,
+                    traceback.format_exc(),
+                    now=time.time(),
                 )
-        return ok(result, request.id)
+        return ok(result, request.id, now=time.time())
     except CommandError as exc:
-        return error(exc.reason, exc.errno, request.id)
+        return error(exc.reason, exc.errno, request.id, now=time.time())
     except (ConfigError, HookError, StreamConfigError, ReloadError) as exc:
-        return error(str(exc), MESSAGE_ERROR, request.id)
+        return error(str(exc), MESSAGE_ERROR, request.id, now=time.time())
     except OSError as exc:
-        return error(str(exc), OS_ERROR, request.id)
+        return error(str(exc), OS_ERROR, request.id, now=time.time())
     except Exception as exc:  # a bug must cost one reply, not the control socket
         log.error("command_crashed", command=request.command, error=str(exc), exc_info=True)
-        return error(f"command {raw!r}: {exc}", COMMAND_ERROR, request.id, traceback.format_exc())
+        return error(
+            f"command {raw!r}: {exc}",
+            COMMAND_ERROR,
+            request.id,
+            traceback.format_exc(),
+            now=time.time(),
+        )
 
 
 def _in_background(name: str, deferred: Deferred) -> None:

@@ -37,14 +37,14 @@ from chapiteau.supervisor.commands.base import (
     watcher_named,
 )
 from chapiteau.supervisor.config import (
-    SOCKET_REFERENCE,
     UnknownIdentity,
     WatcherConfig,
     copied_env,
     group_id,
+    socket_references,
     user_ids,
 )
-from chapiteau.supervisor.endpoints.controller import EndpointError, owner_uid
+from chapiteau.supervisor.endpoints.zmq_setup import EndpointError, owner_uid
 
 if TYPE_CHECKING:
     from chapiteau.supervisor.arbiter import Arbiter
@@ -108,8 +108,7 @@ def apply_options(
 def _socket_names(config: WatcherConfig, sockets: set[str]) -> tuple[str, ...]:
     found = list(config.sockets)
     for text in (config.cmd, config.args):
-        for match in SOCKET_REFERENCE.finditer(text):
-            found.append((match.group("dollar") or match.group("parens")).lower())
+        found.extend(socket_references(text))
     for name in found:
         if name not in sockets:
             raise CommandError(

@@ -47,7 +47,8 @@ import zmq
 import zmq.asyncio
 
 from chapiteau.supervisor.children import process_tree
-from chapiteau.supervisor.endpoints.controller import Curve, EndpointError, prepare_endpoint
+from chapiteau.supervisor.endpoints.zmq_setup import Curve, EndpointError, prepare_endpoint
+from chapiteau.supervisor.events import topic_name
 
 log = structlog.get_logger("chapiteau.supervisor")
 
@@ -257,7 +258,7 @@ def socket_reads(sock: socket.socket) -> int:
 
 def stat_topic(name: str, subtopic: int | None = None) -> str:
     """``stat.<name>[.<subtopic>]``, the watcher name as in Circus's event topics."""
-    topic = f"stat.{name.lower().replace(' ', '_')}"
+    topic = f"stat.{topic_name(name)}"
     return topic if subtopic is None else f"{topic}.{subtopic}"
 
 

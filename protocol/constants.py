@@ -1,0 +1,25 @@
+"""Values the broker, the supervisor and chapiteauctl must agree on, defined once.
+
+Each side imports its constant from here, so that the channel variable the
+broker sets is the one the supervisor reads, the exit status the supervisor
+returns for a refused configuration is the one the broker recognises, and
+the CLI's default endpoint is the daemon's.
+"""
+
+from __future__ import annotations
+
+VERSION = "0.1.0"
+"""chapiteau's version, as ``--version`` prints it (pyproject.toml says the same)."""
+
+BROKER_FD_VARIABLE = "CHAPITEAU_BROKER_FD"
+"""The environment variable through which the broker names the supervisor's channel fd."""
+
+EX_CONFIG = 78
+"""The supervisor's exit status when it refuses the configuration (sysexits.h)."""
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+"""``[circus] endpoint``'s default: the control socket, and chapiteauctl's default."""
+DEFAULT_PUBSUB_ENDPOINT = "tcp://127.0.0.1:5556"
+"""``[circus] pubsub_endpoint``'s default: the events, and ``chapiteauctl listen``'s default."""
+DEFAULT_STATS_ENDPOINT = "tcp://127.0.0.1:5557"
+"""``[circus] stats_endpoint``'s default."""

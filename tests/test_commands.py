@@ -1,0 +1,48 @@
+"""Tests for chapiteau.supervisor.commands.dispatch: a control request in, Circus's reply out."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from chapiteau.protocol.circus_messages import MESSAGE_ERROR, UNKNOWN_COMMAND, Request
+from chapiteau.supervisor.commands import dispatch
+
+ARBITER: Any = SimpleNamespace(
+    watchers={"web": SimpleNamespace(name="web", state="active", processes={11: None, 12: None})}
+)
+"""What the read-only commands need of an arbiter: its watchers by name."""
+
+
+def reply(command: str, properties: dict[str, Any] | None = None, cast: bool = False) -> Any:
+    request = Request("id-1", command, properties or {}, cast)
+    return asyncio.run(dispatch(ARBITER, request, b"raw"))
+
+
+def test_a_command_answers_with_its_fields_and_the_request_id():
+    answer = reply("list", {"name": "web"})
+    assert (answer["status"], answer["pids"], answer["id"]) == ("ok", [11, 12], "id-1")
+
+
+def test_an_unknown_command_is_errno_2():
+    answer = reply("dance")
+    assert (answer["status"], answer["errno"]) == ("error", UNKNOWN_COMMAND)
+    assert answer["reason"] == "unknown command: 'dance'"
+
+
+def test_a_missing_required_property_is_errno_3_with_circus_words():
+    answer = reply("incr")
+    assert (answer["errno"], answer["reason"]) == (
+        MESSAGE_ERROR,
+        "message invalid 'name' is missing",
+    )
+
+
+def test_an_unknown_watcher_is_errno_3():
+    answer = reply("status", {"name": "nope"})
+    assert (answer["errno"], answer["reason"]) == (MESSAGE_ERROR, "program nope not found")
+
+
+def test_a_cast_gets_no_reply():
+    assert reply("list", cast=True) is None

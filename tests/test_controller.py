@@ -1,0 +1,103 @@
+"""Tests for chapiteau.supervisor.endpoints.controller: the control ROUTER, on a real ipc socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from chapiteau.protocol.circus_messages import INVALID_JSON, Request, encode, make_request
+from chapiteau.supervisor.endpoints.controller import Controller
+
+TIMEOUT = 10.0
+
+
+async def echo(request: Request, raw: bytes) -> dict[str, Any] | None:
+    """A handler that answers with what it was asked, and nothing to a cast."""
+    if request.cast:
+        return None
+    return {"status": "ok", "command": request.command, "id": request.id}
+
+
+def exchange(
+    tmp_path: Path,
+    talk: Callable[[zmq.asyncio.Context, str], Awaitable[Any]],
+    handler: Callable[[Request, bytes], Awaitable[dict[str, Any] | None]] = echo,
+) -> Any:
+    """Run a Controller on an ipc endpoint under ``tmp_path`` while ``talk`` uses it."""
+
+    async def main() -> Any:
+        endpoint = f"ipc://{tmp_path}/control/ctl.sock"
+        controller = Controller(endpoint, handler)
+        controller.start()
+        clients = zmq.asyncio.Context()
+        try:
+            return await asyncio.wait_for(talk(clients, endpoint), TIMEOUT)
+        finally:
+            clients.destroy(linger=0)
+            await controller.close()
+
+    return asyncio.run(main())
+
+
+def test_a_dealer_request_gets_the_handlers_reply(tmp_path: Path) -> None:
+    async def talk(context: zmq.asyncio.Context, endpoint: str) -> dict[str, Any]:
+        dealer = context.socket(zmq.DEALER)
+        dealer.connect(endpoint)
+        await dealer.send(encode(make_request("LIST", {}, "id-1")))
+        return json.loads(await dealer.recv())
+
+    assert exchange(tmp_path, talk) == {"status": "ok", "command": "list", "id": "id-1"}
+
+
+def test_a_req_client_is_answered_too(tmp_path: Path) -> None:
+    async def talk(context: zmq.asyncio.Context, endpoint: str) -> dict[str, Any]:
+        req = context.socket(zmq.REQ)
+        req.connect(endpoint)
+        await req.send(encode(make_request("status", {"name": "web"}, 7)))
+        return json.loads(await req.recv())
+
+    assert exchange(tmp_path, talk) == {"status": "ok", "command": "status", "id": 7}
+
+
+def test_a_malformed_frame_is_answered_without_reaching_the_handler(tmp_path: Path) -> None:
+    asked: list[Request] = []
+
+    async def recording(request: Request, raw: bytes) -> dict[str, Any] | None:
+        asked.append(request)
+        return await echo(request, raw)
+
+    async def talk(context: zmq.asyncio.Context, endpoint: str) -> dict[str, Any]:
+        dealer = context.socket(zmq.DEALER)
+        dealer.connect(endpoint)
+        await dealer.send(b"{not json")
+        return json.loads(await dealer.recv())
+
+    reply = exchange(tmp_path, talk, recording)
+    assert (reply["status"], reply["errno"]) == ("error", INVALID_JSON)
+    assert asked == []
+
+
+def test_a_cast_gets_no_reply_and_the_next_request_still_does(tmp_path: Path) -> None:
+    async def talk(context: zmq.asyncio.Context, endpoint: str) -> dict[str, Any]:
+        dealer = context.socket(zmq.DEALER)
+        dealer.connect(endpoint)
+        await dealer.send(encode(make_request("incr", {}, "cast", cast=True)))
+        await dealer.send(encode(make_request("list", {}, "after")))
+        return json.loads(await dealer.recv())
+
+    assert exchange(tmp_path, talk)["id"] == "after"
+
+
+def test_the_ipc_directory_is_created_private(tmp_path: Path) -> None:
+    async def talk(context: zmq.asyncio.Context, endpoint: str) -> int:
+        return stat.S_IMODE(os.stat(tmp_path / "control").st_mode)
+
+    assert exchange(tmp_path, talk) == 0o700
