@@ -15,8 +15,12 @@ import socket
 import stat
 from dataclasses import dataclass
 
+import structlog
+
 from chapiteau.broker.config import SocketSpec
 from chapiteau.protocol.broker_messages import SocketInfo
+
+log = structlog.get_logger("chapiteau.broker")
 
 LISTENING_TYPES = (socket.SOCK_STREAM, socket.SOCK_SEQPACKET)
 
@@ -67,10 +71,17 @@ class BoundSocket:
         return stat.S_ISSOCK(on_disk.st_mode) and on_disk.st_ino == self.path_inode
 
     def close(self) -> None:
-        """Close the socket and remove its path if the path still is this socket's file."""
+        """Close the socket and remove its path if the path still is this socket's file.
+
+        Once confined, the broker may no longer be allowed to remove it (a
+        directory only root can write): the file stays, and the log says so.
+        """
         if self.owns_path():
             assert self.spec.path is not None
-            os.unlink(self.spec.path)
+            try:
+                os.unlink(self.spec.path)
+            except OSError as exc:
+                log.warning("socket_file_not_removed", path=self.spec.path, error=exc.strerror)
         self.sock.close()
 
 

@@ -19,7 +19,6 @@ import selectors
 import signal
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 
@@ -28,11 +27,13 @@ import structlog
 
 from chapiteau.broker.binding import BindError, BoundSocket, existing_socket_file
 from chapiteau.broker.config import BrokerConfig, load_broker_config
+from chapiteau.broker.launcher import Launcher
 from chapiteau.broker.privileges import ServiceUser
 from chapiteau.broker.service import Peer, Reply, Service
 from chapiteau.broker.socket_table import ReloadError, apply_reload, close_all
 from chapiteau.broker.supervisor_process import (
     EX_CONFIG,
+    Supervisor,
     SupervisorStartError,
     start_supervisor,
     supervisor_argv,
@@ -60,16 +61,19 @@ class Broker:
         config: BrokerConfig,
         sockets: dict[str, BoundSocket],
         user: ServiceUser,
+        launcher: Launcher | None,
         supervisor_options: Sequence[str] = (),
         listener: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.user = user
+        self.launcher = launcher
+        """Starts each supervisor for us (we are confined); None in connect mode."""
         self.supervisor_options = list(supervisor_options)
         self.service = Service(sockets, self._reload, self._shutdown_requested)
         self.selector = selectors.DefaultSelector()
         self.peers: dict[socket.socket, Peer] = {}
-        self.supervisor: subprocess.Popen | None = None
+        self.supervisor: Supervisor | None = None
         self.supervisor_channel: socket.socket | None = None
         self.supervisor_started = 0.0
         self.starts = 0
@@ -145,10 +149,13 @@ class Broker:
     # -- the supervisor -------------------------------------------------------
 
     def _start_supervisor(self) -> None:
+        assert self.launcher is not None
         broker_end, supervisor_end = channel_pair()
         argv = supervisor_argv(self.config, supervisor_end.fileno(), self.supervisor_options)
         try:
-            self.supervisor = start_supervisor(argv, self.user, supervisor_end.fileno())
+            self.supervisor = start_supervisor(
+                self.launcher, argv, self.user, supervisor_end.fileno()
+            )
         except SupervisorStartError as exc:
             broker_end.close()
             log.error("supervisor_start_failed", error=str(exc))
@@ -183,9 +190,11 @@ class Broker:
             if self.supervisor is not None and pid == self.supervisor.pid:
                 self.supervisor.returncode = code
                 self._supervisor_exited(code)
+            elif self.launcher is not None and pid == self.launcher.pid:
+                log.error("launcher_died", pid=pid, exit_code=code, hint="restart chapiteau")
             else:
                 log.info("orphan_reaped", pid=pid, exit_code=code)
-        if self.stopping and self.supervisor is None and not _children():
+        if self.stopping and self.supervisor is None and not self._children():
             self.exit_status = self.stop_status
 
     def _supervisor_exited(self, code: int) -> None:
@@ -195,7 +204,7 @@ class Broker:
         if self.supervisor_channel is not None:
             self._drop_peer(self.supervisor_channel)
             self.supervisor_channel = None
-        if _children():
+        if self._children():
             self._signal_orphans(signal.SIGTERM)
             self.kill_orphans_at = time.monotonic() + self.config.orphan_timeout
         if self.stopping:
@@ -215,7 +224,7 @@ class Broker:
     def _signal_orphans(self, signum: int) -> None:
         """Signal the process group of every child that is not the current supervisor."""
         keep = self.supervisor.pid if self.supervisor is not None else None
-        for pid in _children():
+        for pid in self._children():
             if pid == keep:
                 continue
             with contextlib.suppress(ProcessLookupError):
@@ -226,6 +235,11 @@ class Broker:
                     os.killpg(group, signum)
                 log.info("orphan_signalled", pid=pid, signal=signal.Signals(signum).name)
 
+    def _children(self) -> list[int]:
+        """Our children but the launcher: the supervisor and orphaned workers."""
+        launcher = self.launcher.pid if self.launcher is not None else None
+        return [pid for pid in _all_children() if pid != launcher]
+
     def _stop(self) -> None:
         if self.stopping and self.supervisor is None:
             return
@@ -233,7 +247,7 @@ class Broker:
         self.restart_at = None
         if self.supervisor is not None:
             self.supervisor.send_signal(signal.SIGTERM)
-        elif not _children():
+        elif not self._children():
             self.exit_status = 0
 
     def _shutdown_requested(self) -> None:
@@ -319,6 +333,8 @@ class Broker:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         close_all(self.service.sockets.values())
+        if self.launcher is not None:
+            self.launcher.close()
         log.info("broker_stopped", exit_status=self.exit_status)
 
 
@@ -326,7 +342,7 @@ def _wake_only(signum: int, frame: object) -> None:
     """Signals only wake the loop (through the wakeup fd); the loop handles them."""
 
 
-def _children() -> list[int]:
+def _all_children() -> list[int]:
     """The broker's current children, from /proc (orphans land here: we are a subreaper)."""
     pid = os.getpid()
     try:
@@ -342,11 +358,13 @@ def peer_uid(conn: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
-def listen_for_supervisors(path: str, user: ServiceUser) -> socket.socket:
+def listen_for_supervisors(path: str, user: ServiceUser, owner: int = -1) -> socket.socket:
     """Listen on ``path`` for a separately started supervisor (connect mode).
 
     A missing directory is created 0750 (whatever the umask) with the service
-    user's group, so that only root and that group can even reach the socket;
+    user's group, owned by ``owner`` (the broker's own account, so that it can
+    still remove the socket once it dropped root; -1: unchanged), so that only
+    the broker and that group can even reach the socket;
     the peer's uid is checked again on every connection. BindError says what
     went wrong, for the operator.
     """
@@ -356,7 +374,7 @@ def listen_for_supervisors(path: str, user: ServiceUser) -> socket.socket:
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o750)
             os.chmod(directory, 0o750)
-            os.chown(directory, 0 if os.geteuid() == 0 else -1, user.gid)
+            os.chown(directory, owner, user.gid)
     except OSError as exc:
         raise BindError(f"{where}: cannot create {directory}: {exc.strerror}") from None
     if existing_socket_file(path, where):

@@ -51,7 +51,9 @@ SOCKET_KEYS = frozenset(
         "so_reuseport",
     }
 )
-BROKER_KEYS = frozenset({"user", "group", "supervisor_command", "socket_path", "orphan_timeout"})
+BROKER_KEYS = frozenset(
+    {"user", "group", "broker_user", "supervisor_command", "socket_path", "orphan_timeout"}
+)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class BrokerConfig:
     """``[circus] pidfile``, used when the command line gives none."""
     loggerconfig: str | None = None
     """``[circus] loggerconfig``: not applied (chapiteau logs with structlog); warned about."""
+    broker_user: str | None = None
+    """``[broker] broker_user``: the broker's own uid once bound (None: the default account)."""
 
 
 def load_broker_config(path: str, environ: Mapping[str, str] | None = None) -> BrokerConfig:
@@ -176,6 +180,7 @@ def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec
         path=ini.path,
         user=section.get_str("user") or None,
         group=section.get_str("group") or None,
+        broker_user=section.get_str("broker_user") or None,
         supervisor_command=argv,
         socket_path=socket_path,
         orphan_timeout=orphan_timeout,

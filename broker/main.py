@@ -3,8 +3,9 @@
 The order is the trust model: everything that can fail for a reason the
 operator must fix (config, user, file access, binding) happens first, in the
 foreground, with a one-line error and a non-zero exit, before anything is
-started. Only then does the broker daemonize (if asked), drop its privileges
-and start the supervisor as the service user.
+started. Only then does the broker daemonize (if asked), fork the launcher
+that will start each supervisor as the service user, and confine itself for
+good (its own uid, a few capabilities, Landlock, seccomp: broker/confinement.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import structlog
 from chapiteau.broker.binding import BindError, BoundSocket
 from chapiteau.broker.broker import Broker, listen_for_supervisors
 from chapiteau.broker.config import load_broker_config
+from chapiteau.broker.confinement import confine
+from chapiteau.broker.launcher import fork_launcher
 from chapiteau.broker.logs import configure_logging
 from chapiteau.broker.pidfile import (
     PidfileError,
@@ -29,10 +32,8 @@ from chapiteau.broker.pidfile import (
 from chapiteau.broker.privileges import (
     PrivilegeError,
     check_access,
-    drop_privileges,
-    needed_capabilities,
+    resolve_broker_user,
     resolve_service_user,
-    running_as_root,
     supervisor_files,
 )
 from chapiteau.broker.socket_table import bind_all, close_all
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         args.log_output = args.log_output or config.logoutput
         args.pidfile = args.pidfile or config.pidfile
         user = resolve_service_user(config.user, config.group)
+        broker_user = resolve_broker_user(config.broker_user, user)
         if config.socket_path is None:
             check_access(user, supervisor_files(config))
         if args.pidfile:
@@ -94,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                 hint="chapiteau logs with structlog: use --log-format json and --log-output",
             )
         sockets = bind_all(config.sockets.values())
-        listener = listen_for_supervisors(config.socket_path, user) if config.socket_path else None
+        owner = broker_user.uid if broker_user else -1
+        listener = (
+            listen_for_supervisors(config.socket_path, user, owner) if config.socket_path else None
+        )
         if args.daemon:
             _daemonize(keep_output=bool(args.log_output))
         if args.pidfile:
@@ -105,11 +110,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if console is not sys.stderr:
         console.close()
-    if running_as_root():
-        drop_privileges(needed_capabilities(config))
+    # Connect mode: the supervisor is started by someone else; nothing to launch.
+    launcher = None if config.socket_path else fork_launcher(user)
+    try:
+        confined = confine(config, args.pidfile, broker_user, user)
+    except OSError as exc:
+        # Never run half-confined: stop before serving anything.
+        log.error("confinement_failed", error=str(exc))
+        close_all(sockets.values())
+        return 1
+    log.info(
+        "broker_confined",
+        uid=confined.uid,
+        capabilities=list(confined.capabilities),
+        landlock_abi=confined.landlock_abi,
+        seccomp_rules=confined.seccomp_rules,
+        launcher=launcher.pid if launcher else None,
+    )
     options = ["--log-level", args.log_level, "--log-format", args.log_format]
     try:
-        return Broker(config, sockets, user, options, listener).run()
+        return Broker(config, sockets, user, launcher, options, listener).run()
     finally:
         if args.pidfile:
             remove_pidfile(args.pidfile)

@@ -126,6 +126,10 @@ ALLOWED = (
     "prlimit64",
     "getrlimit",
     "prctl",
+    # confinement itself, put on after this filter: these only ever restrict further
+    "landlock_create_ruleset",
+    "landlock_add_rule",
+    "landlock_restrict_self",
     "sched_getaffinity",
     "sched_yield",
     "exit",

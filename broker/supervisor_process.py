@@ -1,22 +1,26 @@
 """Start the supervisor as the service user, with one end of the broker channel.
 
-The child's credentials are switched by the standard library's fork_exec
+The confined broker cannot fork a usable supervisor (its seccomp filter and
+Landlock domain would be inherited): it asks its launcher (broker/launcher.py),
+which switches the credentials with the standard library's fork_exec
 (setgroups, then setgid, then setuid, each checked, before exec), so a failed
-switch is an OSError in the broker and never a supervisor running as root.
-The supervisor gets its own session, so a terminal's Ctrl-C reaches only the
-broker, which then stops the supervisor in order.
+switch is a start error and never a supervisor running as root. The
+supervisor gets its own session, so a terminal's Ctrl-C reaches only the
+broker, which then stops the supervisor in order; it is the broker's child.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from chapiteau.broker.config import BrokerConfig
-from chapiteau.broker.privileges import ServiceUser, running_as_root
+from chapiteau.broker.launcher import Launcher, LaunchError
+from chapiteau.broker.privileges import ServiceUser
 
 BROKER_FD_VARIABLE = "CHAPITEAU_BROKER_FD"
 EX_CONFIG = 78
@@ -25,6 +29,20 @@ EX_CONFIG = 78
 
 class SupervisorStartError(Exception):
     """The supervisor program could not be started at all."""
+
+
+@dataclass
+class Supervisor:
+    """The running supervisor: the broker's child, reaped by the broker's loop."""
+
+    pid: int
+    returncode: int | None = None
+
+    def send_signal(self, signum: int) -> None:
+        """Signal it unless reaped (until then its pid cannot be reused)."""
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
 
 
 def supervisor_argv(config: BrokerConfig, channel_fd: int, options: Sequence[str]) -> list[str]:
@@ -54,19 +72,15 @@ def supervisor_environment(user: ServiceUser, channel_fd: int, base: Mapping[str
     return env
 
 
-def start_supervisor(argv: list[str], user: ServiceUser, channel_fd: int) -> subprocess.Popen:
-    """Fork and exec the supervisor as ``user``, passing only ``channel_fd`` beyond stdio."""
-    credentials: dict = {}
-    if running_as_root():
-        credentials = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
+def start_supervisor(
+    launcher: Launcher, argv: list[str], user: ServiceUser, channel_fd: int
+) -> Supervisor:
+    """Have the launcher start the supervisor as ``user``, passing only ``channel_fd`` beyond stdio.
+
+    The fd keeps its number in the supervisor, the one ``argv`` names.
+    """
+    env = supervisor_environment(user, channel_fd, os.environ)
     try:
-        return subprocess.Popen(
-            argv,
-            pass_fds=(channel_fd,),
-            env=supervisor_environment(user, channel_fd, os.environ),
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            **credentials,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SupervisorStartError(f"cannot start the supervisor {argv[0]}: {exc}") from None
+        return Supervisor(launcher.start(argv, env, {channel_fd: channel_fd}))
+    except LaunchError as exc:
+        raise SupervisorStartError(str(exc)) from None
