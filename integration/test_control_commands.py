@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import pwd
+import shutil
 import time
 from pathlib import Path
 
@@ -116,6 +117,27 @@ def test_options_lists_every_option_sorted(daemon):
     assert list(options) == sorted(options)
     assert {"numprocesses", "cmd", "stop_signal", "env", "stdout_stream_conf"} <= set(options)
     assert options["stop_signal"] == 15 and options["numprocesses"] == 2
+
+
+CIRCUSD_OPTIONS_OF_WEB = {
+    "args": "", "close_child_stderr": False, "close_child_stdin": True,
+    "close_child_stdout": False, "cmd": "/bin/sleep 1000", "copy_env": False, "env": {},
+    "executable": None, "gid": None, "graceful_timeout": 30.0, "max_age": 0,
+    "max_age_variance": 30, "max_retry": 5, "numprocesses": 2, "on_demand": False,
+    "priority": 0, "respawn": True, "send_hup": False, "shell": False, "shell_args": None,
+    "singleton": False, "stderr_stream_conf": {}, "stdout_stream_conf": {},
+    "stop_children": False, "stop_signal": 15, "uid": None, "use_sockets": False,
+    "warmup_delay": 0,
+}  # fmt: skip
+"""circusd 0.19's reply to ``options`` on [watcher:web] of TWO, but ``__name__`` (a Circus
+defect) and ``working_dir`` (its cwd)."""
+
+
+def test_options_of_a_plain_watcher_are_circusds(daemon):
+    options = daemon(TWO).call("options", name="web")["options"]
+    del options["working_dir"]
+    assert options == CIRCUSD_OPTIONS_OF_WEB
+    assert type(options["warmup_delay"]) is int
 
 
 def test_get_answers_the_requested_keys_only(daemon):
@@ -369,6 +391,34 @@ def test_set_cmd_reloads_the_watcher(daemon):
     pid = d.call("list", name="worker")["pids"][0]
     assert pid not in old
     assert Path(f"/proc/{pid}/cmdline").read_bytes() == b"/bin/sleep\x00999\x00"
+
+
+def test_set_of_a_command_that_cannot_start_is_an_error_and_keeps_the_processes(daemon):
+    d = daemon(TWO)
+    old = d.call("list", name="web")["pids"]
+    # No ``waiting``: the reply still waits until the new processes run, or failed to.
+    reply = d.call("set", name="web", options={"cmd": "/nonexistent"})
+    assert_error(reply, 3)
+    assert reply["reason"].startswith("set web cmd: a new process cannot start (exec /nonexistent")
+    assert "2 running process(es) keep serving, with the previous settings" in reply["reason"]
+    assert sorted(d.call("list", name="web")["pids"]) == sorted(old)
+    assert all(is_alive(pid) for pid in old)
+    assert d.call("get", name="web", keys=["cmd"])["options"]["cmd"] == "/bin/sleep 1000"
+    assert d.call("status", name="web")["status"] == "active"
+
+
+def test_reload_that_cannot_start_is_an_error_and_keeps_the_processes(daemon, workdir: Path):
+    program = workdir / "sleeper"
+    shutil.copy("/bin/sleep", program)
+    program.chmod(0o755)
+    d = daemon(f"[watcher:web]\ncmd = {program} 1000\nnumprocesses = 2\n")
+    old = d.call("list", name="web")["pids"]
+    program.chmod(0o644)
+    reply = d.call("reload", name="web")
+    assert_error(reply, 3)
+    assert reply["reason"].startswith(f"reload web: a new process cannot start (exec {program}")
+    assert sorted(d.call("list", name="web")["pids"]) == sorted(old)
+    assert all(is_alive(pid) for pid in old)
 
 
 def test_set_publishes_updated_per_key(daemon):

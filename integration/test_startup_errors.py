@@ -199,3 +199,28 @@ def test_switching_user_without_root_is_one_line(workdir):
     )
     assert result.returncode == 1
     assert "switching to another user needs root" in one_line(result.stderr)
+
+
+@pytest.mark.parametrize("key", ["endpoint", "pubsub_endpoint", "stats_endpoint"])
+def test_ipc_endpoint_in_a_directory_the_service_user_cannot_write_says_how_to_fix_it(workdir, key):
+    root_only = workdir / "circus"
+    root_only.mkdir(mode=0o755)
+    endpoints = {k: f"tcp://127.0.0.1:{free_port()}" for k in ("endpoint", "pubsub_endpoint")}
+    endpoints[key] = f"ipc://{root_only}/{key}.sock"
+    circus = "".join(f"{k} = {v}\n" for k, v in endpoints.items())
+    result = run(
+        workdir,
+        f"[circus]\n{circus}statsd = true\n[broker]\nuser = nobody\n"
+        "[watcher:web]\ncmd = /bin/sleep 60\n",
+        "--log-level",
+        "critical",
+    )
+    assert result.returncode == 78
+    line = one_line(result.stderr)
+    assert line == (
+        f"chapiteau-supervisor: {key} {endpoints[key]}: the service user nobody cannot create "
+        f"files in {root_only}, where the socket file goes; use a directory that nobody may "
+        "write (for example one it owns: mkdir -p DIR && chown nobody DIR), or put the "
+        "endpoint under the broker's runtime directory ([broker] runtime_directory, default "
+        "/run/chapiteau)"
+    )

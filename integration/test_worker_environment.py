@@ -117,6 +117,8 @@ GREETING = hello
 """)
     [worker] = tree.worker_pids("w", 1)
     supervisor_env = environ(tree.supervisor_pid())
+    # The broker's channel to the supervisor is the supervisor's alone.
+    del supervisor_env["CHAPITEAU_BROKER_FD"]
     assert environ(worker) == {**supervisor_env, "GREETING": "hello"}
 
 
@@ -132,3 +134,28 @@ working_dir = {workdir}/app
 """)
     [worker] = tree.worker_pids("w", 1)
     assert os.readlink(f"/proc/{worker}/cwd") == f"{workdir}/app"
+
+
+def test_copy_env_does_not_pass_on_systemd_variables_given_to_chapiteau(chapiteau, monkeypatch):
+    given = {
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+        "LISTEN_FDS": "2",
+        "LISTEN_PID": "1",
+        "LISTEN_FDNAMES": "a:b",
+        "CHAPITEAU_TEST_MARK": "kept",
+    }
+    for key, value in given.items():
+        monkeypatch.setenv(key, value)
+    tree = chapiteau("""
+[broker]
+user = nobody
+
+[watcher:w]
+cmd = sleep 1000
+copy_env = true
+""")
+    [worker] = tree.worker_pids("w", 1)
+    env = environ(worker)
+    assert env["CHAPITEAU_TEST_MARK"] == "kept"
+    assert not {"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"} & set(env)
+    assert "CHAPITEAU_BROKER_FD" not in env

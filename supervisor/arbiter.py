@@ -23,22 +23,26 @@ import structlog
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError, ReceivedSocket
 from chapiteau.supervisor.child_exit import ChildWatcher, become_subreaper
 from chapiteau.supervisor.commands import CommandError, dispatch
-from chapiteau.supervisor.config import Config, WatcherConfig, load_config
+from chapiteau.supervisor.config import (
+    CURVE_CLIENTS,
+    CURVE_SECRET_KEY,
+    Config,
+    WatcherConfig,
+    load_config,
+)
 from chapiteau.supervisor.controller import Controller, Curve, EndpointError
 from chapiteau.supervisor.events import Events
 from chapiteau.supervisor.pubsub import PubSub
 from chapiteau.supervisor.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
 from chapiteau.supervisor.stats import ProcessSampler, start_stats
-from chapiteau.supervisor.watcher import Runtime, Watcher
+from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
 
 log = structlog.get_logger("chapiteau.supervisor")
 
 EX_CONFIG = 78
 """Exit status for a configuration the supervisor cannot run (sysexits.h); the broker does
 not restart a first supervisor that exits with it."""
-CURVE_SECRET_KEY = "endpoint_curve_secretkey"
-CURVE_CLIENTS = "endpoint_curve_clients"
 
 
 @dataclass
@@ -98,7 +102,7 @@ class Arbiter:
         )
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.quit()))
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload_all()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_on_hup()))
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         for watcher_config in self.config.watchers:
             self.watchers[watcher_config.name.lower()] = Watcher(watcher_config, self._runtime)
@@ -182,14 +186,29 @@ class Arbiter:
         await asyncio.gather(*(watcher.stop() for watcher in watchers))
 
     async def reload_all(self, graceful: bool = True, sequential: bool = False) -> None:
-        """Reload every watcher in priority order (SIGHUP, ``reload`` without name)."""
+        """Reload every watcher in priority order (SIGHUP, ``reload`` without name).
+
+        A watcher whose new processes cannot start keeps its old ones and the
+        others are still reloaded; then ReloadError names every failed watcher.
+        """
         self.reopen_logs()
         first = True
+        failures = []
         for watcher in self.by_priority():
             if not first and self.config.circus.warmup_delay > 0:
                 await asyncio.sleep(self.config.circus.warmup_delay)
             first = False
-            await watcher.reload(graceful, sequential)
+            try:
+                await watcher.reload(graceful, sequential)
+            except ReloadError as exc:
+                failures.append(f"{watcher.name}: {exc}")
+        if failures:
+            raise ReloadError("reload: " + "; ".join(failures))
+
+    async def _reload_on_hup(self) -> None:
+        # Each watcher logged its own reload_failed: nobody else waits for the result.
+        with contextlib.suppress(ReloadError):
+            await self.reload_all()
 
     def watcher(self, config: WatcherConfig) -> Watcher:
         """A new Watcher of ``config`` (hooks imported, streams opened), not yet registered."""

@@ -12,7 +12,8 @@ Where Circus has a defect, this module does the right thing instead:
 * ``$VAR`` is expanded only in values written in [env] / [env:...] sections,
   never in values inherited through ``copy_env`` (§8.2 j, issue #1189);
 * a child whose environment has no PATH gets ``PATH=/usr/local/bin:/usr/bin:/bin``
-  instead of an empty environment (§8.2 s);
+  instead of an empty environment (§8.2 s), added at spawn (`worker_env`) so that
+  ``options`` shows the environment as Circus computes it;
 * ``uid``/``gid`` 0 or ``root`` mean root, not "unset" (§8.2 x): they are
   resolved to numbers here and ``None`` is the only "unset";
 * the multicast responder is off unless ``multicast_endpoint`` is set (§8.2 r);
@@ -21,6 +22,8 @@ Where Circus has a defect, this module does the right thing instead:
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import fnmatch
 import grp
 import importlib.util
@@ -44,6 +47,7 @@ from chapiteau.protocol.ini import (
     read_ini,
 )
 from chapiteau.protocol.signals import SignalError, parse_signal
+from chapiteau.supervisor.broker_client import BROKER_FD_VARIABLE
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_PUBSUB_ENDPOINT = "tcp://127.0.0.1:5556"
@@ -83,6 +87,16 @@ __all__ = [
 
 SOCKET_PROTOCOLS = frozenset({"circus", "systemd"})
 
+PROCESS_OWN_VARIABLES = frozenset(
+    {"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", BROKER_FD_VARIABLE}
+)
+"""Messages to the one process they were given to (systemd's, the broker's to the
+supervisor): ``copy_env`` never copies them, or a worker would notify systemd or look
+for fds it does not have. The systemd socket protocol sets a worker's own LISTEN_*."""
+
+CURVE_SECRET_KEY = "endpoint_curve_secretkey"
+CURVE_CLIENTS = "endpoint_curve_clients"
+
 
 SOCKET_REFERENCE = re.compile(
     r"\$\(circus\.sockets\.(?P<dollar>[\w.\-]+)\)|\(\(circus\.sockets\.(?P<parens>[\w.\-]+)\)\)",
@@ -106,7 +120,7 @@ class CircusOptions:
     stats_endpoint: str = DEFAULT_STATS_ENDPOINT
     statsd: bool = False
     check_delay: float = 5.0
-    warmup_delay: float = 0.0
+    warmup_delay: float = 0
     umask: int | None = None
     httpd: bool = False
     httpd_host: str = "localhost"
@@ -140,7 +154,7 @@ class WatcherConfig:
     gid: int | None = None
     """The user's primary group when ``uid`` is set and ``gid`` is not."""
     numprocesses: int = 1
-    warmup_delay: float = 0.0
+    warmup_delay: float = 0
     singleton: bool = False
     send_hup: bool = False
     stop_signal: int = 15
@@ -244,6 +258,21 @@ class Config:
         return None
 
 
+_NOT_KEYS = {"name", "options", "rlimits", "hooks", "stdout_stream", "stderr_stream"}
+WATCHER_KEYS = frozenset(
+    {f.name for f in dataclasses.fields(WatcherConfig)} - _NOT_KEYS
+    | {"env", "check_flapping", "retry_in", "use_papa", "stream_backend"}
+)
+"""Every key a [watcher:*] section may hold (Circus's, chapiteau's) besides the prefixes."""
+WATCHER_PREFIXES = ("rlimit_", "hooks.", "stdout_stream.", "stderr_stream.")
+CIRCUS_KEYS = frozenset(
+    {f.name for f in dataclasses.fields(CircusOptions)} - {"options"}
+    | {CURVE_SECRET_KEY, CURVE_CLIENTS, "statsd_close_outputs", "httpd_close_outputs"}
+    | {"stream_backend"}
+)
+"""Every key a [circus] section may hold."""
+
+
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Read and check the configuration file at ``path``.
 
@@ -258,6 +287,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     local_env = env_section.expanded(environ).options if env_section else {}
 
     circus_section = ini.sections.get("circus", Section("circus", {}, file=ini.path))
+    _warn_unknown_keys(circus_section, CIRCUS_KEYS, (), "ignored", warnings)
     circus = _circus_options(circus_section.expanded(expansion_env), warnings)
     sockets = _sockets(ini, expansion_env)
     socket_names = {socket.name for socket in sockets}
@@ -268,6 +298,8 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     for section in ini.sections_with_prefix("watcher:"):
         name = section.name[len("watcher:") :]
         _check_unique_name(section, name, seen)
+        fate = "kept as a free-form option for plugins, as in Circus"
+        _warn_unknown_keys(section, WATCHER_KEYS, WATCHER_PREFIXES, fate, warnings)
         watchers.append(_watcher(section, name, context, plugin_defaults=None))
 
     plugins = []
@@ -364,6 +396,26 @@ class _Context:
     warnings: list[str]
 
 
+def _warn_unknown_keys(
+    section: Section,
+    known: frozenset[str],
+    prefixes: tuple[str, ...],
+    fate: str,
+    warnings: list[str],
+) -> None:
+    """Warn about each key that is no option, naming the closest one (likely a typo).
+
+    A key with a dot (``flapping.max_retry``) is taken to be a plugin's and is
+    not reported.
+    """
+    for key in section.options:
+        if key in known or key.startswith(prefixes) or "." in key:
+            continue
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "check its spelling"
+        warnings.append(str(section.error(key, f"unknown key, {fate}; {hint}")))
+
+
 def _check_unique_name(section: Section, name: str, seen: dict[str, str]) -> None:
     if not name.strip():
         raise section.error(None, "the section needs a name after the colon, e.g. [watcher:web]")
@@ -396,7 +448,7 @@ def _circus_options(section: Section, warnings: list[str]) -> CircusOptions:
     if multicast is not None:
         _check_multicast(section, multicast)
     check_delay = section.get_float("check_delay", 5.0)
-    warmup_delay = section.get_float("warmup_delay", 0.0)
+    warmup_delay = _whole_or_real(section, "warmup_delay")
     _check_not_negative(section, "warmup_delay", warmup_delay)
     return CircusOptions(
         endpoint=section.get_str("endpoint", DEFAULT_ENDPOINT) or DEFAULT_ENDPOINT,
@@ -407,7 +459,7 @@ def _circus_options(section: Section, warnings: list[str]) -> CircusOptions:
         stats_endpoint=stats_endpoint or DEFAULT_STATS_ENDPOINT,
         statsd=statsd,
         check_delay=check_delay if check_delay is not None else 5.0,
-        warmup_delay=warmup_delay or 0.0,
+        warmup_delay=warmup_delay,
         umask=section.get_octal("umask", None),
         httpd=False,
         httpd_host=section.get_str("httpd_host", "localhost") or "localhost",
@@ -501,17 +553,12 @@ def _watcher(
     shell_args = section.get_str("shell_args")
     if shell_args is not None and not shell:
         context.warnings.append(str(section.error("shell_args", "ignored without shell = true")))
-    socket_protocol = (section.get_str("socket_protocol", "circus") or "").strip().lower()
-    if socket_protocol not in SOCKET_PROTOCOLS:
-        raise section.error(
-            "socket_protocol",
-            f"{socket_protocol!r} is not a socket protocol; use circus or systemd",
-        )
+    socket_protocol = _socket_protocol(section, context)
     max_retry = section.get_int("max_retry", 5)
     if max_retry is not None and max_retry < -1:
         raise section.error("max_retry", f"{max_retry} is not a retry count; use -1 for no limit")
     graceful_timeout = section.get_float("graceful_timeout", 30.0)
-    warmup_delay = section.get_float("warmup_delay", 0.0)
+    warmup_delay = _whole_or_real(section, "warmup_delay")
     max_age = section.get_int("max_age", 0)
     max_age_variance = section.get_int("max_age_variance", 30)
     for key, number in (
@@ -527,8 +574,6 @@ def _watcher(
         env["PYTHONPATH"] = os.pathsep.join(sys.path)
     if virtualenv is not None:
         _apply_virtualenv(section, env, virtualenv, section.get_str("virtualenv_py_ver"))
-    if not copy_env:
-        env.setdefault("PATH", DEFAULT_PATH)
 
     return WatcherConfig(
         name=name,
@@ -541,7 +586,7 @@ def _watcher(
         uid=uid,
         gid=gid,
         numprocesses=numprocesses if numprocesses is not None else 1,
-        warmup_delay=warmup_delay or 0.0,
+        warmup_delay=warmup_delay,
         singleton=singleton,
         send_hup=section.get_bool("send_hup", False),
         stop_signal=_signal(section, "stop_signal", 15),
@@ -575,6 +620,22 @@ def _watcher(
     )
 
 
+def _socket_protocol(section: Section, context: _Context) -> str:
+    protocol = (section.get_str("socket_protocol", "circus") or "").strip().lower()
+    if protocol not in SOCKET_PROTOCOLS:
+        raise section.error(
+            "socket_protocol", f"{protocol!r} is not a socket protocol; use circus or systemd"
+        )
+    all_sockets = section.get_bool("use_sockets", False) and context.socket_names
+    if protocol == "systemd" and not _socket_names(section, context) and not all_sockets:
+        raise section.error(
+            "socket_protocol",
+            "systemd passes the watcher's sockets, and this watcher declares none "
+            "(LISTEN_FDS would be 0): name them with 'sockets = NAME ...', or remove the key",
+        )
+    return protocol
+
+
 def _expand_watcher(section: Section, env: Mapping[str, str]) -> Section:
     options = {
         key: value if key == "env" else expand_env(value, env)
@@ -585,7 +646,7 @@ def _expand_watcher(section: Section, env: Mapping[str, str]) -> Section:
 
 def _watcher_env(section: Section, name: str, context: _Context, copy_env: bool) -> dict[str, str]:
     """Compute the environment of a watcher's processes (CIRCUS.md §1.8, fixes i, j, s)."""
-    env = dict(context.environ) if copy_env else {}
+    env = copied_env(context.environ) if copy_env else {}
     configured = dict(context.local_env)
     for env_section in context.ini.sections_with_prefix("env:"):
         patterns = env_section.name[len("env:") :].split(",")
@@ -596,6 +657,16 @@ def _watcher_env(section: Section, name: str, context: _Context, copy_env: bool)
             lambda match: context.environ.get(match.group(1), ""), value
         ).strip()
     return env
+
+
+def worker_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment a worker of ``env`` starts with: DEFAULT_PATH if it has no PATH."""
+    return {"PATH": DEFAULT_PATH, **env} if "PATH" not in env else dict(env)
+
+
+def copied_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What ``copy_env`` copies of the supervisor's environment ``environ``."""
+    return {key: value for key, value in environ.items() if key not in PROCESS_OWN_VARIABLES}
 
 
 def _user_and_group(section: Section) -> tuple[int | None, int | None]:
@@ -791,6 +862,13 @@ def _apply_virtualenv(
     env["PYTHONPATH"] = os.pathsep.join(python_path)
     bin_dir = os.path.join(virtualenv, "bin")
     env["PATH"] = os.pathsep.join([bin_dir, env["PATH"]]) if env.get("PATH") else bin_dir
+
+
+def _whole_or_real(section: Section, key: str) -> float:
+    """A number of seconds that Circus parses as an int: an int when it is whole, so that
+    ``options`` shows ``0`` as circusd does; fractions still work."""
+    number = section.get_float(key, 0) or 0
+    return int(number) if float(number).is_integer() else number
 
 
 def _check_not_negative(section: Section, key: str, value: float | None) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -96,11 +97,15 @@ def prepare_endpoint(sock: zmq.Socket, endpoint: str, curve: Curve | None, what:
         if not os.path.isdir(directory):
             try:
                 os.makedirs(directory, mode=0o700)
+            except PermissionError:
+                raise _unwritable(what, endpoint, os.path.dirname(directory)) from None
             except OSError as exc:
                 raise EndpointError(
                     f"{what} {endpoint}: cannot create {directory}: {exc.strerror}; create it "
                     "writable by the service user"
                 ) from None
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            raise _unwritable(what, endpoint, directory)
     elif endpoint.startswith("tcp://") and curve is None:
         log.warning(
             "endpoint_unauthenticated",
@@ -112,6 +117,24 @@ def prepare_endpoint(sock: zmq.Socket, endpoint: str, curve: Curve | None, what:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
         raise EndpointError(f"{what} {endpoint}: cannot bind: {exc}") from None
+
+
+def _unwritable(what: str, endpoint: str, directory: str) -> EndpointError:
+    """The service user (this process) cannot create the socket file of an ipc endpoint."""
+    user = _user_name(os.geteuid())
+    return EndpointError(
+        f"{what} {endpoint}: the service user {user} cannot create files in {directory}, "
+        f"where the socket file goes; use a directory that {user} may write (for example "
+        f"one it owns: mkdir -p DIR && chown {user} DIR), or put the endpoint under the "
+        "broker's runtime directory ([broker] runtime_directory, default /run/chapiteau)"
+    )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def rebind_endpoint(

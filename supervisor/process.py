@@ -15,6 +15,8 @@ class Process:
     wid: int
     exited: asyncio.Future[int]
     """Resolved with the exit code (-signum when killed) when the process is reaped."""
+    crash_round: int = 0
+    """The watcher's round of spawns it belongs to (see `chapiteau.supervisor.crash_rounds`)."""
     started: float = field(default_factory=time.time)
     """Epoch seconds, as Circus reports it."""
     started_monotonic: float = field(default_factory=time.monotonic)

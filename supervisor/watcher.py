@@ -4,9 +4,14 @@ What happens when a worker dies? Read ``Watcher.process_exited``: the exit is
 reported by the child watcher the moment the kernel makes the pidfd readable;
 the process is forgotten, a ``reap`` event goes out, and unless the watcher is
 stopping (or ``respawn = false``) a replacement is spawned at once. Deaths soon
-after a spawn count as a crash streak, and each further crash in the streak
-doubles the delay before the next respawn (capped), so a crash loop costs
-bounded CPU while a one-off crash is repaired in milliseconds.
+after a spawn make their round of spawns a failed one, and each further failed
+round doubles the delay before the next respawn (capped; see
+`chapiteau.supervisor.crash_rounds`), so a crash loop costs bounded CPU while a
+one-off crash is repaired in milliseconds.
+
+A reload never leaves a watcher with fewer processes than before: the old
+processes stop only once their replacements run; if one cannot start, the new
+ones stop instead and `ReloadError` tells the caller.
 
 Every operation that changes the process set (start, stop, restart, reload,
 incr/decr, respawn) runs under the watcher's own lock, so operations on one
@@ -22,14 +27,15 @@ import random
 import resource
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 
 from chapiteau.supervisor.child_exit import ChildWatcher
-from chapiteau.supervisor.config import Flapping, WatcherConfig
+from chapiteau.supervisor.config import Flapping, WatcherConfig, worker_env
+from chapiteau.supervisor.crash_rounds import CrashRounds, backoff
 from chapiteau.supervisor.events import Events
 from chapiteau.supervisor.hooks import Hooks
 from chapiteau.supervisor.process import Process
@@ -43,10 +49,21 @@ from chapiteau.supervisor.substitution import format_args
 log = structlog.get_logger("chapiteau.supervisor")
 
 STOPPED, STARTING, ACTIVE, STOPPING = "stopped", "starting", "active", "stopping"
-BACKOFF_FIRST = 0.1
-BACKOFF_MAX = 60.0
 KILL_WAIT = 10.0
 """How long to wait for a SIGKILLed process to be reaped before giving up on it."""
+
+
+class ReloadError(Exception):
+    """A reload could not start its new processes; the old ones keep serving."""
+
+
+class NotStarted(Exception):
+    """A process could not be spawned, or a hook refused it; str() says why."""
+
+
+class HookRefused(NotStarted):
+    """``before_spawn`` or ``after_spawn`` returned false (a start or respawn then stops
+    the watcher; a reload keeps the old processes)."""
 
 
 @dataclass
@@ -78,7 +95,7 @@ class Watcher:
         self.hooks = Hooks(config.name, config.hooks, self._publish_hook, _pythonpath(config))
         self.stdout_stream = _stream(config, "stdout")
         self.stderr_stream = _stream(config, "stderr")
-        self.crash_streak = 0
+        self.crashes = CrashRounds()
         self.spawn_failures = 0
         self.on_demand_fds: list[int] = []
         self.respawn_timer: asyncio.TimerHandle | None = None
@@ -104,13 +121,27 @@ class Watcher:
             await self._start()
             return {"stopped": stopped, "started": sorted(self.processes), "kept": []}
 
-    async def reload(self, graceful: bool = True, sequential: bool = False) -> dict[str, list[int]]:
-        """Replace every process: new ones first, then the old ones stop (CIRCUS.md §5.5)."""
+    async def reload(
+        self,
+        graceful: bool = True,
+        sequential: bool = False,
+        spawned: asyncio.Future[Any] | None = None,
+    ) -> dict[str, list[int]]:
+        """Replace every process: new ones first, then the old ones stop (Circus ``reload``).
+
+        An old process stops only once its replacement runs. If a new process
+        cannot start, the new ones stop, the old ones keep serving and
+        `ReloadError` says why. ``spawned`` gets its result once the new
+        processes run, before the old ones are stopped (with ``sequential``,
+        once the first one runs; for a start or a restart, at once).
+        """
         if not graceful:
+            _resolve(spawned)
             return await self.restart()
         async with self.lock:
             old = list(self.processes.values())
             if self.state == STOPPED:
+                _resolve(spawned)
                 await self._start()
             elif self.config.send_hup:
                 for process in old:
@@ -118,14 +149,13 @@ class Watcher:
                     self.runtime.children.send_signal(process.pid, signal.SIGHUP)
                 return {"stopped": [], "started": [], "kept": sorted(self.processes)}
             elif sequential or self.config.singleton:
-                # A singleton never runs twice, even for a moment: old first, then new.
                 for process in old:
-                    await self._kill(process)
-                    await self._spawn_one()
+                    await self._replace(process, len(old))
+                    _resolve(spawned)
                     await self._warmup()
             else:
-                for _ in range(self.config.numprocesses):
-                    await self._spawn_one()
+                await self._spawn_replacements(self.config.numprocesses, len(old))
+                _resolve(spawned)
                 await asyncio.gather(*(self._kill(process) for process in old))
             self._publish("reload")
             old_pids = {process.pid for process in old}
@@ -134,6 +164,46 @@ class Watcher:
                 "started": sorted(set(self.processes) - old_pids),
                 "kept": [],
             }
+
+    async def _spawn_replacements(self, count: int, serving: int) -> list[Process]:
+        """Spawn ``count`` processes, or none: after a failure the new ones stop again."""
+        new: list[Process] = []
+        try:
+            for _ in range(count):
+                new.append(await self._try_spawn())
+        except NotStarted as exc:
+            await asyncio.gather(*(self._kill(process) for process in new))
+            raise self._reload_failed(exc, serving) from None
+        return new
+
+    async def _replace(self, process: Process, serving: int) -> None:
+        """Sequential reload: the replacement of ``process`` first, then ``process`` stops.
+
+        A singleton never runs twice, even for a moment: its old process stops
+        first, and a replacement that cannot start is retried as after a failed
+        spawn.
+        """
+        if not self.config.singleton:
+            await self._spawn_replacements(1, serving)
+            await self._kill(process)
+            return
+        await self._kill(process)
+        try:
+            await self._try_spawn()
+        except NotStarted as exc:
+            delay = backoff(self.spawn_failures)
+            self._respawn_after(delay)
+            self._log.error("reload_failed", error=str(exc), retry_in=delay)
+            raise ReloadError(
+                f"a new process cannot start ({exc}); a singleton's old process stops first, "
+                f"so it is started again in {delay} s"
+            ) from None
+
+    def _reload_failed(self, reason: NotStarted, serving: int) -> ReloadError:
+        self._log.error("reload_failed", error=str(reason), serving=serving)
+        return ReloadError(
+            f"a new process cannot start ({reason}); {serving} running process(es) keep serving"
+        )
 
     async def set_numprocesses(self, count: int) -> int:
         """Change the target count and spawn or stop (the oldest) to reach it."""
@@ -152,10 +222,18 @@ class Watcher:
                 await self._reconcile()
             return self.config.numprocesses
 
-    def configure(self, config: WatcherConfig, reload: bool, updated: int = 1) -> Awaitable[None]:
+    def configure(
+        self,
+        config: WatcherConfig,
+        reload: bool,
+        updated: int = 1,
+        spawned: asyncio.Future[Any] | None = None,
+    ) -> Awaitable[None]:
         """The ``set`` command: load ``config``'s hooks and streams now (errors raise here),
         and return the work that switches to it, reloading when only new processes can
-        take the change; one ``updated`` event per changed key, as Circus.
+        take the change; one ``updated`` event per changed key, as Circus. If the reload
+        cannot start the new processes, the watcher goes back to its previous
+        configuration and `ReloadError` is raised (``spawned``: see `reload`).
         """
         hooks_changed = config.hooks != self.config.hooks
         if hooks_changed:
@@ -165,15 +243,20 @@ class Watcher:
             for name in ("stdout", "stderr")
             if getattr(config, f"{name}_stream") != getattr(self.config, f"{name}_stream")
         }
-        return self._configure(config, reload or bool(streams), streams, updated)
+        return self._configure(config, reload or bool(streams), streams, updated, spawned)
 
     async def _configure(
-        self, config: WatcherConfig, reload: bool, streams: dict[str, Any], updated: int
+        self,
+        config: WatcherConfig,
+        reload: bool,
+        streams: dict[str, Any],
+        updated: int,
+        spawned: asyncio.Future[Any] | None,
     ) -> None:
         async with self.lock:
-            old_streams = []
+            previous = self.config
+            old_streams = {name: getattr(self, f"{name}_stream") for name in streams}
             for name, stream in streams.items():
-                old_streams.append(getattr(self, f"{name}_stream"))
                 setattr(self, f"{name}_stream", stream)
             self.config = config
             for _ in range(updated):
@@ -181,10 +264,18 @@ class Watcher:
             if self.state == ACTIVE and not reload:
                 await self._reconcile()
         if reload and self.state != STOPPED:
-            await self.reload()
-        for stream in old_streams:
-            if stream is not None:
-                close_stream(stream)
+            try:
+                await self.reload(spawned=spawned)
+            except ReloadError as exc:
+                async with self.lock:
+                    self.config = previous
+                    for name, stream in old_streams.items():
+                        setattr(self, f"{name}_stream", stream)
+                    if self.state == ACTIVE:
+                        await self._reconcile()
+                _close_streams(streams.values())
+                raise ReloadError(f"{exc}, with the previous settings") from None
+        _close_streams(old_streams.values())
 
     async def kill(
         self, pid: int | None = None, signum: int | None = None, timeout: float | None = None
@@ -215,7 +306,7 @@ class Watcher:
             self.state = STOPPED
             self._log.warning("watcher_start_refused", hook="before_start")
             return
-        self.crash_streak = 0
+        self.crashes.reset()
         self.spawn_failures = 0
         await self._reconcile()
         if self.state != STARTING:
@@ -297,9 +388,21 @@ class Watcher:
         command cannot start never blocks stop, other commands, or the start
         of the watchers after it (Circus issue #1157, CIRCUS.md §8.2 t).
         """
+        try:
+            return await self._try_spawn()
+        except HookRefused as exc:
+            await self._stop_after_failure(str(exc))
+        except NotStarted as exc:
+            if 0 <= self.config.max_retry < self.spawn_failures:
+                await self._stop_after_failure(f"spawn failed {self.spawn_failures} times: {exc}")
+            else:
+                self._respawn_after(backoff(self.spawn_failures))
+        return None
+
+    async def _try_spawn(self) -> Process:
+        """Spawn one process through its hooks; raise NotStarted if it does not run."""
         if not self._hook("before_spawn"):
-            await self._stop_after_failure("before_spawn hook refused the spawn")
-            return None
+            raise HookRefused("before_spawn hook refused the spawn")
         try:
             process = self._spawn()
         except (SpawnError, OSError, ValueError) as exc:
@@ -311,16 +414,11 @@ class Watcher:
             self._publish_own(
                 "spawn_failed", {"error": str(exc), "errno": errno, "attempt": self.spawn_failures}
             )
-            if 0 <= self.config.max_retry < self.spawn_failures:
-                await self._stop_after_failure(f"spawn failed {self.spawn_failures} times: {exc}")
-                return None
-            self._respawn_after(_backoff(self.spawn_failures))
-            return None
+            raise NotStarted(str(exc)) from exc
         self.spawn_failures = 0
         if not self._hook("after_spawn", pid=process.pid):
             await self._kill(process)
-            await self._stop_after_failure("after_spawn hook refused the process")
-            return None
+            raise HookRefused("after_spawn hook refused the process")
         return process
 
     def _spawn(self) -> Process:
@@ -333,7 +431,7 @@ class Watcher:
         try:
             spec = SpawnSpec(
                 argv=tuple(format_args(config, wid, plan.numbers)),
-                env=config.env,
+                env=worker_env(config.env),
                 executable=config.executable,
                 working_dir=config.working_dir,
                 uid=config.uid,
@@ -361,7 +459,7 @@ class Watcher:
             for pipe in (stdout, stderr):
                 if pipe:
                     os.close(pipe[1])
-        process = Process(pid, wid, self.runtime.loop.create_future())
+        process = Process(pid, wid, self.runtime.loop.create_future(), self.crashes.current)
         self.processes[pid] = process
         self.runtime.workers[pid] = self
         self.runtime.children.watch(pid)
@@ -369,11 +467,7 @@ class Watcher:
             self.runtime.redirector.add(stdout[0], pid, "stdout", self.stdout_stream)
         if stderr and self.stderr_stream:
             self.runtime.redirector.add(stderr[0], pid, "stderr", self.stderr_stream)
-        if config.max_age > 0:
-            lifetime = config.max_age + random.randint(0, max(0, config.max_age_variance))
-            process.max_age_timer = self.runtime.loop.call_later(
-                lifetime, lambda: self.runtime.loop.create_task(self._expire(process))
-            )
+        self._arm_max_age(process)
         self._log.info("process_spawned", pid=pid, wid=wid)
         self._publish("spawn", {"process_pid": pid, "time": process.started})
         return process
@@ -410,20 +504,21 @@ class Watcher:
 
     def _schedule_respawn(self, process: Process) -> None:
         flapping = self.runtime.flapping
-        self.crash_streak = self.crash_streak + 1 if process.age < flapping.window else 0
-        if self.crash_streak <= 1:
-            self.runtime.loop.create_task(self._respawn())
-            return
-        rounds = self.crash_streak - 1
-        if 0 <= flapping.max_retry < rounds:
-            self._log.error("crash_loop_stopped", crashes=self.crash_streak)
-            self._publish_own("crash_loop_stopped", {"crashes": self.crash_streak})
+        respawn = self.crashes.exited(
+            process.crash_round, process.age, flapping.window, flapping.max_retry
+        )
+        if respawn is None:
+            self._log.error("crash_loop_stopped", failed_rounds=self.crashes.failed)
+            self._publish_own("crash_loop_stopped", {"failed_rounds": self.crashes.failed})
             self.runtime.loop.create_task(self.stop())
             return
-        delay = _backoff(rounds)
-        self._log.warning("crash_loop_backoff", crashes=self.crash_streak, delay=delay)
-        self._publish_own("crash_loop_backoff", {"crashes": self.crash_streak, "delay": delay})
-        self._respawn_after(delay)
+        if not respawn.new_failure and self.respawn_timer is not None:
+            return  # the respawn of this round is already due
+        if respawn.new_failure and respawn.delay > 0:
+            payload = {"failed_rounds": respawn.failed_rounds, "delay": respawn.delay}
+            self._log.warning("crash_loop_backoff", **payload)
+            self._publish_own("crash_loop_backoff", payload)
+        self._respawn_after(respawn.delay)
 
     async def _respawn(self) -> None:
         self.respawn_timer = None
@@ -444,8 +539,22 @@ class Watcher:
                 await self._kill(process)
                 await self._spawn_one()
                 return
-            await self._spawn_one()
+            try:
+                await self._try_spawn()
+            except NotStarted as exc:
+                # Without its replacement the old process serves on, and expires again later.
+                self._log.error("max_age_replacement_failed", pid=process.pid, error=str(exc))
+                process.stopping = False
+                self._arm_max_age(process)
+                return
             await self._kill(process)
+
+    def _arm_max_age(self, process: Process) -> None:
+        if self.config.max_age > 0:
+            lifetime = self.config.max_age + random.randint(0, max(0, self.config.max_age_variance))
+            process.max_age_timer = self.runtime.loop.call_later(
+                lifetime, lambda: self.runtime.loop.create_task(self._expire(process))
+            )
 
     async def _kill(
         self, process: Process, signum: int | None = None, timeout: float | None = None
@@ -524,9 +633,7 @@ class Watcher:
         )
 
     def close_streams(self) -> None:
-        for stream in (self.stdout_stream, self.stderr_stream):
-            if stream is not None:
-                close_stream(stream)
+        _close_streams((self.stdout_stream, self.stderr_stream))
 
     def reopen_streams(self) -> None:
         for stream in (self.stdout_stream, self.stderr_stream):
@@ -546,8 +653,15 @@ async def _tree_gone(process: Process, tree: ProcessTree, deadline: float) -> bo
     return await tree.wait_members(max(0.0, deadline - loop.time()))
 
 
-def _backoff(rounds: int) -> float:
-    return min(BACKOFF_FIRST * 2 ** (rounds - 1), BACKOFF_MAX)
+def _resolve(spawned: asyncio.Future[Any] | None) -> None:
+    if spawned is not None and not spawned.done():
+        spawned.set_result(None)
+
+
+def _close_streams(streams: Iterable[Any]) -> None:
+    for stream in streams:
+        if stream is not None:
+            close_stream(stream)
 
 
 def _pipe() -> tuple[int, int]:

@@ -20,6 +20,7 @@ from chapiteau.supervisor.config import (
     Flapping,
     WatcherConfig,
     load_config,
+    worker_env,
 )
 
 FIXTURES = Path(__file__).parent / "config"
@@ -110,7 +111,6 @@ def test_watcher_defaults_are_circus_defaults() -> None:
     assert worker == WatcherConfig(
         name="worker",
         cmd="/usr/bin/sleep 60",
-        env={"PATH": DEFAULT_PATH},
         options={"cmd": "/usr/bin/sleep 60"},
     )
     assert (worker.numprocesses, worker.graceful_timeout, worker.stop_signal) == (1, 30.0, 15)
@@ -412,7 +412,10 @@ def test_no_name_variable_in_any_environment() -> None:
 
 
 def test_child_without_configured_env_gets_a_default_path(tmp_path: Path) -> None:
-    assert watcher(tmp_path, "").env == {"PATH": DEFAULT_PATH}
+    env = watcher(tmp_path, "").env
+    assert env == {}  # as Circus computes it, which `options` shows
+    assert worker_env(env) == {"PATH": DEFAULT_PATH}
+    assert worker_env({"PATH": "/bin"}) == {"PATH": "/bin"}
 
 
 def test_copy_env_keeps_the_inherited_path(tmp_path: Path) -> None:
@@ -524,3 +527,49 @@ def test_plugin_without_the_circus_package_is_refused(tmp_path: Path) -> None:
     raised = error(tmp_path, "[plugin:w]\nuse = circus.plugins.watchdog.WatchDog\n")
     assert (raised.section, raised.key) == ("plugin:w", "use")
     assert "pip install circus" in raised.message
+
+
+def test_a_misspelt_watcher_key_is_kept_with_a_warning_naming_the_closest_key(
+    tmp_path: Path,
+) -> None:
+    config = load_text(tmp_path, "[watcher:web]\ncmd = run\nnumprocesess = 2\n")
+    assert config.watchers[0].options["numprocesess"] == "2"
+    assert config.watchers[0].numprocesses == 1
+    assert config.warnings == (
+        f"{tmp_path / 'circus.ini'}:watcher:web:numprocesess: unknown key, kept as a "
+        "free-form option for plugins, as in Circus; did you mean 'numprocesses'?",
+    )
+
+
+def test_a_misspelt_circus_key_is_warned_about(tmp_path: Path) -> None:
+    config = load_text(tmp_path, "[circus]\nendpont = tcp://127.0.0.1:1\n")
+    assert config.warnings == (
+        f"{tmp_path / 'circus.ini'}:circus:endpont: unknown key, ignored; did you mean 'endpoint'?",
+    )
+
+
+def test_every_option_and_plugin_key_passes_without_warning(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        "[circus]\nendpoint_curve_clients = /x\nstatsd_close_outputs = 1\n"
+        "[watcher:web]\ncmd = run\ncheck_flapping = true\nflapping.max_retry = 2\n"
+        "rlimit_nofile = 10\nhooks.before_start = a.b\nstdout_stream.class = StdoutStream\n"
+        "socket_protocol = circus\nmax_age = 5\nretry_in = 1\n",
+    )
+    assert config.warnings == ()
+
+
+def test_systemd_protocol_without_a_socket_is_an_error(tmp_path: Path) -> None:
+    raised = error(tmp_path, "[watcher:web]\ncmd = gunicorn app\nsocket_protocol = systemd\n")
+    assert (raised.section, raised.key) == ("watcher:web", "socket_protocol")
+    assert raised.file == str(tmp_path / "circus.ini")
+    assert "declares none" in str(raised) and "sockets = NAME" in str(raised)
+
+
+def test_systemd_protocol_with_use_sockets_takes_every_socket(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        "[socket:web]\nport = 1\n[watcher:web]\ncmd = run\nuse_sockets = true\n"
+        "socket_protocol = systemd\n",
+    )
+    assert config.watchers[0].socket_protocol == "systemd"

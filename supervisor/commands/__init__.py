@@ -31,6 +31,7 @@ from chapiteau.supervisor.commands import info, options, watchers
 from chapiteau.supervisor.commands.base import COMMANDS, CommandError, Deferred
 from chapiteau.supervisor.hooks import HookError
 from chapiteau.supervisor.streams import StreamConfigError
+from chapiteau.supervisor.watcher import ReloadError
 
 if TYPE_CHECKING:
     from chapiteau.supervisor.arbiter import Arbiter
@@ -62,10 +63,12 @@ async def _run(arbiter: Arbiter, request: Request, raw: bytes) -> dict[str, Any]
         if isinstance(result, Deferred):
             if not request.waiting and not request.cast:
                 _in_background(request.command, result)
+                if result.started is not None and (failure := await result.started):
+                    raise failure
                 return ok({}, request.id)
             try:
                 result = result.shape(await result.work)
-            except CommandError:
+            except (CommandError, ReloadError):
                 raise
             except Exception as exc:  # the work failed after the checks passed
                 log.error("command_failed", command=request.command, error=str(exc), exc_info=True)
@@ -75,7 +78,7 @@ async def _run(arbiter: Arbiter, request: Request, raw: bytes) -> dict[str, Any]
         return ok(result, request.id)
     except CommandError as exc:
         return error(exc.reason, exc.errno, request.id)
-    except (ConfigError, HookError, StreamConfigError) as exc:
+    except (ConfigError, HookError, StreamConfigError, ReloadError) as exc:
         return error(str(exc), MESSAGE_ERROR, request.id)
     except OSError as exc:
         return error(str(exc), OS_ERROR, request.id)
@@ -88,6 +91,8 @@ def _in_background(name: str, deferred: Deferred) -> None:
     async def run() -> None:
         try:
             await deferred.work
+        except CommandError as exc:  # the client's mistake, answered when it was `started`
+            log.warning("command_failed", command=name, error=exc.reason)
         except Exception as exc:  # nobody waits for this reply: the log is the only place
             log.error("command_failed", command=name, error=str(exc), exc_info=True)
 

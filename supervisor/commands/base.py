@@ -9,6 +9,7 @@ wrong; work that may take long (stopping processes) is returned as a
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import re
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from chapiteau.protocol.circus_messages import MESSAGE_ERROR
 from chapiteau.protocol.signals import SignalError, parse_signal
+from chapiteau.supervisor.watcher import ReloadError
 
 if TYPE_CHECKING:
     from chapiteau.supervisor.arbiter import Arbiter
@@ -41,6 +43,35 @@ class Deferred:
     work: Awaitable[Any]
     shape: Callable[[Any], Fields] = field(default=lambda result: {})
     """Turns the work's result into the reply's fields."""
+    started: asyncio.Future[CommandError | None] | None = None
+    """For work that replaces processes: set once the new processes run, or with the
+    error if they cannot start. The reply waits for it even without ``waiting``."""
+
+
+def replacing(
+    work: Callable[[asyncio.Future[Any]], Awaitable[Any]],
+    request: str,
+    shape: Callable[[Any], Fields] = lambda result: {},
+) -> Deferred:
+    """A Deferred for a reload: ``work(spawned)`` sets ``spawned`` once the new processes
+    run; a `ReloadError` becomes a CommandError that starts with ``request``
+    (``"set web cmd"``), answered even to a client that does not wait.
+    """
+    started: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def run() -> Any:
+        try:
+            return await work(started)
+        except ReloadError as exc:
+            error = CommandError(f"{request}: {exc}")
+            if not started.done():
+                started.set_result(error)
+            raise error from None
+        finally:
+            if not started.done():
+                started.set_result(None)
+
+    return Deferred(run(), shape, started)
 
 
 Handler = Callable[["Arbiter", dict[str, Any]], Awaitable["Fields | Deferred"]]

@@ -34,13 +34,14 @@ from chapiteau.supervisor.commands.base import (
     Fields,
     bool_property,
     command,
+    replacing,
     watcher_named,
 )
 from chapiteau.supervisor.config import (
-    DEFAULT_PATH,
     SOCKET_REFERENCE,
     UnknownIdentity,
     WatcherConfig,
+    copied_env,
     group_id,
     user_ids,
 )
@@ -202,11 +203,11 @@ def apply_options(
             except SignalError as exc:
                 raise CommandError(str(exc)) from None
         elif key == "env":
-            env = (
-                {**os.environ, **value} if options.get("copy_env", config.copy_env) else dict(value)
+            changes[key] = (
+                {**copied_env(os.environ), **value}
+                if options.get("copy_env", config.copy_env)
+                else dict(value)
             )
-            env.setdefault("PATH", DEFAULT_PATH)
-            changes[key] = env
         elif key == "args":
             changes[key] = shlex.join(value) if isinstance(value, list) else value
         elif key == "hooks":
@@ -310,9 +311,10 @@ def options_of(watcher: Watcher) -> dict[str, Any]:
     values["env"] = dict(config.env)
     values["stdout_stream_conf"] = {k: v for k, v in config.stdout_stream.items() if k != "class"}
     values["stderr_stream_conf"] = {k: v for k, v in config.stderr_stream.items() if k != "class"}
-    values["hooks"] = {
-        name: f"{path},{str(ignore).lower()}" for name, (path, ignore) in config.hooks.items()
-    }
+    if config.hooks:  # Circus never shows its hooks; chapiteau does when there are some
+        values["hooks"] = {
+            name: f"{path},{str(ignore).lower()}" for name, (path, ignore) in config.hooks.items()
+        }
     for name, limit in config.rlimits.items():
         values[f"rlimit_{name}"] = None if limit == resource.RLIM_INFINITY else limit
     fields = {field.name for field in dataclasses.fields(config)}
@@ -353,7 +355,12 @@ async def set_(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
     reload = any(
         key in RELOAD_KEYS or key.startswith(("stdout_stream", "stderr_stream")) for key in changes
     )
-    return Deferred(watcher.configure(new, reload=reload, updated=len(changes)))
+    if not reload:
+        return Deferred(watcher.configure(new, reload=False, updated=len(changes)))
+    return replacing(
+        lambda spawned: watcher.configure(new, reload=True, updated=len(changes), spawned=spawned),
+        f"set {watcher.name} {' '.join(changes)}",
+    )
 
 
 @command("add", "name", "cmd")
@@ -374,18 +381,14 @@ async def add(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
     check_owner(arbiter, given, None)
     if name.lower() in arbiter.watchers:
         raise CommandError(f"{name!r} already exist", COMMAND_ERROR)
-    base = WatcherConfig(name=name, cmd=cmd, env=_default_env(given))
+    base = WatcherConfig(
+        name=name, cmd=cmd, env=copied_env(os.environ) if given.get("copy_env") else {}
+    )
     config = apply_options(base, given, set(arbiter.sockets.sockets))
     watcher = arbiter.add_watcher(config)
     if not bool_property(props, "start", False):
         return {}
     return Deferred(watcher.start(), lambda info: info)
-
-
-def _default_env(options: dict[str, Any]) -> dict[str, str]:
-    env = dict(os.environ) if options.get("copy_env") else {}
-    env.setdefault("PATH", DEFAULT_PATH)
-    return env
 
 
 @command("rm", "name")

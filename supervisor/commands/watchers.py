@@ -17,6 +17,7 @@ from chapiteau.supervisor.commands.base import (
     int_property,
     matching_watchers,
     number_property,
+    replacing,
     signal_property,
     watcher_named,
 )
@@ -70,7 +71,11 @@ async def reload(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
     if props.get("name") is None:
         return Deferred(arbiter.reload_all(graceful=graceful, sequential=sequential))
     watcher = watcher_named(arbiter, props)
-    return Deferred(watcher.reload(graceful, sequential), lambda info: {"info": info})
+    return replacing(
+        lambda spawned: watcher.reload(graceful, sequential, spawned),
+        f"reload {watcher.name}",
+        lambda info: {"info": info},
+    )
 
 
 @command("incr", "name")

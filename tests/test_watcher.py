@@ -1,0 +1,227 @@
+"""Tests for chapiteau.supervisor.watcher, driving a real Watcher with real processes.
+
+The processes are ``sleep`` (or ``false``) run as the current user; no root and
+no broker are needed. Every test stops its watcher, and `running` kills what is
+left by pid whatever fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from chapiteau.supervisor.child_exit import ChildWatcher
+from chapiteau.supervisor.config import DEFAULT_PATH, Flapping, WatcherConfig
+from chapiteau.supervisor.events import Events
+from chapiteau.supervisor.redirector import Redirector
+from chapiteau.supervisor.socket_pool import SocketPool
+from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
+
+WAIT = 10.0
+
+
+def config(cmd: str, numprocesses: int, **options: Any) -> WatcherConfig:
+    return WatcherConfig(
+        name="web",
+        cmd=cmd,
+        numprocesses=numprocesses,
+        graceful_timeout=5.0,
+        env={"PATH": DEFAULT_PATH},
+        **options,
+    )
+
+
+class Recorder:
+    """Every event the watcher publishes, as (topic, payload)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, topic: str, payload: dict) -> None:
+        self.events.append((topic, payload))
+        self.changed.set()
+
+    async def wait_for(self, found: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT):
+            while not found():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher, Recorder]]:
+    """A started Watcher of ``watcher_config``; stopped, and its processes killed, after."""
+    loop = asyncio.get_running_loop()
+    workers: dict[int, Watcher] = {}
+    spawned: set[int] = set()
+    recorder = Recorder()
+
+    def exited(pid: int, code: int) -> None:
+        owner = workers.pop(pid, None)
+        if owner is not None:
+            owner.process_exited(pid, code)
+
+    children = ChildWatcher(loop, exited)
+    redirector = Redirector(loop)
+    events = Events()
+    events.subscribe(recorder)
+    events.subscribe(
+        lambda topic, payload: (
+            spawned.add(payload["process_pid"]) if topic.endswith(".spawn") else None
+        )
+    )
+    runtime = Runtime(
+        loop=loop,
+        children=children,
+        sockets=SocketPool(None, {}),
+        redirector=redirector,
+        events=events,
+        arbiter=None,
+        workers=workers,
+        flapping=Flapping(window=30.0),
+    )
+    watcher = Watcher(watcher_config, runtime)
+    try:
+        await watcher.start()
+        yield watcher, recorder
+    finally:
+        try:
+            async with asyncio.timeout(WAIT):
+                await watcher.stop()
+        finally:
+            for pid in spawned:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            children.close()
+            redirector.close()
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(test())
+
+
+def pids_alive(pids: list[int]) -> bool:
+    return all(os.path.exists(f"/proc/{pid}") for pid in pids)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_reload_that_cannot_spawn_keeps_the_old_processes(sequential: bool) -> None:
+    async def test() -> None:
+        async with running(config("sleep 1000", 3)) as (watcher, _):
+            old = sorted(watcher.processes)
+            watcher.config = config("/nonexistent/program", 3)
+
+            with pytest.raises(ReloadError, match=r"/nonexistent/program.*3 running"):
+                await watcher.reload(sequential=sequential)
+
+            assert sorted(watcher.processes) == old
+            assert pids_alive(old)
+            assert watcher.state == "active"
+
+    run(test)
+
+
+def test_reload_that_spawns_replaces_every_process() -> None:
+    async def test() -> None:
+        async with running(config("sleep 1000", 3)) as (watcher, _):
+            old = sorted(watcher.processes)
+            spawned: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+            info = await watcher.reload(spawned=spawned)
+
+            assert spawned.done()
+            assert info["stopped"] == old
+            assert len(info["started"]) == 3 and not set(info["started"]) & set(old)
+            assert sorted(watcher.processes) == info["started"]
+
+    run(test)
+
+
+def test_set_of_a_command_that_cannot_start_keeps_the_previous_settings() -> None:
+    async def test() -> None:
+        before = config("sleep 1000", 2)
+        async with running(before) as (watcher, _):
+            old = sorted(watcher.processes)
+
+            with pytest.raises(ReloadError, match="previous settings"):
+                await watcher.configure(config("/nonexistent/program", 2), reload=True)
+
+            assert watcher.config == before
+            assert sorted(watcher.processes) == old
+
+    run(test)
+
+
+def backoff_sequence(numprocesses: int, rounds: int) -> list[object]:
+    """What a watcher of ``false`` does until its ``rounds``-th backoff: "spawn" for
+    consecutive spawns, the delay of each crash_loop_backoff event."""
+
+    async def test() -> list[object]:
+        async with running(config("false", numprocesses)) as (watcher, recorder):
+
+            def backoffs() -> list[dict]:
+                return [p for t, p in recorder.events if t.endswith(".crash_loop_backoff")]
+
+            await recorder.wait_for(lambda: len(backoffs()) >= rounds)
+            await watcher.stop()
+        sequence: list[object] = []
+        for topic, payload in recorder.events:
+            if topic.endswith(".spawn") and sequence[-1:] != ["spawn"]:
+                sequence.append("spawn")
+            elif topic.endswith(".crash_loop_backoff"):
+                sequence.append(payload["delay"])
+                if len(sequence) == 2 * rounds:
+                    break
+        return sequence
+
+    return asyncio.run(test())
+
+
+def test_crash_backoff_grows_per_round_whatever_the_number_of_processes() -> None:
+    one = backoff_sequence(1, 3)
+    eight = backoff_sequence(8, 3)
+
+    assert one == ["spawn", 0.1, "spawn", 0.2, "spawn", 0.4]
+    assert eight == one
+
+
+def test_max_age_whose_replacement_cannot_start_keeps_the_old_process() -> None:
+    async def test() -> None:
+        expiring = config("sleep 1000", 2, max_age=1, max_age_variance=0)
+        async with running(expiring) as (watcher, recorder):
+            old = sorted(watcher.processes)
+            watcher.config = replace(expiring, cmd="/nonexistent/program")
+
+            def failures() -> int:
+                return sum(t.endswith(".spawn_failed") for t, _ in recorder.events)
+
+            await recorder.wait_for(lambda: failures() >= 2)
+
+            assert sorted(watcher.processes) == old
+            assert pids_alive(old)
+
+    run(test)
+
+
+def test_set_of_a_singleton_command_that_cannot_start_restarts_the_previous_one() -> None:
+    async def test() -> None:
+        before = config("sleep 1000", 1, singleton=True)
+        async with running(before) as (watcher, _):
+            [old] = watcher.processes
+
+            with pytest.raises(ReloadError, match=r"singleton.*previous settings"):
+                await watcher.configure(replace(before, cmd="/nonexistent/program"), reload=True)
+
+            assert watcher.config == before
+            [new] = watcher.processes
+            assert new != old and watcher.state == "active"
+
+    run(test)
