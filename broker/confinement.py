@@ -120,8 +120,16 @@ def confine(
     restricted = landlock.restrict(filesystem_rules(config, pidfile))
     if restricted is None:
         log.warning("landlock_unavailable", hint="Linux 5.13 or later with Landlock enabled")
-    elif restricted.missing:
-        log.info("landlock_paths_missing", paths=list(restricted.missing))
+    else:
+        if restricted.missing:
+            log.info("landlock_paths_missing", paths=list(restricted.missing))
+        if restricted.unreachable:
+            log.warning(
+                "paths_unreachable",
+                paths=list(restricted.unreachable),
+                hint="the broker's account cannot reach these: a reload that needs them fails; "
+                "make them readable by the service group",
+            )
     return Confinement(os.getuid(), capabilities, restricted.abi if restricted else 0, rules)
 
 

@@ -76,11 +76,13 @@ class Rule:
 
 @dataclass(frozen=True)
 class Restricted:
-    """What ``restrict`` enforced: the ABI version and the paths granted (missing ones skipped)."""
+    """What ``restrict`` enforced: the ABI version, the paths granted, the ones skipped."""
 
     abi: int
     granted: tuple[str, ...]
     missing: tuple[str, ...]
+    unreachable: tuple[str, ...]
+    """Paths this process cannot open (file modes): it could not use them anyway."""
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -114,8 +116,9 @@ def restrict(rules: Iterable[Rule]) -> Restricted | None:
     """Allow only ``rules`` on the filesystem from now on; None without Landlock.
 
     Abstract unix sockets outside the domain are out of reach too (ABI 6).
-    A rule whose path does not exist is skipped (and listed in the result):
-    nothing can be created there later anyway. no_new_privs must already be
+    A rule whose path does not exist, or that this process cannot reach, is
+    skipped (and listed in the result): leaving a rule out only takes access
+    away. no_new_privs must already be
     set (or the process must have CAP_SYS_ADMIN).
     """
     abi = abi_version()
@@ -128,12 +131,16 @@ def restrict(rules: Iterable[Rule]) -> Restricted | None:
     ruleset = _syscall(create, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     granted: list[str] = []
     missing: list[str] = []
+    unreachable: list[str] = []
     try:
         for rule in rules:
             try:
                 fd = os.open(rule.path, os.O_PATH | os.O_CLOEXEC)
             except FileNotFoundError:
                 missing.append(rule.path)
+                continue
+            except PermissionError:
+                unreachable.append(rule.path)
                 continue
             try:
                 access = rule.access & known
@@ -153,4 +160,4 @@ def restrict(rules: Iterable[Rule]) -> Restricted | None:
         _syscall(restrict_self, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
         os.close(ruleset)
-    return Restricted(abi, tuple(granted), tuple(missing))
+    return Restricted(abi, tuple(granted), tuple(missing), tuple(unreachable))
