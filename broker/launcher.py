@@ -156,7 +156,9 @@ def _become_launcher(keep_fd: int, parent: int) -> None:
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(0)
+    # What ps and pgrep show: not to be taken for the broker.
     prctl.set_name("chapiteau-launch")
+    prctl.set_proctitle("chapiteau: launcher")
     for signum in IGNORED_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     # Nothing of the broker's: listening sockets, peers, the connect-mode listener.

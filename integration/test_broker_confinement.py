@@ -21,6 +21,7 @@ import pytest
 from chapiteau.broker import landlock
 from integration.conftest import BROKER_USER
 from integration.harness import free_port, http_get, wait_until
+from tests.forked import status_fields
 
 NOBODY = pwd.getpwnam("nobody")
 KILL, NET_BIND_SERVICE, SETGID, SETUID = 5, 10, 6, 7
@@ -33,11 +34,6 @@ def web(port: int, extra: str = "") -> str:
         "[watcher:web]\ncmd = python3 hello_wsgi.py --fd $(circus.sockets.web)\ncopy_env = true\n\n"
         f"[socket:web]\nhost = 127.0.0.1\nport = {port}\n{extra}"
     )
-
-
-def status(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as lines:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in lines if ":\t" in line)
 
 
 def free_low_port() -> int:
@@ -65,7 +61,7 @@ def test_the_broker_runs_as_its_own_account_with_two_capabilities_seccomp_and_no
     running,
 ):
     d, _ = running
-    fields = status(d.tree.pid)
+    fields = status_fields(d.tree.pid)
     account = pwd.getpwnam(BROKER_USER)
     assert fields["Uid"].split() == [str(account.pw_uid)] * 4
     assert fields["Gid"].split() == [str(account.pw_gid)] * 4
@@ -89,7 +85,7 @@ def test_the_broker_logs_its_landlock_abi_and_seccomp_rules(running):
 def test_the_launcher_is_root_with_setuid_and_setgid_only(running):
     d, _ = running
     launcher = d.tree.events_named("broker_confined")[0]["launcher"]
-    fields = status(launcher)
+    fields = status_fields(launcher)
     assert fields["PPid"] == str(d.tree.pid)
     assert fields["Uid"].split() == ["0"] * 4
     assert int(fields["CapEff"], 16) == int(fields["CapPrm"], 16) == LAUNCHER_CAPABILITIES
@@ -99,7 +95,7 @@ def test_the_launcher_is_root_with_setuid_and_setgid_only(running):
 
 def test_the_supervisor_is_the_brokers_child_unconfined_and_without_capabilities(running):
     d, _ = running
-    fields = status(d.tree.supervisor_pid())
+    fields = status_fields(d.tree.supervisor_pid())
     assert fields["PPid"] == str(d.tree.pid)
     assert fields["Uid"].split() == [str(NOBODY.pw_uid)] * 4
     assert int(fields["CapEff"], 16) == int(fields["CapBnd"], 16) == 0
@@ -111,7 +107,7 @@ def test_a_killed_supervisor_is_restarted_by_the_confined_broker(running):
     os.kill(d.tree.supervisor_pid(), signal.SIGKILL)
     new = d.tree.wait_for("supervisor_started", where=lambda e: e["start"] == 2)[-1]["pid"]
     d.tree.wait_for("supervisor_ready", where=lambda e: e["pid"] == new)
-    assert status(new)["PPid"] == str(d.tree.pid)
+    assert status_fields(new)["PPid"] == str(d.tree.pid)
     wait_until(lambda: "hello" in http_get(port))
 
 
