@@ -7,8 +7,9 @@ launcher. The launcher keeps uid 0 with only CAP_SETUID and CAP_SETGID, an
 empty bounding set and no_new_privs, holds no other fd than its end of
 a socketpair, and answers one request, "start the supervisor", with its pid.
 It can only ever start a program as the service user fixed when it was
-forked, never as root. It dies with the broker (parent-death signal, and EOF
-on its socket).
+forked, never as root. (With ``[broker] user = root`` the supervisor is root
+by request, and the launcher keeps root's privileges to start it so.) It
+dies with the broker (parent-death signal, and EOF on its socket).
 
 The supervisor stays the broker's child: the launcher double-forks, its
 child execs the supervisor (setgroups, setgid, setuid, new session: the
@@ -143,7 +144,7 @@ def fork_launcher(user: ServiceUser) -> Launcher:
         status = 1
         try:
             ours.close()
-            _become_launcher(theirs.fileno(), parent)
+            _become_launcher(theirs.fileno(), parent, user)
             _serve(theirs, user)
             status = 0
         finally:
@@ -152,7 +153,7 @@ def fork_launcher(user: ServiceUser) -> Launcher:
     return Launcher(pid, ours)
 
 
-def _become_launcher(keep_fd: int, parent: int) -> None:
+def _become_launcher(keep_fd: int, parent: int, user: ServiceUser) -> None:
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(0)
@@ -164,6 +165,10 @@ def _become_launcher(keep_fd: int, parent: int) -> None:
     # Nothing of the broker's: listening sockets, peers, the connect-mode listener.
     os.closerange(3, keep_fd)
     os.closerange(keep_fd + 1, os.sysconf("SC_OPEN_MAX"))
+    if user.uid == 0:
+        # [broker] user = root: the supervisor is as privileged as circusd, by request;
+        # with fewer capabilities here it would get fewer (no_new_privs, bounding set).
+        return
     if running_as_root():
         # An empty bounding set (the supervisor and workers inherit it): it only limits
         # what an exec may gain, not the two capabilities the launcher already holds.

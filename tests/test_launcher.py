@@ -57,12 +57,12 @@ def test_duplicate_fd_numbers_are_refused():
         decode_request(b'{"argv": ["x"], "env": {}, "fds": [3, 3]}', 2)
 
 
-def run_launcher(scenario) -> dict:
+def run_launcher(scenario, user: ServiceUser = SERVICE) -> dict:
     """Run ``scenario(launcher)`` in a child that, like the broker, is a child subreaper."""
 
     def child() -> str:
         prctl.set_child_subreaper(1)
-        launcher = fork_launcher(SERVICE)
+        launcher = fork_launcher(user)
         return json.dumps(scenario(launcher))
 
     code, output = in_child(child)
@@ -113,6 +113,41 @@ def test_the_launcher_keeps_only_setuid_and_setgid_and_an_empty_bounding_set():
     assert int(launcher["CapEff"], 16) == (1 << prctl.CAP_SETUID) | (1 << prctl.CAP_SETGID)
     assert int(launcher["CapBnd"], 16) == 0
     assert launcher["NoNewPrivs"] == "1"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the launcher keeps capabilities only as root")
+def test_a_root_supervisor_gets_roots_privileges_as_configured():
+    root = ServiceUser("root", 0, 0, (0,))
+
+    def scenario(launcher) -> dict:
+        reader, writer = os.pipe()
+        pid = launcher.start(
+            ["/bin/grep", "-E", "^(CapEff|CapBnd|NoNewPrivs)", "/proc/self/status"], {}, {1: writer}
+        )
+        os.close(writer)
+        with os.fdopen(reader) as output:
+            fields = dict(line.split(":\t") for line in output.read().splitlines())
+        os.waitpid(pid, 0)
+        return fields
+
+    fields = run_launcher(scenario, root)
+    assert fields["CapEff"] == fields["CapBnd"] == status_fields()["CapBnd"]
+    assert fields["NoNewPrivs"] == "0"
+
+
+def test_stdout_and_stderr_may_be_one_pipe():
+    def scenario(launcher) -> dict:
+        reader, writer = os.pipe()
+        pid = launcher.start(
+            ["/bin/sh", "-c", "echo out; echo err >&2"], {}, {1: writer, 2: writer}
+        )
+        os.close(writer)
+        with os.fdopen(reader) as output:
+            text = output.read()
+        os.waitpid(pid, 0)
+        return {"text": text}
+
+    assert run_launcher(scenario) == {"text": "out\nerr\n"}
 
 
 def test_a_program_that_cannot_start_is_an_error_and_the_launcher_goes_on():
