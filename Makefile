@@ -4,6 +4,9 @@
 PYTHON ?= $(shell command -v /usr/bin/python3 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
+# What users install: the wheel, not the checkout. `make example` runs it and the
+# integration tests test it.
+WHEEL_VENV ?= .venv-wheel
 SYSTEM_PACKAGES := python3-venv python3-dev libcap-dev gcc
 PYTEST_ARGS ?=
 # As root, the supervisor and the workers run as nobody, who must be able to read the
@@ -11,17 +14,18 @@ PYTEST_ARGS ?=
 # is copied here, world-readable, and the targets run in the copy.
 STAGE ?= /opt/chapiteau
 SERVICE_USER ?= nobody
-REACHABLE := $(shell [ "$$(id -u)" != 0 ] || runuser -u $(SERVICE_USER) -- test -r $(CURDIR)/setup.py && echo yes)
+REACHABLE := $(shell [ "$$(id -u)" != 0 ] || runuser -u $(SERVICE_USER) -- test -r $(CURDIR)/pyproject.toml && echo yes)
 
-.PHONY: example test lint system-packages
+.PHONY: example test lint wheel-venv system-packages
 
 ifneq ($(REACHABLE),yes)
-example test lint:
+example test lint wheel-venv:
 	@echo "$(SERVICE_USER) cannot read $(CURDIR): running from a world-readable copy in $(STAGE)"
 	@mkdir -p $(STAGE)
 	@find $(STAGE) -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf {} +
-	@tar -C $(CURDIR) --exclude=./.venv --exclude=./.git --exclude=__pycache__ \
-	  --exclude=./.pytest_cache --exclude=./.ruff_cache --exclude=./.hypothesis -cf - . \
+	@tar -C $(CURDIR) --exclude=./.venv --exclude=./$(WHEEL_VENV) --exclude=./.git \
+	  --exclude=__pycache__ --exclude=./.pytest_cache --exclude=./.ruff_cache \
+	  --exclude=./.hypothesis --exclude=./build --exclude=./dist --exclude='*.egg-info' -cf - . \
 	  | tar -C $(STAGE) --no-same-owner -xf -
 	@chmod -R u+rwX,go+rX,go-w $(STAGE)
 	@$(MAKE) --no-print-directory -C $(STAGE) REACHABLE=yes $@
@@ -43,21 +47,40 @@ system-packages:
 
 # umask 022 whatever the caller's: nobody must read the virtualenv, and the integration
 # tests write files (configs, scripts) for nobody to read.
-$(BIN)/chapiteau: setup.py | system-packages
+$(BIN)/chapiteau: pyproject.toml setup.py | system-packages
 	umask 022 && $(PYTHON) -m venv $(VENV)
 	umask 022 && $(BIN)/pip install -q --upgrade pip
 	umask 022 && $(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
-example: $(BIN)/chapiteau
+# The wheel that Debian's pip builds from this checkout, installed (not editable) into a
+# fresh virtualenv made with that same pip, with the extras in EXTRAS (e.g. [test]).
+# build/ goes first: setuptools would pack into the wheel what a previous build left there.
+# --use-pep517: python-prctl has no pyproject.toml, and pip 23.0 builds such a package with
+# the deprecated `setup.py install` (and says so) unless told.
+wheel-venv: | system-packages
+	rm -rf build dist $(WHEEL_VENV)
+	umask 022 && $(PYTHON) -m venv $(WHEEL_VENV)
+	umask 022 && $(WHEEL_VENV)/bin/pip wheel -q --no-deps --wheel-dir dist .
+	umask 022 && $(WHEEL_VENV)/bin/pip install -q --use-pep517 "$$(echo dist/chapiteau-*.whl)$(EXTRAS)"
+
+example: wheel-venv
 	@port=8000; [ "$$(id -u)" = 0 ] && port=80; \
 	echo "serving examples/hello_wsgi.py on port $$port: curl http://127.0.0.1:$$port/ (Ctrl-C stops)"; \
-	cd examples && CHAPITEAU_EXAMPLE_PORT=$$port PATH=$(CURDIR)/$(BIN):$$PATH exec $(CURDIR)/$(BIN)/chapiteau hello.ini
+	echo "control it with $(CURDIR)/$(WHEEL_VENV)/bin/chapiteauctl"; \
+	cd examples && CHAPITEAU_EXAMPLE_PORT=$$port PATH=$(CURDIR)/$(WHEEL_VENV)/bin:$$PATH \
+	  exec $(CURDIR)/$(WHEEL_VENV)/bin/chapiteau hello.ini
 
 lint: $(BIN)/chapiteau
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(BIN)/chapiteau lint
-	umask 022 && $(BIN)/pytest -q --timeout 300 tests integration $(PYTEST_ARGS)
+# The fast tests run on the checkout (editable); the integration tests run with the wheel
+# venv's Python, so the chapiteau they start is the installed one. The check that every
+# module is installed goes first: a missing one would otherwise show as timeouts.
+test: lint
+	umask 022 && $(BIN)/pytest -q --timeout 300 tests $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory wheel-venv EXTRAS='[test]'
+	umask 022 && $(WHEEL_VENV)/bin/pytest -q --timeout 300 integration/test_installed_package.py
+	umask 022 && $(WHEEL_VENV)/bin/pytest -q --timeout 300 integration $(PYTEST_ARGS)
 endif

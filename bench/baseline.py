@@ -35,8 +35,8 @@ def install_circus(venv: Path = CIRCUS_VENV) -> Path:
 def stop_manager(process: subprocess.Popen, grace: float = 30.0) -> None:
     """SIGTERM a manager (chapiteau or circusd), then SIGKILL whatever of its tree is left.
 
-    circusd's workers are session leaders that it can leave behind (CIRCUS.md
-    §5.4), so they are found by pid before the manager goes.
+    circusd's workers are session leaders that it can leave behind, so they
+    are found by pid before the manager goes.
     """
     tree = descendants(process.pid)
     with contextlib.suppress(ProcessLookupError):

@@ -2,9 +2,12 @@
 
 Each failure becomes a BindError with one line for the operator: which socket,
 which address, what went wrong and how to fix it. Unix socket paths are
-handled with care because the broker is root: an existing path is only ever
-removed when it is a socket (lstat, so a symlink is never followed) and the
-operator asked for it with ``replace``.
+handled with care because the broker is root (rules in broker/safe_paths.py):
+the path's directory is opened through verified fds and must not be writable
+by the service user; the socket is bound inside that directory fd; an existing
+socket file is replaced only when nothing answers on it (stale) or the
+operator asked for it with ``replace``, and nothing else is ever removed; the
+file is later changed or removed only while it still is the inode bound.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
 from chapiteau.broker.config import SocketSpec
+from chapiteau.broker.privileges import ServiceUser
+from chapiteau.broker.safe_paths import Directory, Entry, UnsafePathError, open_parent
 from chapiteau.protocol.broker_messages import SocketInfo
 
 log = structlog.get_logger("chapiteau.broker")
@@ -35,7 +41,8 @@ class BoundSocket:
 
     spec: SocketSpec
     sock: socket.socket
-    path_inode: int | None = None
+    path: Entry | None = None
+    """A unix socket's file, held by its directory fd and inode."""
 
     @property
     def fd(self) -> int:
@@ -60,37 +67,58 @@ class BoundSocket:
             inode=os.fstat(self.fd).st_ino,
         )
 
-    def owns_path(self) -> bool:
-        """True while the unix socket's path is still the file this socket created."""
-        if self.path_inode is None or self.spec.path is None:
-            return False
-        try:
-            on_disk = os.lstat(self.spec.path)
-        except OSError:
-            return False
-        return stat.S_ISSOCK(on_disk.st_mode) and on_disk.st_ino == self.path_inode
-
     def close(self) -> None:
-        """Close the socket and remove its path if the path still is this socket's file.
+        """Close the socket and remove its file if that still is this socket's; never raises.
 
-        Once confined, the broker may no longer be allowed to remove it (a
-        directory only root can write): the file stays, and the log says so.
+        A file that cannot be removed (its directory made read-only, a
+        sandbox) is logged and left: the next start replaces a stale socket.
         """
-        if self.owns_path():
-            assert self.spec.path is not None
-            try:
-                os.unlink(self.spec.path)
-            except OSError as exc:
-                log.warning("socket_file_not_removed", path=self.spec.path, error=exc.strerror)
+        if self.path is not None:
+            release(self.path)
         self.sock.close()
 
 
-def bind(spec: SocketSpec, *, listen: bool = True, address: tuple | None = None) -> BoundSocket:
-    """Create, configure and bind the socket ``spec`` describes; listen unless told not to.
+def release(entry: Entry) -> None:
+    """Remove a socket file the broker bound, if it is still that file, and close its directory.
 
-    ``address`` overrides the configured one (used for the per-worker
-    SO_REUSEPORT sockets, which bind to the address their master got).
+    Never raises: a failure is logged, and the broker goes on.
     """
+    try:
+        if not entry.remove():
+            log.warning("socket_file_kept", path=entry.path, reason="no longer the bound socket")
+    except OSError as exc:
+        log.warning("socket_file_not_removed", path=entry.path, error=exc.strerror or str(exc))
+    finally:
+        entry.directory.close()
+
+
+def bind_master(spec: SocketSpec, user: ServiceUser) -> BoundSocket:
+    """Bind the socket the broker keeps for ``spec``; ``user`` is the service user to guard against.
+
+    An SO_REUSEPORT master is bound (so port 0 becomes a real port that every
+    worker's own socket then shares) but never listens: a listening master
+    that no worker accepts on would take its share of connections and let them
+    hang.
+    """
+    if spec.family == socket.AF_UNIX:
+        assert spec.path is not None
+        path = spec.path
+        return _bind(spec, lambda sock: bind_unix(sock, path, user, spec.umask, spec.replace))
+    return _bind(
+        spec, lambda sock: _bind_inet(sock, spec, _resolve(spec)), listen=not spec.so_reuseport
+    )
+
+
+def bind_reuseport_sibling(master: BoundSocket) -> BoundSocket:
+    """Bind and listen one more SO_REUSEPORT socket on the master's address (one per worker)."""
+    address = master.sock.getsockname()
+    return _bind(master.spec, lambda sock: _bind_inet(sock, master.spec, address))
+
+
+def _bind(
+    spec: SocketSpec, bind_address: Callable[[socket.socket], Entry | None], listen: bool = True
+) -> BoundSocket:
+    """Create and configure the socket, bind it with ``bind_address``, listen unless told not to."""
     try:
         sock = socket.socket(spec.family, spec.type, spec.proto)
     except OSError as exc:
@@ -98,54 +126,43 @@ def bind(spec: SocketSpec, *, listen: bool = True, address: tuple | None = None)
             f"{spec.where}: cannot create a {spec.family_name} {spec.type_name} socket "
             f"(proto {spec.proto}): {exc.strerror}"
         ) from None
-    path_inode = None
+    path = None
     try:
         _configure(sock, spec)
-        if spec.family == socket.AF_UNIX:
-            path_inode = _bind_unix(sock, spec)
-        else:
-            _bind_inet(sock, spec, address or resolve(spec))
+        path = bind_address(sock)
         if listen and spec.type in LISTENING_TYPES:
             sock.listen(spec.backlog)
         sock.setblocking(spec.blocking)
+    except BindError as exc:
+        abandon(sock, path)
+        raise BindError(f"{spec.where}: {exc}") from None
     except OSError as exc:
-        # What the steps above do not word themselves: setsockopt(), unlink(), listen().
-        sock.close()
+        # What the steps above do not word themselves: setsockopt(), listen().
+        abandon(sock, path)
         raise BindError(f"{spec.where}: {exc.strerror or exc}") from None
     except BaseException:
-        sock.close()
+        abandon(sock, path)
         raise
-    return BoundSocket(spec, sock, path_inode)
+    return BoundSocket(spec, sock, path)
 
 
-def bind_master(spec: SocketSpec) -> BoundSocket:
-    """Bind the socket the broker keeps for ``spec``.
-
-    An SO_REUSEPORT master is bound (so port 0 becomes a real port that every
-    worker's own socket then shares) but never listens: a listening master
-    that no worker accepts on would take its share of connections and let them
-    hang.
-    """
-    return bind(spec, listen=not spec.so_reuseport)
+def abandon(sock: socket.socket, path: Entry | None) -> None:
+    """Close a socket that will not be used, and release its file if it has one."""
+    if path is not None:
+        release(path)
+    sock.close()
 
 
-def bind_reuseport_sibling(master: BoundSocket) -> BoundSocket:
-    """Bind and listen one more SO_REUSEPORT socket on the master's address (one per worker)."""
-    return bind(master.spec, address=master.sock.getsockname())
-
-
-def resolve(spec: SocketSpec) -> tuple:
+def _resolve(spec: SocketSpec) -> tuple:
     """The first address of the socket's family that ``host`` resolves to."""
     try:
         infos = socket.getaddrinfo(spec.host, spec.port, spec.family, spec.type)
     except socket.gaierror as exc:
-        raise BindError(
-            f"{spec.where}: cannot resolve host {spec.host!r}: {exc.strerror}"
-        ) from None
+        raise BindError(f"cannot resolve host {spec.host!r}: {exc.strerror}") from None
     for family, _, _, _, address in infos:
         if family == spec.family:
             return address
-    raise BindError(f"{spec.where}: host {spec.host!r} has no {spec.family_name} address")
+    raise BindError(f"host {spec.host!r} has no {spec.family_name} address")
 
 
 def _configure(sock: socket.socket, spec: SocketSpec) -> None:
@@ -160,12 +177,12 @@ def _configure(sock: socket.socket, spec: SocketSpec) -> None:
             )
         except OSError as exc:
             raise BindError(
-                f"{spec.where}: cannot bind to interface {spec.interface!r}: {exc.strerror}"
+                f"cannot bind to interface {spec.interface!r}: {exc.strerror}"
             ) from None
 
 
 def _bind_inet(sock: socket.socket, spec: SocketSpec, address: tuple) -> None:
-    where = f"{spec.where}: cannot bind {_show(address)}"
+    where = f"cannot bind {_show(address)}"
     try:
         sock.bind(address)
     except PermissionError:
@@ -188,40 +205,91 @@ def _bind_inet(sock: socket.socket, spec: SocketSpec, address: tuple) -> None:
         raise BindError(f"{where}: {exc.strerror or exc}") from None
 
 
-def existing_socket_file(path: str, where: str) -> bool:
-    """Whether a socket file is at ``path`` (False: nothing is there).
+def bind_unix(
+    sock: socket.socket, path: str, user: ServiceUser, umask: int, replace: bool | None
+) -> Entry:
+    """Bind ``sock`` to ``path`` inside its verified directory; the file is then an Entry.
 
-    Anything else there — a regular file, a directory, a symlink (lstat: never
-    followed) — is a BindError: the broker is root and removes only sockets.
+    An existing socket file is removed first when nothing answers on it (a
+    stale file of a previous run) or when ``replace`` says to take the path
+    over (None: the path has no such option, as ``[broker] socket_path``);
+    anything else there is a BindError. The mode comes from ``umask`` at bind
+    time. BindError for everything the operator must fix.
     """
+    where = f"cannot bind {path}"
     try:
-        existing = os.lstat(path)
-    except FileNotFoundError:
-        return False
+        directory, name = open_parent(path, user)
+    except UnsafePathError as exc:
+        raise BindError(f"cannot bind {exc}") from None
     except OSError as exc:
         raise BindError(f"{where}: {exc.strerror or exc}") from None
-    if not stat.S_ISSOCK(existing.st_mode):
+    try:
+        existing = _existing_socket(directory, name, sock.type, where)
+        if existing is not None:
+            if existing[1] and not replace:
+                hint = "" if replace is None else ", or set replace = true to take the path over"
+                raise BindError(
+                    f"{where}: something is listening there (another chapiteau?); "
+                    f"stop it first{hint}"
+                )
+            Entry.of(directory, name, existing[0]).remove()
+        previous = os.umask(umask)
+        try:
+            sock.bind(directory.link(name))
+        finally:
+            os.umask(previous)
+        bound = directory.stat(name)
+        if bound is None or not stat.S_ISSOCK(bound.st_mode):
+            raise BindError(f"{where}: the socket file vanished right after bind")
+    except BindError:
+        directory.close()
+        raise
+    except OSError as exc:
+        directory.close()
+        raise BindError(f"{where}: {exc.strerror or exc}") from None
+    return Entry.of(directory, name, bound)
+
+
+def check_unix_path(path: str, user: ServiceUser, kind: int) -> None:
+    """BindError for what would make binding ``path`` fail or unsafe; changes nothing."""
+    try:
+        directory, name = open_parent(path, user)
+    except UnsafePathError as exc:
+        raise BindError(f"cannot bind {exc}") from None
+    with directory:
+        _existing_socket(directory, name, kind, f"cannot bind {path}")
+
+
+def _existing_socket(
+    directory: Directory, name: str, kind: int, where: str
+) -> tuple[os.stat_result, bool] | None:
+    """What is at ``name``: None, or a socket file and whether something answers on it.
+
+    Anything else there (a file, a directory, a symlink: lstat, never followed)
+    is a BindError: the broker is root and removes only sockets.
+    """
+    st = directory.stat(name)
+    if st is None:
+        return None
+    if not stat.S_ISSOCK(st.st_mode):
         raise BindError(f"{where}: the path exists and is not a socket; refusing to remove it")
+    return st, _answers(directory.link(name), kind)
+
+
+def _answers(path: str, kind: int) -> bool:
+    """True when a socket listens at ``path``; False only for a stale file (refused connection).
+
+    Non-blocking, so that a live server with a full queue cannot stall the broker.
+    """
+    with socket.socket(socket.AF_UNIX, kind) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            return False
+        except OSError:
+            return True
     return True
-
-
-def _bind_unix(sock: socket.socket, spec: SocketSpec) -> int:
-    assert spec.path is not None
-    where = f"{spec.where}: cannot bind {spec.path}"
-    if existing_socket_file(spec.path, where):
-        if not spec.replace:
-            raise BindError(
-                f"{where}: a socket file already exists; remove it or set replace = true"
-            )
-        os.unlink(spec.path)
-    previous = os.umask(spec.umask)
-    try:
-        sock.bind(spec.path)
-    except OSError as exc:
-        raise BindError(f"{where}: {exc.strerror or exc}") from None
-    finally:
-        os.umask(previous)
-    return os.lstat(spec.path).st_ino
 
 
 def _show(address: tuple) -> str:

@@ -25,10 +25,11 @@ from collections.abc import Callable, Sequence
 import prctl
 import structlog
 
-from chapiteau.broker.binding import BindError, BoundSocket, existing_socket_file
+from chapiteau.broker.binding import BindError, BoundSocket, abandon, bind_unix
 from chapiteau.broker.config import BrokerConfig, load_broker_config
 from chapiteau.broker.launcher import Launcher
 from chapiteau.broker.privileges import ServiceUser
+from chapiteau.broker.safe_paths import Entry, UnsafePathError, make_directory
 from chapiteau.broker.service import Peer, Reply, Service
 from chapiteau.broker.socket_table import ReloadError, apply_reload, close_all
 from chapiteau.broker.supervisor_process import (
@@ -261,7 +262,7 @@ class Broker:
             config = load_broker_config(self.config.path)
         except (ConfigError, OSError) as exc:
             raise ReloadError(str(exc)) from None
-        result = apply_reload(self.service.sockets, config.sockets)
+        result = apply_reload(self.service.sockets, config.sockets, self.user)
         self.config = config
         return result
 
@@ -327,11 +328,8 @@ class Broker:
         for conn in list(self.peers):
             self._drop_peer(conn)
         if self.listener is not None:
-            # The path it was bound to: a reload may have changed [broker] socket_path.
-            path = self.listener.getsockname()
+            # Its file is removed by whoever made it (main), through a checked directory fd.
             self.listener.close()
-            with contextlib.suppress(OSError):
-                os.unlink(path)
         close_all(self.service.sockets.values())
         if self.launcher is not None:
             self.launcher.close()
@@ -358,53 +356,33 @@ def peer_uid(conn: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
-def listen_for_supervisors(path: str, user: ServiceUser, owner: int = -1) -> socket.socket:
+def listen_for_supervisors(
+    path: str, user: ServiceUser, owner: int = -1
+) -> tuple[socket.socket, Entry]:
     """Listen on ``path`` for a separately started supervisor (connect mode).
 
     A missing directory is created 0750 (whatever the umask) with the service
-    user's group, owned by ``owner`` (the broker's own account, so that it can
-    still remove the socket once it dropped root; -1: unchanged), so that only
-    the broker and that group can even reach the socket;
-    the peer's uid is checked again on every connection. BindError says what
-    went wrong, for the operator.
+    user's group, owned by ``owner`` (the broker's own account, which can then
+    still remove the socket once it dropped root; -1: whoever creates it), so
+    that only the broker and that group can even reach the socket;
+    the peer's uid is checked again on every connection. The directory must not
+    be writable by the service user (broker/safe_paths.py). Returns the
+    listening socket and its file, which the caller removes at the end
+    (``binding.release``). BindError says what went wrong, for the operator.
     """
     where = f"[broker] socket_path = {path}"
-    directory = os.path.dirname(path)
-    try:
-        if not os.path.isdir(directory):
-            os.makedirs(directory, mode=0o750)
-            os.chmod(directory, 0o750)
-            os.chown(directory, owner, user.gid)
-    except OSError as exc:
-        raise BindError(f"{where}: cannot create {directory}: {exc.strerror}") from None
-    if existing_socket_file(path, where):
-        if _answers(path):
-            raise BindError(
-                f"{where}: something is listening there (another chapiteau?); stop it first"
-            )
-        os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    previous = os.umask(0o117)
+    entry = None
     try:
-        listener.bind(path)
-        os.chown(path, -1, user.gid)
+        make_directory(os.path.dirname(path), user, 0o750, owner, user.gid)
+        entry = bind_unix(listener, path, user, 0o117, replace=None)
+        entry.change(gid=user.gid)
         listener.listen(MAX_PEERS)
+    except (BindError, UnsafePathError) as exc:
+        abandon(listener, entry)
+        raise BindError(f"{where}: {exc}") from None
     except OSError as exc:
-        listener.close()
+        abandon(listener, entry)
         raise BindError(f"{where}: cannot listen: {exc.strerror}") from None
-    finally:
-        os.umask(previous)
     listener.setblocking(False)
-    return listener
-
-
-def _answers(path: str) -> bool:
-    """True when something listens on the unix socket ``path`` (a stale file refuses)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
-        try:
-            probe.connect(path)
-        except ConnectionRefusedError:
-            return False
-        except OSError:
-            return True
-    return True
+    return listener, entry

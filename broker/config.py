@@ -52,8 +52,18 @@ SOCKET_KEYS = frozenset(
     }
 )
 BROKER_KEYS = frozenset(
-    {"user", "group", "broker_user", "supervisor_command", "socket_path", "orphan_timeout"}
+    {
+        "user",
+        "group",
+        "broker_user",
+        "supervisor_command",
+        "socket_path",
+        "orphan_timeout",
+        "runtime_directory",
+        "runtime_directory_mode",
+    }
 )
+DEFAULT_RUNTIME_DIRECTORY_MODE = 0o750
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,9 @@ class BrokerConfig:
     """``[circus] pidfile``, used when the command line gives none."""
     loggerconfig: str | None = None
     """``[circus] loggerconfig``: not applied (chapiteau logs with structlog); warned about."""
+    runtime_directory: str | None = None
+    """``[broker] runtime_directory``: made by the broker for the service user (ipc endpoints)."""
+    runtime_directory_mode: int = DEFAULT_RUNTIME_DIRECTORY_MODE
     broker_user: str | None = None
     """``[broker] broker_user``: the broker's own uid once bound (None: the default account)."""
 
@@ -140,7 +153,7 @@ def load_broker_config(path: str, environ: Mapping[str, str] | None = None) -> B
 
 
 def _with_circus_logging(config: BrokerConfig, circus: Section) -> BrokerConfig:
-    """circusd's own [circus] keys for logging and the pidfile (CIRCUS.md §1.3)."""
+    """circusd's own [circus] keys for logging and the pidfile."""
     level = (circus.get_str("loglevel") or "").strip().lower() or None
     if level is not None and level not in LOG_LEVELS:
         raise circus.error("loglevel", f"{level!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -176,6 +189,16 @@ def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec
     orphan_timeout = section.get_float("orphan_timeout", 30.0)
     if orphan_timeout is None or orphan_timeout < 0:
         raise section.error("orphan_timeout", "must be a number of seconds >= 0")
+    runtime_directory = section.get_str("runtime_directory") or None
+    if runtime_directory is not None and (
+        not os.path.isabs(runtime_directory) or not runtime_directory.strip("/")
+    ):
+        raise section.error(
+            "runtime_directory", f"{runtime_directory!r} must be an absolute path below /"
+        )
+    runtime_mode = section.get_octal("runtime_directory_mode", DEFAULT_RUNTIME_DIRECTORY_MODE)
+    if runtime_mode is None or runtime_mode > 0o777:
+        raise section.error("runtime_directory_mode", "must be an octal mode between 000 and 777")
     return BrokerConfig(
         path=ini.path,
         user=section.get_str("user") or None,
@@ -185,6 +208,8 @@ def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec
         socket_path=socket_path,
         orphan_timeout=orphan_timeout,
         sockets=sockets,
+        runtime_directory=runtime_directory,
+        runtime_directory_mode=runtime_mode,
         files=tuple(ini.files),
     )
 

@@ -219,7 +219,10 @@ def _launch(request: Request, fds: list[int], user: ServiceUser) -> int:
     if child == 0:
         os.close(reader)
         try:
-            message = str(_spawn(request, fds, user))
+            # Held until _exit: a collected Popen would reap (waitpid) a supervisor that
+            # already exited, which must stay for the broker to reap.
+            supervisor = _spawn(request, fds, user)
+            message = str(supervisor.pid)
         except (OSError, subprocess.SubprocessError) as exc:
             message = f"error: cannot start the supervisor {request.argv[0]}: {exc}"
         os.write(writer, message.encode()[:MAX_REPLY_BYTES])
@@ -233,7 +236,7 @@ def _launch(request: Request, fds: list[int], user: ServiceUser) -> int:
     raise LaunchError(text.removeprefix("error: ") or "the supervisor's starter died")
 
 
-def _spawn(request: Request, fds: list[int], user: ServiceUser) -> int:
+def _spawn(request: Request, fds: list[int], user: ServiceUser) -> subprocess.Popen:
     """In the intermediate child: put each fd at its number, then fork and exec the supervisor."""
     for signum in IGNORED_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
@@ -245,7 +248,7 @@ def _spawn(request: Request, fds: list[int], user: ServiceUser) -> int:
     credentials: dict = {}
     if running_as_root():
         credentials = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
-    process = subprocess.Popen(
+    return subprocess.Popen(
         list(request.argv),
         pass_fds=[fd for fd in request.fds if fd > 2],
         env=request.env,
@@ -253,4 +256,3 @@ def _spawn(request: Request, fds: list[int], user: ServiceUser) -> int:
         start_new_session=True,
         **credentials,
     )
-    return process.pid

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
+from collections.abc import Callable
+from functools import partial
 from typing import TextIO
 
 import structlog
 
-from chapiteau.broker.binding import BindError, BoundSocket
+from chapiteau.broker.binding import BindError, BoundSocket, check_unix_path, release
 from chapiteau.broker.broker import Broker, listen_for_supervisors
-from chapiteau.broker.config import load_broker_config
+from chapiteau.broker.config import BrokerConfig, load_broker_config
 from chapiteau.broker.confinement import confine
 from chapiteau.broker.launcher import fork_launcher
 from chapiteau.broker.logs import configure_logging
@@ -31,10 +34,18 @@ from chapiteau.broker.pidfile import (
 )
 from chapiteau.broker.privileges import (
     PrivilegeError,
+    ServiceUser,
     check_access,
     resolve_broker_user,
     resolve_service_user,
     supervisor_files,
+)
+from chapiteau.broker.safe_paths import (
+    UnsafePathError,
+    check_trusted_file,
+    make_directory,
+    open_for_append,
+    open_parent,
 )
 from chapiteau.broker.socket_table import bind_all, close_all
 from chapiteau.protocol.channel import reserve_standard_fds
@@ -63,16 +74,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--daemon", action="store_true", help="detach and run in the background")
     parser.add_argument("--pidfile", help="write the broker's pid here (signal this process)")
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="report mistakes in the config and unsafe paths, then exit (0: none); "
+        "binds and starts nothing",
+    )
     parser.add_argument("--version", action="version", version=f"chapiteau {VERSION}")
     return parser.parse_args(argv)
+
+
+STARTUP_ERRORS = (ConfigError, PrivilegeError, BindError, PidfileError, UnsafePathError, OSError)
 
 
 def main(argv: list[str] | None = None) -> int:
     reserve_standard_fds()
     args = parse_args(argv)
+    if args.check_config:
+        return check_config(args)
     # Start-up errors go to the caller's stderr even once logs go to --log-output.
     console = sys.stderr
     sockets: dict[str, BoundSocket] = {}
+    listener = listener_file = None
     try:
         config = load_broker_config(args.config)
         # The command line wins over [circus], as with circusd.
@@ -81,12 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         args.pidfile = args.pidfile or config.pidfile
         user = resolve_service_user(config.user, config.group)
         broker_user = resolve_broker_user(config.broker_user, user)
+        for path in config.files:
+            check_trusted_file(path, user)
         if config.socket_path is None:
             check_access(user, supervisor_files(config))
-        if args.pidfile:
-            check_pidfile(args.pidfile)
         if args.log_output:
-            console = _redirect_output(args.log_output)
+            console = _redirect_output(args.log_output, user)
         # Only now: whether to colour depends on where stderr ends up.
         configure_logging(args.log_level, args.log_format)
         if config.loggerconfig:
@@ -95,17 +118,24 @@ def main(argv: list[str] | None = None) -> int:
                 loggerconfig=config.loggerconfig,
                 hint="chapiteau logs with structlog: use --log-format json and --log-output",
             )
-        sockets = bind_all(config.sockets.values())
-        owner = broker_user.uid if broker_user else -1
-        listener = (
-            listen_for_supervisors(config.socket_path, user, owner) if config.socket_path else None
-        )
+        if config.runtime_directory:
+            make_runtime_directory(config, user)
+        if args.pidfile:
+            check_pidfile(args.pidfile, user)
+        sockets = bind_all(config.sockets.values(), user)
+        if config.socket_path:
+            owner = broker_user.uid if broker_user else -1
+            listener, listener_file = listen_for_supervisors(config.socket_path, user, owner)
         if args.daemon:
             _daemonize(keep_output=bool(args.log_output))
         if args.pidfile:
-            write_pidfile(args.pidfile)
-    except (ConfigError, PrivilegeError, BindError, PidfileError, OSError) as exc:
+            write_pidfile(args.pidfile, user)
+    except STARTUP_ERRORS as exc:
         close_all(sockets.values())
+        if listener is not None:
+            listener.close()
+        if listener_file is not None:
+            release(listener_file)
         print(f"chapiteau: {exc}", file=console)
         return 1
     if console is not sys.stderr:
@@ -113,34 +143,127 @@ def main(argv: list[str] | None = None) -> int:
     # Connect mode: the supervisor is started by someone else; nothing to launch.
     launcher = None if config.socket_path else fork_launcher(user)
     try:
-        confined = confine(config, args.pidfile, broker_user, user)
-    except OSError as exc:
-        # Never run half-confined: stop before serving anything.
-        log.error("confinement_failed", error=str(exc))
-        close_all(sockets.values())
-        return 1
-    log.info(
-        "broker_confined",
-        uid=confined.uid,
-        capabilities=list(confined.capabilities),
-        landlock_abi=confined.landlock_abi,
-        seccomp_rules=confined.seccomp_rules,
-        launcher=launcher.pid if launcher else None,
-    )
-    options = ["--log-level", args.log_level, "--log-format", args.log_format]
-    try:
+        try:
+            confined = confine(config, args.pidfile, broker_user, user)
+        except OSError as exc:
+            # Never run half-confined: stop before serving anything.
+            log.error("confinement_failed", error=str(exc))
+            close_all(sockets.values())
+            return 1
+        log.info(
+            "broker_confined",
+            uid=confined.uid,
+            capabilities=list(confined.capabilities),
+            landlock_abi=confined.landlock_abi,
+            seccomp_rules=confined.seccomp_rules,
+            launcher=launcher.pid if launcher else None,
+        )
+        options = ["--log-level", args.log_level, "--log-format", args.log_format]
         return Broker(config, sockets, user, launcher, options, listener).run()
     finally:
+        if listener_file is not None:
+            release(listener_file)
         if args.pidfile:
-            remove_pidfile(args.pidfile)
+            remove_pidfile(args.pidfile, user)
 
 
-def _redirect_output(path: str) -> TextIO:
+def make_runtime_directory(config: BrokerConfig, user: ServiceUser) -> None:
+    """Make ``[broker] runtime_directory`` for the service user, as systemd's RuntimeDirectory=."""
+    assert config.runtime_directory is not None
+    try:
+        make_directory(
+            config.runtime_directory,
+            user,
+            config.runtime_directory_mode,
+            user.uid,
+            user.gid,
+            adopt=True,
+        )
+    except (UnsafePathError, OSError) as exc:
+        raise UnsafePathError(f"[broker] runtime_directory: {exc}") from None
+    log.info("runtime_directory_ready", path=config.runtime_directory, user=user.name)
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """``--check-config``: print every problem found, touch nothing; 0 when there is none."""
+    try:
+        config = load_broker_config(args.config)
+        user = resolve_service_user(config.user, config.group)
+    except STARTUP_ERRORS as exc:
+        print(f"chapiteau: {exc}", file=sys.stderr)
+        return 1
+    problems = _path_problems(config, user, args)
+    for problem in problems:
+        print(f"chapiteau: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"chapiteau: {args.config}: no problem found")
+    return 1 if problems else 0
+
+
+def _path_problems(config: BrokerConfig, user: ServiceUser, args: argparse.Namespace) -> list[str]:
+    """What would refuse the start, or make it unsafe, in the files and paths of ``config``.
+
+    The same checks the start runs, on the same paths, without creating,
+    binding or writing anything.
+    """
+    checks: list[tuple[str | None, Callable[[], object]]] = [
+        (None, partial(check_trusted_file, path, user)) for path in config.files
+    ]
+    if config.socket_path is None:
+        checks.append((None, partial(check_access, user, supervisor_files(config))))
+    else:
+        checks.append(("[broker] socket_path", partial(_check_listener_path, config, user)))
+    checks += [
+        (spec.where, partial(check_unix_path, spec.path, user, spec.type))
+        for spec in config.sockets.values()
+        if spec.path
+    ]
+    # Where the start acts: the pidfile's and the directory's own names, the log file's target.
+    places = [
+        ("[broker] runtime_directory", config.runtime_directory, False),
+        ("pid file", args.pidfile or config.pidfile, False),
+        ("log output", args.log_output or config.logoutput, True),
+    ]
+    checks += [
+        (where, partial(_check_parent, path, user, follow))
+        for where, path, follow in places
+        if path
+    ]
+    problems = []
+    for where, check in checks:
+        try:
+            check()
+        except STARTUP_ERRORS as exc:
+            problems.append(f"{where}: {exc}" if where else str(exc))
+    return problems
+
+
+def _check_listener_path(config: BrokerConfig, user: ServiceUser) -> None:
+    """Connect mode: the socket's directory, or its parent when the start is to create it."""
+    assert config.socket_path is not None
+    directory = os.path.dirname(config.socket_path)
+    if os.path.isdir(directory):
+        check_unix_path(config.socket_path, user, socket.SOCK_SEQPACKET)
+    else:
+        _check_parent(directory, user)
+
+
+def _check_parent(path: str, user: ServiceUser, follow: bool = False) -> None:
+    directory, _ = open_parent(path, user, follow=follow)
+    directory.close()
+
+
+def _redirect_output(path: str, user: ServiceUser) -> TextIO:
     """Point fds 1 and 2 at ``path`` (the supervisor and workers inherit them).
 
+    The file is opened as broker/safe_paths.py says: never through a link the
+    service user could plant, never in a directory that user can write.
     Returns the previous stderr, for the start-up error an operator must see.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fd = open_for_append(path, user)
+    except UnsafePathError as exc:
+        raise UnsafePathError(f"log output: {exc}") from None
     console = os.fdopen(os.dup(2), "w")
     os.dup2(fd, 1)
     os.dup2(fd, 2)

@@ -1,26 +1,38 @@
-"""Write, check and remove the pidfile of the broker (the process an operator signals)."""
+"""Write, check and remove the pidfile of the broker (the process an operator signals).
+
+The broker is root: the pidfile is read, written and removed through the
+verified directory fds of broker/safe_paths.py, so a pidfile in a directory
+the service user can write is refused, and no planted link is ever followed.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 
+from chapiteau.broker.privileges import ServiceUser
+from chapiteau.broker.safe_paths import (
+    Entry,
+    UnsafePathError,
+    open_parent,
+    read_small_file,
+    replace_file,
+)
+
+MAX_PIDFILE_BYTES = 64
+
 
 class PidfileError(Exception):
-    """The pidfile names a process that is still running."""
+    """The pidfile names a process that is still running, or cannot be used safely."""
 
 
-def check_pidfile(path: str) -> None:
-    """Refuse a pidfile that names another live process (Circus §5.1).
+def check_pidfile(path: str, user: ServiceUser) -> None:
+    """Refuse a pidfile that names another live process (circusd does too), or an unsafe path.
 
     Called before daemonizing too, so that the command an operator typed fails
     with status 1 instead of a detached child failing where nobody sees it.
     """
-    try:
-        with open(path) as existing:
-            other = int(existing.read().strip() or 0)
-    except (FileNotFoundError, ValueError):
-        other = 0
+    other = _read_pid(path, user)
     if other and other != os.getpid() and _alive(other):
         raise PidfileError(
             f"pid file {path!r} is stale, current pid {other}: stop that process first "
@@ -28,24 +40,45 @@ def check_pidfile(path: str) -> None:
         )
 
 
-def write_pidfile(path: str) -> None:
-    """Write our pid to ``path``; refuse when it names another live process."""
-    check_pidfile(path)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+def write_pidfile(path: str, user: ServiceUser) -> None:
+    """Write our pid to ``path`` (exclusive temporary file, then rename); refuse a live other."""
+    check_pidfile(path, user)
     try:
-        os.write(fd, f"{os.getpid()}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        replace_file(path, f"{os.getpid()}\n".encode(), user)
+    except UnsafePathError as exc:
+        raise PidfileError(f"pid file: {exc}") from None
 
 
-def remove_pidfile(path: str) -> None:
-    """Remove ``path`` if it still holds our pid."""
-    with contextlib.suppress(OSError, ValueError), open(path) as current:
-        if int(current.read().strip()) == os.getpid():
-            os.unlink(path)
+def remove_pidfile(path: str, user: ServiceUser) -> None:
+    """Remove ``path`` if it still holds our pid; never raises."""
+    with contextlib.suppress(OSError, UnsafePathError):
+        directory, name = open_parent(path, user)
+        with directory:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory.fd)
+            try:
+                holds_ours = _parse(os.read(fd, MAX_PIDFILE_BYTES)) == os.getpid()
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if holds_ours:
+                Entry.of(directory, name, st).remove()
+
+
+def _read_pid(path: str, user: ServiceUser) -> int:
+    try:
+        data = read_small_file(path, user, MAX_PIDFILE_BYTES)
+    except UnsafePathError as exc:
+        raise PidfileError(f"pid file: {exc}") from None
+    except OSError as exc:
+        raise PidfileError(f"pid file {path}: {exc.strerror or exc}") from None
+    return _parse(data or b"")
+
+
+def _parse(data: bytes) -> int:
+    try:
+        return int(data.strip() or 0)
+    except ValueError:
+        return 0
 
 
 def _alive(pid: int) -> bool:

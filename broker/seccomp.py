@@ -85,6 +85,13 @@ ALLOWED = (
     "fchmodat",
     "umask",
     "pipe2",
+    # reading ACLs: broker/safe_paths.py checks who can write a directory on reload
+    "getxattr",
+    "lgetxattr",
+    "fgetxattr",
+    "listxattr",
+    "llistxattr",
+    "flistxattr",
     # sockets: serve peers, bind on reload, resolve names
     "socket",
     "socketpair",

@@ -8,13 +8,13 @@ was.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 import structlog
 
 from chapiteau.broker.binding import LISTENING_TYPES, BindError, BoundSocket, bind_master
 from chapiteau.broker.config import SocketSpec
+from chapiteau.broker.privileges import ServiceUser
 from chapiteau.protocol.broker_messages import Reloaded
 
 log = structlog.get_logger("chapiteau.broker")
@@ -24,12 +24,15 @@ class ReloadError(Exception):
     """The new configuration could not be applied; the old one stays in force."""
 
 
-def bind_all(specs: Iterable[SocketSpec]) -> dict[str, BoundSocket]:
-    """Bind every socket, or none: BindError after closing the ones already bound."""
+def bind_all(specs: Iterable[SocketSpec], user: ServiceUser) -> dict[str, BoundSocket]:
+    """Bind every socket, or none: BindError after closing the ones already bound.
+
+    ``user`` is the service user, whom no unix socket path may let redirect the broker.
+    """
     bound: dict[str, BoundSocket] = {}
     try:
         for spec in specs:
-            bound[spec.name] = bind_master(spec)
+            bound[spec.name] = bind_master(spec, user)
     except BaseException:
         close_all(bound.values())
         raise
@@ -40,11 +43,14 @@ def bind_all(specs: Iterable[SocketSpec]) -> dict[str, BoundSocket]:
 
 
 def close_all(sockets: Iterable[BoundSocket]) -> None:
+    """Close every socket (and remove its file); never raises, failures are logged."""
     for bound in sockets:
         bound.close()
 
 
-def apply_reload(table: dict[str, BoundSocket], specs: dict[str, SocketSpec]) -> Reloaded:
+def apply_reload(
+    table: dict[str, BoundSocket], specs: dict[str, SocketSpec], user: ServiceUser
+) -> Reloaded:
     """Change ``table`` in place to match ``specs``; ReloadError leaves it untouched.
 
     A socket whose only changes are its backlog, blocking flag or unix mode is
@@ -59,7 +65,7 @@ def apply_reload(table: dict[str, BoundSocket], specs: dict[str, SocketSpec]) ->
     ]
     rebind = [name for name in changed if not _adjustable(table[name].spec, specs[name])]
     try:
-        fresh = bind_all(specs[name] for name in added + rebind)
+        fresh = bind_all((specs[name] for name in added + rebind), user)
     except BindError as exc:
         raise ReloadError(str(exc)) from None
     try:
@@ -91,7 +97,7 @@ def _adjust(bound: BoundSocket, spec: SocketSpec) -> BoundSocket:
     ):
         bound.sock.listen(spec.backlog)
     bound.sock.setblocking(spec.blocking)
-    if bound.spec.umask != spec.umask and bound.owns_path():
-        assert spec.path is not None
-        os.chmod(spec.path, 0o777 & ~spec.umask)
-    return BoundSocket(spec, bound.sock, bound.path_inode)
+    if bound.spec.umask != spec.umask and bound.path is not None and bound.path.is_there():
+        # Through the file's own inode: never a link put in its place.
+        bound.path.change(mode=0o777 & ~spec.umask)
+    return BoundSocket(spec, bound.sock, bound.path)

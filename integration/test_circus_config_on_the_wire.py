@@ -1,9 +1,9 @@
 """Circus's config rules, seen the way a Circus user sees them: through the control socket.
 
-The intent of Circus's own test_config.py and test_command_signal.py (CIRCUS.md
-§7.2, rated High), run against the real daemon started from INI files: what
-the parser decided shows up in `options`, `get`, `listsockets`, in the
-workers' command lines and environments, and in who receives a signal.
+The intent of Circus's own test_config.py and test_command_signal.py, run
+against the real daemon started from INI files: what the parser decided
+shows up in `options`, `get`, `listsockets`, in the workers' command lines
+and environments, and in who receives a signal.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Every control command of the real daemon, driven only through a DEALER (and a SUB).
 
-Replies are compared with the golden shapes of CIRCUS.md §2.5: key sets and
+Replies are compared with the shapes circusd 0.19 gives: key sets and
 JSON types, never times or pids. The daemon runs as the broker and a
 supervisor switched to ``nobody``, exactly as users run it.
 """

@@ -1,7 +1,7 @@
 """Whatever arrives on the control endpoint, the next valid request is answered.
 
 Circus stalls for tens of seconds on an empty body, a non-object JSON or a
-missing ``command`` (CIRCUS.md §8.2 a); chapiteau answers each with an error
+missing ``command``; chapiteau answers each with an error
 (or drops frames it cannot route) and keeps serving. The bounds are generous:
 these tests check that a reply comes, not how fast.
 """

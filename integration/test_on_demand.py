@@ -7,7 +7,7 @@ from integration.harness import free_port, http_get, is_alive
 
 def config(port: int) -> str:
     # "lazy" sorts and starts after "eager": Circus only ever starts an on_demand watcher
-    # that comes first, and starts every other autostart watcher with it (§8.2 f).
+    # that comes first, and starts every other autostart watcher with it.
     return f"""
 [broker]
 user = nobody

@@ -1,6 +1,6 @@
 """so_reuseport: each worker gets its own socket on the one port, the master never listens.
 
-Circus (CIRCUS.md §5.9, defect e) binds a sibling only when the socket is
+Circus binds a sibling only when the socket is
 named in ``cmd``, passes the unbound master otherwise, and gives every worker
 a different port when ``port = 0``. chapiteau binds the master (so port 0 is
 resolved once), never listens on it, and hands each worker a listening
@@ -80,7 +80,7 @@ def test_requests_are_served_on_the_shared_port(started):
 
 
 def test_connections_are_refused_not_left_hanging_when_no_worker_runs(chapiteau):
-    """Circus defect y: its listening socket accepts with no worker behind it; clients hang."""
+    """In Circus the listening socket accepts with no worker behind it; clients hang."""
     tree = chapiteau(
         config("cmd").replace(
             "cmd = python3 hello_wsgi.py --fd $(circus.sockets.web)",

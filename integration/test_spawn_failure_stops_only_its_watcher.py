@@ -1,7 +1,7 @@
 """A worker that cannot start is a logged spawn error that stops only its own watcher.
 
 In Circus an error after fork (setuid EPERM, a bad rlimit) wedges the watcher
-in ``starting`` and the watchers after it never start (CIRCUS.md §8.2 t).
+in ``starting`` and the watchers after it never start (Circus issue #1157).
 """
 
 from __future__ import annotations

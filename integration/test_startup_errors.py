@@ -1,6 +1,6 @@
 """A start-up mistake stops chapiteau at once: one line on stderr, non-zero exit, nothing left.
 
-Circus logs such errors and exits 0 (CIRCUS.md §8.2 w); an init system must
+Circus logs such errors and exits 0; an init system must
 see the failure, and nothing may stay half-started: no supervisor, no worker,
 no bound socket.
 """
@@ -221,6 +221,6 @@ def test_ipc_endpoint_in_a_directory_the_service_user_cannot_write_says_how_to_f
         f"chapiteau-supervisor: {key} {endpoints[key]}: the service user nobody cannot create "
         f"files in {root_only}, where the socket file goes; use a directory that nobody may "
         "write (for example one it owns: mkdir -p DIR && chown nobody DIR), or put the "
-        "endpoint under the broker's runtime directory ([broker] runtime_directory, default "
-        "/run/chapiteau)"
+        "endpoint under a directory the broker prepares for it ([broker] runtime_directory = "
+        "/run/circus)"
     )

@@ -1,7 +1,7 @@
 """A unix socket: bound with the configured umask, served by a worker, removed at stop.
 
 Circus reads ``umask`` as decimal and creates unix sockets 0767 by default
-(CIRCUS.md §1.6, defect c); chapiteau reads it as octal with a default of 077.
+(``[socket:NAME] umask``); chapiteau reads it as octal with a default of 077.
 """
 
 from __future__ import annotations

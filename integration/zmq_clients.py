@@ -1,6 +1,6 @@
 """Circus-style ZMQ clients for the integration tests: a DEALER for commands, a SUB for events.
 
-They are deliberately written from CIRCUS.md, not from chapiteau's own code, so
+They are deliberately written from Circus's protocol, not from chapiteau's own code, so
 that the tests check the wire as any Circus client sees it.
 """
 

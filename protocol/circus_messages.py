@@ -1,11 +1,11 @@
 """Circus's control-channel messages as data: parse a request frame, build a reply.
 
-Theory of operation (CIRCUS.md §2.2-2.3). A request is one JSON object,
+Theory of operation (Circus's protocol). A request is one JSON object,
 ``{"id": any, "command": str, "properties": {...}, "msg_type": "cast"}``.
 `parse_request` turns one frame's bytes into a `Request`, or, when the peer
 sent garbage, into the error reply to send back: it never raises, so a
 malformed frame can never stall the server (Circus stalls on an empty body,
-a non-object or a missing ``command``, CIRCUS.md §8.2 a). `ok` and `error`
+a non-object or a missing ``command``). `ok` and `error`
 build reply dicts with Circus's key order; `encode` turns a request or a
 reply into the frame's bytes exactly as Circus's ``jsonapi.dumps`` does. The
 option type tables say which JSON type each ``add``/``set`` option takes. No
@@ -30,7 +30,7 @@ BAD_MSG_DATA_ERROR = 6
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 """Larger frames are refused by the transport; no command needs more than a few KiB."""
 
-# The hooks a watcher may have (CIRCUS.md §4): shared by the daemon, which loads
+# The hooks a watcher may have: shared by the daemon, which loads
 # them, and the CLI, which checks `set NAME hooks ...` before sending it.
 HOOK_NAMES = (
     "before_start",
@@ -47,7 +47,7 @@ HOOK_NAMES = (
 )
 
 # The JSON type of each watcher option ``add`` and ``set`` take (Circus's
-# validate_option, CIRCUS.md §2.5): the daemon checks values against these,
+# validate_option): the daemon checks values against these,
 # the CLI converts ``set NAME KEY VALUE`` words to them.
 INT_OPTIONS = frozenset({"numprocesses", "max_retry", "max_age", "max_age_variance", "priority"})
 NUMBER_OPTIONS = frozenset({"warmup_delay", "retry_in", "graceful_timeout"})
@@ -131,7 +131,7 @@ def ok(fields: dict[str, Any] | None = None, request_id: Any = None) -> dict[str
     """A success reply: ``status``, ``time``, the command's fields, then ``id``.
 
     A field named ``status`` replaces ``"ok"`` in place, as in Circus, where
-    ``status NAME`` answers ``{"status": "active", ...}`` (CIRCUS.md §2.3).
+    ``status NAME`` answers ``{"status": "active", ...}``.
     """
     reply: dict[str, Any] = {"status": "ok", "time": time.time()}
     reply.update(fields or {})

@@ -2,7 +2,7 @@
 
 Theory of operation: the reader turns the main file, then its includes, into
 one ordered map of sections. The rules are Circus 0.19's StrictConfigParser
-(CIRCUS.md §1.1-1.2), kept exactly so that a Circus config means the same here:
+and its include rules, kept exactly so that a Circus config means the same here:
 
 * comment lines start with ``#`` or ``;`` in column 0, or are a line whose
   first word is ``rem`` (any case) with no leading whitespace;
@@ -23,7 +23,7 @@ one ordered map of sections. The rules are Circus 0.19's StrictConfigParser
 
 Values are returned raw: ``$(circus.env.X)`` expansion is a separate step
 (`expand_env`, `Section.expanded`), because which environment applies depends
-on the section (CIRCUS.md §1.9).
+on the section.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ _OPTION_LINE = re.compile(r"(?P<key>.*?)\s*(?P<delimiter>[=:])\s*(?P<value>.*)$"
 _TRUE = frozenset({"yes", "true", "on", "1"})
 _FALSE = frozenset({"no", "false", "off", "0"})
 
-# $(circus.KEY) and ((circus.KEY)), case-insensitive (CIRCUS.md §1.9).
+# $(circus.KEY) and ((circus.KEY)), case-insensitive.
 _CIRCUS_VARIABLE = re.compile(
     r"\$\(circus\.(?P<dollar>[\w.\-]+)\)|\(\(circus\.(?P<parens>[\w.\-]+)\)\)",
     re.IGNORECASE,
@@ -343,7 +343,7 @@ def global_env(ini: IniFile, environ: Mapping[str, str]) -> dict[str, str]:
     """Return ``environ`` plus the [env] section, whose values are expanded against ``environ``.
 
     This is the environment that config-time ``$(circus.env.X)`` expansion uses
-    for every section but the watchers (CIRCUS.md §1.8).
+    for every section but the watchers.
     """
     result = dict(environ)
     section = ini.sections.get("env")

@@ -1,6 +1,6 @@
 """Turn a signal as users write it (``15``, ``TERM``, ``sigterm``, ``SIGRTMIN+1``) into its number.
 
-The accepted spellings are those of Circus's ``to_signum`` (CIRCUS.md §1.1),
+The accepted spellings are those of Circus's ``to_signum``,
 used by the ``stop_signal`` option and by the ``signal`` control command. An
 unknown name is a `SignalError` (a ValueError), never an AttributeError as in
 Circus.

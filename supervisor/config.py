@@ -1,22 +1,22 @@
 """Build the supervisor's model of a Circus configuration file.
 
 `load_config` reads the file with `chapiteau.protocol.ini`, expands
-``$(circus.env.X)`` as Circus does (CIRCUS.md §1.9 stages 1 and 2), computes
-each watcher's environment (§1.8) and checks every value. The first mistake is
+``$(circus.env.X)`` as Circus does (the global environment, then the watcher's), computes
+each watcher's environment ([env] sections) and checks every value. The first mistake is
 raised as a ConfigError naming ``file:section:key``; a watcher is never
 silently dropped, unlike Circus.
 
 Where Circus has a defect, this module does the right thing instead:
 
-* no ``__name__`` option or environment variable (CIRCUS.md §8.2 i);
+* no ``__name__`` option or environment variable (Circus passes ``__name__`` to children);
 * ``$VAR`` is expanded only in values written in [env] / [env:...] sections,
-  never in values inherited through ``copy_env`` (§8.2 j, issue #1189);
+  never in values inherited through ``copy_env`` (Circus issue #1189);
 * a child whose environment has no PATH gets ``PATH=/usr/local/bin:/usr/bin:/bin``
-  instead of an empty environment (§8.2 s), added at spawn (`worker_env`) so that
+  instead of an empty environment, added at spawn (`worker_env`) so that
   ``options`` shows the environment as Circus computes it;
-* ``uid``/``gid`` 0 or ``root`` mean root, not "unset" (§8.2 x): they are
+* ``uid``/``gid`` 0 or ``root`` mean root, not "unset": they are
   resolved to numbers here and ``None`` is the only "unset";
-* the multicast responder is off unless ``multicast_endpoint`` is set (§8.2 r);
+* the multicast responder is off unless ``multicast_endpoint`` is set;
 * ``[socket:NAME] umask`` is not interpreted here: the broker binds sockets.
 """
 
@@ -55,7 +55,7 @@ DEFAULT_STATS_ENDPOINT = "tcp://127.0.0.1:5557"
 
 # Given to a child whose configured environment has no PATH: what a login
 # shell would give, so that bare command names resolve the same way in the
-# spawner and in the child (Circus gives an empty environment, §8.2 s).
+# spawner and in the child (Circus gives an empty environment).
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 FLAPPING_PLUGIN = "circus.plugins.flapping.Flapping"
@@ -103,7 +103,7 @@ SOCKET_REFERENCE = re.compile(
     re.IGNORECASE,
 )
 
-# Circus's parse_env_dict pattern: only upper-case names (CIRCUS.md §1.8).
+# Circus's parse_env_dict pattern: only upper-case names.
 _ENV_REFERENCE = re.compile(r"\$([A-Z]+[A-Z0-9_]*)")
 
 _MULTICAST = re.compile(r"udp://(?P<address>[0-9.]+):(?P<port>\d+)")
@@ -111,7 +111,7 @@ _MULTICAST = re.compile(r"udp://(?P<address>[0-9.]+):(?P<port>\d+)")
 
 @dataclass(frozen=True)
 class CircusOptions:
-    """The [circus] section (CIRCUS.md §1.3), with Circus's defaults."""
+    """The [circus] section, with Circus's defaults."""
 
     endpoint: str = DEFAULT_ENDPOINT
     endpoint_owner: str | None = None
@@ -140,7 +140,7 @@ class CircusOptions:
 
 @dataclass(frozen=True)
 class WatcherConfig:
-    """One [watcher:NAME] section (CIRCUS.md §1.4), parsed and checked."""
+    """One [watcher:NAME] section, parsed and checked."""
 
     name: str
     cmd: str
@@ -205,7 +205,7 @@ class SocketConfig:
 
 @dataclass(frozen=True)
 class PluginConfig:
-    """A [plugin:NAME] section (CIRCUS.md §1.7).
+    """A [plugin:NAME] section, run as the watcher ``plugin:NAME``.
 
     ``watcher`` carries the watcher options of the section with the plugin
     defaults (priority 1, singleton, copy_env, copy_path, outputs closed unless
@@ -343,9 +343,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 def _plugin_command(
     section: Section, use: str, config: dict[str, str], circus: CircusOptions
 ) -> str:
-    """The command line circusd gives a plugin watcher (CIRCUS.md §1.7).
+    """The command line circusd gives a plugin watcher.
 
-    Unlike circusd, the plugin gets ``--check-delay`` (defect p) and values with
+    Unlike circusd, the plugin gets ``--check-delay`` and values with
     spaces survive, since the line is shell-quoted.
     """
     if importlib.util.find_spec("circus") is None:
@@ -524,7 +524,7 @@ def _watcher(
 
     copy_env = section.expanded(context.expansion_env).get_bool("copy_env", False)
     env = _watcher_env(section, name, context, copy_env)
-    # Stage 2 of CIRCUS.md §1.9: every value but name and env sees the
+    # Circus's second expansion: every value but name and env sees the
     # watcher's own env on top of the global one.
     section = _expand_watcher(section, {**context.expansion_env, **env})
 
@@ -645,7 +645,7 @@ def _expand_watcher(section: Section, env: Mapping[str, str]) -> Section:
 
 
 def _watcher_env(section: Section, name: str, context: _Context, copy_env: bool) -> dict[str, str]:
-    """Compute the environment of a watcher's processes (CIRCUS.md §1.8, fixes i, j, s)."""
+    """Compute the environment of a watcher's processes (Circus's, with the fixes above)."""
     env = copied_env(context.environ) if copy_env else {}
     configured = dict(context.local_env)
     for env_section in context.ini.sections_with_prefix("env:"):

@@ -126,7 +126,7 @@ def _unwritable(what: str, endpoint: str, directory: str) -> EndpointError:
         f"{what} {endpoint}: the service user {user} cannot create files in {directory}, "
         f"where the socket file goes; use a directory that {user} may write (for example "
         f"one it owns: mkdir -p DIR && chown {user} DIR), or put the endpoint under the "
-        "broker's runtime directory ([broker] runtime_directory, default /run/chapiteau)"
+        "directory the broker prepares for it ([broker] runtime_directory = /run/circus)"
     )
 
 

@@ -1,9 +1,9 @@
 """chapiteauctl: send Circus control commands and print the replies as circusctl does.
 
-Every circusctl 0.19 command, flag, output format and exit status (CIRCUS.md
-§6.2) works the same against chapiteau or circusd, with three fixes:
-``rm --nostop/--waiting`` and ``kill --waiting`` are sent (§8.2 m),
-``set NAME env KEY=VALUE[,KEY=VALUE]`` works (§8.2 u), and an error reply
+Every circusctl 0.19 command, flag, output format and exit status works
+the same against chapiteau or circusd, with three fixes:
+``rm --nostop/--waiting`` and ``kill --waiting`` are sent (circusctl drops them),
+``set NAME env KEY=VALUE[,KEY=VALUE]`` works (circusctl crashes), and an error reply
 prints ``error: <reason>`` also for ``status`` and exits 3 also with ``--json``.
 
 It must start fast (it is typed and scripted): the module imports only the

@@ -1,6 +1,6 @@
 """chapiteauctl's commands: how each builds its request and prints the reply, as circusctl.
 
-One `Command` per circusctl command (CIRCUS.md §6.2): its usage line, its
+One `Command` per circusctl command: its usage line, its
 options, a builder turning the command-line words into the request's
 properties (raising ArgumentError for wrong ones) and a printer turning the
 reply into circusctl's output. ``set`` values are typed with the option type

@@ -2,7 +2,7 @@
 
 Watchers call ``publish(watcher_name, event, payload)``; subscribers (the ZMQ
 PUB endpoint, the log) receive ``(topic, payload)`` with Circus's topic
-``watcher.<name lower-cased, spaces as underscores>.<event>`` (CIRCUS.md §3.1).
+``watcher.<name lower-cased, spaces as underscores>.<event>``.
 chapiteau's own events use topics Circus clients do not subscribe to.
 """
 

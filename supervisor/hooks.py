@@ -1,7 +1,7 @@
 """Load and run a watcher's Circus hooks.
 
 A hook is a Python callable named in the config as ``hooks.<name> =
-package.module.func[, ignore_failure]`` (CIRCUS.md §4). It is imported into the
+package.module.func[, ignore_failure]``. It is imported into the
 supervisor when the watcher is built, so a bad path is reported then, not at
 the first start. ``Hooks.run`` gives Circus's calling convention and results:
 

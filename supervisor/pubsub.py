@@ -1,6 +1,6 @@
 """The event endpoint: a ZMQ PUB on ``pubsub_endpoint`` sending every watcher event.
 
-Each event is the 2-frame message ``[topic, json]`` of CIRCUS.md §3.1, e.g.
+Each event is Circus's 2-frame message ``[topic, json]``, e.g.
 ``[b"watcher.web.spawn", b'{"process_pid": 1234, "time": 1700000000.0}']``.
 A PUB never blocks (slow subscribers lose messages at the high-water mark),
 so a plain non-blocking send from the event loop is safe.

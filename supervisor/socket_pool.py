@@ -1,6 +1,6 @@
 """The listening sockets the broker handed over, and which of them each worker gets.
 
-A worker inherits only the sockets its watcher declares (CIRCUS.md issue #277
+A worker inherits only the sockets its watcher declares (Circus issue #277
 fixed): the ones named in ``$(circus.sockets.NAME)`` / ``((circus.sockets.NAME))``,
 ``stdin_socket`` or ``sockets = a b``; a watcher with ``use_sockets = true`` and
 no declared socket gets them all, as in Circus. In Circus style a socket keeps

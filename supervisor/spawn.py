@@ -9,7 +9,7 @@ close-on-exec pipe as ``step:errno:arg`` and exits with 127; EOF without data
 means ``execve`` succeeded. The parent reaps a failed child before raising
 `SpawnError`, so a failed spawn never leaves a zombie.
 
-Order in the child (CIRCUS.md §5.3, with its gaps fixed): signal dispositions
+Order in the child (Circus's, with its gaps fixed): signal dispositions
 back to default, fds into place and every other fd closed, setsid, rlimits,
 setgid, supplementary groups, setuid (each checked), umask, chdir, environment
 (LISTEN_PID is the child's own pid), signal mask emptied, exec.
@@ -18,7 +18,7 @@ Supplementary groups: with ``uid`` and ``user_name`` set, the groups are those o
 ``os.getgrouplist(user_name, gid)`` (initgroups semantics, computed in the parent
 so that the child never runs an NSS lookup); with ``uid`` but no ``user_name``
 they are just the target gid; with only ``gid`` they are ``[gid]``, so a worker
-never keeps the supervisor's supplementary groups (CIRCUS.md §8.2 x). An id
+never keeps the supervisor's supplementary groups (Circus's workers do). An id
 switch that would change nothing is skipped (groups included), so an
 unprivileged supervisor can name its own uid/gid without EPERM.
 

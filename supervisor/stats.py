@@ -1,4 +1,4 @@
-"""Publish the stats stream: per-process CPU/memory and socket load, once a second (CIRCUS.md §3.3).
+"""Publish the stats stream: per-process CPU/memory and socket load, once a second.
 
 Circus runs this as a separate ``circusd-stats`` watcher that learns pids over
 the control and event endpoints and polls its sockets with ``select()`` every

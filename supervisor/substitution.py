@@ -1,11 +1,11 @@
 """Build a process's argv at spawn time: ``$(circus.X)`` substitution, shlex, shell mode.
 
-This is stage 3 of CIRCUS.md §1.9 (Circus's ``Process.format_args``):
+This is the last stage of Circus's substitution (``Process.format_args``):
 ``cmd``, ``args`` and ``shell_args`` are expanded per process with
 ``circus.wid``, ``circus.sockets.NAME`` (the socket's fd number in the child),
 ``circus.env.X`` (the watcher's environment) and every watcher option name;
 an unknown key stays verbatim. Unlike Circus 0.19, the legacy ``$WID`` is
-substituted too (CIRCUS.md §8.2 h).
+substituted too.
 """
 
 from __future__ import annotations

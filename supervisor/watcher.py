@@ -331,12 +331,12 @@ class Watcher:
         self._hook("after_stop")
 
     def _arm_on_demand(self) -> bool:
-        """Start at the first connection to one of this watcher's sockets (CIRCUS.md §5.8).
+        """Start at the first connection to one of this watcher's sockets (``on_demand``).
 
         Only this watcher starts, whatever its place in the start order, and a
         stopped watcher stays stopped: Circus starts every autostart watcher on
-        a connection to any socket, and this one only if it comes first
-        (§8.2 f). The loop watches the listening sockets only while the watcher
+        a connection to any socket, and this one only if it comes first.
+        The loop watches the listening sockets only while the watcher
         waits; the client stays in the accept queue until a worker accepts it.
         Returns False when the watcher has no socket to wait on.
         """
@@ -386,7 +386,7 @@ class Watcher:
 
         The retry waits on a timer, not under the lock, so that a watcher whose
         command cannot start never blocks stop, other commands, or the start
-        of the watchers after it (Circus issue #1157, CIRCUS.md §8.2 t).
+        of the watchers after it (Circus issue #1157).
         """
         try:
             return await self._try_spawn()
@@ -473,7 +473,7 @@ class Watcher:
         return process
 
     def _next_wid(self) -> int:
-        """The lowest wid in use by nobody, from 1 to 2 x numprocesses (CIRCUS.md §5.3)."""
+        """The lowest wid in use by nobody, from 1 to 2 x numprocesses (as in Circus)."""
         used = {process.wid for process in self.processes.values()}
         for wid in range(1, 2 * max(1, self.config.numprocesses) + len(used) + 1):
             if wid not in used:
@@ -563,7 +563,7 @@ class Watcher:
 
         The tree is the worker's process group plus every descendant that left
         it (setsid), so nothing the worker started outlives it; Circus orphans
-        them (CIRCUS.md §5.4, §8.2 g).
+        them.
         """
         process.stopping = True
         process.cancel_timers()

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import socket
 from dataclasses import replace
 
 from chapiteau.broker.config import SocketSpec
+from chapiteau.broker.privileges import ServiceUser
+
+
+def service_user() -> ServiceUser:
+    """The service user the broker guards against: nobody under root, else the caller."""
+    entry = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.getuid())
+    return ServiceUser(entry.pw_name, entry.pw_uid, entry.pw_gid, (entry.pw_gid,))
+
+
+USER = service_user()
 
 
 def socket_spec(name: str = "web", **changes: object) -> SocketSpec:

@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import stat
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from chapiteau.broker.binding import (
     BindError,
     BoundSocket,
-    bind,
     bind_master,
     bind_reuseport_sibling,
 )
 from chapiteau.broker.config import SocketSpec
 from chapiteau.broker.socket_table import ReloadError, apply_reload, bind_all, close_all
+from tests.specs import USER
 from tests.specs import socket_spec as spec
 
 TCP_LISTEN = "0A"
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
 
 
 def unix(path: Path, **changes: object) -> SocketSpec:
@@ -59,7 +64,7 @@ def tcp_state(sock: socket.socket) -> str | None:
 
 
 def test_inet_socket_is_bound_and_listening(opened):
-    bound = keep(opened, bind_master(spec()))
+    bound = keep(opened, bind_master(spec(), USER))
     host, port = bound.sock.getsockname()
     assert host == "127.0.0.1" and port > 0
     assert tcp_state(bound.sock) == TCP_LISTEN
@@ -68,14 +73,14 @@ def test_inet_socket_is_bound_and_listening(opened):
 
 
 def test_info_reports_the_real_port(opened):
-    bound = keep(opened, bind_master(spec()))
+    bound = keep(opened, bind_master(spec(), USER))
     info = bound.info()
     assert info.port == bound.sock.getsockname()[1] and info.host == "127.0.0.1"
     assert info.inode == os.fstat(bound.fd).st_ino
 
 
 def test_inet6_socket_binds_to_loopback(opened):
-    bound = keep(opened, bind_master(spec(family=socket.AF_INET6, host="::1")))
+    bound = keep(opened, bind_master(spec(family=socket.AF_INET6, host="::1"), USER))
     assert bound.sock.family == socket.AF_INET6
     port = bound.sock.getsockname()[1]
     with socket.create_connection(("::1", port), timeout=5):
@@ -83,20 +88,20 @@ def test_inet6_socket_binds_to_loopback(opened):
 
 
 def test_reuseaddr_is_set(opened):
-    bound = keep(opened, bind_master(spec()))
+    bound = keep(opened, bind_master(spec(), USER))
     assert bound.sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
 
 
 def test_socket_is_non_blocking_by_default(opened):
-    assert keep(opened, bind_master(spec())).sock.getblocking() is False
+    assert keep(opened, bind_master(spec(), USER)).sock.getblocking() is False
 
 
 def test_blocking_true_gives_a_blocking_socket(opened):
-    assert keep(opened, bind_master(spec(blocking=True))).sock.getblocking() is True
+    assert keep(opened, bind_master(spec(blocking=True), USER)).sock.getblocking() is True
 
 
 def test_backlog_is_the_listen_queue_length(opened):
-    bound = keep(opened, bind_master(spec(backlog=7)))
+    bound = keep(opened, bind_master(spec(backlog=7), USER))
     port = bound.sock.getsockname()[1]
     listing = subprocess.run(
         ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
@@ -106,15 +111,15 @@ def test_backlog_is_the_listen_queue_length(opened):
 
 
 def test_datagram_socket_is_bound_without_listen(opened):
-    bound = keep(opened, bind_master(spec(type=socket.SOCK_DGRAM)))
+    bound = keep(opened, bind_master(spec(type=socket.SOCK_DGRAM), USER))
     assert bound.sock.getsockname()[1] > 0
 
 
 def test_port_in_use_is_a_clear_error(opened):
-    first = keep(opened, bind_master(spec()))
+    first = keep(opened, bind_master(spec(), USER))
     port = first.sock.getsockname()[1]
     with pytest.raises(BindError) as caught:
-        bind_master(spec(port=port))
+        bind_master(spec(port=port), USER)
     message = str(caught.value)
     assert message.startswith(f"/etc/circus.ini:socket:web: cannot bind 127.0.0.1:{port}: ")
     assert "address already in use" in message and f"sport = :{port}" in message
@@ -122,29 +127,29 @@ def test_port_in_use_is_a_clear_error(opened):
 
 def test_unknown_host_is_a_clear_error():
     with pytest.raises(BindError, match=r"socket:web: cannot resolve host 'no\.such\.host\."):
-        bind_master(spec(host="no.such.host.invalid"))
+        bind_master(spec(host="no.such.host.invalid"), USER)
 
 
 def test_foreign_address_is_a_clear_error():
     with pytest.raises(BindError, match="no local interface has this address"):
-        bind_master(spec(host="192.0.2.1"))
+        bind_master(spec(host="192.0.2.1"), USER)
 
 
 def test_interface_binds_to_that_device(opened):
-    bound = keep(opened, bind_master(spec(interface="lo")))
+    bound = keep(opened, bind_master(spec(interface="lo"), USER))
     device = bound.sock.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16)
     assert device.rstrip(b"\0") == b"lo"
 
 
 def test_unknown_interface_is_a_clear_error():
     with pytest.raises(BindError, match="cannot bind to interface 'nosuch0': No such device"):
-        bind_master(spec(interface="nosuch0"))
+        bind_master(spec(interface="nosuch0"), USER)
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o077, 0o700), (0o000, 0o777), (0o022, 0o755)])
 def test_unix_socket_mode_follows_umask(tmp_path, opened, umask, mode):
     path = tmp_path / "web.sock"
-    keep(opened, bind_master(unix(path, umask=umask)))
+    keep(opened, bind_master(unix(path, umask=umask), USER))
     st = os.lstat(path)
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == mode
 
@@ -152,7 +157,7 @@ def test_unix_socket_mode_follows_umask(tmp_path, opened, umask, mode):
 def test_unix_socket_umask_does_not_leak_into_the_process(tmp_path, opened):
     before = os.umask(0o022)
     try:
-        keep(opened, bind_master(unix(tmp_path / "web.sock", umask=0)))
+        keep(opened, bind_master(unix(tmp_path / "web.sock", umask=0), USER))
         assert os.umask(0o022) == 0o022
     finally:
         os.umask(before)
@@ -160,34 +165,46 @@ def test_unix_socket_umask_does_not_leak_into_the_process(tmp_path, opened):
 
 def test_unix_socket_accepts_connections(tmp_path, opened):
     path = tmp_path / "web.sock"
-    keep(opened, bind_master(unix(path)))
+    keep(opened, bind_master(unix(path), USER))
     with socket.socket(socket.AF_UNIX) as client:
         client.connect(str(path))
 
 
-def test_existing_socket_file_is_an_error_without_replace(tmp_path):
+def test_live_socket_file_is_an_error_without_replace(tmp_path):
     path = tmp_path / "web.sock"
-    with socket.socket(socket.AF_UNIX) as stale:
-        stale.bind(str(path))
-    with pytest.raises(BindError, match="a socket file already exists; remove it or set replace"):
-        bind_master(unix(path))
-    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(str(path))
+        live.listen()
+        inode = os.lstat(path).st_ino
+        with pytest.raises(BindError, match=r"something is listening there .* set replace = true"):
+            bind_master(unix(path), USER)
+        assert os.lstat(path).st_ino == inode
 
 
-def test_existing_socket_file_is_replaced_with_replace(tmp_path, opened):
+def test_live_socket_file_is_replaced_with_replace(tmp_path, opened):
     path = tmp_path / "web.sock"
-    with socket.socket(socket.AF_UNIX) as stale:
-        stale.bind(str(path))
-        keep(opened, bind_master(unix(path, replace=True)))
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(str(path))
+        live.listen()
+        keep(opened, bind_master(unix(path, replace=True), USER))
         with socket.socket(socket.AF_UNIX) as client:
             client.connect(str(path))
+
+
+def test_stale_socket_file_of_a_previous_run_is_replaced(tmp_path, opened):
+    path = tmp_path / "web.sock"
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(path))
+    keep(opened, bind_master(unix(path), USER))
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(path))
 
 
 def test_regular_file_is_never_removed_even_with_replace(tmp_path):
     path = tmp_path / "web.sock"
     path.write_text("precious")
     with pytest.raises(BindError, match="exists and is not a socket; refusing to remove it"):
-        bind_master(unix(path, replace=True))
+        bind_master(unix(path, replace=True), USER)
     assert path.read_text() == "precious"
 
 
@@ -197,7 +214,7 @@ def test_symlink_is_never_followed_nor_removed(tmp_path):
     path = tmp_path / "web.sock"
     path.symlink_to(target)
     with pytest.raises(BindError, match="exists and is not a socket"):
-        bind_master(unix(path, replace=True))
+        bind_master(unix(path, replace=True), USER)
     assert path.is_symlink() and os.readlink(path) == str(target)
     assert target.read_text() == "precious"
 
@@ -210,7 +227,7 @@ def test_symlink_to_a_socket_is_not_replaced(tmp_path):
     link.symlink_to(real)
     inode = os.lstat(real).st_ino
     with pytest.raises(BindError, match="exists and is not a socket"):
-        bind_master(unix(link, replace=True))
+        bind_master(unix(link, replace=True), USER)
     assert link.is_symlink() and os.lstat(real).st_ino == inode
 
 
@@ -218,24 +235,26 @@ def test_dangling_symlink_is_not_followed(tmp_path):
     path = tmp_path / "web.sock"
     path.symlink_to(tmp_path / "elsewhere.sock")
     with pytest.raises(BindError, match="exists and is not a socket"):
-        bind_master(unix(path, replace=True))
+        bind_master(unix(path, replace=True), USER)
     assert not (tmp_path / "elsewhere.sock").exists()
 
 
 def test_missing_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(BindError, match=r"cannot bind .*/no/web.sock: No such file or directory"):
-        bind_master(unix(tmp_path / "no" / "web.sock"))
+    with pytest.raises(
+        BindError, match=r"cannot bind .*/no/web.sock: the directory .*/no does not exist"
+    ):
+        bind_master(unix(tmp_path / "no" / "web.sock"), USER)
 
 
 def test_close_removes_its_own_unix_path(tmp_path):
     path = tmp_path / "web.sock"
-    bind_master(unix(path)).close()
+    bind_master(unix(path), USER).close()
     assert not os.path.lexists(path)
 
 
 def test_close_keeps_a_path_that_is_no_longer_its_file(tmp_path):
     path = tmp_path / "web.sock"
-    bound = bind_master(unix(path))
+    bound = bind_master(unix(path), USER)
     os.unlink(path)
     path.write_text("someone else's")
     bound.close()
@@ -244,20 +263,59 @@ def test_close_keeps_a_path_that_is_no_longer_its_file(tmp_path):
 
 def test_close_keeps_a_socket_file_that_replaced_it(tmp_path, opened):
     path = tmp_path / "web.sock"
-    first = bind_master(unix(path))
-    second = keep(opened, bind_master(unix(path, replace=True)))
+    first = bind_master(unix(path), USER)
+    second = keep(opened, bind_master(unix(path, replace=True), USER))
     first.close()
-    assert os.lstat(path).st_ino == second.path_inode
+    assert second.path is not None and os.lstat(path).st_ino == second.path.inode
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """``chattr +i path`` for the duration: even root cannot unlink inside it."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0" * 4))[0]
+        try:
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", flags | FS_IMMUTABLE_FL))
+        except OSError as exc:
+            pytest.skip(f"cannot make {path} immutable here: {exc.strerror}")
+        try:
+            yield
+        finally:
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", flags))
+    finally:
+        os.close(fd)
+
+
+def test_close_survives_a_socket_file_it_cannot_remove(tmp_path):
+    path = tmp_path / "web.sock"
+    bound = bind_master(unix(path), USER)
+    with immutable(tmp_path), structlog.testing.capture_logs() as logs:
+        bound.close()
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    assert [e["event"] for e in logs] == ["socket_file_not_removed"]
+    assert logs[0]["path"] == str(path) and logs[0]["error"] == "Operation not permitted"
+
+
+def test_reload_removing_a_socket_whose_file_cannot_be_removed_goes_on(tmp_path):
+    path = tmp_path / "gone.sock"
+    table = bind_all([unix(path, name="gone"), spec(name="kept")], USER)
+    try:
+        with immutable(tmp_path):
+            result = apply_reload(table, {"kept": spec(name="kept")}, USER)
+        assert result.removed == ("gone",) and list(table) == ["kept"]
+    finally:
+        close_all(table.values())
 
 
 def test_reuseport_master_is_bound_but_not_listening(opened):
-    master = keep(opened, bind_master(spec(so_reuseport=True)))
+    master = keep(opened, bind_master(spec(so_reuseport=True), USER))
     assert master.sock.getsockname()[1] > 0
     assert tcp_state(master.sock) != TCP_LISTEN
 
 
 def test_reuseport_siblings_share_the_master_port_and_listen(opened):
-    master = keep(opened, bind_master(spec(so_reuseport=True, port=0)))
+    master = keep(opened, bind_master(spec(so_reuseport=True, port=0), USER))
     port = master.sock.getsockname()[1]
     siblings = [keep(opened, bind_reuseport_sibling(master)) for _ in range(3)]
     assert {s.sock.getsockname()[1] for s in siblings} == {port}
@@ -268,34 +326,32 @@ def test_reuseport_siblings_share_the_master_port_and_listen(opened):
 
 
 def test_reuseport_sibling_info_reports_reuseport(opened):
-    master = keep(opened, bind_master(spec(so_reuseport=True)))
+    master = keep(opened, bind_master(spec(so_reuseport=True), USER))
     info = keep(opened, bind_reuseport_sibling(master)).info()
     assert info.reuseport and info.port == master.sock.getsockname()[1]
 
 
 def test_reuseport_inet6_siblings_share_the_port(opened):
-    master = keep(opened, bind_master(spec(family=socket.AF_INET6, host="::1", so_reuseport=True)))
+    master = keep(
+        opened, bind_master(spec(family=socket.AF_INET6, host="::1", so_reuseport=True), USER)
+    )
     sibling = keep(opened, bind_reuseport_sibling(master))
     assert sibling.sock.getsockname()[:2] == master.sock.getsockname()[:2]
 
 
-def test_bind_without_listen_does_not_listen(opened):
-    assert tcp_state(keep(opened, bind(spec(), listen=False)).sock) != TCP_LISTEN
-
-
 def test_bind_all_is_all_or_nothing(tmp_path):
     path = tmp_path / "a.sock"
-    taken = bind_master(spec(name="taken"))
+    taken = bind_master(spec(name="taken"), USER)
     try:
         with pytest.raises(BindError):
-            bind_all([unix(path, name="a"), spec(name="b", port=taken.sock.getsockname()[1])])
+            bind_all([unix(path, name="a"), spec(name="b", port=taken.sock.getsockname()[1])], USER)
         assert not os.path.lexists(path)
     finally:
         taken.close()
 
 
 def test_reload_adds_removes_and_rebinds(tmp_path):
-    table = bind_all([spec(name="keep"), spec(name="gone"), spec(name="moved")])
+    table = bind_all([spec(name="keep"), spec(name="gone"), spec(name="moved")], USER)
     try:
         kept = table["keep"].sock
         result = apply_reload(
@@ -305,6 +361,7 @@ def test_reload_adds_removes_and_rebinds(tmp_path):
                 "moved": spec(name="moved", host="127.0.0.2"),
                 "new": spec(name="new"),
             },
+            USER,
         )
         assert result.added == ("new",) and result.removed == ("gone",)
         assert result.changed == ("moved",)
@@ -316,8 +373,8 @@ def test_reload_adds_removes_and_rebinds(tmp_path):
 
 
 def test_failed_reload_leaves_the_table_untouched(tmp_path):
-    blocker = bind_master(spec(name="blocker"))
-    table = bind_all([spec(name="a"), spec(name="b")])
+    blocker = bind_master(spec(name="blocker"), USER)
+    table = bind_all([spec(name="a"), spec(name="b")], USER)
     try:
         before = dict(table)
         fds = {name: bound.fd for name, bound in table.items()}
@@ -329,6 +386,7 @@ def test_failed_reload_leaves_the_table_untouched(tmp_path):
                     "c": unix(tmp_path / "c.sock", name="c"),
                     "d": spec(name="d", port=blocker.sock.getsockname()[1]),
                 },
+                USER,
             )
         assert table == before
         assert {name: bound.fd for name, bound in table.items()} == fds
@@ -340,11 +398,11 @@ def test_failed_reload_leaves_the_table_untouched(tmp_path):
 
 
 def test_backlog_only_change_is_applied_in_place():
-    table = bind_all([spec(backlog=5)])
+    table = bind_all([spec(backlog=5)], USER)
     try:
         sock = table["web"].sock
         port = sock.getsockname()[1]
-        result = apply_reload(table, {"web": spec(backlog=9, blocking=True)})
+        result = apply_reload(table, {"web": spec(backlog=9, blocking=True)}, USER)
         assert result.changed == ("web",)
         assert table["web"].sock is sock and sock.getblocking() is True
         assert table["web"].spec.backlog == 9
@@ -358,10 +416,10 @@ def test_backlog_only_change_is_applied_in_place():
 
 def test_reload_of_a_unix_umask_changes_the_mode_in_place(tmp_path):
     path = tmp_path / "web.sock"
-    table = bind_all([unix(path, umask=0o077)])
+    table = bind_all([unix(path, umask=0o077)], USER)
     try:
         sock = table["web"].sock
-        result = apply_reload(table, {"web": unix(path, umask=0o022)})
+        result = apply_reload(table, {"web": unix(path, umask=0o022)}, USER)
         assert result.changed == ("web",)
         assert table["web"].sock is sock
         assert stat.S_IMODE(os.lstat(path).st_mode) == 0o755
@@ -373,12 +431,12 @@ def test_reload_of_a_unix_umask_changes_the_mode_in_place(tmp_path):
 
 def test_reload_does_not_chmod_a_path_that_is_no_longer_its_socket(tmp_path):
     path = tmp_path / "web.sock"
-    table = bind_all([unix(path, umask=0o077)])
+    table = bind_all([unix(path, umask=0o077)], USER)
     try:
         os.unlink(path)
         path.write_text("someone else's")
         path.chmod(0o600)
-        apply_reload(table, {"web": unix(path, umask=0o000)})
+        apply_reload(table, {"web": unix(path, umask=0o000)}, USER)
         assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
     finally:
         close_all(table.values())
@@ -386,4 +444,4 @@ def test_reload_does_not_chmod_a_path_that_is_no_longer_its_socket(tmp_path):
 
 def test_unsupported_socket_kind_is_a_clear_error():
     with pytest.raises(BindError, match=r"socket:web: cannot create a AF_INET SOCK_RAW socket"):
-        bind_master(spec(type=socket.SOCK_RAW, proto=255 + 1000))
+        bind_master(spec(type=socket.SOCK_RAW, proto=255 + 1000), USER)

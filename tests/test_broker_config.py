@@ -186,7 +186,7 @@ def test_broker_defaults_without_a_broker_section(tmp_path):
 def test_unknown_broker_key_is_refused_with_the_accepted_keys(tmp_path):
     message = error_of(tmp_path, "[broker]\nusr = nobody\n")
     assert message.startswith(f"{tmp_path / 'circus.ini'}:broker:usr: unknown option")
-    assert "orphan_timeout, socket_path, supervisor_command, user" in message
+    assert "runtime_directory, runtime_directory_mode, socket_path, supervisor_command" in message
 
 
 def test_default_section_keys_are_tolerated_in_broker_and_socket_sections(tmp_path):
@@ -205,6 +205,31 @@ def test_bad_orphan_timeout_is_refused(tmp_path, value):
 
 def test_orphan_timeout_zero_is_allowed(tmp_path):
     assert load(tmp_path, "[broker]\norphan_timeout = 0\n").orphan_timeout == 0.0
+
+
+def test_runtime_directory_and_its_mode_are_parsed(tmp_path):
+    config = load(
+        tmp_path, "[broker]\nruntime_directory = /run/circus\nruntime_directory_mode = 755\n"
+    )
+    assert (config.runtime_directory, config.runtime_directory_mode) == ("/run/circus", 0o755)
+    assert load(tmp_path, "[broker]\n").runtime_directory is None
+
+
+def test_runtime_directory_mode_defaults_to_0750(tmp_path):
+    config = load(tmp_path, "[broker]\nruntime_directory = /run/circus\n")
+    assert config.runtime_directory_mode == 0o750
+
+
+@pytest.mark.parametrize("value", ["run/circus", "/", "//"])
+def test_runtime_directory_must_be_absolute_and_below_root(tmp_path, value):
+    message = error_of(tmp_path, f"[broker]\nruntime_directory = {value}\n")
+    assert ":broker:runtime_directory: " in message and "absolute path below /" in message
+
+
+@pytest.mark.parametrize("value", ["999", "1777", "rwx"])
+def test_bad_runtime_directory_mode_is_refused(tmp_path, value):
+    message = error_of(tmp_path, f"[broker]\nruntime_directory_mode = {value}\n")
+    assert ":broker:runtime_directory_mode: " in message
 
 
 def test_unsplittable_supervisor_command_is_refused(tmp_path):

@@ -150,6 +150,17 @@ def test_stdout_and_stderr_may_be_one_pipe():
     assert run_launcher(scenario) == {"text": "out\nerr\n"}
 
 
+def test_a_supervisor_that_exits_at_once_is_still_ours_to_reap():
+    def scenario(launcher) -> dict:
+        statuses = []
+        for _ in range(200):
+            pid = launcher.start(["/bin/true"], {}, {})
+            statuses.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        return {"statuses": sorted(set(statuses))}
+
+    assert run_launcher(scenario) == {"statuses": [0]}
+
+
 def test_a_program_that_cannot_start_is_an_error_and_the_launcher_goes_on():
     def scenario(launcher) -> dict:
         try:

@@ -8,12 +8,12 @@ import socket
 import pytest
 
 from chapiteau.broker.socket_table import ReloadError, apply_reload, bind_all, close_all
-from tests.specs import socket_spec
+from tests.specs import USER, socket_spec
 
 
 def test_a_reload_whose_adjustment_fails_closes_what_it_bound(tmp_path, monkeypatch):
     path = tmp_path / "web.sock"
-    table = bind_all([socket_spec(family=socket.AF_UNIX, path=str(path), umask=0o077)])
+    table = bind_all([socket_spec(family=socket.AF_UNIX, path=str(path), umask=0o077)], USER)
     try:
         before = dict(table)
 
@@ -28,6 +28,7 @@ def test_a_reload_whose_adjustment_fails_closes_what_it_bound(tmp_path, monkeypa
                     "web": socket_spec(family=socket.AF_UNIX, path=str(path), umask=0o022),
                     "new": socket_spec("new", family=socket.AF_UNIX, path=str(tmp_path / "n")),
                 },
+                USER,
             )
         assert table == before
         assert not os.path.lexists(tmp_path / "n")

@@ -1,7 +1,7 @@
 """Run one control request against the arbiter and build its Circus reply.
 
 `dispatch` looks the command up, checks its required properties, runs it and
-maps failures to Circus's errno values (CIRCUS.md §2.3): the client's
+maps failures to Circus's errno values: the client's
 mistakes are errno 3 with Circus's reason texts, an OSError is errno 4, and
 anything unexpected is errno 5 with the traceback. Nothing here takes a
 global lock: commands on different watchers run concurrently and commands

@@ -4,7 +4,7 @@ A command is an async function ``(arbiter, properties) -> fields``. It checks
 its properties first and raises `CommandError` for anything the client got
 wrong; work that may take long (stopping processes) is returned as a
 `Deferred`, which the dispatcher awaits only when the client asked for
-``waiting``, as Circus does (CIRCUS.md §2.4).
+``waiting``, as Circus does.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ NO_SUCH_PROCESS = "No such process (stopped?)"
 
 
 def watcher_process_info(arbiter: Arbiter, watcher: Watcher, pid: int, extended: bool) -> Any:
-    """Circus's per-process info (CIRCUS.md §3.3), with ``started``, ``wid`` and children."""
+    """Circus's per-process info (as in its stats), with ``started``, ``wid`` and children."""
     process = watcher.processes[pid]
     info = arbiter.sampler.sample(pid, children=True)
     if info is None:

@@ -1,12 +1,12 @@
 """Commands that read or change a watcher's options, and add or remove watchers.
 
-``add`` and ``set`` accept Circus's option names and JSON types (CIRCUS.md
-§2.5), with Circus's defects fixed: an int ``rlimit_*`` works, ``hooks`` are
+``add`` and ``set`` accept Circus's option names and JSON types (its
+``validate_option``), with Circus's defects fixed: an int ``rlimit_*`` works, ``hooks`` are
 given as ``"path[,ignore_failure]"`` and actually load, ``priority``,
 ``autostart`` and ``use_sockets`` may be given to ``add``. With
 ``endpoint_owner``, no client may make the supervisor run anything (a
 command, a hook, a stream class) for another user: changing what runs needs
-``uid`` to be the endpoint's owner (§8.2 l).
+``uid`` to be the endpoint's owner (Circus checks ``add`` only).
 """
 
 from __future__ import annotations
@@ -275,7 +275,7 @@ def resolve_group(value: int | str) -> int:
 
 
 def check_owner(arbiter: Arbiter, options: dict[str, Any], current: WatcherConfig | None) -> None:
-    """With endpoint_owner, refuse to make anything run for another user (§8.2 l)."""
+    """With endpoint_owner, refuse to make anything run for another user."""
     owner = arbiter.config.circus.endpoint_owner
     if owner is None:
         return

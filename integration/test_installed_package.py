@@ -1,0 +1,51 @@
+"""The integration tests run against chapiteau as installed from its wheel, whole.
+
+`make test` installs the wheel (not editable) into a fresh virtualenv and runs
+these tests with its Python, which is also the one that runs ``python -m
+chapiteau.broker``. These checks fail when chapiteau comes from the checkout
+instead (an editable install, or a folder on sys.path) and when a module of
+the source tree is missing from the installed package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+import chapiteau
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+# The source folders and the packages they install as (setup.py maps them).
+FOLDERS = ("broker", "supervisor", "protocol")
+INSTALLED = Path(sysconfig.get_paths()["purelib"]).resolve() / "chapiteau"
+
+
+def source_modules() -> list[str]:
+    """The dotted name of every module and package in the checkout's source folders."""
+    names = []
+    for folder in FOLDERS:
+        for path in (CHECKOUT / folder).rglob("*.py"):
+            parts = path.relative_to(CHECKOUT).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            names.append(".".join(("chapiteau", *parts)))
+    return sorted(names)
+
+
+def test_chapiteau_is_the_installed_package_not_the_checkout() -> None:
+    locations = [Path(entry).resolve() for entry in chapiteau.__path__]
+    assert locations == [INSTALLED], (
+        f"{sys.executable} imports chapiteau from {locations}, not only from {INSTALLED}: "
+        "the integration tests must run against the installed wheel (run `make test`)"
+    )
+
+
+@pytest.mark.parametrize("name", source_modules())
+def test_every_source_module_is_installed(name: str) -> None:
+    module = importlib.import_module(name)
+    location = Path(module.__file__).resolve()
+    assert location.is_relative_to(INSTALLED), f"{name} is imported from {location}"
