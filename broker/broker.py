@@ -9,6 +9,11 @@ supervisor's workers become the broker's children. They get their stop signal
 (SIGTERM to each process group) at once and SIGKILL after ``orphan_timeout``,
 while a new supervisor starts after a capped exponential backoff and receives
 the very same listening sockets, which the kernel kept queueing meanwhile.
+Until a supervisor has said ``ready`` once, though, its death is a failed
+start-up: the broker reports it (`StartupReport`) and stops.
+
+The supervisor's stdout and stderr are pipes that the loop reads too
+(`OutputRelay`), copying each line to the broker's own output (`LogSink`).
 """
 
 from __future__ import annotations
@@ -28,16 +33,20 @@ import structlog
 from chapiteau.broker.binding import BindError, BoundSocket, abandon, bind_unix
 from chapiteau.broker.config import BrokerConfig, load_broker_config
 from chapiteau.broker.launcher import Launcher
+from chapiteau.broker.logs import LogSink
 from chapiteau.broker.privileges import ServiceUser
 from chapiteau.broker.safe_paths import Entry, UnsafePathError, make_directory
 from chapiteau.broker.service import Peer, Reply, Service
 from chapiteau.broker.socket_table import ReloadError, apply_reload, close_all
+from chapiteau.broker.startup import StartupReport
+from chapiteau.broker.supervisor_output import OutputRelay, recent_lines
 from chapiteau.broker.supervisor_process import (
     EX_CONFIG,
     Supervisor,
     SupervisorStartError,
     start_supervisor,
     supervisor_argv,
+    supervisor_environment,
 )
 from chapiteau.protocol.broker_messages import Error, ProtocolError, Reloaded
 from chapiteau.protocol.channel import channel_pair, receive, send
@@ -65,13 +74,17 @@ class Broker:
         launcher: Launcher | None,
         supervisor_options: Sequence[str] = (),
         listener: socket.socket | None = None,
+        startup: StartupReport | None = None,
+        log_sink: LogSink | None = None,
     ) -> None:
         self.config = config
         self.user = user
         self.launcher = launcher
         """Starts each supervisor for us (we are confined); None in connect mode."""
         self.supervisor_options = list(supervisor_options)
-        self.service = Service(sockets, self._reload, self._shutdown_requested)
+        self.service = Service(
+            sockets, self._reload, self._shutdown_requested, self._supervisor_ready
+        )
         self.selector = selectors.DefaultSelector()
         self.peers: dict[socket.socket, Peer] = {}
         self.supervisor: Supervisor | None = None
@@ -87,6 +100,16 @@ class Broker:
         self.exit_status: int | None = None
         self.listener = listener
         """Connect mode: the socket made by `listen_for_supervisors` before privileges drop."""
+        self.startup = startup or StartupReport(None)
+        self.supervisor_was_ready = False
+        """A supervisor said ``ready``: from then on a supervisor that dies is restarted."""
+        self.output_sinks = (LogSink(1), log_sink or LogSink(2))
+        """Where the supervisor's stdout and stderr lines go: the broker's own."""
+        self.outputs: list[OutputRelay] = []
+        """The stdout and stderr pipes of the current supervisor."""
+        self.relays: set[OutputRelay] = set()
+        """Every pipe still open: the workers of a dead supervisor may keep writing to its own."""
+        self.recent = recent_lines()
 
     # -- the loop -------------------------------------------------------------
 
@@ -96,6 +119,7 @@ class Broker:
         self._install_signals()
         if self.config.socket_path:
             self._listen()
+            self.startup.ready()
         else:
             self._start_supervisor()
         while self.exit_status is None:
@@ -152,18 +176,33 @@ class Broker:
     def _start_supervisor(self) -> None:
         assert self.launcher is not None
         broker_end, supervisor_end = channel_pair()
-        argv = supervisor_argv(self.config, supervisor_end.fileno(), self.supervisor_options)
+        channel_fd = supervisor_end.fileno()
+        pipes = [os.pipe() for _ in self.output_sinks]
+        argv = supervisor_argv(self.config, channel_fd, self.supervisor_options)
+        env = supervisor_environment(self.user, channel_fd, os.environ, self.config.supervisor_env)
         try:
             self.supervisor = start_supervisor(
-                self.launcher, argv, self.user, supervisor_end.fileno()
+                self.launcher, argv, channel_fd, env, pipes[0][1], pipes[1][1]
             )
         except SupervisorStartError as exc:
             broker_end.close()
-            log.error("supervisor_start_failed", error=str(exc))
-            self._schedule_restart()
+            for reader, _ in pipes:
+                os.close(reader)
+            if self.supervisor_was_ready:
+                log.error("supervisor_start_failed", error=str(exc))
+                self._schedule_restart()
+            else:
+                self._start_up_failed(1, str(exc))
             return
         finally:
             supervisor_end.close()
+            for _, writer in pipes:
+                os.close(writer)
+        self.recent = recent_lines()
+        self.outputs = [
+            self._add_output(OutputRelay(reader, sink, self.recent))
+            for (reader, _), sink in zip(pipes, self.output_sinks, strict=True)
+        ]
         self.starts += 1
         self.supervisor_started = time.monotonic()
         self.supervisor_channel = broker_end
@@ -171,6 +210,43 @@ class Broker:
         log.info(
             "supervisor_started", pid=self.supervisor.pid, user=self.user.name, start=self.starts
         )
+
+    def _add_output(self, relay: OutputRelay) -> OutputRelay:
+        self.selector.register(relay.fd, selectors.EVENT_READ, lambda: self._relay(relay))
+        self.relays.add(relay)
+        return relay
+
+    def _relay(self, relay: OutputRelay, drain: bool = False) -> None:
+        """Relay what ``relay``'s pipe holds; forget the pipe once every writer closed it."""
+        if relay not in self.relays:
+            return  # closed earlier in the same batch of events (its supervisor exited)
+        if relay.drain() if drain else relay.read():
+            return
+        self.selector.unregister(relay.fd)
+        relay.close()
+        self.relays.discard(relay)
+        if relay in self.outputs:
+            self.outputs.remove(relay)
+
+    def _supervisor_ready(self, peer: Peer) -> None:
+        """The supervisor we started says it serves: start-up is over."""
+        if self.supervisor is None or self.peers.get(self.supervisor_channel) is not peer:
+            return
+        if not self.supervisor_was_ready:
+            self.supervisor_was_ready = True
+            log.info("service_ready", supervisor=self.supervisor.pid)
+            self.startup.ready()
+
+    def _start_up_failed(self, status: int, message: str) -> None:
+        """The first supervisor never became ready: stop with ``status``, say why."""
+        log.error("start_up_failed", reason=message, exit_status=status)
+        output = [line.decode("utf-8", "backslashreplace") for line in self.recent]
+        self.startup.failed(status, message, output)
+        self.stopping = True
+        self.stop_status = status
+        self.restart_at = None
+        if self.supervisor is None and not _children():
+            self.exit_status = status
 
     def _schedule_restart(self) -> None:
         if time.monotonic() - self.supervisor_started >= STABLE_AFTER:
@@ -202,6 +278,8 @@ class Broker:
         assert self.supervisor is not None
         pid = self.supervisor.pid
         self.supervisor = None
+        for relay in list(self.outputs):
+            self._relay(relay, drain=True)
         if self.supervisor_channel is not None:
             self._drop_peer(self.supervisor_channel)
             self.supervisor_channel = None
@@ -211,10 +289,13 @@ class Broker:
         if self.stopping:
             log.info("supervisor_stopped", pid=pid, exit_code=code)
             return
-        if code == EX_CONFIG and self.starts == 1:
+        if code == EX_CONFIG and not self.supervisor_was_ready:
             log.error("supervisor_refused_config", pid=pid, config=self.config.path)
-            self.stopping = True
-            self.stop_status = EX_CONFIG
+            self._start_up_failed(EX_CONFIG, f"the supervisor refused {self.config.path}")
+            return
+        if not self.supervisor_was_ready:
+            reason = f"the supervisor (pid {pid}) {_ended(code)} before it was ready"
+            self._start_up_failed(1, reason)
             return
         if code == 0:
             log.info("supervisor_exited", pid=pid)
@@ -325,6 +406,13 @@ class Broker:
             close_all(reply.close_after)
 
     def _close(self) -> None:
+        for relay in list(self.relays):
+            self._relay(relay, drain=True)
+        for relay in self.relays:
+            self.selector.unregister(relay.fd)
+            relay.close()
+        if not self.startup.done:
+            self.startup.failed(self.exit_status or 1, "stopped before the supervisor was ready")
         for conn in list(self.peers):
             self._drop_peer(conn)
         if self.listener is not None:
@@ -334,6 +422,16 @@ class Broker:
         if self.launcher is not None:
             self.launcher.close()
         log.info("broker_stopped", exit_status=self.exit_status)
+
+
+def _ended(code: int) -> str:
+    """How a process ended, from its exit code (negative: the signal that killed it)."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 def _wake_only(signum: int, frame: object) -> None:

@@ -9,6 +9,7 @@ bound, with a message naming the file, section and key.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import socket
 from collections.abc import Mapping, Set
@@ -57,6 +58,7 @@ BROKER_KEYS = frozenset(
         "group",
         "broker_user",
         "supervisor_command",
+        "supervisor_env",
         "socket_path",
         "orphan_timeout",
         "runtime_directory",
@@ -64,6 +66,7 @@ BROKER_KEYS = frozenset(
     }
 )
 DEFAULT_RUNTIME_DIRECTORY_MODE = 0o750
+VARIABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?\Z")
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class BrokerConfig:
     runtime_directory: str | None = None
     """``[broker] runtime_directory``: made by the broker for the service user (ipc endpoints)."""
     runtime_directory_mode: int = DEFAULT_RUNTIME_DIRECTORY_MODE
+    supervisor_env: tuple[str, ...] = ()
+    """``[broker] supervisor_env``: more variables (NAME or PREFIX*) the supervisor inherits."""
     broker_user: str | None = None
     """``[broker] broker_user``: the broker's own uid once bound (None: the default account)."""
 
@@ -211,7 +216,20 @@ def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec
         runtime_directory=runtime_directory,
         runtime_directory_mode=runtime_mode,
         files=tuple(ini.files),
+        supervisor_env=_variable_names(section),
     )
+
+
+def _variable_names(section: Section) -> tuple[str, ...]:
+    """``[broker] supervisor_env``: environment variable names, or prefixes ending in ``*``."""
+    names = tuple((section.get_str("supervisor_env") or "").split())
+    for name in names:
+        if not VARIABLE_PATTERN.match(name):
+            raise section.error(
+                "supervisor_env",
+                f"{name!r} is not a variable name: write NAME or PREFIX* separated by spaces",
+            )
+    return names
 
 
 def parse_socket(section: Section, defaults: Set[str] = frozenset()) -> SocketSpec:

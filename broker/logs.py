@@ -1,15 +1,99 @@
-"""Configure the broker's structured logging (console on a terminal, or JSON lines)."""
+"""The broker's log output: structlog events and relayed lines, written without ever blocking.
+
+Whatever the broker's stdout and stderr are (a terminal, a file, a pipe to
+``logger``, journald's stream socket), writing a log line must neither raise
+nor stall the event loop: a reader that stopped reading costs log lines, never
+the listening sockets. A `LogSink` therefore writes to a pipe only what the
+kernel takes at once (``poll()`` says writable, at most PIPE_BUF bytes per
+write, which a pipe accepts whole), to a socket with MSG_DONTWAIT, and to a
+file or terminal plainly. A line that does not fit is dropped and counted; the
+count is logged once writing works again. The file description itself is never
+made non-blocking: the broker may share it with whoever started it.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import select
+import socket
+import stat
 import sys
 
 import structlog
 
+PIPE_BUF = select.PIPE_BUF
+log = structlog.get_logger("chapiteau.broker")
 
-def configure_logging(level: str = "info", fmt: str = "console") -> None:
-    """Send structlog events to stderr, filtered by ``level``, rendered as ``fmt``."""
+
+class LogSink:
+    """Whole lines to one fd; a line the fd cannot take now is dropped, never waited for."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.dropped = 0
+        self._cut = False
+        """A line was cut short: the next one starts on a new line."""
+        mode = _mode(fd)
+        self._pipe = stat.S_ISFIFO(mode)
+        self._socket = socket.socket(fileno=os.dup(fd)) if stat.S_ISSOCK(mode) else None
+
+    def msg(self, message: str) -> None:
+        """structlog's entry point (the sink is its logger): one rendered event."""
+        self.write_line(message.encode("utf-8", "backslashreplace") + b"\n")
+
+    debug = info = warn = warning = error = critical = fatal = exception = log = msg
+
+    def write_line(self, line: bytes) -> None:
+        """Write ``line`` (which ends with a newline) now, or drop it."""
+        if self._cut:
+            line = b"\n" + line
+        written = self._write_now(line)
+        if written < len(line):
+            self.dropped += 1
+            self._cut = written > 0
+            return
+        self._cut = False
+        if self.dropped:
+            count, self.dropped = self.dropped, 0
+            log.warning("log_lines_dropped", count=count, reason="the log output was not writable")
+
+    def _write_now(self, data: bytes) -> int:
+        """How many bytes of ``data`` the fd took without blocking."""
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                done += self._write_some(view[done:])
+        except OSError:
+            pass
+        return done
+
+    def _write_some(self, view: memoryview) -> int:
+        if self._socket is not None:
+            return self._socket.send(view, socket.MSG_DONTWAIT)
+        if self._pipe:
+            poller = select.poll()
+            poller.register(self.fd, select.POLLOUT)
+            if not poller.poll(0):
+                raise BlockingIOError
+            return os.write(self.fd, view[:PIPE_BUF])
+        return os.write(self.fd, view)
+
+
+def _mode(fd: int) -> int:
+    try:
+        return os.fstat(fd).st_mode
+    except OSError:
+        return 0
+
+
+def configure_logging(level: str = "info", fmt: str = "console") -> LogSink:
+    """Send structlog events to stderr, filtered by ``level``, rendered as ``fmt``.
+
+    Returns the sink on stderr, for lines relayed from the supervisor.
+    """
+    sink = LogSink(sys.stderr.fileno())
     renderer = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -22,6 +106,7 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=lambda *args: sink,
         cache_logger_on_first_use=True,
     )
+    return sink

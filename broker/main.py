@@ -6,6 +6,9 @@ foreground, with a one-line error and a non-zero exit, before anything is
 started. Only then does the broker daemonize (if asked), fork the launcher
 that will start each supervisor as the service user, and confine itself for
 good (its own uid, a few capabilities, Landlock, seccomp: broker/confinement.py).
+Start-up ends when that supervisor is ready: until then the caller's stderr
+(or, with ``--daemon``, the foreground process) waits to hear whether the
+service runs.
 """
 
 from __future__ import annotations
@@ -48,11 +51,18 @@ from chapiteau.broker.safe_paths import (
     open_parent,
 )
 from chapiteau.broker.socket_table import bind_all, close_all
+from chapiteau.broker.startup import StartupReport, daemonize
 from chapiteau.protocol.channel import reserve_standard_fds
 from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
 
 VERSION = "0.1.0"
 log = structlog.get_logger("chapiteau.broker")
+SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+"""Given to the broker by systemd (or a test): they belong to this process, never to a child."""
+DAEMON_NEEDS_LOG_OUTPUT = (
+    "--daemon needs --log-output FILE (or [circus] logoutput = FILE): a daemon has no "
+    "stderr to log to; under systemd, run chapiteau in the foreground (logs go to the journal)"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,7 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--log-output", help="append all logs (broker, supervisor, workers) to this file"
     )
-    parser.add_argument("--daemon", action="store_true", help="detach and run in the background")
+    parser.add_argument(
+        "--daemon",
+        action="store_true",
+        help="detach and run in the background (needs --log-output); returns once the "
+        "service runs, or with the error",
+    )
     parser.add_argument("--pidfile", help="write the broker's pid here (signal this process)")
     parser.add_argument(
         "--check-config",
@@ -89,6 +104,8 @@ STARTUP_ERRORS = (ConfigError, PrivilegeError, BindError, PidfileError, UnsafePa
 
 def main(argv: list[str] | None = None) -> int:
     reserve_standard_fds()
+    for name in SYSTEMD_VARIABLES:
+        os.environ.pop(name, None)
     args = parse_args(argv)
     if args.check_config:
         return check_config(args)
@@ -96,12 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     console = sys.stderr
     sockets: dict[str, BoundSocket] = {}
     listener = listener_file = None
+    report: StartupReport | None = None
     try:
         config = load_broker_config(args.config)
         # The command line wins over [circus], as with circusd.
         args.log_level = args.log_level or config.loglevel or "info"
         args.log_output = args.log_output or config.logoutput
         args.pidfile = args.pidfile or config.pidfile
+        if args.daemon and not args.log_output:
+            raise ConfigError(DAEMON_NEEDS_LOG_OUTPUT)
         user = resolve_service_user(config.user, config.group)
         broker_user = resolve_broker_user(config.broker_user, user)
         for path in config.files:
@@ -111,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.log_output:
             console = _redirect_output(args.log_output, user)
         # Only now: whether to colour depends on where stderr ends up.
-        configure_logging(args.log_level, args.log_format)
+        log_sink = configure_logging(args.log_level, args.log_format)
         if config.loggerconfig:
             log.warning(
                 "loggerconfig_ignored",
@@ -127,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             owner = broker_user.uid if broker_user else -1
             listener, listener_file = listen_for_supervisors(config.socket_path, user, owner)
         if args.daemon:
-            _daemonize(keep_output=bool(args.log_output))
+            report = daemonize(console)
         if args.pidfile:
             write_pidfile(args.pidfile, user)
     except STARTUP_ERRORS as exc:
@@ -136,10 +156,14 @@ def main(argv: list[str] | None = None) -> int:
             listener.close()
         if listener_file is not None:
             release(listener_file)
-        print(f"chapiteau: {exc}", file=console)
+        if report is None:
+            print(f"chapiteau: {exc}", file=console)
+        else:
+            report.failed(1, str(exc))
         return 1
-    if console is not sys.stderr:
-        console.close()
+    if report is None:
+        # Without --log-output the log is the caller's stderr: it tells everything.
+        report = StartupReport(None if console is sys.stderr else console)
     # Connect mode: the supervisor is started by someone else; nothing to launch.
     launcher = None if config.socket_path else fork_launcher(user)
     try:
@@ -148,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             # Never run half-confined: stop before serving anything.
             log.error("confinement_failed", error=str(exc))
+            report.failed(1, f"cannot confine the broker: {exc}")
             close_all(sockets.values())
             return 1
         log.info(
@@ -159,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             launcher=launcher.pid if launcher else None,
         )
         options = ["--log-level", args.log_level, "--log-format", args.log_format]
-        return Broker(config, sockets, user, launcher, options, listener).run()
+        broker = Broker(config, sockets, user, launcher, options, listener, report, log_sink)
+        return broker.run()
     finally:
         if listener_file is not None:
             release(listener_file)
@@ -254,7 +280,7 @@ def _check_parent(path: str, user: ServiceUser, follow: bool = False) -> None:
 
 
 def _redirect_output(path: str, user: ServiceUser) -> TextIO:
-    """Point fds 1 and 2 at ``path`` (the supervisor and workers inherit them).
+    """Point fds 1 and 2 at ``path`` (the broker's log; the supervisor's output is relayed there).
 
     The file is opened as broker/safe_paths.py says: never through a link the
     service user could plant, never in a directory that user can write.
@@ -269,22 +295,3 @@ def _redirect_output(path: str, user: ServiceUser) -> TextIO:
     os.dup2(fd, 2)
     os.close(fd)
     return console
-
-
-def _daemonize(keep_output: bool) -> None:
-    """Double fork, new session, stdio on /dev/null unless redirected to a log file.
-
-    Output goes to /dev/null even when it is a pipe, not only a terminal: a
-    daemon that kept its caller's pipe open would make the caller wait forever.
-    """
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    if not keep_output:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-    os.close(null)

@@ -34,9 +34,20 @@ def check_pidfile(path: str, user: ServiceUser) -> None:
     """
     other = _read_pid(path, user)
     if other and other != os.getpid() and _alive(other):
+        command = _command_line(other)
+        if command is not None and _is_chapiteau(command):
+            raise PidfileError(
+                f"chapiteau is already running with pid {other} (pid file {path}): "
+                f"stop it first (kill {other})"
+            )
+        if command is None:
+            raise PidfileError(
+                f"pid file {path} names pid {other}, which is running (its command line cannot "
+                f"be read): stop it, or remove the file if it is not chapiteau"
+            )
         raise PidfileError(
-            f"pid file {path!r} is stale, current pid {other}: stop that process first "
-            f"or remove the file if it is not chapiteau"
+            f"pid file {path} names pid {other}, a running {' '.join(command[:2])!r}, not "
+            f"chapiteau: remove the file if it is left over, or choose another --pidfile"
         )
 
 
@@ -89,3 +100,20 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _command_line(pid: int) -> list[str] | None:
+    """The command line of ``pid``, or None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            words = cmdline.read().split(b"\0")
+    except OSError:
+        return None
+    return [os.fsdecode(word) for word in words if word] or None
+
+
+def _is_chapiteau(command: list[str]) -> bool:
+    """True for ``chapiteau ...`` and ``python -m chapiteau.broker ...``."""
+    return any(
+        os.path.basename(word) == "chapiteau" or word == "chapiteau.broker" for word in command[:3]
+    )

@@ -26,6 +26,7 @@ from chapiteau.protocol.broker_messages import (
     ListSockets,
     Message,
     Ok,
+    Ready,
     ReloadConfig,
     Reloaded,
     Shutdown,
@@ -63,10 +64,12 @@ class Service:
         sockets: dict[str, BoundSocket],
         reload: Callable[[], Reloaded],
         shutdown: Callable[[], None],
+        ready: Callable[[Peer], None],
     ) -> None:
         self.sockets = sockets
         self._reload = reload
         self._shutdown = shutdown
+        self._ready = ready
 
     def handle(self, peer: Peer, received: Received) -> Reply:
         """Answer one request; never raises for anything the peer sent."""
@@ -130,10 +133,15 @@ class Service:
         self._shutdown()
         return Reply(Ok())
 
+    def _ready_request(self, peer: Peer, message: Ready) -> Reply:
+        self._ready(peer)
+        return Reply(Ok())
+
     _handlers: dict[type, Callable[..., Reply]] = {
         ListSockets: _list_sockets,
         GetSockets: _get_sockets,
         BindReuseport: _bind_reuseport,
         ReloadConfig: _reload_config,
         Shutdown: _shutdown_request,
+        Ready: _ready_request,
     }

@@ -6,7 +6,9 @@ which switches the credentials with the standard library's fork_exec
 (setgroups, then setgid, then setuid, each checked, before exec), so a failed
 switch is a start error and never a supervisor running as root. The
 supervisor gets its own session, so a terminal's Ctrl-C reaches only the
-broker, which then stops the supervisor in order; it is the broker's child.
+broker, which then stops the supervisor in order; it is the broker's child. It gets none of the
+broker's open files (its stdout and stderr are pipes the broker reads) and
+only an allow-listed environment: root's environment may hold secrets.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from chapiteau.broker.launcher import Launcher, LaunchError
 from chapiteau.broker.privileges import ServiceUser
 
 BROKER_FD_VARIABLE = "CHAPITEAU_BROKER_FD"
+PASSED_VARIABLES = ("PATH", "LANG", "LC_*", "TZ", "PYTHONPATH")
+"""Copied from the broker's environment: where programs are, the locale, the time zone,
+and the import path the supervisor (the same Python program as the broker) needs."""
 EX_CONFIG = 78
 """The supervisor's exit status when it refuses the configuration (sysexits.h)."""
 
@@ -60,27 +65,55 @@ def supervisor_argv(config: BrokerConfig, channel_fd: int, options: Sequence[str
     ]
 
 
-def supervisor_environment(user: ServiceUser, channel_fd: int, base: Mapping[str, str]) -> dict:
-    """The broker's environment, with the identity variables of the service user."""
-    env = dict(base)
+def supervisor_environment(
+    user: ServiceUser, channel_fd: int, base: Mapping[str, str], passed: Sequence[str] = ()
+) -> dict[str, str]:
+    """The supervisor's environment: only the allow-listed variables of ``base``.
+
+    PASSED_VARIABLES and the ``passed`` names or ``PREFIX*`` patterns
+    (``[broker] supervisor_env``) are copied; HOME, USER, LOGNAME and SHELL
+    describe the service user; CHAPITEAU_BROKER_FD names the channel. Nothing
+    else of root's environment (secrets, for one) reaches the supervisor, nor
+    its ``copy_env`` workers.
+    """
+    patterns = (*PASSED_VARIABLES, *passed)
+    env = {
+        name: value
+        for name, value in base.items()
+        if any(_matches(name, pattern) for pattern in patterns)
+    }
     env[BROKER_FD_VARIABLE] = str(channel_fd)
     try:
         entry = pwd.getpwuid(user.uid)
     except KeyError:
         return env
-    env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+    env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name, SHELL=entry.pw_shell)
     return env
 
 
-def start_supervisor(
-    launcher: Launcher, argv: list[str], user: ServiceUser, channel_fd: int
-) -> Supervisor:
-    """Have the launcher start the supervisor as ``user``, passing only ``channel_fd`` beyond stdio.
+def _matches(name: str, pattern: str) -> bool:
+    if pattern.endswith("*"):
+        return name.startswith(pattern[:-1])
+    return name == pattern
 
-    The fd keeps its number in the supervisor, the one ``argv`` names.
+
+def start_supervisor(
+    launcher: Launcher,
+    argv: list[str],
+    channel_fd: int,
+    env: Mapping[str, str],
+    stdout: int,
+    stderr: int,
+) -> Supervisor:
+    """Have the launcher start the supervisor, passing only ``channel_fd`` beyond stdio.
+
+    It runs as the service user the launcher was forked for. Its stdin is
+    /dev/null and its stdout and stderr are ``stdout`` and ``stderr`` (the
+    write ends of pipes the broker reads), never the broker's own; the channel
+    keeps its fd number, the one ``argv`` names.
     """
-    env = supervisor_environment(user, channel_fd, os.environ)
+    fds = {channel_fd: channel_fd, 1: stdout, 2: stderr}
     try:
-        return Supervisor(launcher.start(argv, env, {channel_fd: channel_fd}))
+        return Supervisor(launcher.start(argv, env, fds))
     except LaunchError as exc:
         raise SupervisorStartError(str(exc)) from None

@@ -1,9 +1,10 @@
 """``--daemon``, ``--pidfile`` and ``--log-output``, as an init script would use them.
 
-The foreground command returns once the broker is detached (and releases the
-caller's pipes); the pidfile holds the broker's pid, which an operator
-signals to stop everything; a pidfile naming a live process is refused with
-status 1 by the command itself, before it detaches.
+The foreground command returns once the service runs (and releases the
+caller's pipes), or fails with the reason when it cannot start; the pidfile
+holds the broker's pid, which an operator signals to stop everything; a
+pidfile naming a live process is refused with status 1 by the command itself,
+before it detaches. A daemon needs a log file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from chapiteau.broker.main import DAEMON_NEEDS_LOG_OUTPUT
 from chapiteau.supervisor.process_tree import descendants
 from integration.conftest import broker_directory
 from integration.harness import (
@@ -77,7 +79,10 @@ def daemon(workdir) -> Iterator[tuple[Path, int]]:
     kill_tree(tree_of(path))
 
 
-def run(path: Path, *args: str) -> subprocess.CompletedProcess:
+def run(path: Path, *args: str, log_output: bool = True) -> subprocess.CompletedProcess:
+    """Run chapiteau to completion; ``--daemon`` logs to daemon.log unless told otherwise."""
+    if log_output and "--daemon" in args and "--log-output" not in args:
+        args = (*args, "--log-output", str(path.parent / "daemon.log"))
     return subprocess.run(
         [sys.executable, "-m", "chapiteau.broker", str(path), *args],
         capture_output=True,
@@ -140,16 +145,31 @@ def test_pidfile_in_a_root_directory_outlives_the_confined_broker_and_is_taken_o
     assert read_pid(pidfile) in tree_of(path)
 
 
-def test_stale_pidfile_with_a_live_pid_is_refused(daemon):
+def test_pidfile_naming_a_live_process_that_is_not_chapiteau_is_refused(daemon):
     path, _ = daemon
     pidfile = path.parent / "chapiteau.pid"
     pidfile.write_text(f"{os.getpid()}\n")
     result = run(path, "--daemon", "--pidfile", str(pidfile))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"current pid {os.getpid()}" in lines[0], result.stderr
+    assert len(lines) == 1, result.stderr
+    assert f"names pid {os.getpid()}, a running " in lines[0] and ", not chapiteau: " in lines[0]
     assert pidfile.read_text() == f"{os.getpid()}\n"
     assert tree_of(path) == []
+
+
+def test_second_chapiteau_on_the_pidfile_of_a_running_one_says_so(daemon):
+    path, port = daemon
+    pidfile = path.parent / "chapiteau.pid"
+    assert run(path, "--daemon", "--pidfile", str(pidfile)).returncode == 0
+    pid = read_pid(pidfile)
+    result = run(path, "--daemon", "--pidfile", str(pidfile))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"chapiteau: chapiteau is already running with pid {pid} (pid file {pidfile}): "
+        f"stop it first (kill {pid})\n"
+    )
+    assert read_pid(pidfile) == pid and served(port)
 
 
 def test_pidfile_of_a_dead_process_is_taken_over(daemon):
@@ -194,10 +214,42 @@ def test_circus_section_pidfile_logoutput_and_loglevel_apply(daemon):
         f"[circus]\npidfile = {pidfile}\nlogoutput = {logfile}\nloglevel = warning\n",
     )
     path.write_text(text)
-    assert run(path, "--daemon").returncode == 0
+    assert run(path, "--daemon", log_output=False).returncode == 0
     pid = read_pid(pidfile)
     wait_until(lambda: served(port))
     wait_until(lambda: MARKER in logfile.read_text())
     assert "supervisor_started" not in logfile.read_text()  # an info line, below warning
     os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not pidfile.exists())
+
+
+def test_daemon_without_a_log_file_is_refused(daemon):
+    path, _ = daemon
+    result = run(path, "--daemon", log_output=False)
+    assert result.returncode == 1
+    assert result.stderr == f"chapiteau: {DAEMON_NEEDS_LOG_OUTPUT}\n"
+    assert tree_of(path) == []
+
+
+def test_daemon_returns_once_the_service_is_ready(daemon):
+    path, port = daemon
+    log = path.parent / "all.log"
+    result = run(path, "--daemon", "--log-output", str(log), "--log-format", "json")
+    assert result.returncode == 0, result.stderr
+    assert '"event": "service_ready"' in log.read_text()
+    wait_until(lambda: served(port))
+
+
+def test_daemon_whose_supervisor_never_becomes_ready_fails_with_its_error(daemon):
+    path, _ = daemon
+    command = f"{sys.executable} -c 'import no_such_module'"
+    path.write_text(
+        path.read_text().replace("[broker]\n", f"[broker]\nsupervisor_command = {command}\n")
+    )
+    result = run(path, "--daemon")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert "ModuleNotFoundError: No module named 'no_such_module'" in lines
+    assert lines[-1].startswith("chapiteau: the supervisor (pid ")
+    assert lines[-1].endswith(") exited with status 1 before it was ready")
+    wait_until(lambda: tree_of(path) == [])

@@ -221,6 +221,37 @@ def test_ipc_endpoint_in_a_directory_the_service_user_cannot_write_says_how_to_f
         f"chapiteau-supervisor: {key} {endpoints[key]}: the service user nobody cannot create "
         f"files in {root_only}, where the socket file goes; use a directory that nobody may "
         "write (for example one it owns: mkdir -p DIR && chown nobody DIR), or put the "
-        "endpoint under a directory the broker prepares for it ([broker] runtime_directory = "
+        "endpoint under the directory the broker prepares for it ([broker] runtime_directory = "
         "/run/circus)"
     )
+
+
+FAILING_SUPERVISOR = f"[broker]\nsupervisor_command = {sys.executable} -c 'import no_such_module'\n"
+
+
+def test_supervisor_failing_on_import_stops_chapiteau_with_its_error(workdir):
+    result = run(workdir, FAILING_SUPERVISOR, "--log-format", "json")
+    assert result.returncode == 1
+    assert "ModuleNotFoundError: No module named 'no_such_module'" in result.stderr
+    assert '"event": "start_up_failed"' in result.stderr
+    assert "supervisor_restart_scheduled" not in result.stderr
+
+
+def test_supervisor_with_a_bad_interpreter_stops_chapiteau(workdir):
+    script = workdir / "supervisor"
+    script.write_text("#!/nonexistent/python\n")
+    script.chmod(0o755)
+    result = run(workdir, f"[broker]\nsupervisor_command = {script}\n")
+    assert result.returncode == 1
+    assert f"cannot start the supervisor {script}: [Errno 2]" in result.stderr
+
+
+def test_failed_start_up_is_on_stderr_even_with_log_output(workdir):
+    log = workdir / "all.log"
+    result = run(workdir, FAILING_SUPERVISOR, "--log-output", str(log))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert "ModuleNotFoundError: No module named 'no_such_module'" in lines
+    assert lines[-1].startswith("chapiteau: the supervisor (pid ")
+    assert lines[-1].endswith(") exited with status 1 before it was ready")
+    assert "ModuleNotFoundError" in log.read_text()

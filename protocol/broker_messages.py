@@ -183,6 +183,13 @@ class Shutdown:
 
 
 @dataclass(frozen=True)
+class Ready:
+    """Supervisor → broker: its endpoints are open and it starts the watchers."""
+
+    TYPE: ClassVar[str] = "ready"
+
+
+@dataclass(frozen=True)
 class Ok:
     """Broker → supervisor: done."""
 
@@ -214,6 +221,7 @@ Message = (
     | ReloadConfig
     | Reloaded
     | Shutdown
+    | Ready
     | Ok
     | Error
 )
@@ -231,6 +239,7 @@ MESSAGE_TYPES: dict[str, type] = {
         ReloadConfig,
         Reloaded,
         Shutdown,
+        Ready,
         Ok,
         Error,
     )
@@ -374,6 +383,7 @@ _PARSERS: dict[type, Any] = {
     ReloadConfig: _no_fields(ReloadConfig),
     Reloaded: _parse_reloaded,
     Shutdown: _no_fields(Shutdown),
+    Ready: _no_fields(Ready),
     Ok: _no_fields(Ok),
     Error: _parse_error,
 }

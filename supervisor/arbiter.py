@@ -115,6 +115,11 @@ class Arbiter:
             await self._close_endpoints()
             return EX_CONFIG
         log.info("supervisor_ready", watchers=len(self.watchers), pid=os.getpid())
+        if self.broker is not None:
+            try:
+                self.broker.ready()
+            except BrokerError as exc:
+                log.warning("broker_ready_failed", error=str(exc))
         await self.start_watchers(self.by_priority(), autostart_only=True)
         await self._done
         stats.close()

@@ -22,6 +22,7 @@ from chapiteau.protocol.broker_messages import (
     Message,
     Ok,
     ProtocolError,
+    Ready,
     ReloadConfig,
     Reloaded,
     Shutdown,
@@ -103,6 +104,10 @@ class BrokerClient:
 
     def shutdown(self) -> None:
         self._call(Shutdown(), Ok)
+
+    def ready(self) -> None:
+        """Tell the broker that start-up is done: from now on a crash is restarted."""
+        self._call(Ready(), Ok)
 
     def close(self) -> None:
         self.sock.close()

@@ -1,7 +1,8 @@
 """Configure the supervisor's structured logging (console on a terminal, or JSON lines).
 
-The supervisor writes to the stderr it inherited from the broker, so every
-process of a chapiteau tree logs to the same place in the same format.
+The supervisor writes to the stderr the broker gave it, a pipe whose lines the
+broker copies to its own log, so every process of a chapiteau tree logs to the
+same place in the same format.
 """
 
 from __future__ import annotations

@@ -186,7 +186,10 @@ def test_broker_defaults_without_a_broker_section(tmp_path):
 def test_unknown_broker_key_is_refused_with_the_accepted_keys(tmp_path):
     message = error_of(tmp_path, "[broker]\nusr = nobody\n")
     assert message.startswith(f"{tmp_path / 'circus.ini'}:broker:usr: unknown option")
-    assert "runtime_directory, runtime_directory_mode, socket_path, supervisor_command" in message
+    assert (
+        "runtime_directory, runtime_directory_mode, socket_path, supervisor_command, supervisor_env"
+        in message
+    )
 
 
 def test_default_section_keys_are_tolerated_in_broker_and_socket_sections(tmp_path):
@@ -230,6 +233,18 @@ def test_runtime_directory_must_be_absolute_and_below_root(tmp_path, value):
 def test_bad_runtime_directory_mode_is_refused(tmp_path, value):
     message = error_of(tmp_path, f"[broker]\nruntime_directory_mode = {value}\n")
     assert ":broker:runtime_directory_mode: " in message
+
+
+def test_supervisor_env_is_a_list_of_names_and_prefixes(tmp_path):
+    config = load(tmp_path, "[broker]\nsupervisor_env = DJANGO_SETTINGS_MODULE\n  APP_*\n")
+    assert config.supervisor_env == ("DJANGO_SETTINGS_MODULE", "APP_*")
+    assert load(tmp_path, "[broker]\n").supervisor_env == ()
+
+
+@pytest.mark.parametrize("word", ["A=B", "*", "1ABC", "A*B"])
+def test_supervisor_env_refuses_what_is_not_a_name_or_prefix(tmp_path, word):
+    message = error_of(tmp_path, f"[broker]\nsupervisor_env = PATH {word}\n")
+    assert f":broker:supervisor_env: {word!r} is not a variable name" in message
 
 
 def test_unsplittable_supervisor_command_is_refused(tmp_path):

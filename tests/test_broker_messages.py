@@ -30,6 +30,7 @@ from chapiteau.protocol.broker_messages import (
     Message,
     Ok,
     ProtocolError,
+    Ready,
     ReloadConfig,
     Reloaded,
     Shutdown,
@@ -69,6 +70,7 @@ strategies_by_type: dict[type, st.SearchStrategy[Any]] = {
     ReloadConfig: st.just(ReloadConfig()),
     Reloaded: st.builds(Reloaded, name_tuples, name_tuples, name_tuples),
     Shutdown: st.just(Shutdown()),
+    Ready: st.just(Ready()),
     Ok: st.just(Ok()),
     Error: st.builds(Error, st.sampled_from(ERROR_CODES), st.text(max_size=MAX_REASON_BYTES)),
 }

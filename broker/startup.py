@@ -1,0 +1,90 @@
+"""Tell whoever started ``chapiteau`` how start-up ended: the service runs, or why it does not.
+
+In the foreground without ``--log-output`` the log itself is on the caller's
+stderr and says it all. With ``--log-output`` the caller's stderr stays open
+until the first supervisor is ready, and a failed start-up copies the
+supervisor's last lines there. With ``--daemon`` the command the operator
+typed waits, on a pipe from the detached broker, until the first supervisor is
+ready (exit 0) or start-up failed (that status, and the same lines on its
+stderr): an init script sees the outcome, not a detached child's hopes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+from typing import TextIO
+
+NO_REPORT = 1
+"""The --daemon parent's exit status when the daemon died without a word."""
+
+
+class StartupReport:
+    """The one outcome of start-up, sent once: `ready` or `failed`."""
+
+    def __init__(self, console: TextIO | None, to_parent: bool = False) -> None:
+        self._console = console
+        self._to_parent = to_parent
+        self.done = False
+
+    def ready(self) -> None:
+        """The service runs: release the caller."""
+        if self._to_parent:
+            self._write("0\n")
+        self._close()
+
+    def failed(self, status: int, message: str, output: Iterable[str] = ()) -> None:
+        """Start-up failed with exit ``status``: the supervisor's last lines, then why."""
+        text = "".join(f"{line}\n" for line in output) + f"chapiteau: {message}\n"
+        self._write(f"{status}\n{text}" if self._to_parent else text)
+        self._close()
+
+    def _write(self, text: str) -> None:
+        if self._console is not None and not self.done:
+            with contextlib.suppress(OSError):
+                self._console.write(text)
+                self._console.flush()
+
+    def _close(self) -> None:
+        self.done = True
+        if self._console is not None:
+            with contextlib.suppress(OSError):
+                self._console.close()
+            self._console = None
+
+
+def daemonize(console: TextIO) -> StartupReport:
+    """Double fork and new session; the foreground process waits for the outcome and exits.
+
+    Only the detached grandchild returns, with stdin on /dev/null (stdout and
+    stderr already point at the log file) and the report that releases the
+    foreground process, which then prints what it was told on ``console`` and
+    exits with the status it was given.
+    """
+    reader, writer = os.pipe()
+    if os.fork():
+        os.close(writer)
+        os._exit(_wait_for_daemon(reader, console))
+    os.close(reader)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    console.close()
+    return StartupReport(os.fdopen(writer, "w"), to_parent=True)
+
+
+def _wait_for_daemon(reader: int, console: TextIO) -> int:
+    """Read the daemon's report to its end; print it; return the exit status it names."""
+    chunks = []
+    while chunk := os.read(reader, 65536):
+        chunks.append(chunk)
+    status_line, _, text = b"".join(chunks).decode(errors="replace").partition("\n")
+    if not status_line.isdigit():
+        text = "chapiteau: the daemon exited during start-up; its log says why\n"
+    console.write(text)
+    console.flush()
+    return int(status_line) if status_line.isdigit() else NO_REPORT

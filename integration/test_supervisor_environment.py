@@ -1,0 +1,69 @@
+"""The supervisor gets an allow-listed environment, never root's (secrets, systemd's variables).
+
+What a ``copy_env`` worker copies is the supervisor's environment, so the
+same allow-list bounds it; ``[broker] supervisor_env`` passes more by name.
+"""
+
+from __future__ import annotations
+
+import pwd
+
+import pytest
+
+from integration.harness import environ
+
+ROOT_ENVIRONMENT = {
+    "SECRET": "x",
+    "APP_SETTING": "on",
+    "NOTIFY_SOCKET": "/x",
+    "LISTEN_FDS": "3",
+    "LISTEN_PID": "1",
+    "LISTEN_FDNAMES": "web",
+    "LANG": "C.UTF-8",
+    "LC_TIME": "C",
+    "TZ": "UTC",
+}
+CONFIG = """
+[broker]
+user = nobody
+{extra}
+
+[watcher:copier]
+cmd = sleep 1000
+copy_env = true
+"""
+
+
+@pytest.fixture
+def root_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in ROOT_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_supervisor_and_copy_env_workers_see_only_the_allow_list(chapiteau, root_environment):
+    tree = chapiteau(CONFIG.format(extra=""))
+    nobody = pwd.getpwnam("nobody")
+    supervisor = environ(tree.supervisor_pid())
+    assert set(supervisor) <= {"PATH", "LANG", "LC_TIME", "TZ", "PYTHONPATH"} | {
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "CHAPITEAU_BROKER_FD",
+    }
+    assert supervisor["LANG"] == "C.UTF-8" and supervisor["LC_TIME"] == "C"
+    assert supervisor["HOME"] == nobody.pw_dir and supervisor["USER"] == "nobody"
+    assert supervisor["SHELL"] == nobody.pw_shell
+    [worker] = tree.worker_pids("copier", 1)
+    assert not set(environ(worker)) & {"SECRET", "APP_SETTING", "NOTIFY_SOCKET", "LISTEN_FDNAMES"}
+
+
+def test_supervisor_env_passes_more_variables_but_never_systemd_s(chapiteau, root_environment):
+    extra = "supervisor_env = APP_* NOTIFY_SOCKET LISTEN_FDS LISTEN_PID LISTEN_FDNAMES"
+    tree = chapiteau(CONFIG.format(extra=extra))
+    supervisor = environ(tree.supervisor_pid())
+    assert supervisor["APP_SETTING"] == "on"
+    assert "SECRET" not in supervisor
+    assert not set(supervisor) & {"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
+    [worker] = tree.worker_pids("copier", 1)
+    assert environ(worker)["APP_SETTING"] == "on"
