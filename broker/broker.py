@@ -245,7 +245,7 @@ class Broker:
         self.stopping = True
         self.stop_status = status
         self.restart_at = None
-        if self.supervisor is None and not _children():
+        if self.supervisor is None and not self._children():
             self.exit_status = status
 
     def _schedule_restart(self) -> None:
