@@ -218,6 +218,8 @@ def _launch(request: Request, fds: list[int], user: ServiceUser) -> int:
     child = os.fork()
     if child == 0:
         os.close(reader)
+        # Out of the way of the fd numbers the supervisor's fds are put at.
+        writer = fcntl.fcntl(writer, fcntl.F_DUPFD_CLOEXEC, _above(request))
         try:
             # Held until _exit: a collected Popen would reap (waitpid) a supervisor that
             # already exited, which must stay for the broker to reap.
@@ -236,13 +238,17 @@ def _launch(request: Request, fds: list[int], user: ServiceUser) -> int:
     raise LaunchError(text.removeprefix("error: ") or "the supervisor's starter died")
 
 
+def _above(request: Request) -> int:
+    """The lowest fd number above every number the request places an fd at."""
+    return max(request.fds, default=2) + 1
+
+
 def _spawn(request: Request, fds: list[int], user: ServiceUser) -> subprocess.Popen:
     """In the intermediate child: put each fd at its number, then fork and exec the supervisor."""
     for signum in IGNORED_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     # Above every target first, so that placing one never overwrites another.
-    above = max(request.fds, default=2) + 1
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for fd in fds]
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _above(request)) for fd in fds]
     for source, target in zip(moved, request.fds, strict=True):
         os.dup2(source, target)
     credentials: dict = {}
