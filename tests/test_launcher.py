@@ -150,22 +150,26 @@ def test_stdout_and_stderr_may_be_one_pipe():
     assert run_launcher(scenario) == {"text": "out\nerr\n"}
 
 
-def test_fds_may_be_placed_at_the_numbers_the_launcher_itself_uses():
+def test_an_fd_may_be_placed_at_any_number_the_launcher_itself_uses():
     def scenario(launcher) -> dict:
-        # The launcher's socket and its pipe to the intermediate child are among 3..8.
-        probes = [socket.socketpair()[0] for _ in range(6)]
-        script = "for fd in 3 4 5 6 7 8; do readlink /proc/self/fd/$fd; done"
-        reader, writer = os.pipe()
-        targets = {3 + i: probe.fileno() for i, probe in enumerate(probes)}
-        pid = launcher.start(["/bin/sh", "-c", script], {}, {1: writer, **targets})
-        os.close(writer)
-        with os.fdopen(reader) as output:
-            seen = output.read().split()
-        os.waitpid(pid, 0)
-        return {"seen": seen, "sent": [f"socket:[{os.fstat(p.fileno()).st_ino}]" for p in probes]}
+        probe, _ = socket.socketpair()
+        seen = {}
+        # The launcher's own fds (its socket, its pipe to the intermediate child) are among these.
+        for number in range(3, 16):
+            reader, writer = os.pipe()
+            script = f"readlink /proc/self/fd/{number}"
+            pid = launcher.start(["/bin/sh", "-c", script], {}, {1: writer, number: probe.fileno()})
+            os.close(writer)
+            with os.fdopen(reader) as output:
+                seen[number] = output.read().strip()
+            os.waitpid(pid, 0)
+        return {
+            "seen": sorted(set(seen.values())),
+            "sent": f"socket:[{os.fstat(probe.fileno()).st_ino}]",
+        }
 
     result = run_launcher(scenario)
-    assert result["seen"] == result["sent"]
+    assert result["seen"] == [result["sent"]]
 
 
 def test_a_supervisor_that_exits_at_once_is_still_ours_to_reap():
