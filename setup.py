@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from setuptools import find_packages, setup
 
-FOLDERS = ("broker", "supervisor", "protocol")
+FOLDERS = ("broker", "supervisor", "protocol", "ctl")
 
 
 def packages(folder: str) -> list[str]:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from chapiteau.supervisor.process_tree import descendants
+from chapiteau.supervisor.children.process_tree import descendants
 
 CIRCUS_REQUIREMENTS = Path(__file__).parents[1] / "integration" / "circus-requirements.txt"
 CIRCUS_VENV = Path("/tmp/chapiteau-bench-circus-venv")

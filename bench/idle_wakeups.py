@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.baseline import install_circus, median, stop_manager
-from chapiteau.supervisor.process_tree import children
+from chapiteau.supervisor.children.process_tree import children
 
 WATCHER = "[watcher:sleeper]\ncmd = sleep 100000\nnumprocesses = {n}\n"
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.baseline import install_circus, median, percentile, stop_manager
-from chapiteau.supervisor.process_tree import children
+from chapiteau.supervisor.children.process_tree import children
 
 MARKER = "271828"
 WORKER_ARGV = ["sleep", "100000", MARKER]

@@ -19,11 +19,13 @@ The supervisor's stdout and stderr are pipes that the loop reads too
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import selectors
 import signal
 import socket
 import struct
+import termios
 import time
 from collections.abc import Callable, Sequence
 
@@ -48,8 +50,13 @@ from chapiteau.broker.supervisor_process import (
     supervisor_argv,
     supervisor_environment,
 )
-from chapiteau.protocol.broker_messages import Error, ProtocolError, Reloaded
-from chapiteau.protocol.channel import channel_pair, receive, send
+from chapiteau.protocol.broker_messages import (
+    MAX_FDS_PER_MESSAGE,
+    Error,
+    ProtocolError,
+    Reloaded,
+)
+from chapiteau.protocol.channel import channel_pair, receive, refuse_fds, send
 from chapiteau.protocol.ini import ConfigError
 
 log = structlog.get_logger("chapiteau.broker")
@@ -59,6 +66,11 @@ BACKOFF_MAX = 30.0
 STABLE_AFTER = 10.0
 """A supervisor that ran this long is healthy: the next restart starts the backoff anew."""
 MAX_PEERS = 8
+"""Connections at once (connect mode); a newcomer beyond it evicts the oldest un-greeted one."""
+HELLO_DEADLINE = 5.0
+"""Seconds an accepted connection has to say hello; then it is dropped (its only idle limit)."""
+MAX_FDS_IN_FLIGHT = 2 * MAX_FDS_PER_MESSAGE
+"""Fds in replies that peers have not read yet, over all peers: every one is charged to root."""
 FORWARDED = {signal.SIGHUP: "reload", signal.SIGUSR1: "reopen_logs"}
 STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
@@ -123,19 +135,38 @@ class Broker:
         else:
             self._start_supervisor()
         while self.exit_status is None:
-            for key, _ in self.selector.select(self._timeout()):
-                callback: Callable[[], None] = key.data
-                callback()
+            self._dispatch(self.selector.select(self._timeout()))
             self._run_timers()
         self._close()
         return self.exit_status
 
+    def _dispatch(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        """Run the callback of each ready fd that is still registered.
+
+        An earlier callback of the same batch may have dropped a peer (the
+        supervisor's exit drops its channel while a child it forked still
+        writes to it), and a peer accepted meanwhile may even have its fd
+        number: only a key that is still the registered one is acted on.
+        """
+        for key, _ in events:
+            if self.selector.get_map().get(key.fd) is key:
+                callback: Callable[[], None] = key.data
+                callback()
+
     def _timeout(self) -> float | None:
-        deadlines = [t for t in (self.restart_at, self.kill_orphans_at) if t is not None]
+        """Until the nearest deadline; None (sleep until an event) when nothing is due."""
+        hello_deadlines = [peer.hello_by for peer in self.peers.values() if not peer.greeted]
+        deadlines = [
+            t for t in (self.restart_at, self.kill_orphans_at, *hello_deadlines) if t is not None
+        ]
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _run_timers(self) -> None:
         now = time.monotonic()
+        for conn, peer in list(self.peers.items()):
+            if not peer.greeted and peer.hello_by is not None and now >= peer.hello_by:
+                log.warning("peer_dropped", peer=peer.name, reason="no hello in time")
+                self._drop_peer(conn)
         if self.restart_at is not None and now >= self.restart_at:
             self.restart_at = None
             self._start_supervisor()
@@ -361,15 +392,26 @@ class Broker:
         except OSError:
             return
         uid = peer_uid(conn)
+        if uid in (self.user.uid, 0) and len(self.peers) >= MAX_PEERS:
+            self._evict_ungreeted()
         if uid not in (self.user.uid, 0) or len(self.peers) >= MAX_PEERS:
             log.warning("peer_rejected", uid=uid, peers=len(self.peers))
             conn.close()
             return
-        self._add_peer(conn, f"uid {uid}")
+        self._add_peer(conn, f"uid {uid}", time.monotonic() + HELLO_DEADLINE)
+        log.info("peer_accepted", uid=uid, peers=len(self.peers))
 
-    def _add_peer(self, conn: socket.socket, name: str) -> None:
+    def _evict_ungreeted(self) -> None:
+        """Drop the oldest connection that has not said hello, if any, to make room."""
+        waiting = [(peer.hello_by, conn) for conn, peer in self.peers.items() if not peer.greeted]
+        if waiting:
+            _, conn = min(waiting, key=lambda pair: pair[0] or 0.0)
+            log.warning("peer_evicted", peer=self.peers[conn].name, reason="no hello yet")
+            self._drop_peer(conn)
+
+    def _add_peer(self, conn: socket.socket, name: str, hello_by: float | None = None) -> None:
         conn.setblocking(False)
-        self.peers[conn] = Peer(name)
+        self.peers[conn] = Peer(name, hello_by=hello_by)
         self.selector.register(conn, selectors.EVENT_READ, lambda: self._serve(conn))
 
     def _drop_peer(self, conn: socket.socket) -> None:
@@ -380,12 +422,21 @@ class Broker:
     def _serve(self, conn: socket.socket) -> None:
         peer = self.peers[conn]
         try:
+            self._answer(conn, peer)
+        except Exception:
+            # Last resort: a bug in handling one peer's frame costs that peer its
+            # connection, never the root broker and every listening socket with it.
+            log.exception("peer_handling_failed", peer=peer.name)
+            self._drop_peer(conn)
+
+    def _answer(self, conn: socket.socket, peer: Peer) -> None:
+        try:
             received = receive(conn)
         except BlockingIOError:
             return
         except ProtocolError as exc:
             log.warning("bad_frame", peer=peer.name, code=exc.code, reason=exc.reason)
-            self._reply(conn, 0, Reply(Error(exc.code, exc.reason)))
+            self._reply(conn, peer, 0, Reply(Error(exc.code, exc.reason)))
             return
         except OSError as exc:
             log.warning("peer_failed", peer=peer.name, error=str(exc))
@@ -394,16 +445,47 @@ class Broker:
         if received is None:
             self._drop_peer(conn)
             return
-        self._reply(conn, received.request_id, self.service.handle(peer, received))
+        self._reply(conn, peer, received.request_id, self.service.handle(peer, received))
 
-    def _reply(self, conn: socket.socket, request_id: int, reply: Reply) -> None:
+    def _reply(self, conn: socket.socket, peer: Peer, request_id: int, reply: Reply) -> None:
         try:
+            refusal = self._fds_refusal(conn, len(reply.fds)) if reply.fds else None
+            if refusal is not None:
+                log.warning(
+                    "request_refused", peer=peer.name, code=refusal.code, reason=refusal.reason
+                )
+                reply = Reply(refusal, close_after=reply.close_after)
             send(conn, reply.message, request_id, reply.fds)
+            if reply.fds:
+                peer.fds_sent = len(reply.fds)
         except OSError as exc:
-            log.warning("reply_failed", peer=self.peers[conn].name, error=str(exc))
+            log.warning("reply_failed", peer=peer.name, error=str(exc))
             self._drop_peer(conn)
         finally:
             close_all(reply.close_after)
+
+    def _fds_refusal(self, conn: socket.socket, count: int) -> Error | None:
+        """Why ``count`` fds must not be sent to this peer now, or None.
+
+        Every fd in a reply the peer has not read is charged to root's count of
+        fds in flight, which the kernel caps for every root process without
+        CAP_SYS_RESOURCE (ETOOMANYREFS past RLIMIT_NOFILE): a peer gets fds only
+        once it has read every earlier reply, and all peers together hold at
+        most MAX_FDS_IN_FLIGHT unread.
+        """
+        if unread_bytes(conn):
+            return Error("fds_in_flight", "read the replies to your earlier requests first")
+        in_flight = sum(
+            peer.fds_sent
+            for other, peer in self.peers.items()
+            if other is not conn and unread_bytes(other)
+        )
+        if in_flight + count > MAX_FDS_IN_FLIGHT:
+            return Error(
+                "fds_in_flight",
+                f"other peers have {in_flight} fds unread, at most {MAX_FDS_IN_FLIGHT}: retry",
+            )
+        return None
 
     def _close(self) -> None:
         for relay in list(self.relays):
@@ -448,6 +530,11 @@ def _all_children() -> list[int]:
         return []
 
 
+def unread_bytes(conn: socket.socket) -> int:
+    """Bytes sent on ``conn`` that its peer has not read yet (SIOCOUTQ of a unix socket)."""
+    return struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, bytes(4)))[0]
+
+
 def peer_uid(conn: socket.socket) -> int:
     """The uid of the process at the other end of a unix socket (SO_PEERCRED)."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -470,6 +557,7 @@ def listen_for_supervisors(
     """
     where = f"[broker] socket_path = {path}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    refuse_fds(listener)
     entry = None
     try:
         make_directory(os.path.dirname(path), user, 0o750, owner, user.gid)

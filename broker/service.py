@@ -41,10 +41,14 @@ log = structlog.get_logger("chapiteau.broker")
 
 @dataclass
 class Peer:
-    """The state of one connection: whether it said hello."""
+    """The state of one connection: whether it said hello, and what it may still hold."""
 
     name: str
     greeted: bool = False
+    hello_by: float | None = None
+    """When an accepted connection that has not said hello is dropped (monotonic clock)."""
+    fds_sent: int = 0
+    """Fds in the last reply that carried some: in flight while the peer has unread replies."""
 
 
 @dataclass

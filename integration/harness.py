@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chapiteau.supervisor.process_tree import descendants
+from chapiteau.supervisor.children.process_tree import descendants
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEFAULT_TIMEOUT = 15.0

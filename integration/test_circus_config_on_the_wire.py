@@ -14,7 +14,7 @@ import socket
 import time
 from pathlib import Path
 
-from chapiteau.supervisor.process_tree import children, descendants
+from chapiteau.supervisor.children.process_tree import children, descendants
 from integration.harness import argv, environ, free_port, http_get, wait_until
 
 INCLUDED = """

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from chapiteau.supervisor.process_tree import children
+from chapiteau.supervisor.children.process_tree import children
 from integration.conftest import BROKER_USER
 from integration.harness import DEFAULT_TIMEOUT, free_port, http_get, kill_tree, wait_until
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from chapiteau.broker.main import DAEMON_NEEDS_LOG_OUTPUT
-from chapiteau.supervisor.process_tree import descendants
+from chapiteau.supervisor.children.process_tree import descendants
 from integration.conftest import broker_directory
 from integration.harness import (
     DEFAULT_TIMEOUT,

@@ -11,7 +11,7 @@ import signal
 import time
 from pathlib import Path
 
-from chapiteau.supervisor.process_tree import children
+from chapiteau.supervisor.children.process_tree import children
 from integration.harness import argv, is_alive, wait_until
 
 

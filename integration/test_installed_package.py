@@ -20,7 +20,7 @@ import chapiteau
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 # The source folders and the packages they install as (setup.py maps them).
-FOLDERS = ("broker", "supervisor", "protocol")
+FOLDERS = ("broker", "supervisor", "protocol", "ctl")
 INSTALLED = Path(sysconfig.get_paths()["purelib"]).resolve() / "chapiteau"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chapiteau.supervisor.process_tree import descendants
+from chapiteau.supervisor.children.process_tree import descendants
 from integration.harness import is_alive, wait_until
 
 CONFIG = """

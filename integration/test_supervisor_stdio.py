@@ -13,7 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from chapiteau.supervisor.process_tree import descendants
+from chapiteau.supervisor.children.process_tree import descendants
 from integration.harness import DEFAULT_TIMEOUT, kill_tree, open_fds, wait_until
 
 FLOOD = """\

@@ -8,7 +8,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from chapiteau.supervisor.process_tree import children
+from chapiteau.supervisor.children.process_tree import children
 from integration.harness import argv, is_alive, wait_until
 
 

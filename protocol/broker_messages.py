@@ -52,6 +52,7 @@ ERROR_CODES = (
     "bind_failed",
     "reload_failed",
     "too_many",
+    "fds_in_flight",
 )
 
 

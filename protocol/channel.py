@@ -4,13 +4,17 @@ The only module of the protocol that touches a socket; the broker and the
 supervisor share it so that both sides frame, limit and clean up the same way.
 Received fds are always close-on-exec (MSG_CMSG_CLOEXEC), and when a frame is
 rejected every fd that came with it is closed before the error propagates, so
-a misbehaving peer can never make us leak a descriptor.
+a misbehaving peer can never make us leak a descriptor. The broker's end goes
+further: it refuses fds outright (``refuse_fds``), because closing an fd a
+peer chose can block (a TCP socket with SO_LINGER and unsent data, a file on
+a FUSE mount its owner does not answer).
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import os
 import socket
 import sys
@@ -26,6 +30,12 @@ from chapiteau.protocol.broker_messages import (
     encode,
     fd_count,
 )
+
+SO_PASSRIGHTS: int | None = getattr(
+    socket, "SO_PASSRIGHTS", None if os.uname().machine.startswith(("parisc", "sparc")) else 83
+)
+"""Linux 6.16's socket option: 83 (asm-generic), unknown here for parisc and sparc, whose
+socket options are numbered apart; Python 3.11 does not name it."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +64,31 @@ def reserve_standard_fds() -> None:
 
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:
-    """A connected pair of SEQPACKET sockets, both close-on-exec."""
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    """A connected pair of SEQPACKET sockets, both close-on-exec: (broker's end, peer's end).
+
+    The broker's end refuses fds (``refuse_fds``) from the start, before the
+    other end is handed to anyone.
+    """
+    broker_end, peer_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    refuse_fds(broker_end)
+    return broker_end, peer_end
+
+
+def refuse_fds(sock: socket.socket) -> None:
+    """Make the kernel refuse any fd sent to ``sock``: the sender's sendmsg fails with EPERM.
+
+    SO_PASSRIGHTS off (Linux 6.16 and later); a listening socket passes it on
+    to every connection it accepts, including frames queued before accept().
+    An older kernel lacks the option (ENOPROTOOPT): fds still arrive there,
+    and are closed on receipt.
+    """
+    if SO_PASSRIGHTS is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PASSRIGHTS, 0)
+    except OSError as exc:
+        if exc.errno != errno.ENOPROTOOPT:
+            raise
 
 
 def send(sock: socket.socket, message: Message, request_id: int, fds: Sequence[int] = ()) -> None:

@@ -21,7 +21,7 @@ from functools import partial
 import structlog
 
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError, ReceivedSocket
-from chapiteau.supervisor.child_exit import ChildWatcher, become_subreaper
+from chapiteau.supervisor.children.child_exit import ChildWatcher, become_subreaper
 from chapiteau.supervisor.commands import CommandError, dispatch
 from chapiteau.supervisor.config import (
     CURVE_CLIENTS,
@@ -30,12 +30,12 @@ from chapiteau.supervisor.config import (
     WatcherConfig,
     load_config,
 )
-from chapiteau.supervisor.controller import Controller, Curve, EndpointError
+from chapiteau.supervisor.endpoints.controller import Controller, Curve, EndpointError
+from chapiteau.supervisor.endpoints.pubsub import PubSub
+from chapiteau.supervisor.endpoints.stats import ProcessSampler, start_stats
 from chapiteau.supervisor.events import Events
-from chapiteau.supervisor.pubsub import PubSub
-from chapiteau.supervisor.redirector import Redirector
+from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
-from chapiteau.supervisor.stats import ProcessSampler, start_stats
 from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
 
 log = structlog.get_logger("chapiteau.supervisor")

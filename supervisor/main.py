@@ -21,9 +21,9 @@ from chapiteau.supervisor.arbiter import EX_CONFIG, Arbiter
 from chapiteau.supervisor.broker_client import BROKER_FD_VARIABLE, BrokerClient, BrokerError
 from chapiteau.supervisor.config import Config, load_config
 from chapiteau.supervisor.hooks import HookError
+from chapiteau.supervisor.io.streams import StreamConfigError
 from chapiteau.supervisor.logs import configure_logging
 from chapiteau.supervisor.socket_pool import SocketPool
-from chapiteau.supervisor.streams import StreamConfigError
 
 EX_UNAVAILABLE = 69
 log = structlog.get_logger("chapiteau.supervisor")

@@ -33,17 +33,17 @@ from typing import Any
 
 import structlog
 
-from chapiteau.supervisor.child_exit import ChildWatcher
+from chapiteau.supervisor.children.child_exit import ChildWatcher
+from chapiteau.supervisor.children.process_tree import ProcessTree
+from chapiteau.supervisor.children.spawn import SpawnError, SpawnSpec, spawn
 from chapiteau.supervisor.config import Flapping, WatcherConfig, worker_env
 from chapiteau.supervisor.crash_rounds import CrashRounds, backoff
 from chapiteau.supervisor.events import Events
 from chapiteau.supervisor.hooks import Hooks
+from chapiteau.supervisor.io.redirector import Redirector
+from chapiteau.supervisor.io.streams import build_stream, close_stream, reopen_stream
 from chapiteau.supervisor.process import Process
-from chapiteau.supervisor.process_tree import ProcessTree
-from chapiteau.supervisor.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
-from chapiteau.supervisor.spawn import SpawnError, SpawnSpec, spawn
-from chapiteau.supervisor.streams import build_stream, close_stream, reopen_stream
 from chapiteau.supervisor.substitution import format_args
 
 log = structlog.get_logger("chapiteau.supervisor")

@@ -8,8 +8,8 @@ did not hold before (counted in /proc/<pid>/fd).
 
 from __future__ import annotations
 
-import array
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -17,9 +17,11 @@ import resource
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,10 +29,12 @@ from pathlib import Path
 
 import pytest
 
+from chapiteau.broker.broker import HELLO_DEADLINE, MAX_FDS_IN_FLIGHT, MAX_PEERS
 from chapiteau.protocol.broker_messages import (
     HEADER,
     MAX_FRAME_BYTES,
     MAX_NAME_BYTES,
+    MAX_NAMES_PER_REQUEST,
     PROTOCOL_VERSION,
     BindReuseport,
     Error,
@@ -46,13 +50,34 @@ from chapiteau.protocol.broker_messages import (
     Welcome,
     encode,
 )
-from chapiteau.protocol.channel import Received, close_fds, receive
+from chapiteau.protocol.channel import Received, channel_pair, close_fds, receive
 
 TIMEOUT = 10.0
 SCM_MAX_FD = 253
 INTRUDER_UID = 4321
 """Not root and not the service user (nobody); let into the service group to reach the socket."""
 NOGROUP = 65534
+REFUSED = "refused_by_the_kernel"
+"""The outcome of attaching fds when the kernel refuses them (SO_PASSRIGHTS, Linux 6.16+)."""
+
+
+def kernel_refuses_fds() -> bool:
+    """Whether fds sent to the broker's end of a channel never arrive on this kernel."""
+    broker_end, peer_end = channel_pair()
+    with broker_end, peer_end:
+        try:
+            socket.send_fds(peer_end, [b"x"], [peer_end.fileno()])
+        except PermissionError:
+            return True
+    return False
+
+
+FDS_REFUSED = kernel_refuses_fds()
+
+
+def refused_or(code: str) -> str:
+    """What attaching fds to a request gives: refused at sendmsg, or ``code`` from the broker."""
+    return REFUSED if FDS_REFUSED else code
 
 
 @dataclass
@@ -71,11 +96,35 @@ class RunningBroker:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def log_events(self) -> list[dict]:
-        events = []
-        for line in self.log_path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                events.append(json.loads(line))
-        return events
+        return json_lines(self.log_path)
+
+
+def json_lines(path: Path) -> list[dict]:
+    """The JSON log lines of a file (other lines skipped)."""
+    events = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            events.append(json.loads(line))
+    return events
+
+
+def in_child(action: Callable[[], bytes]) -> bytes:
+    """Run ``action`` in a forked child and return what it returned (b"crashed" if it raised)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        outcome = b"crashed"
+        try:
+            outcome = action()
+        finally:
+            os.write(write_end, outcome)
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as result:
+        outcome = result.read()
+    os.waitpid(pid, 0)
+    return outcome
 
 
 class Client:
@@ -111,6 +160,16 @@ class Client:
         welcome = self.request(Hello()).message
         assert isinstance(welcome, Welcome)
         return welcome
+
+    def outcome(self, frame: bytes, fds: Sequence[int] = ()) -> str:
+        """The error code of the broker's reply (which carries no fd), or REFUSED."""
+        try:
+            self.send_raw(frame, fds)
+        except PermissionError:
+            return REFUSED
+        reply = self.reply()
+        assert reply.fds == ()
+        return error_code(reply)
 
 
 def error_code(received: Received) -> str:
@@ -332,11 +391,11 @@ def test_fds_the_broker_cannot_install_are_refused(
     client.hello()
     before = broker.fd_count()
     with out_of_fds(broker):
-        reply = client.request(ListSockets(), 23, spare_fds)
+        outcome = client.outcome(encode(ListSockets(), 23), spare_fds)
     client.request(ListSockets(), 24)
     after = broker.fd_count()
     client.close()
-    assert error_code(reply) == "bad_frame"
+    assert outcome == refused_or("bad_frame")
     assert after == before
     assert_serves(broker)
 
@@ -418,10 +477,10 @@ def test_fds_attached_to_requests_are_closed(
     client = Client(broker.socket_path)
     client.hello()
     before = broker.fd_count()
-    reply = client.request(message, 10, spare_fds)
+    outcome = client.outcome(encode(message, 10), spare_fds)
     after = broker.fd_count()
     client.close()
-    assert (error_code(reply), reply.fds) == ("unexpected_fds", ())
+    assert outcome == refused_or("unexpected_fds")
     assert after == before
     assert_serves(broker)
 
@@ -430,12 +489,10 @@ def test_too_many_fds_are_refused_and_closed(broker: RunningBroker, spare_fds: l
     client = Client(broker.socket_path)
     client.hello()
     before = broker.fd_count()
-    fds = array.array("i", spare_fds * SCM_MAX_FD)[:SCM_MAX_FD]
-    client.sock.sendmsg([encode(ListSockets(), 11)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-    reply = client.reply()
+    outcome = client.outcome(encode(ListSockets(), 11), (spare_fds * SCM_MAX_FD)[:SCM_MAX_FD])
     after = broker.fd_count()
     client.close()
-    assert error_code(reply) == "bad_frame"
+    assert outcome == refused_or("bad_frame")
     assert after == before
     assert_serves(broker)
 
@@ -466,11 +523,161 @@ def test_a_sockets_reply_sent_with_its_fds_is_refused_and_the_fds_closed(
     client.hello()
     before = broker.fd_count()
     info = SocketInfo("web", "AF_INET", "SOCK_STREAM")
-    reply = client.request(Sockets((info,) * len(spare_fds)), 13, spare_fds)
+    outcome = client.outcome(encode(Sockets((info,) * len(spare_fds)), 13), spare_fds)
     after = broker.fd_count()
     client.close()
-    assert error_code(reply) == "unexpected_fds"
+    assert outcome == refused_or("unexpected_fds")
     assert after == before
+    assert_serves(broker)
+
+
+@contextlib.contextmanager
+def stalled_tcp_connection() -> Iterator[int]:
+    """The port of a loopback TCP listener whose connection is never read."""
+    with socket.socket() as listener:
+        # A tiny receive buffer, passed on to the accepted socket: the window closes at once.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        receiver = None
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            with contextlib.suppress(BlockingIOError):
+                listener.setblocking(False)
+                receiver, _ = listener.accept()
+            # Closing with unread data resets the connection: a lingering close ends.
+            if receiver is not None:
+                receiver.close()
+
+
+BUSY_FRAME = frame_of(b"[" + b"0," * (MAX_FRAME_BYTES // 2 - 4) + b"0]")
+"""A frame the broker takes milliseconds to parse (and answers bad_message)."""
+
+
+def send_lingering_socket(client: Client, port: int) -> bytes:
+    """Connect to ``port``, queue unsendable data, set SO_LINGER {1, 30}, attach the socket
+    to a frame for the broker; in a child that exits at once. BUSY_FRAME first keeps the
+    broker parsing while the child exits, whose own close never lingers (an exiting process
+    does not): the broker's copy is then the last one, and closing it would block 30 s."""
+
+    def send() -> bytes:
+        sender = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sender.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                sender.send(b"x" * 65536)
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 30))
+        # Detached: only the child's exit closes it here, and that close does not linger.
+        fd = sender.detach()
+        client.send_raw(BUSY_FRAME)
+        try:
+            client.send_raw(encode(ListSockets(), 1), [fd])
+        except PermissionError:
+            return REFUSED.encode()
+        return b"sent"
+
+    return in_child(send)
+
+
+def test_a_lingering_socket_sent_to_the_broker_does_not_stall_it(broker: RunningBroker) -> None:
+    client = Client(broker.socket_path)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * MAX_FRAME_BYTES)
+    client.hello()
+    with stalled_tcp_connection() as port:
+        outcome = send_lingering_socket(client, port)
+        busy = error_code(client.reply())
+        if outcome == b"sent":
+            assert error_code(client.reply()) == "unexpected_fds"
+        listing = client.request(ListSockets(), 2)
+        broker.process.send_signal(signal.SIGTERM)
+        status = broker.process.wait(5)
+    client.close()
+    assert (busy, outcome) == ("bad_message", refused_or("sent").encode())
+    assert isinstance(listing.message, SocketList)
+    assert status == 0
+
+
+# -- what one peer may hold ----------------------------------------------------------
+
+
+def waiting_bytes(sock: socket.socket) -> int:
+    """Bytes queued for ``sock`` to read (FIONREAD): the broker's reply arrived, unread."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4)))[0]
+
+
+ALL_THE_FDS = GetSockets(("web",) * MAX_NAMES_PER_REQUEST)
+
+
+def test_a_peer_that_leaves_its_replies_unread_gets_fds_for_one_request_only(
+    broker: RunningBroker,
+) -> None:
+    client = Client(broker.socket_path)
+    client.hello()
+    before = broker.fd_count()
+    for request_id in (1, 2, 3):
+        client.send_raw(encode(ALL_THE_FDS, request_id))
+    # A last request the broker logs: once it is logged, the three before are answered.
+    client.send_raw(encode(GetSockets(("nope",)), 4))
+    wait_for(
+        lambda: any(e.get("code") == "unknown_socket" for e in broker.log_events()),
+        "the last request answered",
+    )
+    replies = [client.reply() for _ in range(4)]
+    after = broker.fd_count()
+    client.close()
+    for reply in replies:
+        close_fds(reply.fds)
+    assert isinstance(replies[0].message, Sockets) and len(replies[0].fds) == 250
+    assert [(error_code(r), r.fds) for r in replies[1:3]] == [("fds_in_flight", ())] * 2
+    assert after == before
+    assert_serves(broker)
+
+
+def test_peers_together_hold_at_most_max_fds_in_flight_unread(broker: RunningBroker) -> None:
+    holders = [Client(broker.socket_path) for _ in range(MAX_FDS_IN_FLIGHT // 250)]
+    asker = Client(broker.socket_path)
+    for client in (*holders, asker):
+        client.hello()
+    for holder in holders:
+        holder.send_raw(encode(ALL_THE_FDS, 1))
+        wait_for(lambda holder=holder: waiting_bytes(holder.sock) > 0, "the reply, unread")
+    refused = asker.request(GetSockets(("web",)), 2)
+    close_fds(holders[0].reply().fds)
+    granted = asker.request(GetSockets(("web",)), 3)
+    close_fds(granted.fds)
+    for client in (*holders, asker):
+        client.close()
+    assert (error_code(refused), refused.fds) == ("fds_in_flight", ())
+    assert isinstance(granted.message, Sockets) and len(granted.fds) == 1
+    assert_serves(broker)
+
+
+def test_a_connection_that_never_says_hello_is_dropped(broker: RunningBroker) -> None:
+    silent = Client(broker.socket_path)
+    silent.sock.settimeout(HELLO_DEADLINE + TIMEOUT)
+    closed = silent.sock.recv(MAX_FRAME_BYTES)
+    silent.close()
+    assert closed == b""
+    assert any(e.get("event") == "peer_dropped" for e in broker.log_events())
+    assert_serves(broker)
+
+
+def test_connections_that_never_say_hello_do_not_lock_the_supervisor_out(
+    broker: RunningBroker,
+) -> None:
+    junk = [Client(broker.socket_path) for _ in range(MAX_PEERS)]
+    wait_for(
+        lambda: sum(e.get("event") == "peer_accepted" for e in broker.log_events()) == MAX_PEERS,
+        "every junk connection accepted",
+    )
+    supervisor = Client(broker.socket_path)
+    welcome = supervisor.hello()
+    supervisor.close()
+    for client in junk:
+        client.close()
+    assert welcome.broker_pid == broker.pid
     assert_serves(broker)
 
 
@@ -478,12 +685,12 @@ def test_a_sockets_reply_sent_with_its_fds_is_refused_and_the_fds_closed(
 
 
 def bad_requests(fds: list[int]) -> list[tuple[str, bytes, list[int], str]]:
-    """(connection, frame, fds, expected error code) for every kind of bad request."""
+    """(connection, frame, fds, expected outcome) for every kind of bad request."""
     info = SocketInfo("web", "AF_INET", "SOCK_STREAM")
     noise = random.Random(1234)
     return [
         ("fresh", encode(ListSockets(), 1), [], "not_hello"),
-        ("fresh", encode(GetSockets(("web",)), 2), fds[:1], "unexpected_fds"),
+        ("fresh", encode(GetSockets(("web",)), 2), fds[:1], refused_or("unexpected_fds")),
         ("fresh", encode(Hello((99,)), 3), [], "unsupported_version"),
         ("greeted", encode(GetSockets(("nope",)), 4), [], "unknown_socket"),
         (
@@ -493,18 +700,23 @@ def bad_requests(fds: list[int]) -> list[tuple[str, bytes, list[int], str]]:
             "bad_message",
         ),
         ("greeted", encode(BindReuseport("web"), 6), [], "not_reuseport"),
-        ("greeted", encode(Hello(), 7), fds, "unexpected_fds"),
-        ("greeted", encode(ListSockets(), 8), fds[:2], "unexpected_fds"),
-        ("greeted", encode(Sockets((info, info)), 9), fds[:2], "unexpected_fds"),
+        ("greeted", encode(Hello(), 7), fds, refused_or("unexpected_fds")),
+        ("greeted", encode(ListSockets(), 8), fds[:2], refused_or("unexpected_fds")),
+        ("greeted", encode(Sockets((info, info)), 9), fds[:2], refused_or("unexpected_fds")),
         ("greeted", encode(Welcome(1, 1), 10), [], "bad_message"),
-        ("greeted", encode(Ok(), 11), fds[:3], "unexpected_fds"),
-        ("greeted", bytes(noise.randrange(256) for _ in range(64)), fds[:1], "bad_frame"),
-        ("greeted", encode(Hello(), 12)[:-3], fds[:2], "bad_frame"),
+        ("greeted", encode(Ok(), 11), fds[:3], refused_or("unexpected_fds")),
+        (
+            "greeted",
+            bytes(noise.randrange(256) for _ in range(64)),
+            fds[:1],
+            refused_or("bad_frame"),
+        ),
+        ("greeted", encode(Hello(), 12)[:-3], fds[:2], refused_or("bad_frame")),
         ("greeted", frame_of(b"\xc3\x28"), [], "bad_frame"),
-        ("greeted", frame_of(b"[" * 50_000), fds[:1], "bad_frame"),
-        ("greeted", frame_json({"type": "reboot", "id": 13}), fds, "bad_message"),
+        ("greeted", frame_of(b"[" * 50_000), fds[:1], refused_or("bad_frame")),
+        ("greeted", frame_json({"type": "reboot", "id": 13}), fds, refused_or("bad_message")),
         ("greeted", frame_json({"type": "ok", "id": -1}), [], "bad_message"),
-        ("greeted", b"", fds[:2], "unexpected_fds"),
+        ("greeted", b"", fds[:2], refused_or("unexpected_fds")),
         (
             "greeted",
             frame_json({"type": "get_sockets", "id": 15, "names": ["web"] * 251}),
@@ -520,19 +732,17 @@ def test_ten_thousand_bad_requests_leak_no_fd(broker: RunningBroker, spare_fds: 
     clients["greeted"].hello()
     before = broker.fd_count()
     kinds = bad_requests(spare_fds)
-    overflow = array.array("i", spare_fds * SCM_MAX_FD)[:SCM_MAX_FD]
+    overflow = (spare_fds * SCM_MAX_FD)[:SCM_MAX_FD]
     wrong = []
     for i in range(10_000):
         if i % 500 == 0:
-            clients["greeted"].sock.sendmsg(
-                [encode(ListSockets(), 14)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, overflow)]
-            )
-            reply, expected = clients["greeted"].reply(), "bad_frame"
+            connection, frame, fds = "greeted", encode(ListSockets(), 14), overflow
+            expected = refused_or("bad_frame")
         else:
             connection, frame, fds, expected = kinds[i % len(kinds)]
-            reply = clients[connection].raw(frame, fds)
-        if not isinstance(reply.message, Error) or reply.message.code != expected or reply.fds:
-            wrong.append((i, expected, reply))
+        outcome = clients[connection].outcome(frame, fds)
+        if outcome != expected:
+            wrong.append((i, expected, outcome))
     after = broker.fd_count()
     for client in clients.values():
         client.close()
@@ -545,20 +755,7 @@ def test_ten_thousand_bad_requests_leak_no_fd(broker: RunningBroker, spare_fds: 
 
 
 def test_peer_from_another_uid_is_closed_without_a_reply(broker: RunningBroker) -> None:
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        outcome = b"crashed"
-        try:
-            outcome = _intrude(broker.socket_path)
-        finally:
-            os.write(write_end, outcome)
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as result:
-        outcome = result.read()
-    os.waitpid(pid, 0)
+    outcome = in_child(lambda: _intrude(broker.socket_path))
     assert outcome in (b"closed", b"reset")
 
     def rejected() -> bool:

@@ -62,6 +62,18 @@ def test_pair_is_seqpacket_and_close_on_exec(pair: tuple[socket.socket, socket.s
         assert not os.get_inheritable(end.fileno())
 
 
+def test_the_broker_end_of_a_pair_refuses_fds_and_the_peer_end_takes_them(
+    pair: tuple[socket.socket, socket.socket], listener: socket.socket
+) -> None:
+    broker_end, peer_end = pair
+    with pytest.raises(PermissionError):
+        send(peer_end, Sockets((info_of(listener),)), 1, [listener.fileno()])
+    send(broker_end, Sockets((info_of(listener),)), 2, [listener.fileno()])
+    received = receive(peer_end)
+    assert received is not None and len(received.fds) == 1
+    close_fds(received.fds)
+
+
 def test_message_without_fds_arrives_intact(pair: tuple[socket.socket, socket.socket]) -> None:
     left, right = pair
     send(left, GetSockets(("web", "api")), 42)

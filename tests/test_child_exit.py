@@ -1,4 +1,4 @@
-"""Tests for chapiteau.supervisor.child_exit: real children, a real asyncio loop."""
+"""Tests for chapiteau.supervisor.children.child_exit: real children, a real asyncio loop."""
 
 from __future__ import annotations
 
@@ -18,8 +18,12 @@ from unittest.mock import ANY
 import prctl
 import pytest
 
-from chapiteau.supervisor.child_exit import UNKNOWN_EXIT_CODE, ChildWatcher, kill_process_group
-from chapiteau.supervisor.spawn import SpawnSpec, spawn
+from chapiteau.supervisor.children.child_exit import (
+    UNKNOWN_EXIT_CODE,
+    ChildWatcher,
+    kill_process_group,
+)
+from chapiteau.supervisor.children.spawn import SpawnSpec, spawn
 
 PATH = {"PATH": "/usr/bin:/bin"}
 TIMEOUT = 5.0
@@ -260,8 +264,8 @@ def test_kill_process_group_of_a_gone_group_is_not_an_error() -> None:
 SUBREAPER_SCRIPT = textwrap.dedent(
     """
     import asyncio, json, os
-    from chapiteau.supervisor.child_exit import ChildWatcher, become_subreaper
-    from chapiteau.supervisor.spawn import SpawnSpec, spawn
+    from chapiteau.supervisor.children.child_exit import ChildWatcher, become_subreaper
+    from chapiteau.supervisor.children.spawn import SpawnSpec, spawn
 
     async def main():
         loop = asyncio.get_running_loop()

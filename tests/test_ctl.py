@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import zmq
 
-from chapiteau.supervisor import ctl
+from chapiteau.ctl import cli as ctl
 
 Reply = dict[str, Any] | Callable[[dict[str, Any]], list[dict[str, Any]] | None]
 
@@ -354,7 +354,7 @@ def test_every_circusctl_command_exists() -> None:
 
 # -- the installed script: interactive shell, listen, CURVE ----------------------------------
 
-SCRIPT = [sys.executable, "-c", "import sys; from chapiteau.supervisor.ctl import main; "
+SCRIPT = [sys.executable, "-c", "import sys; from chapiteau.ctl.cli import main; "
           "sys.exit(main())"]  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Tests for chapiteau.supervisor.process_tree: real process trees on a real loop."""
+"""Tests for chapiteau.supervisor.children.process_tree: real process trees on a real loop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from chapiteau.supervisor.process_tree import ProcessTree, descendants, group_and_session
+from chapiteau.supervisor.children.process_tree import ProcessTree, descendants, group_and_session
 
 TIMEOUT = 5.0
 

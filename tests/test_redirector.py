@@ -1,4 +1,4 @@
-"""Tests for chapiteau.supervisor.redirector."""
+"""Tests for chapiteau.supervisor.io.redirector."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from chapiteau.supervisor.redirector import READ_SIZE, Redirector, split_incomplete_utf8
-from chapiteau.supervisor.streams import Chunk, FileStream
+from chapiteau.supervisor.io.redirector import READ_SIZE, Redirector, split_incomplete_utf8
+from chapiteau.supervisor.io.streams import Chunk, FileStream
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for chapiteau.supervisor.spawn: real forks, real execs, checked through /proc."""
+"""Tests for chapiteau.supervisor.children.spawn: real forks, real execs, checked through /proc."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chapiteau.supervisor import spawn as spawn_module
-from chapiteau.supervisor.spawn import SpawnError, SpawnSpec, spawn
+from chapiteau.supervisor.children import spawn as spawn_module
+from chapiteau.supervisor.children.spawn import SpawnError, SpawnSpec, spawn
 
 PATH = {"PATH": "/usr/bin:/bin"}
 NOBODY = 65534

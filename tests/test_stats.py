@@ -19,7 +19,7 @@ import zmq
 
 from chapiteau.protocol.broker_messages import SocketInfo
 from chapiteau.supervisor.broker_client import ReceivedSocket
-from chapiteau.supervisor.stats import (
+from chapiteau.supervisor.endpoints.stats import (
     ProcessSampler,
     aggregate,
     cpu_time_text,

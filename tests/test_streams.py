@@ -1,4 +1,4 @@
-"""Tests for chapiteau.supervisor.streams."""
+"""Tests for chapiteau.supervisor.io.streams."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from chapiteau.supervisor.streams import (
+from chapiteau.supervisor.io.streams import (
     Chunk,
     FancyStdoutStream,
     FileStream,
@@ -425,7 +425,8 @@ def test_build_stream_reads_utc_as_a_boolean(tmp_path: Path, word: str, value: b
 
 
 @pytest.mark.parametrize(
-    "path", ["chapiteau.supervisor.streams.QueueStream", "chapiteau.supervisor.streams:QueueStream"]
+    "path",
+    ["chapiteau.supervisor.io.streams.QueueStream", "chapiteau.supervisor.io.streams:QueueStream"],
 )
 def test_build_stream_imports_a_dotted_class_path(path: str) -> None:
     assert type(build_stream({"class": path}, where=WHERE)) is QueueStream

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from chapiteau.supervisor.child_exit import ChildWatcher
+from chapiteau.supervisor.children.child_exit import ChildWatcher
 from chapiteau.supervisor.config import DEFAULT_PATH, Flapping, WatcherConfig
 from chapiteau.supervisor.events import Events
-from chapiteau.supervisor.redirector import Redirector
+from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
 from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
 

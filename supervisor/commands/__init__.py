@@ -30,7 +30,7 @@ from chapiteau.protocol.ini import ConfigError
 from chapiteau.supervisor.commands import info, options, watchers
 from chapiteau.supervisor.commands.base import COMMANDS, CommandError, Deferred
 from chapiteau.supervisor.hooks import HookError
-from chapiteau.supervisor.streams import StreamConfigError
+from chapiteau.supervisor.io.streams import StreamConfigError
 from chapiteau.supervisor.watcher import ReloadError
 
 if TYPE_CHECKING:

@@ -45,7 +45,7 @@ from chapiteau.supervisor.config import (
     group_id,
     user_ids,
 )
-from chapiteau.supervisor.controller import EndpointError, owner_uid
+from chapiteau.supervisor.endpoints.controller import EndpointError, owner_uid
 
 if TYPE_CHECKING:
     from chapiteau.supervisor.arbiter import Arbiter

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from chapiteau.supervisor import process_tree
+from chapiteau.supervisor.children import process_tree
 from chapiteau.supervisor.commands.base import (
     CommandError,
     Deferred,

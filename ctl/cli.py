@@ -23,8 +23,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from chapiteau.supervisor.ctl_client import CallError, Client, Curve, listen
-from chapiteau.supervisor.ctl_commands import COMMANDS, ArgumentError
+from chapiteau.ctl.client import CallError, Client, Curve, listen
+from chapiteau.ctl.commands import COMMANDS, ArgumentError
 
 VERSION = "0.1.0"
 PROG = "chapiteauctl"

@@ -13,7 +13,7 @@ one ``waitpid``, so whichever path reaps a pid first reports it and the other
 never sees it: ``on_exit`` is called exactly once per watched pid. The price of
 the global pass is that it also reaps children forked by other code in this
 process; every child of the supervisor must therefore be started with
-`chapiteau.supervisor.spawn.spawn` and registered with `ChildWatcher.watch`
+`chapiteau.supervisor.children.spawn.spawn` and registered with `ChildWatcher.watch`
 before the loop runs again.
 
 Signals go through the pidfd (``pidfd_send_signal``), so a pid that has been

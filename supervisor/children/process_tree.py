@@ -24,7 +24,7 @@ import select
 import signal
 from collections.abc import Container, Iterable
 
-from chapiteau.supervisor.child_exit import kill_process_group
+from chapiteau.supervisor.children.child_exit import kill_process_group
 
 _CHUNK = 65536
 

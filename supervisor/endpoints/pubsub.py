@@ -13,7 +13,7 @@ import json
 import structlog
 import zmq
 
-from chapiteau.supervisor.controller import Curve, prepare_endpoint, rebind_endpoint
+from chapiteau.supervisor.endpoints.controller import Curve, prepare_endpoint, rebind_endpoint
 from chapiteau.supervisor.events import Events
 
 log = structlog.get_logger("chapiteau.supervisor")

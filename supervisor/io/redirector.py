@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from chapiteau.supervisor.streams import Chunk
+from chapiteau.supervisor.io.streams import Chunk
 
 log = structlog.get_logger(__name__)
 

@@ -46,8 +46,8 @@ import structlog
 import zmq
 import zmq.asyncio
 
-from chapiteau.supervisor import process_tree
-from chapiteau.supervisor.controller import Curve, EndpointError, prepare_endpoint
+from chapiteau.supervisor.children import process_tree
+from chapiteau.supervisor.endpoints.controller import Curve, EndpointError, prepare_endpoint
 
 log = structlog.get_logger("chapiteau.supervisor")
 

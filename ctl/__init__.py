@@ -1,0 +1,1 @@
+"""chapiteauctl: the command-line client of the control, event and stats endpoints."""

@@ -1,0 +1,1 @@
+"""The ZMQ endpoints: control, pubsub and stats."""

@@ -1,0 +1,1 @@
+"""Where workers' output goes: stream classes and the pipes that feed them."""
