@@ -149,6 +149,7 @@ def test_copy_env_does_not_pass_on_systemd_variables_given_to_chapiteau(chapitea
     tree = chapiteau("""
 [broker]
 user = nobody
+supervisor_env = CHAPITEAU_TEST_MARK LISTEN_* NOTIFY_SOCKET
 
 [watcher:w]
 cmd = sleep 1000
