@@ -2,7 +2,7 @@
 
 Both daemons run one watcher of N ``sleep`` workers and nothing happens for
 ``--seconds``; the script reads, for every thread of the manager processes
-(chapiteau's broker and supervisor; circusd), the context switches and CPU
+(chapiteau's broker, launcher and supervisor; circusd), the context switches and CPU
 ticks from /proc before and after. Several runs, medians printed. Run as root
 from the checkout::
 
@@ -54,11 +54,11 @@ def start(argv: list[str], directory: Path) -> subprocess.Popen:
 
 
 def managers(process: subprocess.Popen, workers: int, chapiteau: bool) -> list[int]:
-    """The manager pids once every worker runs (chapiteau: the broker and the supervisor)."""
+    """The manager pids once every worker runs (chapiteau: broker, launcher, supervisor)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        pids = [process.pid, *children(process.pid)[:1]] if chapiteau else [process.pid]
-        if len(children(pids[-1])) >= workers:
+        pids = [process.pid, *children(process.pid)] if chapiteau else [process.pid]
+        if any(len(children(pid)) >= workers for pid in pids):
             return pids
         time.sleep(0.1)
     raise RuntimeError("the workers did not start")

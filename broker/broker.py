@@ -25,7 +25,6 @@ import selectors
 import signal
 import socket
 import struct
-import subprocess
 import termios
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ import structlog
 
 from chapiteau.broker.binding import BindError, BoundSocket, abandon, bind_unix
 from chapiteau.broker.config import BrokerConfig, load_broker_config
+from chapiteau.broker.launcher import Launcher
 from chapiteau.broker.logs import LogSink
 from chapiteau.broker.privileges import ServiceUser
 from chapiteau.broker.safe_paths import Entry, UnsafePathError, make_directory
@@ -43,6 +43,7 @@ from chapiteau.broker.socket_table import ReloadError, apply_reload, close_all
 from chapiteau.broker.startup import StartupReport
 from chapiteau.broker.supervisor_output import OutputRelay, recent_lines
 from chapiteau.broker.supervisor_process import (
+    Supervisor,
     SupervisorStartError,
     start_supervisor,
     supervisor_argv,
@@ -82,6 +83,7 @@ class Broker:
         config: BrokerConfig,
         sockets: dict[str, BoundSocket],
         user: ServiceUser,
+        launcher: Launcher | None,
         supervisor_options: Sequence[str] = (),
         listener: socket.socket | None = None,
         startup: StartupReport | None = None,
@@ -89,13 +91,15 @@ class Broker:
     ) -> None:
         self.config = config
         self.user = user
+        self.launcher = launcher
+        """Starts each supervisor for us (we are confined); None in connect mode."""
         self.supervisor_options = list(supervisor_options)
         self.service = Service(
             sockets, self._reload, self._shutdown_requested, self._supervisor_ready
         )
         self.selector = selectors.DefaultSelector()
         self.peers: dict[socket.socket, Peer] = {}
-        self.supervisor: subprocess.Popen | None = None
+        self.supervisor: Supervisor | None = None
         self.supervisor_channel: socket.socket | None = None
         self.supervisor_started = 0.0
         self.starts = 0
@@ -201,6 +205,7 @@ class Broker:
     # -- the supervisor -------------------------------------------------------
 
     def _start_supervisor(self) -> None:
+        assert self.launcher is not None
         broker_end, supervisor_end = channel_pair()
         channel_fd = supervisor_end.fileno()
         pipes = [os.pipe() for _ in self.output_sinks]
@@ -208,7 +213,7 @@ class Broker:
         env = supervisor_environment(self.user, channel_fd, os.environ, self.config.supervisor_env)
         try:
             self.supervisor = start_supervisor(
-                argv, self.user, channel_fd, env, pipes[0][1], pipes[1][1]
+                self.launcher, argv, channel_fd, env, pipes[0][1], pipes[1][1]
             )
         except SupervisorStartError as exc:
             broker_end.close()
@@ -271,7 +276,7 @@ class Broker:
         self.stopping = True
         self.stop_status = status
         self.restart_at = None
-        if self.supervisor is None and not _children():
+        if self.supervisor is None and not self._children():
             self.exit_status = status
 
     def _schedule_restart(self) -> None:
@@ -293,9 +298,11 @@ class Broker:
             if self.supervisor is not None and pid == self.supervisor.pid:
                 self.supervisor.returncode = code
                 self._supervisor_exited(code)
+            elif self.launcher is not None and pid == self.launcher.pid:
+                log.error("launcher_died", pid=pid, exit_code=code, hint="restart chapiteau")
             else:
                 log.info("orphan_reaped", pid=pid, exit_code=code)
-        if self.stopping and self.supervisor is None and not _children():
+        if self.stopping and self.supervisor is None and not self._children():
             self.exit_status = self.stop_status
 
     def _supervisor_exited(self, code: int) -> None:
@@ -307,7 +314,7 @@ class Broker:
         if self.supervisor_channel is not None:
             self._drop_peer(self.supervisor_channel)
             self.supervisor_channel = None
-        if _children():
+        if self._children():
             self._signal_orphans(signal.SIGTERM)
             self.kill_orphans_at = time.monotonic() + self.config.orphan_timeout
         if self.stopping:
@@ -330,7 +337,7 @@ class Broker:
     def _signal_orphans(self, signum: int) -> None:
         """Signal the process group of every child that is not the current supervisor."""
         keep = self.supervisor.pid if self.supervisor is not None else None
-        for pid in _children():
+        for pid in self._children():
             if pid == keep:
                 continue
             with contextlib.suppress(ProcessLookupError):
@@ -341,6 +348,11 @@ class Broker:
                     os.killpg(group, signum)
                 log.info("orphan_signalled", pid=pid, signal=signal.Signals(signum).name)
 
+    def _children(self) -> list[int]:
+        """Our children but the launcher: the supervisor and orphaned workers."""
+        launcher = self.launcher.pid if self.launcher is not None else None
+        return [pid for pid in _all_children() if pid != launcher]
+
     def _stop(self) -> None:
         if self.stopping and self.supervisor is None:
             return
@@ -348,7 +360,7 @@ class Broker:
         self.restart_at = None
         if self.supervisor is not None:
             self.supervisor.send_signal(signal.SIGTERM)
-        elif not _children():
+        elif not self._children():
             self.exit_status = 0
 
     def _shutdown_requested(self) -> None:
@@ -489,6 +501,8 @@ class Broker:
             # Its file is removed by whoever made it (main), through a checked directory fd.
             self.listener.close()
         close_all(self.service.sockets.values())
+        if self.launcher is not None:
+            self.launcher.close()
         log.info("broker_stopped", exit_status=self.exit_status)
 
 
@@ -506,7 +520,7 @@ def _wake_only(signum: int, frame: object) -> None:
     """Signals only wake the loop (through the wakeup fd); the loop handles them."""
 
 
-def _children() -> list[int]:
+def _all_children() -> list[int]:
     """The broker's current children, from /proc (orphans land here: we are a subreaper)."""
     pid = os.getpid()
     try:
@@ -527,18 +541,21 @@ def peer_uid(conn: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
-def listen_for_supervisors(path: str, user: ServiceUser) -> tuple[socket.socket, Entry]:
+def listen_for_supervisors(
+    path: str, user: ServiceUser, owner: int = -1
+) -> tuple[socket.socket, Entry]:
     """Listen on ``path`` for a separately started supervisor (connect mode).
 
     A missing directory is created 0750 (whatever the umask) with the service
-    user's group, so that only root and that group can even reach the socket;
+    user's group, owned by ``owner`` (the broker's own account, which can then
+    still remove the socket once it dropped root; -1: whoever creates it), so
+    that only the broker and that group can even reach the socket;
     the peer's uid is checked again on every connection. The directory must not
     be writable by the service user (broker/safe_paths.py). Returns the
     listening socket and its file, which the caller removes at the end
     (``binding.release``). BindError says what went wrong, for the operator.
     """
     where = f"[broker] socket_path = {path}"
-    owner = 0 if os.geteuid() == 0 else -1
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     refuse_fds(listener)
     entry = None

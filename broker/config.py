@@ -56,6 +56,7 @@ BROKER_KEYS = frozenset(
     {
         "user",
         "group",
+        "broker_user",
         "supervisor_command",
         "supervisor_env",
         "socket_path",
@@ -126,6 +127,8 @@ class BrokerConfig:
     runtime_directory_mode: int = DEFAULT_RUNTIME_DIRECTORY_MODE
     supervisor_env: tuple[str, ...] = ()
     """``[broker] supervisor_env``: more variables (NAME or PREFIX*) the supervisor inherits."""
+    broker_user: str | None = None
+    """``[broker] broker_user``: the broker's own uid once bound (None: the default account)."""
 
 
 def load_broker_config(path: str, environ: Mapping[str, str] | None = None) -> BrokerConfig:
@@ -205,6 +208,7 @@ def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec
         path=ini.path,
         user=section.get_str("user") or None,
         group=section.get_str("group") or None,
+        broker_user=section.get_str("broker_user") or None,
         supervisor_command=argv,
         socket_path=socket_path,
         orphan_timeout=orphan_timeout,

@@ -3,10 +3,12 @@
 The order is the trust model: everything that can fail for a reason the
 operator must fix (config, user, file access, binding) happens first, in the
 foreground, with a one-line error and a non-zero exit, before anything is
-started. Only then does the broker daemonize (if asked), drop its privileges
-and start the supervisor as the service user. Start-up ends when that
-supervisor is ready: until then the caller's stderr (or, with ``--daemon``,
-the foreground process) waits to hear whether the service runs.
+started. Only then does the broker daemonize (if asked), fork the launcher
+that will start each supervisor as the service user, and confine itself for
+good (its own uid, a few capabilities, Landlock, seccomp: broker/confinement.py).
+Start-up ends when that supervisor is ready: until then the caller's stderr
+(or, with ``--daemon``, the foreground process) waits to hear whether the
+service runs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import structlog
 from chapiteau.broker.binding import BindError, BoundSocket, check_unix_path, release
 from chapiteau.broker.broker import Broker, listen_for_supervisors
 from chapiteau.broker.config import BrokerConfig, load_broker_config
+from chapiteau.broker.confinement import confine
+from chapiteau.broker.launcher import fork_launcher
 from chapiteau.broker.logs import configure_logging
 from chapiteau.broker.pidfile import (
     PidfileError,
@@ -35,10 +39,8 @@ from chapiteau.broker.privileges import (
     PrivilegeError,
     ServiceUser,
     check_access,
-    drop_privileges,
-    needed_capabilities,
+    resolve_broker_user,
     resolve_service_user,
-    running_as_root,
     supervisor_files,
 )
 from chapiteau.broker.safe_paths import (
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.daemon and not args.log_output:
             raise ConfigError(DAEMON_NEEDS_LOG_OUTPUT)
         user = resolve_service_user(config.user, config.group)
+        broker_user = resolve_broker_user(config.broker_user, user)
         for path in config.files:
             check_trusted_file(path, user)
         if config.socket_path is None:
@@ -141,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             check_pidfile(args.pidfile, user)
         sockets = bind_all(config.sockets.values(), user)
         if config.socket_path:
-            listener, listener_file = listen_for_supervisors(config.socket_path, user)
+            owner = broker_user.uid if broker_user else -1
+            listener, listener_file = listen_for_supervisors(config.socket_path, user, owner)
         if args.daemon:
             report = daemonize(console)
         if args.pidfile:
@@ -160,11 +164,28 @@ def main(argv: list[str] | None = None) -> int:
     if report is None:
         # Without --log-output the log is the caller's stderr: it tells everything.
         report = StartupReport(None if console is sys.stderr else console)
-    if running_as_root():
-        drop_privileges(needed_capabilities(config))
-    options = ["--log-level", args.log_level, "--log-format", args.log_format]
+    # Connect mode: the supervisor is started by someone else; nothing to launch.
+    launcher = None if config.socket_path else fork_launcher(user)
     try:
-        return Broker(config, sockets, user, options, listener, report, log_sink).run()
+        try:
+            confined = confine(config, args.pidfile, broker_user, user)
+        except OSError as exc:
+            # Never run half-confined: stop before serving anything.
+            log.error("confinement_failed", error=str(exc))
+            report.failed(1, f"cannot confine the broker: {exc}")
+            close_all(sockets.values())
+            return 1
+        log.info(
+            "broker_confined",
+            uid=confined.uid,
+            capabilities=list(confined.capabilities),
+            landlock_abi=confined.landlock_abi,
+            seccomp_rules=confined.seccomp_rules,
+            launcher=launcher.pid if launcher else None,
+        )
+        options = ["--log-level", args.log_level, "--log-format", args.log_format]
+        broker = Broker(config, sockets, user, launcher, options, listener, report, log_sink)
+        return broker.run()
     finally:
         if listener_file is not None:
             release(listener_file)

@@ -8,9 +8,12 @@ Three narrow jobs around the privilege line:
   file the supervisor needs (the interpreter, the installed packages, the
   config), walking each path's directories, so that an interpreter under a
   0700 home directory is reported as exactly that instead of a cryptic crash;
-* once the sockets are bound, shrink the broker's capability bounding,
-  effective and permitted sets to what restarting the supervisor and
-  re-binding still need, and set no_new_privs.
+* once the sockets are bound, switch the broker to its own account
+  (``[broker] broker_user``, default ``chapiteau-broker``), which owns no
+  file, keeping only the capabilities that re-binding and signalling the
+  supervisor's processes still need, in every set including the bounding
+  set, and set no_new_privs. Starting the supervisor is the launcher's job
+  (broker/launcher.py), so the broker keeps neither CAP_SETUID nor CAP_SETGID.
 """
 
 from __future__ import annotations
@@ -31,7 +34,12 @@ import prctl
 from chapiteau.broker.config import BrokerConfig
 
 SUPERVISOR_MODULES = ("chapiteau.supervisor", "chapiteau.protocol", "zmq", "structlog", "psutil")
-BASE_CAPABILITIES = ("setuid", "setgid", "kill", "chown", "net_bind_service")
+BASE_CAPABILITIES = ("kill", "net_bind_service")
+"""Signal the supervisor and orphaned workers (another uid); bind ports below 1024 on reload."""
+DEFAULT_BROKER_USER = "chapiteau-broker"
+CREATE_BROKER_USER = (
+    f"useradd --system --no-create-home --shell /usr/sbin/nologin {DEFAULT_BROKER_USER}"
+)
 
 
 class PrivilegeError(Exception):
@@ -162,14 +170,59 @@ def needed_capabilities(config: BrokerConfig) -> tuple[str, ...]:
     return BASE_CAPABILITIES + extra
 
 
-def drop_privileges(capabilities: tuple[str, ...]) -> None:
-    """Limit the bounding, effective and permitted sets to ``capabilities``; set no_new_privs.
+def resolve_broker_user(name: str | None, service: ServiceUser) -> ServiceUser | None:
+    """The account the broker switches to once bound; None: it keeps its uid.
 
-    The order matters: the bounding set needs CAP_SETPCAP, which it drops, and
-    the permitted set cannot shrink below the effective set.
+    Without ``[broker] broker_user`` that is ``chapiteau-broker`` when the
+    account exists. Its supplementary group is the service user's group, so
+    that a config the supervisor can read, the broker can read again on reload.
+    Only root switches; ``root`` or uid 0 means: keep uid 0.
+    """
+    if not running_as_root():
+        return None
+    where = f"[broker] broker_user = {name}"
+    wanted = name or DEFAULT_BROKER_USER
+    try:
+        entry = pwd.getpwuid(int(wanted)) if wanted.isdigit() else pwd.getpwnam(wanted)
+    except KeyError:
+        if name is None:
+            return None
+        raise PrivilegeError(
+            f"{where}: no such user; create it (useradd --system --no-create-home "
+            f"--shell /usr/sbin/nologin {name}) or remove the option"
+        ) from None
+    if entry.pw_uid == 0:
+        return None
+    if entry.pw_uid == service.uid:
+        raise PrivilegeError(
+            f"{where}: the broker needs its own account, not the service user's "
+            f"({service.name}), which could signal it; run: {CREATE_BROKER_USER}"
+        )
+    groups = tuple(dict.fromkeys((entry.pw_gid, service.gid)))
+    return ServiceUser(entry.pw_name, entry.pw_uid, entry.pw_gid, groups)
+
+
+def drop_privileges(capabilities: tuple[str, ...], broker: ServiceUser | None = None) -> None:
+    """Switch to ``broker`` (if any) keeping only ``capabilities``, in every set; no_new_privs.
+
+    The order matters: the bounding set needs CAP_SETPCAP, which it drops;
+    the uid switch keeps the permitted set (keep-caps) and empties the
+    effective one, so the permitted set shrinks first and the kept
+    capabilities are then raised again.
     """
     keep = [getattr(prctl, f"CAP_{name.upper()}") for name in capabilities]
     prctl.capbset.limit(*keep)
+    if broker is not None:
+        prctl.set_keepcaps(True)
+        os.setgroups(list(broker.groups))
+        os.setresgid(broker.gid, broker.gid, broker.gid)
+        os.setresuid(broker.uid, broker.uid, broker.uid)
+        prctl.set_keepcaps(False)
     prctl.cap_effective.limit(*keep)
     prctl.cap_permitted.limit(*keep)
+    prctl.cap_inheritable.limit()
+    for name in capabilities:
+        setattr(prctl.cap_effective, name, True)
+    # Not ptrace-able nor readable through /proc by processes of the broker's own uid.
+    prctl.set_dumpable(False)
     prctl.set_no_new_privs(1)

@@ -1,23 +1,28 @@
 """Start the supervisor as the service user, with one end of the broker channel.
 
-The child's credentials are switched by the standard library's fork_exec
+The confined broker cannot fork a usable supervisor (its seccomp filter and
+Landlock domain would be inherited): it asks its launcher (broker/launcher.py),
+which switches the credentials with the standard library's fork_exec
 (setgroups, then setgid, then setuid, each checked, before exec), so a failed
-switch is an OSError in the broker and never a supervisor running as root.
-The supervisor gets its own session, so a terminal's Ctrl-C reaches only the
-broker, which then stops the supervisor in order. It gets none of the
+switch is a start error and never a supervisor running as root. The
+supervisor gets its own session, so a terminal's Ctrl-C reaches only the
+broker, which then stops the supervisor in order; it is the broker's child. It gets none of the
 broker's open files (its stdout and stderr are pipes the broker reads) and
 only an allow-listed environment: root's environment may hold secrets.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pwd
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from chapiteau.broker.config import BrokerConfig
-from chapiteau.broker.privileges import ServiceUser, running_as_root
+from chapiteau.broker.launcher import Launcher, LaunchError
+from chapiteau.broker.privileges import ServiceUser
 from chapiteau.protocol.constants import BROKER_FD_VARIABLE
 
 PASSED_VARIABLES = ("PATH", "LANG", "LC_*", "TZ", "PYTHONPATH")
@@ -27,6 +32,20 @@ and the import path the supervisor (the same Python program as the broker) needs
 
 class SupervisorStartError(Exception):
     """The supervisor program could not be started at all."""
+
+
+@dataclass
+class Supervisor:
+    """The running supervisor: the broker's child, reaped by the broker's loop."""
+
+    pid: int
+    returncode: int | None = None
+
+    def send_signal(self, signum: int) -> None:
+        """Signal it unless reaped (until then its pid cannot be reused)."""
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
 
 
 def supervisor_argv(config: BrokerConfig, channel_fd: int, options: Sequence[str]) -> list[str]:
@@ -77,31 +96,22 @@ def _matches(name: str, pattern: str) -> bool:
 
 
 def start_supervisor(
+    launcher: Launcher,
     argv: list[str],
-    user: ServiceUser,
     channel_fd: int,
     env: Mapping[str, str],
     stdout: int,
     stderr: int,
-) -> subprocess.Popen:
-    """Fork and exec the supervisor as ``user``, passing only ``channel_fd`` beyond stdio.
+) -> Supervisor:
+    """Have the launcher start the supervisor, passing only ``channel_fd`` beyond stdio.
 
-    Its stdin is /dev/null and its stdout and stderr are ``stdout`` and
-    ``stderr`` (the write ends of pipes the broker reads), never the broker's own.
+    It runs as the service user the launcher was forked for. Its stdin is
+    /dev/null and its stdout and stderr are ``stdout`` and ``stderr`` (the
+    write ends of pipes the broker reads), never the broker's own; the channel
+    keeps its fd number, the one ``argv`` names.
     """
-    credentials: dict = {}
-    if running_as_root():
-        credentials = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
+    fds = {channel_fd: channel_fd, 1: stdout, 2: stderr}
     try:
-        return subprocess.Popen(
-            argv,
-            pass_fds=(channel_fd,),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-            **credentials,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SupervisorStartError(f"cannot start the supervisor {argv[0]}: {exc}") from None
+        return Supervisor(launcher.start(argv, env, fds))
+    except LaunchError as exc:
+        raise SupervisorStartError(str(exc)) from None

@@ -7,8 +7,10 @@ port 80, the switch to the service user, capabilities.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +23,8 @@ from integration.harness import EXAMPLES, Chapiteau, free_port
 from integration.zmq_clients import Control, Events
 
 SERVICE_USER = "nobody"
+BROKER_USER = "chapiteau-broker"
+"""The broker's own account once it has bound (docs/security.md); created if missing."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -28,6 +32,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         skip = pytest.mark.skip(reason="integration tests run as root (as in CI)")
         for item in items:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def broker_account() -> pwd.struct_passwd | None:
+    """The broker's account, as the README tells operators to create it (idempotent)."""
+    if os.geteuid() != 0:
+        return None
+    # Another test session may create it at the same moment: only the lookup decides.
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", BROKER_USER],
+        capture_output=True,
+        check=False,
+    )
+    return pwd.getpwnam(BROKER_USER)
+
+
+def broker_directory(parent: Path, name: str = "run") -> Path:
+    """A directory only the broker's account may write (where it can remove what it created)."""
+    path = parent / name
+    path.mkdir(mode=0o755)
+    account = pwd.getpwnam(BROKER_USER)
+    os.chown(path, account.pw_uid, account.pw_gid)
+    return path
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from chapiteau.supervisor.children.process_tree import children
+from integration.conftest import BROKER_USER
 from integration.harness import DEFAULT_TIMEOUT, free_port, http_get, kill_tree, wait_until
 
 NOBODY = pwd.getpwnam("nobody")
@@ -97,7 +98,8 @@ def test_broker_spawns_no_supervisor(started):
 def test_socket_directory_is_0750_with_the_service_group(started, workdir):
     run = os.stat(workdir / "run")
     assert stat.S_IMODE(run.st_mode) == 0o750
-    assert (run.st_uid, run.st_gid) == (0, NOBODY.pw_gid)
+    # Its owner is the broker's own account: it removes the socket at stop without root.
+    assert (run.st_uid, run.st_gid) == (pwd.getpwnam(BROKER_USER).pw_uid, NOBODY.pw_gid)
     sock = os.lstat(workdir / "run" / "broker.sock")
     assert stat.S_ISSOCK(sock.st_mode) and stat.S_IMODE(sock.st_mode) == 0o660
     assert sock.st_gid == NOBODY.pw_gid

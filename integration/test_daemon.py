@@ -21,6 +21,7 @@ import pytest
 
 from chapiteau.broker.main import DAEMON_NEEDS_LOG_OUTPUT
 from chapiteau.supervisor.children.process_tree import descendants
+from integration.conftest import broker_directory
 from integration.harness import (
     DEFAULT_TIMEOUT,
     argv,
@@ -117,7 +118,7 @@ def test_daemon_detaches_and_the_pidfile_holds_the_broker(daemon):
 
 def test_sigterm_to_the_pidfile_pid_stops_everything(daemon):
     path, port = daemon
-    pidfile = path.parent / "chapiteau.pid"
+    pidfile = broker_directory(path.parent) / "chapiteau.pid"
     assert run(path, "--daemon", "--pidfile", str(pidfile)).returncode == 0
     pid = read_pid(pidfile)
     wait_until(lambda: served(port))
@@ -127,6 +128,21 @@ def test_sigterm_to_the_pidfile_pid_stops_everything(daemon):
     wait_until(lambda: not any(is_alive(p) for p in tree))
     assert not pidfile.exists()
     assert not served(port)
+
+
+def test_pidfile_in_a_root_directory_outlives_the_confined_broker_and_is_taken_over(daemon):
+    path, port = daemon
+    pidfile = path.parent / "chapiteau.pid"
+    assert run(path, "--daemon", "--pidfile", str(pidfile)).returncode == 0
+    pid = read_pid(pidfile)
+    wait_until(lambda: served(port))
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"))
+    assert pidfile.read_text() == f"{pid}\n"
+    again = run(path, "--daemon", "--pidfile", str(pidfile))
+    assert again.returncode == 0, again.stderr
+    wait_until(lambda: read_pid(pidfile) != pid)
+    assert read_pid(pidfile) in tree_of(path)
 
 
 def test_pidfile_naming_a_live_process_that_is_not_chapiteau_is_refused(daemon):
@@ -191,7 +207,8 @@ def test_start_up_error_goes_to_stderr_even_with_log_output(daemon):
 
 def test_circus_section_pidfile_logoutput_and_loglevel_apply(daemon):
     path, port = daemon
-    pidfile, logfile = path.parent / "from-config.pid", path.parent / "from-config.log"
+    pidfile = broker_directory(path.parent) / "from-config.pid"
+    logfile = path.parent / "from-config.log"
     text = path.read_text().replace(
         "[circus]\n",
         f"[circus]\npidfile = {pidfile}\nlogoutput = {logfile}\nloglevel = warning\n",

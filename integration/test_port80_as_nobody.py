@@ -22,8 +22,8 @@ numprocesses = 2
 copy_env = true
 """
 
-# Capabilities the broker may keep: CHOWN, KILL, SETGID, SETUID, NET_BIND_SERVICE.
-BROKER_CAPABILITIES = (1 << 0) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 10)
+# Capabilities the broker keeps once bound: KILL, NET_BIND_SERVICE (docs/security.md).
+BROKER_CAPABILITIES = (1 << 5) | (1 << 10)
 
 
 def ids(status: dict[str, str], field: str) -> set[int]:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from integration.conftest import BROKER_USER
+
 NOBODY = pwd.getpwnam("nobody")
 
 SERVER = """
@@ -72,7 +74,19 @@ def test_socket_file_mode_follows_the_octal_umask(chapiteau, workdir, umask, mod
 
 
 def test_socket_file_is_removed_when_chapiteau_stops(chapiteau, workdir):
+    # The confined broker removes it from a directory its own account may write.
+    workdir.chmod(0o755)
+    os.chown(workdir, pwd.getpwnam(BROKER_USER).pw_uid, 0)
     tree = start(chapiteau, workdir)
     assert ask(workdir / "app.sock")
     assert tree.stop() == 0
     assert not os.path.lexists(workdir / "app.sock")
+
+
+def test_socket_file_in_a_root_directory_stays_at_stop_and_the_log_says_so(chapiteau, workdir):
+    tree = start(chapiteau, workdir)
+    assert tree.stop() == 0
+    assert os.path.lexists(workdir / "app.sock")
+    (warning,) = tree.events_named("socket_file_not_removed")
+    assert warning["path"] == str(workdir / "app.sock")
+    assert warning["error"] == "Permission denied"

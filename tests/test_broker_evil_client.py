@@ -207,8 +207,10 @@ def broker(tmp_path: Path) -> Iterator[RunningBroker]:
     os.chmod(base, 0o711)
     socket_path = f"{base}/run/broker.sock"
     config = tmp_path / "chapiteau.ini"
+    # broker_user = root: out_of_fds() lowers the broker's RLIMIT_NOFILE, which
+    # another uid may only do with CAP_SYS_RESOURCE (which containers often lack).
     config.write_text(
-        f"[broker]\nsocket_path = {socket_path}\n\n"
+        f"[broker]\nsocket_path = {socket_path}\nbroker_user = root\n\n"
         "[socket:web]\nhost = 127.0.0.1\nport = 0\n\n"
         "[socket:shared]\nhost = 127.0.0.1\nport = 0\nso_reuseport = true\n"
     )

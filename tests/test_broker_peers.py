@@ -31,7 +31,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     config = tmp_path / "chapiteau.ini"
     config.write_text("[broker]\n")
     me = ServiceUser("me", os.getuid(), os.getgid(), (os.getgid(),))
-    broker = Broker(load_broker_config(str(config)), {}, me)
+    broker = Broker(load_broker_config(str(config)), {}, me, launcher=None)
     yield broker
     for conn in list(broker.peers):
         broker._drop_peer(conn)

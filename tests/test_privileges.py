@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -12,8 +13,10 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import prctl
 import pytest
 
+from chapiteau.broker import privileges
 from chapiteau.broker.config import BrokerConfig, SocketSpec
 from chapiteau.broker.privileges import (
     BASE_CAPABILITIES,
@@ -22,9 +25,11 @@ from chapiteau.broker.privileges import (
     check_access,
     drop_privileges,
     needed_capabilities,
+    resolve_broker_user,
     resolve_service_user,
     supervisor_files,
 )
+from tests.forked import in_child, status_fields
 from tests.specs import socket_spec
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to build owned trees")
@@ -175,21 +180,65 @@ def test_raw_socket_needs_net_raw():
     assert "net_raw" in needed_capabilities(config)
 
 
+def dropped(capabilities: tuple[str, ...], broker: ServiceUser | None = None) -> dict[str, str]:
+    """/proc/self/status of a child after drop_privileges."""
+
+    def child() -> str:
+        drop_privileges(capabilities, broker)
+        return json.dumps(status_fields())
+
+    code, output = in_child(child)
+    assert code == 0, output
+    return json.loads(output)
+
+
 def test_drop_privileges_limits_every_set_and_sets_no_new_privs():
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        drop_privileges(("net_bind_service", "setuid"))
-        with open("/proc/self/status") as status:
-            os.write(write, status.read().encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as reader:
-        fields = dict(line.rstrip("\n").split(":\t", 1) for line in reader if ":\t" in line)
-    os.waitpid(pid, 0)
+    fields = dropped(("net_bind_service", "setuid"))
     expected = (1 << 10) | (1 << 7)
     assert int(fields["CapBnd"], 16) == expected
     assert int(fields["CapEff"], 16) == expected
     assert int(fields["CapPrm"], 16) == expected
     assert fields["NoNewPrivs"] == "1"
+
+
+def test_drop_privileges_switches_to_the_broker_account_keeping_the_capabilities():
+    broker = ServiceUser("broker", 4243, 4244, (4244, OTHER_GID))
+    fields = dropped(BASE_CAPABILITIES, broker)
+    assert fields["Uid"].split() == ["4243"] * 4
+    assert fields["Gid"].split() == ["4244"] * 4
+    assert sorted(map(int, fields["Groups"].split())) == [OTHER_GID, 4244]
+    expected = (1 << prctl.CAP_KILL) | (1 << prctl.CAP_NET_BIND_SERVICE)
+    for key in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(fields[key], 16) == expected, key
+    assert int(fields["CapInh"], 16) == int(fields["CapAmb"], 16) == 0
+    assert fields["NoNewPrivs"] == "1"
+
+
+def test_without_its_account_the_broker_keeps_uid_0_silently_resolved_as_none(monkeypatch):
+    monkeypatch.setattr(privileges, "DEFAULT_BROKER_USER", "chapiteau-no-such-account")
+    assert resolve_broker_user(None, SERVICE) is None
+
+
+def test_a_configured_broker_user_that_does_not_exist_is_an_error():
+    with pytest.raises(
+        PrivilegeError, match=r"\[broker\] broker_user = no-such-user: no such user"
+    ):
+        resolve_broker_user("no-such-user", SERVICE)
+
+
+def test_the_broker_user_cannot_be_the_service_user():
+    with pytest.raises(PrivilegeError, match="its own account"):
+        resolve_broker_user("nobody", SERVICE)
+
+
+def test_root_as_broker_user_means_keep_uid_0():
+    assert resolve_broker_user("root", SERVICE) is None
+    assert resolve_broker_user("0", SERVICE) is None
+
+
+def test_the_broker_account_gets_the_service_group_to_read_the_config_again():
+    daemon = pwd.getpwnam("daemon")
+    broker = resolve_broker_user("daemon", SERVICE)
+    assert broker is not None
+    assert (broker.uid, broker.gid) == (daemon.pw_uid, daemon.pw_gid)
+    assert set(broker.groups) == {daemon.pw_gid, SERVICE.gid}
