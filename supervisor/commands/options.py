@@ -32,6 +32,7 @@ from chapiteau.supervisor.commands.base import (
     CommandError,
     Deferred,
     Fields,
+    Supervisor,
     bool_property,
     command,
     replacing,
@@ -48,7 +49,6 @@ from chapiteau.supervisor.config import (
 from chapiteau.supervisor.endpoints.controller import EndpointError, owner_uid
 
 if TYPE_CHECKING:
-    from chapiteau.supervisor.arbiter import Arbiter
     from chapiteau.supervisor.watcher import Watcher
 
 OTHER_KEYS = frozenset(
@@ -274,7 +274,9 @@ def resolve_group(value: int | str) -> int:
         raise CommandError(str(exc)) from None
 
 
-def check_owner(arbiter: Arbiter, options: dict[str, Any], current: WatcherConfig | None) -> None:
+def check_owner(
+    arbiter: Supervisor, options: dict[str, Any], current: WatcherConfig | None
+) -> None:
     """With endpoint_owner, refuse to make anything run for another user."""
     owner = arbiter.config.circus.endpoint_owner
     if owner is None:
@@ -325,7 +327,7 @@ def options_of(watcher: Watcher) -> dict[str, Any]:
 
 
 @command("get", "name", "keys")
-async def get(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+async def get(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
     watcher = watcher_named(arbiter, props)
     keys = props["keys"]
     if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
@@ -338,12 +340,12 @@ async def get(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
 
 
 @command("options", "name")
-async def options(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+async def options(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
     return {"options": options_of(watcher_named(arbiter, props))}
 
 
 @command("set", "name", "options")
-async def set_(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+async def set_(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     watcher = watcher_named(arbiter, props)
     changes = props["options"]
     if not isinstance(changes, dict):
@@ -364,7 +366,7 @@ async def set_(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
 
 
 @command("add", "name", "cmd")
-async def add(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+async def add(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     name, cmd = props["name"], props["cmd"]
     if not isinstance(name, str) or not name.strip():
         raise CommandError("message invalid 'name' is not a watcher name")
@@ -392,7 +394,7 @@ async def add(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
 
 
 @command("rm", "name")
-async def rm(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+async def rm(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     watcher = watcher_named(arbiter, props)
     nostop = bool_property(props, "nostop", False)
     return Deferred(arbiter.remove_watcher(watcher, nostop=nostop))
