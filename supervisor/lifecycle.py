@@ -434,10 +434,13 @@ class Lifecycle:
             return []
         return [Replace((pid,), 1, stop_first=self.config.singleton)]
 
-    def replacement_failed(self, old: tuple[int, ...], now: float, jitter: int) -> list[Action]:
-        """max_age: the replacement of ``old`` did not start; it serves on and expires later."""
+    def replacement_failed(
+        self, old: tuple[int, ...], now: float, jitter: int, error: str
+    ) -> list[Action]:
+        """max_age: the replacement of ``old`` did not start; it serves on and expires later
+        (a singleton's old process is gone: retried as a failed respawn)."""
         if self.config.singleton:
-            return self.respawn_failed(now, "replacement failed")
+            return self.respawn_failed(now, error)
         return [
             ArmExpiry(pid, now + self.config.max_age + jitter) for pid in old if pid in self.workers
         ]

@@ -538,7 +538,7 @@ class Watcher:
                     self._log.error("max_age_replacement_failed", pid=pid, error=str(exc))
                     jitter = random.randint(0, max(0, self.config.max_age_variance))
                     await self._perform(
-                        self.lifecycle.replacement_failed(action.old, self._now(), jitter)
+                        self.lifecycle.replacement_failed(action.old, self._now(), jitter, str(exc))
                     )
 
     async def _replace(self, action: Replace, running: Callable[[], None] = lambda: None) -> None:

@@ -331,9 +331,19 @@ def test_max_age_replaces_first_a_singleton_stops_first() -> None:
 
 def test_max_age_whose_replacement_failed_expires_again_later() -> None:
     driver, pids = started(2, max_age=10)
-    actions = driver.lifecycle.replacement_failed((pids[0],), now=50.0, jitter=1)
+    actions = driver.lifecycle.replacement_failed((pids[0],), 50.0, 1, "no such file")
     assert actions == [ArmExpiry(pids[0], 61.0)]
     assert pids[0] in driver.lifecycle.running
+
+
+def test_max_age_of_a_singleton_whose_replacement_failed_retries_later() -> None:
+    driver, [pid] = started(1, max_age=10, singleton=True)
+    driver.lifecycle.stopping_one(pid)
+    driver.crash_all([pid])
+    driver.lifecycle.spawn_failed("no such file", 2)
+    actions = driver.lifecycle.replacement_failed((pid,), 50.0, 1, "no such file")
+    assert actions == [ArmRespawn(50.1)]
+    assert driver.lifecycle.phase is Phase.BACKING_OFF
 
 
 def test_max_age_of_a_stopping_watcher_does_nothing() -> None:

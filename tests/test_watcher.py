@@ -78,6 +78,7 @@ async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher,
             spawned.add(payload["process_pid"]) if topic.endswith(".spawn") else None
         )
     )
+
     def adopt(pid: int, watcher: Watcher) -> None:
         workers[pid] = watcher
         children.watch(pid)
