@@ -351,10 +351,11 @@ class Watcher:
             await self._perform(event())
 
     def _announce(self) -> None:
-        """A ``state`` event (chapiteau's topic) when the phase changed."""
+        """Log a ``watcher_state`` line when the phase changed (no event: Circus clients
+        listening to every topic expect Circus's events in Circus's order)."""
         if self.lifecycle.phase is not self._announced:
             self._announced = self.lifecycle.phase
-            self._publish_own("state", self.describe())
+            self._log.info("watcher_state", **self.describe())
 
     # -- the life of the processes --------------------------------------------
 
