@@ -256,7 +256,7 @@ class Lifecycle:
         return next(wid for wid in range(1, len(used) + 2) if wid not in used)
 
     def describe(self, now: float) -> dict[str, Any]:
-        """The phase and what goes with it, for ``status`` and the ``state`` event."""
+        """The phase and what goes with it (``status`` verbose, the ``watcher_state`` log)."""
         described: dict[str, Any] = {"state": self.phase.value}
         if self.phase is Phase.BACKING_OFF and self.retry_at is not None:
             described["retry_in"] = round(max(0.0, self.retry_at - now), 3)
@@ -272,6 +272,7 @@ class Lifecycle:
         """``start`` (or the first connection with ``demanded``): top up, wait, or start."""
         if self.keeps_count:
             return [Reconcile()]
+        self.failure = None
         if self.config.on_demand and not demanded and has_sockets:
             if self.phase is Phase.WAITING_ON_DEMAND:
                 return []
@@ -280,7 +281,6 @@ class Lifecycle:
         self.phase = Phase.STARTING
         self.failed_rounds = 0
         self.spawn_failures = 0
-        self.failure = None
         return [Reconcile()]
 
     def start_refused(self) -> None:
