@@ -80,6 +80,26 @@ def test_status_without_name_maps_every_watcher_to_its_state(daemon):
     assert reply["statuses"] == {"web": "active", "worker": "active"}
 
 
+def test_status_verbose_shows_the_lifecycle_phase(daemon):
+    d = daemon(
+        f"[socket:web]\nhost = 127.0.0.1\nport = {free_port()}\n\n"
+        "[watcher:lazy]\ncmd = /bin/sleep 1000 $(circus.sockets.web)\non_demand = true\n\n"
+        "[watcher:crash]\ncmd = /bin/false\n\n"
+        "[watcher:broken]\ncmd = /nonexistent/program\nmax_retry = 0\n"
+    )
+
+    def phase(name: str) -> dict:
+        return d.call("status", name=name, verbose=True)["state"]
+
+    wait_until(lambda: phase("broken")["state"] == "failed")
+    wait_until(lambda: phase("crash")["state"] == "backing_off")
+    assert phase("lazy") == {"state": "waiting_on_demand"}
+    assert "spawn failed" in phase("broken")["reason"]
+    reply = d.call("status", verbose=True)
+    assert reply["statuses"] == {"lazy": "stopped", "crash": "active", "broken": "stopped"}
+    assert set(reply["states"]) == {"lazy", "crash", "broken"}
+
+
 def test_numprocesses_counts_running_processes(daemon):
     d = daemon(TWO)
     assert d.call("numprocesses")["numprocesses"] == 3

@@ -23,7 +23,8 @@ import structlog
 from chapiteau.protocol.constants import EX_CONFIG
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError, ReceivedSocket
 from chapiteau.supervisor.children.child_exit import ChildWatcher, become_subreaper
-from chapiteau.supervisor.commands import CommandError, dispatch
+from chapiteau.supervisor.commands import dispatch
+from chapiteau.supervisor.commands.base import CommandError
 from chapiteau.supervisor.config import (
     CURVE_CLIENTS,
     CURVE_SECRET_KEY,
@@ -71,6 +72,8 @@ class Arbiter:
         self.events = Events()
         self.watchers: dict[str, Watcher] = {}
         self.pids: dict[int, Watcher] = {}
+        """The pid index: every live worker's watcher. Written here only (``adopt`` in
+        `run`, `_child_exited`, `remove_watcher`)."""
         self.stopping = False
         self._done: asyncio.Future[None] | None = None
         self._runtime: Runtime | None = None
@@ -89,24 +92,11 @@ class Arbiter:
         become_subreaper()
         if self.config.circus.umask is not None:
             os.umask(self.config.circus.umask)
-        children = ChildWatcher(loop, self._child_exited, self._orphan_reaped)
-        redirector = Redirector(loop)
-        self._runtime = Runtime(
-            loop=loop,
-            children=children,
-            sockets=self.sockets,
-            redirector=redirector,
-            events=self.events,
-            arbiter=self,
-            workers=self.pids,
-            flapping=self.config.flapping,
-        )
+        self.attach(loop)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.quit()))
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_on_hup()))
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
-        for watcher_config in self.config.watchers:
-            self.watchers[watcher_config.name.lower()] = Watcher(watcher_config, self._runtime)
         try:
             self._open_endpoints()
             stats = await start_stats(self)
@@ -125,11 +115,39 @@ class Arbiter:
         await self._done
         stats.close()
         await self._close_endpoints()
-        children.close()
-        redirector.close()
+        self.detach()
+        return 0
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Build, on ``loop``, what the watchers share (child exits, output redirection,
+        the pid index) and the watchers of the configuration (stopped)."""
+        children = ChildWatcher(loop, self._child_exited, self._orphan_reaped)
+
+        def adopt(pid: int, watcher: Watcher) -> None:
+            self.pids[pid] = watcher
+            children.watch(pid)
+
+        self._runtime = Runtime(
+            loop=loop,
+            children=children,
+            sockets=self.sockets,
+            redirector=Redirector(loop),
+            events=self.events,
+            arbiter=self,
+            workers=self.pids,
+            adopt=adopt,
+            flapping=self.config.flapping,
+        )
+        for watcher_config in self.config.watchers:
+            self.watchers[watcher_config.name.lower()] = self.watcher(watcher_config)
+
+    def detach(self) -> None:
+        """Undo `attach` once the watchers are stopped (their processes are left alone)."""
+        if self._runtime is not None:
+            self._runtime.children.close()
+            self._runtime.redirector.close()
         for watcher in self.watchers.values():
             watcher.close_streams()
-        return 0
 
     def _open_endpoints(self) -> None:
         """The controller, then the PUB in the controller's ZMQ context: one authenticator
@@ -256,17 +274,18 @@ class Arbiter:
         await watcher.stop()
         watcher.close_streams()
 
-    async def prepare_reload(self) -> ReloadPlan:
-        """First half of ``reloadconfig``: raises (ConfigError, BrokerError, HookError, ...)
-        before anything changes. Reloads run one at a time: the lock taken here is
-        released by `apply_reload`, which must follow.
+    async def reload_config(self, planned: asyncio.Future[None] | None = None) -> None:
+        """``reloadconfig``: read the file again and switch to it; one reload at a time.
+
+        Everything that can fail (ConfigError, BrokerError, HookError, ...) raises
+        before anything changes; ``planned`` gets its result once the plan is made,
+        before the watchers are stopped, replaced, resized and started by priority.
         """
-        await self._reload_lock.acquire()
-        try:
-            return self._plan_reload()
-        except BaseException:
-            self._reload_lock.release()
-            raise
+        async with self._reload_lock:
+            plan = self._plan_reload()
+            if planned is not None:
+                planned.set_result(None)
+            await self._apply_reload(plan)
 
     def _plan_reload(self) -> ReloadPlan:
         """Read the file again, ask the broker for its sockets, and decide what changes.
@@ -322,11 +341,7 @@ class Arbiter:
         wanted = {s.name for s in new.sockets}
         fetch = [name for name in (*result.added, *result.changed) if name in wanted]
         received = self.broker.get_sockets(fetch)
-        for name in (*result.removed, *result.changed):
-            old = self.sockets.sockets.pop(name, None)
-            if old is not None:
-                plan.old_sockets.append(old)
-        self.sockets.sockets.update(received)
+        plan.old_sockets = self.sockets.replace(received, (*result.removed, *result.changed))
         return set(result.changed)
 
     def _apply_circus_options(self, config: Config) -> None:
@@ -340,14 +355,8 @@ class Arbiter:
         if self.pubsub is not None:
             self.pubsub.rebind(circus.pubsub_endpoint)
 
-    async def apply_reload(self, plan: ReloadPlan) -> None:
-        """Second half of ``reloadconfig``: stop, replace, resize and start, by priority."""
-        try:
-            await self._apply_reload(plan)
-        finally:
-            self._reload_lock.release()
-
     async def _apply_reload(self, plan: ReloadPlan) -> None:
+        """Stop, replace, resize and start, by priority."""
         await asyncio.gather(*(self.remove_watcher(w, announce=False) for w in plan.removed))
         replacements = {old: new for old, new in plan.replaced}
         await self.stop_watchers(list(replacements))

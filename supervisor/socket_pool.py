@@ -11,6 +11,7 @@ An SO_REUSEPORT socket is a fresh socket per worker, bound by the broker.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from chapiteau.protocol.channel import close_fds
@@ -40,6 +41,19 @@ class SocketPool:
     def __init__(self, client: BrokerClient | None, sockets: dict[str, ReceivedSocket]) -> None:
         self.client = client
         self.sockets = sockets
+
+    def replace(
+        self, received: dict[str, ReceivedSocket], dropped: Iterable[str]
+    ) -> list[ReceivedSocket]:
+        """reloadconfig: forget the ``dropped`` sockets, take the ``received`` ones; return
+        the sockets forgotten, for the caller to close once no worker is spawned with them."""
+        old = [self.sockets.pop(name) for name in dropped if name in self.sockets]
+        self.sockets.update(received)
+        return old
+
+    def fds_of(self, watcher: WatcherConfig) -> list[int]:
+        """The listening fds of ``watcher``'s sockets (on_demand waits on them)."""
+        return [self.sockets[name].fd for name in self.names_for(watcher)]
 
     def names_for(self, watcher: WatcherConfig) -> tuple[str, ...]:
         if watcher.sockets:

@@ -1,21 +1,16 @@
-"""One watcher: a named group of identical processes, kept at the configured count.
+"""The asyncio driver of one watcher: it carries out what its lifecycle decides.
 
-What happens when a worker dies? Read ``Watcher.process_exited``: the exit is
-reported by the child watcher the moment the kernel makes the pidfd readable;
-the process is forgotten, a ``reap`` event goes out, and unless the watcher is
-stopping (or ``respawn = false``) a replacement is spawned at once. Deaths soon
-after a spawn make their round of spawns a failed one, and each further failed
-round doubles the delay before the next respawn (capped; see
-`chapiteau.supervisor.crash_rounds`), so a crash loop costs bounded CPU while a
-one-off crash is repaired in milliseconds.
-
-A reload never leaves a watcher with fewer processes than before: the old
-processes stop only once their replacements run; if one cannot start, the new
-ones stop instead and `ReloadError` tells the caller.
+The decisions (which phase, respawn now or after a backoff, give up, what a
+reload replaces, when max_age expires) are all in `chapiteau.supervisor.lifecycle`,
+a pure state machine; read it first. This module feeds it events (a spawn ran
+or failed, a process exited, a timer fired, a client connected, a command) with
+the loop's time, and carries out the actions it returns: fork and exec through
+`chapiteau.supervisor.children.spawn`, signals and the graceful stop of a
+process tree, timers with ``loop.call_at``, the hooks and the events.
 
 Every operation that changes the process set (start, stop, restart, reload,
-incr/decr, respawn) runs under the watcher's own lock, so operations on one
-watcher queue in order while different watchers proceed concurrently.
+incr/decr, respawn, max_age) runs under the watcher's own lock, so operations
+on one watcher queue in order while different watchers proceed concurrently.
 """
 
 from __future__ import annotations
@@ -27,8 +22,8 @@ import random
 import resource
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -37,20 +32,38 @@ from chapiteau.supervisor.children.child_exit import ChildWatcher
 from chapiteau.supervisor.children.process_tree import ProcessTree
 from chapiteau.supervisor.children.spawn import SpawnError, SpawnSpec, spawn
 from chapiteau.supervisor.config import Flapping, WatcherConfig, worker_env
-from chapiteau.supervisor.crash_rounds import CrashRounds, backoff
 from chapiteau.supervisor.events import Events, own_topic
 from chapiteau.supervisor.hooks import Hooks
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.io.streams import build_stream, close_stream, reopen_stream
+from chapiteau.supervisor.lifecycle import (
+    Action,
+    ArmExpiry,
+    ArmRespawn,
+    CancelRespawn,
+    Halt,
+    Lifecycle,
+    Phase,
+    Publish,
+    Reconcile,
+    Replace,
+    SignalProcesses,
+    Start,
+    StartOnDemand,
+    StopProcesses,
+    UnwatchSockets,
+    WatchSockets,
+)
 from chapiteau.supervisor.process import Process
 from chapiteau.supervisor.socket_pool import SocketPool
 from chapiteau.supervisor.substitution import format_args
 
 log = structlog.get_logger("chapiteau.supervisor")
 
-STOPPED, STARTING, ACTIVE, STOPPING = "stopped", "starting", "active", "stopping"
 KILL_WAIT = 10.0
 """How long to wait for a SIGKILLed process to be reaped before giving up on it."""
+WARNING_EVENTS = ("crash_loop_backoff",)
+"""The lifecycle's events logged as warnings; the others are errors."""
 
 
 class ReloadError(Exception):
@@ -76,8 +89,10 @@ class Runtime:
     redirector: Redirector
     events: Events
     arbiter: Any
-    workers: dict[int, Watcher]
-    """Every live worker's pid, whichever watcher it belongs to."""
+    workers: Mapping[int, Watcher]
+    """Every live worker's pid, whichever watcher it belongs to (the arbiter's index)."""
+    adopt: Callable[[int, Watcher], None]
+    """The arbiter's: index a new worker's pid and watch for its exit."""
     flapping: Flapping
     """The configuration's crash-loop policy (reloadconfig replaces it)."""
 
@@ -86,20 +101,35 @@ class Watcher:
     """Keeps ``numprocesses`` processes of one command alive."""
 
     def __init__(self, config: WatcherConfig, runtime: Runtime) -> None:
-        self.config = config
+        self.lifecycle = Lifecycle(config)
         self.name = config.name
         self.runtime = runtime
-        self.state = STOPPED
         self.processes: dict[int, Process] = {}
         self.lock = asyncio.Lock()
         self.hooks = Hooks(config.name, config.hooks, self._publish_hook, _pythonpath(config))
         self.stdout_stream = _stream(config, "stdout")
         self.stderr_stream = _stream(config, "stderr")
-        self.crashes = CrashRounds()
-        self.spawn_failures = 0
-        self.on_demand_fds: list[int] = []
-        self.respawn_timer: asyncio.TimerHandle | None = None
+        self._respawn_timer: asyncio.TimerHandle | None = None
+        self._watched_fds: list[int] = []
+        self._announced = Phase.STOPPED
         self._log = log.bind(watcher=config.name)
+
+    @property
+    def config(self) -> WatcherConfig:
+        return self.lifecycle.config
+
+    @config.setter
+    def config(self, config: WatcherConfig) -> None:
+        self.lifecycle.config = config
+
+    @property
+    def state(self) -> str:
+        """Circus's word for the phase: stopped, starting, active or stopping."""
+        return self.lifecycle.phase.circus_status
+
+    def describe(self) -> dict[str, Any]:
+        """The lifecycle's phase (``status`` with ``verbose``, the ``state`` event)."""
+        return self.lifecycle.describe(self._now())
 
     # -- commands (each takes the lock) --------------------------------------
 
@@ -129,81 +159,48 @@ class Watcher:
     ) -> dict[str, list[int]]:
         """Replace every process: new ones first, then the old ones stop (Circus ``reload``).
 
-        An old process stops only once its replacement runs. If a new process
-        cannot start, the new ones stop, the old ones keep serving and
-        `ReloadError` says why. ``spawned`` gets its result once the new
-        processes run, before the old ones are stopped (with ``sequential``,
+        If a new process cannot start, the old ones keep serving and `ReloadError`
+        says why (see `Lifecycle.reload`). ``spawned`` gets its result once the
+        new processes run, before the old ones are stopped (with ``sequential``,
         once the first one runs; for a start or a restart, at once).
         """
         if not graceful:
             _resolve(spawned)
             return await self.restart()
         async with self.lock:
-            old = list(self.processes.values())
-            if self.state == STOPPED:
-                _resolve(spawned)
-                await self._start()
-            elif self.config.send_hup:
-                for process in old:
-                    # Circus sends the reload SIGHUP to the worker alone, bypassing the hooks.
-                    self.runtime.children.send_signal(process.pid, signal.SIGHUP)
+            old = set(self.processes)
+            planned = self.lifecycle.reload(sequential)
+            if any(isinstance(action, SignalProcesses) for action in planned):
+                # Circus sends the reload SIGHUP to the worker alone, bypassing the hooks.
+                self._effects(planned)
                 return {"stopped": [], "started": [], "kept": sorted(self.processes)}
-            elif sequential or self.config.singleton:
-                for process in old:
-                    await self._replace(process, len(old))
-                    _resolve(spawned)
-                    await self._warmup()
-            else:
-                await self._spawn_replacements(self.config.numprocesses, len(old))
-                _resolve(spawned)
-                await asyncio.gather(*(self._kill(process) for process in old))
+            pause = sequential or self.config.singleton
+            try:
+                await self._reload(self._effects(planned), spawned, pause)
+            except NotStarted as exc:
+                message, after = self.lifecycle.reload_failed(str(exc), len(old), self._now())
+                self._log.error("reload_failed", error=str(exc), serving=len(self.processes))
+                await self._perform(after)
+                raise ReloadError(message) from None
             self._publish("reload")
-            old_pids = {process.pid for process in old}
             return {
-                "stopped": sorted(old_pids),
-                "started": sorted(set(self.processes) - old_pids),
+                "stopped": sorted(old - set(self.processes)),
+                "started": sorted(set(self.processes) - old),
                 "kept": [],
             }
 
-    async def _spawn_replacements(self, count: int, serving: int) -> list[Process]:
-        """Spawn ``count`` processes, or none: after a failure the new ones stop again."""
-        new: list[Process] = []
-        try:
-            for _ in range(count):
-                new.append(await self._try_spawn())
-        except NotStarted as exc:
-            await asyncio.gather(*(self._kill(process) for process in new))
-            raise self._reload_failed(exc, serving) from None
-        return new
-
-    async def _replace(self, process: Process, serving: int) -> None:
-        """Sequential reload: the replacement of ``process`` first, then ``process`` stops.
-
-        A singleton never runs twice, even for a moment: its old process stops
-        first, and a replacement that cannot start is retried as after a failed
-        spawn.
-        """
-        if not self.config.singleton:
-            await self._spawn_replacements(1, serving)
-            await self._kill(process)
-            return
-        await self._kill(process)
-        try:
-            await self._try_spawn()
-        except NotStarted as exc:
-            delay = backoff(self.spawn_failures)
-            self._respawn_after(delay)
-            self._log.error("reload_failed", error=str(exc), retry_in=delay)
-            raise ReloadError(
-                f"a new process cannot start ({exc}); a singleton's old process stops first, "
-                f"so it is started again in {delay} s"
-            ) from None
-
-    def _reload_failed(self, reason: NotStarted, serving: int) -> ReloadError:
-        self._log.error("reload_failed", error=str(reason), serving=serving)
-        return ReloadError(
-            f"a new process cannot start ({reason}); {serving} running process(es) keep serving"
-        )
+    async def _reload(
+        self, actions: list[Action], spawned: asyncio.Future[Any] | None, pause: bool
+    ) -> None:
+        """Carry out a reload's actions; ``pause``: warmup_delay after each replacement."""
+        for action in actions:
+            if isinstance(action, Replace):
+                await self._replace(action, lambda: _resolve(spawned))
+                if pause:
+                    await self._warmup()
+            else:
+                _resolve(spawned)
+                await self._perform_one(action)
 
     async def set_numprocesses(self, count: int) -> int:
         """Change the target count and spawn or stop (the oldest) to reach it."""
@@ -216,10 +213,7 @@ class Watcher:
     async def _resize(self, new_count: Callable[[int], int]) -> int:
         """Set the target count to ``new_count(current count)``, not below 0, and reach it."""
         async with self.lock:
-            count = max(0, new_count(self.config.numprocesses))
-            self.config = replace(self.config, numprocesses=count)
-            if self.state == ACTIVE:
-                await self._reconcile()
+            await self._perform(self.lifecycle.resize(new_count(self.config.numprocesses)))
             return self.config.numprocesses
 
     def configure(
@@ -255,27 +249,30 @@ class Watcher:
     ) -> None:
         async with self.lock:
             previous = self.config
-            old_streams = {name: getattr(self, f"{name}_stream") for name in streams}
-            for name, stream in streams.items():
-                setattr(self, f"{name}_stream", stream)
-            self.config = config
+            old_streams = self._switch(config, streams)
             for _ in range(updated):
                 self._publish("updated")
-            if self.state == ACTIVE and not reload:
+            if self.lifecycle.serving and not reload:
                 await self._reconcile()
-        if reload and self.state != STOPPED:
+        if reload and self.state != "stopped":
             try:
                 await self.reload(spawned=spawned)
             except ReloadError as exc:
                 async with self.lock:
-                    self.config = previous
-                    for name, stream in old_streams.items():
-                        setattr(self, f"{name}_stream", stream)
-                    if self.state == ACTIVE:
+                    self._switch(previous, old_streams)
+                    if self.lifecycle.serving:
                         await self._reconcile()
                 _close_streams(streams.values())
                 raise ReloadError(f"{exc}, with the previous settings") from None
         _close_streams(old_streams.values())
+
+    def _switch(self, config: WatcherConfig, streams: dict[str, Any]) -> dict[str, Any]:
+        """Use ``config`` and ``streams``; return the streams replaced."""
+        old_streams = {name: getattr(self, f"{name}_stream") for name in streams}
+        for name, stream in streams.items():
+            setattr(self, f"{name}_stream", stream)
+        self.config = config
+        return old_streams
 
     async def kill(
         self, pid: int | None = None, signum: int | None = None, timeout: float | None = None
@@ -286,95 +283,145 @@ class Watcher:
             targets = list(self.processes.values())
         await asyncio.gather(*(self._kill(p, signum, timeout) for p in targets))
         async with self.lock:
-            if self.state == ACTIVE:
+            if self.lifecycle.serving:
                 await self._reconcile()
 
     def send_signal(self, signum: int, pid: int | None = None) -> None:
         for process in [self.processes[pid]] if pid in self.processes else self.processes.values():
             self._signal(process, signum)
 
+    # -- carrying out the lifecycle's actions -----------------------------------
+
+    def _now(self) -> float:
+        return self.runtime.loop.time()
+
+    def _effects(self, actions: list[Action]) -> list[Action]:
+        """Carry out the actions that take no time; return those to await under the lock."""
+        later: list[Action] = []
+        for action in actions:
+            if isinstance(action, Publish):
+                level = "warning" if action.event in WARNING_EVENTS else "error"
+                getattr(self._log, level)(action.event, **action.payload)
+                self._publish_own(action.event, action.payload)
+            elif isinstance(action, ArmRespawn | CancelRespawn):
+                self._set_respawn_timer(action.at if isinstance(action, ArmRespawn) else None)
+            elif isinstance(action, ArmExpiry):
+                self._arm_expiry(action.pid, action.at)
+            elif isinstance(action, WatchSockets | UnwatchSockets):
+                self._watch_sockets(isinstance(action, WatchSockets))
+            elif isinstance(action, SignalProcesses):
+                for pid in action.pids:
+                    self.runtime.children.send_signal(pid, action.signum)
+            else:
+                later.append(action)
+        self._announce()
+        return later
+
+    async def _perform(self, actions: list[Action]) -> None:
+        """Carry out ``actions`` (the caller holds the lock)."""
+        for action in self._effects(actions):
+            await self._perform_one(action)
+
+    async def _perform_one(self, action: Action) -> None:
+        if isinstance(action, Reconcile):
+            await self._reconcile()
+        elif isinstance(action, StopProcesses):
+            await self._kill_all(action.pids)
+        elif isinstance(action, Halt):
+            if action.reason is not None:
+                self._log.error("watcher_stopped_on_failure", reason=action.reason)
+            await self._stop()
+        elif isinstance(action, Start):
+            await self._start()
+        elif isinstance(action, StartOnDemand):
+            self._log.info("on_demand_triggered")
+            await self._start(demanded=True)
+        elif isinstance(action, Replace):
+            await self._replace(action)
+
+    def _soon(self, actions: list[Action]) -> None:
+        """From a callback: the quick actions now, the others in a task under the lock."""
+        later = self._effects(actions)
+        if later:
+            self.runtime.loop.create_task(self._locked(lambda: later))
+
+    async def _locked(self, event: Callable[[], list[Action]]) -> None:
+        """Feed ``event`` to the lifecycle under the lock, and carry out its actions."""
+        async with self.lock:
+            await self._perform(event())
+
+    def _announce(self) -> None:
+        """Log a ``watcher_state`` line when the phase changed (no event: Circus clients
+        listening to every topic expect Circus's events in Circus's order)."""
+        if self.lifecycle.phase is not self._announced:
+            self._announced = self.lifecycle.phase
+            self._log.info("watcher_state", **self.describe())
+
     # -- the life of the processes --------------------------------------------
 
     async def _start(self, demanded: bool = False) -> None:
-        if self.state == ACTIVE:
-            await self._reconcile()
+        was = self.lifecycle.phase
+        has_sockets = bool(self.runtime.sockets.names_for(self.config))
+        actions = self.lifecycle.start(demanded, has_sockets)
+        if self.lifecycle.phase is not Phase.STARTING or was is Phase.STARTING:
+            await self._perform(actions)
             return
-        if self.config.on_demand and not demanded and self._arm_on_demand():
-            return
-        self.state = STARTING
         if not self._hook("before_start"):
-            self.state = STOPPED
+            self.lifecycle.start_refused()
+            self._announce()
             self._log.warning("watcher_start_refused", hook="before_start")
             return
-        self.crashes.reset()
-        self.spawn_failures = 0
-        await self._reconcile()
-        if self.state != STARTING:
+        await self._perform(actions)
+        if not self.lifecycle.keeps_count:
             return
-        self.state = ACTIVE
+        self.lifecycle.started()
+        self._announce()
         self._log.info("watcher_started", processes=len(self.processes))
         self._publish("start")
         if not self._hook("after_start"):
             await self._stop()
 
     async def _stop(self) -> None:
-        self._disarm_on_demand()
-        if self.state == STOPPED and not self.processes:
+        actions = self.lifecycle.stop()
+        if self.lifecycle.phase is not Phase.STOPPING:
+            await self._perform(actions)
             return
-        self.state = STOPPING
-        self._cancel_respawn()
         self._hook("before_stop")
-        await asyncio.gather(*(self._kill(process) for process in list(self.processes.values())))
-        self.state = STOPPED
+        await self._perform(actions)
+        self.lifecycle.stopped()
+        self._announce()
         self._log.info("watcher_stopped")
         self._publish("stop")
         self._hook("after_stop")
 
-    def _arm_on_demand(self) -> bool:
-        """Start at the first connection to one of this watcher's sockets (``on_demand``).
+    def _watch_sockets(self, watch: bool) -> None:
+        """on_demand: start at the first connection to one of this watcher's sockets.
 
         Only this watcher starts, whatever its place in the start order, and a
         stopped watcher stays stopped: Circus starts every autostart watcher on
         a connection to any socket, and this one only if it comes first.
         The loop watches the listening sockets only while the watcher
         waits; the client stays in the accept queue until a worker accepts it.
-        Returns False when the watcher has no socket to wait on.
         """
-        names = self.runtime.sockets.names_for(self.config)
-        if not names:
-            return False
-        if not self.on_demand_fds:
-            self.on_demand_fds = [self.runtime.sockets.sockets[name].fd for name in names]
-            for fd in self.on_demand_fds:
-                self.runtime.loop.add_reader(fd, self._on_demand_connection)
-            self._log.info("on_demand_waiting", sockets=list(names))
-        return True
-
-    def _disarm_on_demand(self) -> None:
-        for fd in self.on_demand_fds:
+        for fd in self._watched_fds:
             self.runtime.loop.remove_reader(fd)
-        self.on_demand_fds = []
+        self._watched_fds = self.runtime.sockets.fds_of(self.config) if watch else []
+        for fd in self._watched_fds:
+            self.runtime.loop.add_reader(fd, self._soon_connection)
+        if watch:
+            names = list(self.runtime.sockets.names_for(self.config))
+            self._log.info("on_demand_waiting", sockets=names)
 
-    def _on_demand_connection(self) -> None:
-        self._disarm_on_demand()
-        self._log.info("on_demand_triggered")
-        self.runtime.loop.create_task(self._start_on_demand())
-
-    async def _start_on_demand(self) -> None:
-        async with self.lock:
-            if self.state == STOPPED:
-                await self._start(demanded=True)
+    def _soon_connection(self) -> None:
+        self._soon(self.lifecycle.connection())
 
     async def _reconcile(self) -> None:
         """Spawn the missing processes, or stop the oldest extra ones."""
-        extra = len(self.processes) - self.config.numprocesses
-        if extra > 0:
-            oldest = sorted(self.processes.values(), key=lambda p: p.started_monotonic)[:extra]
-            await asyncio.gather(*(self._kill(process) for process in oldest))
-        while len(self.processes) < self.config.numprocesses and self.state in (STARTING, ACTIVE):
+        await self._kill_all(self.lifecycle.extra())
+        while self.lifecycle.keeps_count and self.lifecycle.missing():
             if await self._spawn_one() is None:
                 return
-            if len(self.processes) < self.config.numprocesses:
+            if self.lifecycle.missing():
                 await self._warmup()
 
     async def _warmup(self) -> None:
@@ -382,7 +429,7 @@ class Watcher:
             await asyncio.sleep(self.config.warmup_delay)
 
     async def _spawn_one(self) -> Process | None:
-        """Spawn one process; after a failure retry later (max_retry times), then stop.
+        """Spawn one process; after a failure the lifecycle retries later or stops.
 
         The retry waits on a timer, not under the lock, so that a watcher whose
         command cannot start never blocks stop, other commands, or the start
@@ -391,12 +438,9 @@ class Watcher:
         try:
             return await self._try_spawn()
         except HookRefused as exc:
-            await self._stop_after_failure(str(exc))
+            await self._perform(self.lifecycle.spawn_refused(str(exc)))
         except NotStarted as exc:
-            if 0 <= self.config.max_retry < self.spawn_failures:
-                await self._stop_after_failure(f"spawn failed {self.spawn_failures} times: {exc}")
-            else:
-                self._respawn_after(backoff(self.spawn_failures))
+            await self._perform(self.lifecycle.respawn_failed(self._now(), str(exc)))
         return None
 
     async def _try_spawn(self) -> Process:
@@ -406,16 +450,8 @@ class Watcher:
         try:
             process = self._spawn()
         except (SpawnError, OSError, ValueError) as exc:
-            self.spawn_failures += 1
-            errno = getattr(exc, "errno", None)
-            self._log.error(
-                "spawn_failed", error=str(exc), errno=errno, attempt=self.spawn_failures
-            )
-            self._publish_own(
-                "spawn_failed", {"error": str(exc), "errno": errno, "attempt": self.spawn_failures}
-            )
+            self._effects(self.lifecycle.spawn_failed(str(exc), getattr(exc, "errno", None)))
             raise NotStarted(str(exc)) from exc
-        self.spawn_failures = 0
         if not self._hook("after_spawn", pid=process.pid):
             await self._kill(process)
             raise HookRefused("after_spawn hook refused the process")
@@ -424,30 +460,12 @@ class Watcher:
     def _spawn(self) -> Process:
         """Fork and exec one process now, and start watching it."""
         config = self.config
-        wid = self._next_wid()
+        wid = self.lifecycle.next_wid()
         plan = self.runtime.sockets.plan(config)
         stdout = _pipe() if self.stdout_stream else None
         stderr = _pipe() if self.stderr_stream else None
         try:
-            spec = SpawnSpec(
-                argv=tuple(format_args(config, wid, plan.numbers)),
-                env=worker_env(config.env),
-                executable=config.executable,
-                working_dir=config.working_dir,
-                uid=config.uid,
-                gid=config.gid,
-                user_name=_user_name(config.uid),
-                umask=config.umask,
-                rlimits=_rlimits(config.rlimits),
-                fds=plan.fds,
-                stdin=plan.stdin,
-                stdout=stdout[1] if stdout else None,
-                stderr=stderr[1] if stderr else None,
-                close_stdout=config.close_child_stdout,
-                close_stderr=config.close_child_stderr,
-                listen_fds_names=plan.listen_fds_names,
-            )
-            pid = spawn(spec)
+            pid = spawn(_spec(config, wid, plan, stdout, stderr))
         except BaseException:
             for pipe in (stdout, stderr):
                 if pipe:
@@ -459,26 +477,18 @@ class Watcher:
             for pipe in (stdout, stderr):
                 if pipe:
                     os.close(pipe[1])
-        process = Process(pid, wid, self.runtime.loop.create_future(), self.crashes.current)
+        process = Process(pid, wid, self.runtime.loop.create_future())
         self.processes[pid] = process
-        self.runtime.workers[pid] = self
-        self.runtime.children.watch(pid)
+        self.runtime.adopt(pid, self)
         if stdout and self.stdout_stream:
             self.runtime.redirector.add(stdout[0], pid, "stdout", self.stdout_stream)
         if stderr and self.stderr_stream:
             self.runtime.redirector.add(stderr[0], pid, "stderr", self.stderr_stream)
-        self._arm_max_age(process)
+        jitter = random.randint(0, max(0, config.max_age_variance))
+        self._effects(self.lifecycle.spawned(pid, wid, self._now(), jitter))
         self._log.info("process_spawned", pid=pid, wid=wid)
         self._publish("spawn", {"process_pid": pid, "time": process.started})
         return process
-
-    def _next_wid(self) -> int:
-        """The lowest wid in use by nobody, from 1 to 2 x numprocesses (as in Circus)."""
-        used = {process.wid for process in self.processes.values()}
-        for wid in range(1, 2 * max(1, self.config.numprocesses) + len(used) + 1):
-            if wid not in used:
-                return wid
-        raise RuntimeError("no wid left")
 
     def process_exited(self, pid: int, code: int) -> None:
         """The child watcher saw ``pid`` exit: forget it, report it, replace it if needed."""
@@ -494,67 +504,62 @@ class Watcher:
         self._log.info("process_reaped", pid=pid, wid=process.wid, exit_code=code)
         self._publish("reap", {"process_pid": pid, "time": now, "exit_code": code})
         self._hook("after_reap", process_pid=pid, time=now, exit_code=code, process_status=None)
-        if process.stopping or self.state not in (ACTIVE, STARTING):
-            return
-        if not self.config.respawn:
-            if not self.processes and self.state == ACTIVE:
-                self.runtime.loop.create_task(self.stop())
-            return
-        self._schedule_respawn(process)
+        self._soon(self.lifecycle.exited(pid, self._now(), self.runtime.flapping))
 
-    def _schedule_respawn(self, process: Process) -> None:
-        flapping = self.runtime.flapping
-        respawn = self.crashes.exited(
-            process.crash_round, process.age, flapping.window, flapping.max_retry
-        )
-        if respawn is None:
-            self._log.error("crash_loop_stopped", failed_rounds=self.crashes.failed)
-            self._publish_own("crash_loop_stopped", {"failed_rounds": self.crashes.failed})
-            self.runtime.loop.create_task(self.stop())
-            return
-        if not respawn.new_failure and self.respawn_timer is not None:
-            return  # the respawn of this round is already due
-        if respawn.new_failure and respawn.delay > 0:
-            payload = {"failed_rounds": respawn.failed_rounds, "delay": respawn.delay}
-            self._log.warning("crash_loop_backoff", **payload)
-            self._publish_own("crash_loop_backoff", payload)
-        self._respawn_after(respawn.delay)
+    def _set_respawn_timer(self, at: float | None) -> None:
+        if self._respawn_timer is not None:
+            self._respawn_timer.cancel()
+            self._respawn_timer = None
+        if at is not None:
+            self._respawn_timer = self.runtime.loop.call_at(at, self._respawn_due)
 
-    async def _respawn(self) -> None:
-        self.respawn_timer = None
-        async with self.lock:
-            if self.state == ACTIVE:
-                await self._reconcile()
+    def _respawn_due(self) -> None:
+        self._respawn_timer = None
+        self.runtime.loop.create_task(self._locked(self.lifecycle.timer_fired))
 
-    async def _expire(self, process: Process) -> None:
-        """max_age: the replacement starts before the old process stops, so capacity never dips.
-
-        A singleton is the exception: it must never run twice, so it stops first.
-        """
-        async with self.lock:
-            if process.pid not in self.processes or self.state != ACTIVE:
-                return
-            process.stopping = True
-            if self.config.singleton:
-                await self._kill(process)
-                await self._spawn_one()
-                return
-            try:
-                await self._try_spawn()
-            except NotStarted as exc:
-                # Without its replacement the old process serves on, and expires again later.
-                self._log.error("max_age_replacement_failed", pid=process.pid, error=str(exc))
-                process.stopping = False
-                self._arm_max_age(process)
-                return
-            await self._kill(process)
-
-    def _arm_max_age(self, process: Process) -> None:
-        if self.config.max_age > 0:
-            lifetime = self.config.max_age + random.randint(0, max(0, self.config.max_age_variance))
-            process.max_age_timer = self.runtime.loop.call_later(
-                lifetime, lambda: self.runtime.loop.create_task(self._expire(process))
+    def _arm_expiry(self, pid: int, at: float) -> None:
+        process = self.processes.get(pid)
+        if process is not None:
+            process.max_age_timer = self.runtime.loop.call_at(
+                at, lambda: self.runtime.loop.create_task(self._expire(pid))
             )
+
+    async def _expire(self, pid: int) -> None:
+        """max_age: the replacement starts before the old process stops, so capacity never dips
+        (a singleton, which must never run twice, stops first)."""
+        async with self.lock:
+            for action in self._effects(self.lifecycle.expired(pid)):
+                assert isinstance(action, Replace)
+                try:
+                    await self._replace(action)
+                except HookRefused as exc:
+                    await self._perform(self.lifecycle.spawn_refused(str(exc)))
+                except NotStarted as exc:
+                    # Without its replacement the old process serves on, and expires again later.
+                    self._log.error("max_age_replacement_failed", pid=pid, error=str(exc))
+                    jitter = random.randint(0, max(0, self.config.max_age_variance))
+                    await self._perform(
+                        self.lifecycle.replacement_failed(action.old, self._now(), jitter, str(exc))
+                    )
+
+    async def _replace(self, action: Replace, running: Callable[[], None] = lambda: None) -> None:
+        """Spawn ``action.count`` processes, then stop ``action.old`` (or stop first, for a
+        singleton). Raise NotStarted if one cannot start: the new ones stop again."""
+        if action.stop_first:
+            await self._kill_all(action.old)
+        new: list[Process] = []
+        try:
+            for _ in range(action.count):
+                new.append(await self._try_spawn())
+        except NotStarted:
+            await asyncio.gather(*(self._kill(process) for process in new))
+            raise
+        running()
+        await self._kill_all(action.old)
+
+    async def _kill_all(self, pids: Iterable[int]) -> None:
+        targets = [self.processes[pid] for pid in pids if pid in self.processes]
+        await asyncio.gather(*(self._kill(process) for process in targets))
 
     async def _kill(
         self, process: Process, signum: int | None = None, timeout: float | None = None
@@ -565,7 +570,7 @@ class Watcher:
         it (setsid), so nothing the worker started outlives it; Circus orphans
         them.
         """
-        process.stopping = True
+        self.lifecycle.stopping_one(process.pid)
         process.cancel_timers()
         loop = self.runtime.loop
         grace = self.config.graceful_timeout if timeout is None else timeout
@@ -597,22 +602,6 @@ class Watcher:
         else:
             self.runtime.children.send_signal(process.pid, signum)
         self._hook("after_signal", pid=process.pid, signum=signum)
-
-    async def _stop_after_failure(self, reason: str) -> None:
-        self._log.error("watcher_stopped_on_failure", reason=reason)
-        await self._stop()
-
-    def _respawn_after(self, delay: float) -> None:
-        """Reach the target count again in ``delay`` seconds (replacing a pending respawn)."""
-        self._cancel_respawn()
-        self.respawn_timer = self.runtime.loop.call_later(
-            delay, lambda: self.runtime.loop.create_task(self._respawn())
-        )
-
-    def _cancel_respawn(self) -> None:
-        if self.respawn_timer is not None:
-            self.respawn_timer.cancel()
-            self.respawn_timer = None
 
     # -- events and hooks -------------------------------------------------------
 
@@ -662,6 +651,34 @@ def _close_streams(streams: Iterable[Any]) -> None:
     for stream in streams:
         if stream is not None:
             close_stream(stream)
+
+
+def _spec(
+    config: WatcherConfig,
+    wid: int,
+    plan: Any,
+    stdout: tuple[int, int] | None,
+    stderr: tuple[int, int] | None,
+) -> SpawnSpec:
+    """What to fork and exec for process ``wid`` of ``config`` with the sockets of ``plan``."""
+    return SpawnSpec(
+        argv=tuple(format_args(config, wid, plan.numbers)),
+        env=worker_env(config.env),
+        executable=config.executable,
+        working_dir=config.working_dir,
+        uid=config.uid,
+        gid=config.gid,
+        user_name=_user_name(config.uid),
+        umask=config.umask,
+        rlimits=_rlimits(config.rlimits),
+        fds=plan.fds,
+        stdin=plan.stdin,
+        stdout=stdout[1] if stdout else None,
+        stderr=stderr[1] if stderr else None,
+        close_stdout=config.close_child_stdout,
+        close_stderr=config.close_child_stderr,
+        listen_fds_names=plan.listen_fds_names,
+    )
 
 
 def _pipe() -> tuple[int, int]:

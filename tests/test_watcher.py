@@ -78,6 +78,11 @@ async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher,
             spawned.add(payload["process_pid"]) if topic.endswith(".spawn") else None
         )
     )
+
+    def adopt(pid: int, watcher: Watcher) -> None:
+        workers[pid] = watcher
+        children.watch(pid)
+
     runtime = Runtime(
         loop=loop,
         children=children,
@@ -86,6 +91,7 @@ async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher,
         events=events,
         arbiter=None,
         workers=workers,
+        adopt=adopt,
         flapping=Flapping(window=30.0),
     )
     watcher = Watcher(watcher_config, runtime)

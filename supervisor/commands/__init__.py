@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -29,13 +29,10 @@ from chapiteau.protocol.circus_messages import (
 )
 from chapiteau.protocol.ini import ConfigError
 from chapiteau.supervisor.commands import info, options, watchers
-from chapiteau.supervisor.commands.base import COMMANDS, CommandError, Deferred
+from chapiteau.supervisor.commands.base import COMMANDS, CommandError, Deferred, Supervisor
 from chapiteau.supervisor.hooks import HookError
 from chapiteau.supervisor.io.streams import StreamConfigError
 from chapiteau.supervisor.watcher import ReloadError
-
-if TYPE_CHECKING:
-    from chapiteau.supervisor.arbiter import Arbiter
 
 __all__ = ["COMMANDS", "CommandError", "dispatch", "info", "options", "watchers"]
 
@@ -44,13 +41,13 @@ log = structlog.get_logger("chapiteau.supervisor")
 _background: set[asyncio.Task[Any]] = set()
 
 
-async def dispatch(arbiter: Arbiter, request: Request, raw: bytes) -> dict[str, Any] | None:
+async def dispatch(arbiter: Supervisor, request: Request, raw: bytes) -> dict[str, Any] | None:
     """The reply to ``request`` (None for a cast); never raises."""
     reply = await _run(arbiter, request, raw)
     return None if request.cast else reply
 
 
-async def _run(arbiter: Arbiter, request: Request, raw: bytes) -> dict[str, Any]:
+async def _run(arbiter: Supervisor, request: Request, raw: bytes) -> dict[str, Any]:
     found = COMMANDS.get(request.command)
     if found is None:
         return error(

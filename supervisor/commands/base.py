@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chapiteau.protocol.circus_messages import MESSAGE_ERROR
 from chapiteau.protocol.options import TRUE_WORDS
@@ -22,10 +22,41 @@ from chapiteau.protocol.signals import SignalError, parse_signal
 from chapiteau.supervisor.watcher import ReloadError
 
 if TYPE_CHECKING:
-    from chapiteau.supervisor.arbiter import Arbiter
+    from chapiteau.supervisor.config import Config, WatcherConfig
+    from chapiteau.supervisor.endpoints.stats import ProcessSampler
+    from chapiteau.supervisor.socket_pool import SocketPool
     from chapiteau.supervisor.watcher import Watcher
 
 Fields = dict[str, Any]
+
+
+class Supervisor(Protocol):
+    """What the commands see of the arbiter. The arbiter implements it and passes
+    itself to `chapiteau.supervisor.commands.dispatch`; no command imports it."""
+
+    config: Config
+    sockets: SocketPool
+    watchers: dict[str, Watcher]
+    """By lower-cased name."""
+    sampler: ProcessSampler
+
+    def by_priority(self) -> list[Watcher]: ...
+
+    async def start_watchers(self, watchers: Iterable[Watcher], autostart_only: bool) -> None: ...
+
+    async def stop_watchers(self, watchers: Iterable[Watcher]) -> None: ...
+
+    async def reload_all(self, graceful: bool = True, sequential: bool = False) -> None: ...
+
+    async def reload_config(self, planned: asyncio.Future[None] | None = None) -> None: ...
+
+    async def quit(self, shutdown_broker: bool = False) -> None: ...
+
+    def add_watcher(self, config: WatcherConfig) -> Watcher: ...
+
+    async def remove_watcher(
+        self, watcher: Watcher, nostop: bool = False, announce: bool = True
+    ) -> None: ...
 
 
 class CommandError(Exception):
@@ -75,7 +106,7 @@ def replacing(
     return Deferred(run(), shape, started)
 
 
-Handler = Callable[["Arbiter", dict[str, Any]], Awaitable["Fields | Deferred"]]
+Handler = Callable[["Supervisor", dict[str, Any]], Awaitable["Fields | Deferred"]]
 
 
 @dataclass(frozen=True)
@@ -98,7 +129,7 @@ def command(name: str, *required: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def watcher_named(arbiter: Arbiter, properties: dict[str, Any]) -> Watcher:
+def watcher_named(arbiter: Supervisor, properties: dict[str, Any]) -> Watcher:
     """The watcher named by ``properties["name"]`` (ignoring case), or errno 3."""
     name = properties.get("name")
     if not isinstance(name, str):
@@ -109,7 +140,7 @@ def watcher_named(arbiter: Arbiter, properties: dict[str, Any]) -> Watcher:
     return watcher
 
 
-def matching_watchers(arbiter: Arbiter, properties: dict[str, Any]) -> list[Watcher]:
+def matching_watchers(arbiter: Supervisor, properties: dict[str, Any]) -> list[Watcher]:
     """The watchers ``name`` matches under ``match`` (glob, regex or simple), by priority."""
     name = properties.get("name")
     if not isinstance(name, str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,7 @@ from chapiteau.supervisor.commands.base import (
     CommandError,
     Deferred,
     Fields,
+    Supervisor,
     bool_property,
     command,
     int_property,
@@ -16,7 +18,6 @@ from chapiteau.supervisor.commands.base import (
 )
 
 if TYPE_CHECKING:
-    from chapiteau.supervisor.arbiter import Arbiter
     from chapiteau.supervisor.watcher import Watcher
 
 GLOBAL_OPTIONS = (
@@ -29,7 +30,7 @@ GLOBAL_OPTIONS = (
 NO_SUCH_PROCESS = "No such process (stopped?)"
 
 
-def watcher_process_info(arbiter: Arbiter, watcher: Watcher, pid: int, extended: bool) -> Any:
+def watcher_process_info(arbiter: Supervisor, watcher: Watcher, pid: int, extended: bool) -> Any:
     """Circus's per-process info (as in its stats), with ``started``, ``wid`` and children."""
     process = watcher.processes[pid]
     info = arbiter.sampler.sample(pid, children=True)
@@ -42,7 +43,7 @@ def watcher_process_info(arbiter: Arbiter, watcher: Watcher, pid: int, extended:
     return info
 
 
-def _process_infos(arbiter: Arbiter, watcher: Watcher, extended: bool) -> dict[str, Any]:
+def _process_infos(arbiter: Supervisor, watcher: Watcher, extended: bool) -> dict[str, Any]:
     return {
         str(pid): watcher_process_info(arbiter, watcher, pid, extended)
         for pid in sorted(watcher.processes)
@@ -50,7 +51,7 @@ def _process_infos(arbiter: Arbiter, watcher: Watcher, extended: bool) -> dict[s
 
 
 @command("stats")
-async def stats(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+async def stats(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
     extended = bool_property(props, "extended", False)
     if props.get("name") is None:
         return {
@@ -72,12 +73,12 @@ async def stats(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
 
 
 @command("dstats")
-async def dstats(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+async def dstats(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
     return {"info": arbiter.sampler.sample(os.getpid()) or NO_SUCH_PROCESS}
 
 
 @command("listsockets")
-async def listsockets(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+async def listsockets(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
     sockets = []
     for received in sorted(arbiter.sockets.sockets.values(), key=lambda s: s.fd):
         info = received.info
@@ -92,7 +93,7 @@ async def listsockets(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
 
 
 @command("globaloptions")
-async def globaloptions(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+async def globaloptions(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
     circus = arbiter.config.circus
     values = {key: getattr(circus, key) for key in GLOBAL_OPTIONS}
     option = props.get("option")
@@ -104,20 +105,27 @@ async def globaloptions(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
 
 
 @command("ipython")
-async def ipython(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+async def ipython(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
     return {"shell": False, "msg": "no IPython kernel in chapiteau: the supervisor runs no shell"}
 
 
 @command("listen")
-async def listen(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+async def listen(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
     raise CommandError("invalid message. use a pub/sub socket")
 
 
 @command("quit")
-async def quit_(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+async def quit_(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     return Deferred(arbiter.quit(shutdown_broker=True))
 
 
 @command("reloadconfig")
-async def reloadconfig(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
-    return Deferred(arbiter.apply_reload(await arbiter.prepare_reload()))
+async def reloadconfig(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
+    """A file that cannot be loaded is the reply's error; the switch may run after it."""
+    loop = asyncio.get_running_loop()
+    planned: asyncio.Future[None] = loop.create_future()
+    work = loop.create_task(arbiter.reload_config(planned))
+    await asyncio.wait([work, planned], return_when=asyncio.FIRST_COMPLETED)
+    if not planned.done():
+        await work  # raises why the reload could not be planned
+    return Deferred(work)

@@ -31,6 +31,7 @@ from chapiteau.supervisor.commands.base import (
     CommandError,
     Deferred,
     Fields,
+    Supervisor,
     bool_property,
     command,
     replacing,
@@ -47,7 +48,6 @@ from chapiteau.supervisor.config import (
 from chapiteau.supervisor.endpoints.zmq_setup import EndpointError, owner_uid
 
 if TYPE_CHECKING:
-    from chapiteau.supervisor.arbiter import Arbiter
     from chapiteau.supervisor.watcher import Watcher
 
 _FIELDS = frozenset(field.name for field in dataclasses.fields(WatcherConfig))
@@ -133,7 +133,9 @@ def resolve_group(value: int | str) -> int:
         raise CommandError(f"gid: {exc}") from None
 
 
-def check_owner(arbiter: Arbiter, options: dict[str, Any], current: WatcherConfig | None) -> None:
+def check_owner(
+    arbiter: Supervisor, options: dict[str, Any], current: WatcherConfig | None
+) -> None:
     """With endpoint_owner, refuse to make anything run for another user."""
     owner = arbiter.config.circus.endpoint_owner
     if owner is None:
@@ -189,7 +191,7 @@ def _shown(config: WatcherConfig, key: str) -> Any:
 
 
 @command("get", "name", "keys")
-async def get(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+async def get(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
     watcher = watcher_named(arbiter, props)
     keys = props["keys"]
     if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
@@ -202,12 +204,12 @@ async def get(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
 
 
 @command("options", "name")
-async def options(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+async def options(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
     return {"options": options_of(watcher_named(arbiter, props))}
 
 
 @command("set", "name", "options")
-async def set_(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+async def set_(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     watcher = watcher_named(arbiter, props)
     changes = props["options"]
     if not isinstance(changes, dict):
@@ -224,7 +226,7 @@ async def set_(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
 
 
 @command("add", "name", "cmd")
-async def add(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+async def add(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     name, cmd = props["name"], props["cmd"]
     if not isinstance(name, str) or not name.strip():
         raise CommandError("message invalid 'name' is not a watcher name")
@@ -251,7 +253,7 @@ async def add(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
 
 
 @command("rm", "name")
-async def rm(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+async def rm(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     watcher = watcher_named(arbiter, props)
     nostop = bool_property(props, "nostop", False)
     return Deferred(arbiter.remove_watcher(watcher, nostop=nostop))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -12,6 +12,7 @@ from chapiteau.supervisor.commands.base import (
     CommandError,
     Deferred,
     Fields,
+    Supervisor,
     bool_property,
     command,
     int_property,
@@ -22,14 +23,11 @@ from chapiteau.supervisor.commands.base import (
     watcher_named,
 )
 
-if TYPE_CHECKING:
-    from chapiteau.supervisor.arbiter import Arbiter
-
 log = structlog.get_logger("chapiteau.supervisor")
 
 
 @command("start")
-async def start(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+async def start(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     if props.get("name") is None:
         return Deferred(arbiter.start_watchers(arbiter.by_priority(), autostart_only=True))
     watchers = matching_watchers(arbiter, props)
@@ -39,7 +37,7 @@ async def start(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
 
 
 @command("stop")
-async def stop(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+async def stop(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     if props.get("name") is None:
         return Deferred(arbiter.stop_watchers(arbiter.by_priority()))
     watchers = matching_watchers(arbiter, props)
@@ -49,7 +47,7 @@ async def stop(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
 
 
 @command("restart")
-async def restart(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+async def restart(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     if props.get("name") is None:
         watchers = arbiter.by_priority()
     else:
@@ -59,13 +57,13 @@ async def restart(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
     return Deferred(_restart_all(arbiter, watchers))
 
 
-async def _restart_all(arbiter: Arbiter, watchers: list) -> None:
+async def _restart_all(arbiter: Supervisor, watchers: list) -> None:
     await arbiter.stop_watchers(watchers)
     await arbiter.start_watchers(watchers, autostart_only=True)
 
 
 @command("reload")
-async def reload(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+async def reload(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     graceful = bool_property(props, "graceful", True)
     sequential = bool_property(props, "sequential", False)
     if props.get("name") is None:
@@ -79,16 +77,16 @@ async def reload(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
 
 
 @command("incr", "name")
-async def incr(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+async def incr(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     return _change_count(arbiter, props, +1)
 
 
 @command("decr", "name")
-async def decr(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+async def decr(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     return _change_count(arbiter, props, -1)
 
 
-def _change_count(arbiter: Arbiter, props: dict[str, Any], sign: int) -> Fields | Deferred:
+def _change_count(arbiter: Supervisor, props: dict[str, Any], sign: int) -> Fields | Deferred:
     watcher = watcher_named(arbiter, props)
     nb = int_property(props, "nb", 1)
     assert nb is not None
@@ -98,7 +96,7 @@ def _change_count(arbiter: Arbiter, props: dict[str, Any], sign: int) -> Fields 
 
 
 @command("kill", "name")
-async def kill(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+async def kill(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     watcher = watcher_named(arbiter, props)
     pid = int_property(props, "pid")
     signum = signal_property(props, "signum")
@@ -109,7 +107,7 @@ async def kill(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
 
 
 @command("signal", "name", "signum")
-async def send_signal(arbiter: Arbiter, props: dict[str, Any]) -> Fields | Deferred:
+async def send_signal(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     watcher = watcher_named(arbiter, props)
     signum = signal_property(props, "signum")
     assert signum is not None
@@ -147,7 +145,7 @@ def _kill(pid: int, signum: int) -> None:
 
 
 @command("numprocesses")
-async def numprocesses(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+async def numprocesses(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
     if props.get("name") is None:
         return {"numprocesses": sum(len(w.processes) for w in arbiter.watchers.values())}
     watcher = watcher_named(arbiter, props)
@@ -155,19 +153,29 @@ async def numprocesses(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
 
 
 @command("numwatchers")
-async def numwatchers(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+async def numwatchers(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
     return {"numwatchers": len(arbiter.watchers)}
 
 
 @command("list")
-async def list_(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+async def list_(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
     if props.get("name") is None:
         return {"watchers": sorted(arbiter.watchers)}
     return {"pids": sorted(watcher_named(arbiter, props).processes)}
 
 
 @command("status")
-async def status(arbiter: Arbiter, props: dict[str, Any]) -> Fields:
+async def status(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
+    """Circus's status words; with ``verbose`` (chapiteau's), the lifecycle's phase too
+    (waiting_on_demand, backing_off with retry_at, failed with its reason)."""
+    verbose = bool_property(props, "verbose", False)
     if props.get("name") is None:
-        return {"statuses": {w.name: w.state for w in arbiter.watchers.values()}}
-    return {"status": watcher_named(arbiter, props).state}
+        watchers = arbiter.watchers.values()
+        fields: Fields = {"statuses": {w.name: w.state for w in watchers}}
+        if verbose:
+            fields["states"] = {w.name: w.describe() for w in watchers}
+        return fields
+    watcher = watcher_named(arbiter, props)
+    if verbose:
+        return {"status": watcher.state, "state": watcher.describe()}
+    return {"status": watcher.state}

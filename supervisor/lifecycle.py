@@ -1,0 +1,474 @@
+"""The life of one watcher and of its processes, as a pure state machine.
+
+Events come in as method calls, with the time (the loop's monotonic clock)
+passed by the caller; each returns the actions the driver
+(`chapiteau.supervisor.watcher`) must carry out. Nothing here forks, signals,
+sleeps, reads a clock or draws a random number, so every transition is tested
+without processes (tests/test_lifecycle.py).
+
+The watcher's phases::
+
+    STOPPED --start--> STARTING --started--> ACTIVE
+       |  on_demand, with sockets                 |  crash / spawn failure with a delay
+       v                                          v
+    WAITING_ON_DEMAND --connection--> STARTING  BACKING_OFF --timer--> ACTIVE
+    any running phase --stop--> STOPPING --all gone--> STOPPED, or FAILED when the
+    watcher gave up (spawn max_retry, crash-loop max_retry, a hook refused)
+
+A process is RUNNING, then STOPPING once the watcher stops it on purpose (its
+exit is then no crash), then EXITED (it leaves the table).
+
+Crash-loop backoff. A watcher spawns its processes in rounds: the start, then
+each respawn that brings the count back to ``numprocesses``. A round fails when
+one of its processes dies sooner than ``window`` seconds after its spawn; the
+other crashes of that round are part of the same failure. The delay before
+the next respawn grows with consecutive failed rounds, never with the number
+of processes that crashed, so a watcher of 8 processes backs off exactly as a
+watcher of 1::
+
+    failed rounds   1     2      3      4     ...  n
+    delay           0 s   0.1 s  0.2 s  0.4 s ...  min(0.1 * 2 ** (n - 2), 60) s
+
+A process that lived ``window`` seconds or more ends the streak. With
+``[plugin:flapping] max_retry`` >= 0 the watcher gives up when its backoff
+rounds (the failed rounds after the first) exceed it.
+
+Reload. Old processes stop only for replacements that run: if a new process
+cannot start, the new ones stop, the old ones keep serving and the reload
+fails with a message. A singleton never runs twice, so its old process stops
+first and a replacement that cannot start is retried after a backoff.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from chapiteau.supervisor.config import Flapping, WatcherConfig
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 60.0
+
+
+def backoff(attempt: int) -> float:
+    """The delay before retry number ``attempt`` (1, 2, ...): 0.1 s doubling, at most 60 s."""
+    return min(BACKOFF_FIRST * 2 ** (attempt - 1), BACKOFF_MAX)
+
+
+class Phase(enum.Enum):
+    """Where a watcher is in its life; the value is its name in events and stats."""
+
+    STOPPED = "stopped"
+    WAITING_ON_DEMAND = "waiting_on_demand"
+    STARTING = "starting"
+    ACTIVE = "active"
+    BACKING_OFF = "backing_off"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+    @property
+    def circus_status(self) -> str:
+        """The word of Circus's ``status`` reply: stopped, starting, active or stopping."""
+        return _CIRCUS_STATUS[self]
+
+
+_CIRCUS_STATUS = {
+    Phase.STOPPED: "stopped",
+    Phase.WAITING_ON_DEMAND: "stopped",
+    Phase.FAILED: "stopped",
+    Phase.STARTING: "starting",
+    Phase.ACTIVE: "active",
+    Phase.BACKING_OFF: "active",
+    Phase.STOPPING: "stopping",
+}
+RUNNING_PHASES = (Phase.STARTING, Phase.ACTIVE, Phase.BACKING_OFF)
+"""The phases in which the watcher keeps its processes at the target count."""
+
+
+class ProcessState(enum.Enum):
+    RUNNING = "running"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+@dataclass
+class Worker:
+    """What the lifecycle knows of one process."""
+
+    pid: int
+    wid: int
+    born: float
+    """The loop time of its spawn."""
+    crash_round: int
+    """The watcher's round of spawns it belongs to."""
+    state: ProcessState = ProcessState.RUNNING
+
+
+# -- actions: what the driver carries out ------------------------------------
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """Stop `Lifecycle.extra` processes and spawn `Lifecycle.missing` ones (under the lock)."""
+
+
+@dataclass(frozen=True)
+class StopProcesses:
+    """Stop these processes gracefully (signal, graceful_timeout, SIGKILL)."""
+
+    pids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SignalProcesses:
+    pids: tuple[int, ...]
+    signum: int
+
+
+@dataclass(frozen=True)
+class ArmRespawn:
+    """Call `Lifecycle.timer_fired` at loop time ``at`` (replacing a pending one)."""
+
+    at: float
+
+
+@dataclass(frozen=True)
+class CancelRespawn:
+    pass
+
+
+@dataclass(frozen=True)
+class ArmExpiry:
+    """max_age: call `Lifecycle.expired` for ``pid`` at loop time ``at``."""
+
+    pid: int
+    at: float
+
+
+@dataclass(frozen=True)
+class WatchSockets:
+    """on_demand: call `Lifecycle.connection` when a listening socket is readable."""
+
+
+@dataclass(frozen=True)
+class UnwatchSockets:
+    pass
+
+
+@dataclass(frozen=True)
+class StartOnDemand:
+    """Run the start (with its hooks) because a client connected."""
+
+
+@dataclass(frozen=True)
+class Halt:
+    """Stop the watcher (with its hooks); ``reason`` set: it gave up and ends FAILED."""
+
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Publish:
+    """A chapiteau event on the watcher's own topic (``chapiteau.NAME.EVENT``)."""
+
+    event: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Replace:
+    """Reload: spawn ``count`` processes; once they all run stop ``old``. With
+    ``stop_first`` (a singleton), ``old`` stops before the spawn."""
+
+    old: tuple[int, ...]
+    count: int
+    stop_first: bool = False
+
+
+@dataclass(frozen=True)
+class Start:
+    """Reload of a stopped watcher: a plain start."""
+
+
+Action = (
+    Reconcile
+    | StopProcesses
+    | SignalProcesses
+    | ArmRespawn
+    | CancelRespawn
+    | ArmExpiry
+    | WatchSockets
+    | UnwatchSockets
+    | StartOnDemand
+    | Halt
+    | Publish
+    | Replace
+    | Start
+)
+
+
+class Lifecycle:
+    """One watcher's phase, its processes and its failure counts; events in, actions out."""
+
+    def __init__(self, config: WatcherConfig) -> None:
+        self.config = config
+        self.phase = Phase.STOPPED
+        self.workers: dict[int, Worker] = {}
+        self.failed_rounds = 0
+        """Consecutive failed rounds of spawns; a process spawned now belongs to this round."""
+        self.spawn_failures = 0
+        """Consecutive spawns that did not run."""
+        self.retry_at: float | None = None
+        """BACKING_OFF: the loop time of the next attempt."""
+        self.failure: str | None = None
+        """FAILED (or STOPPING towards it): why the watcher gave up."""
+
+    # -- what the driver asks ------------------------------------------------
+
+    @property
+    def keeps_count(self) -> bool:
+        """True while processes are kept at the target count (spawning is allowed)."""
+        return self.phase in RUNNING_PHASES
+
+    @property
+    def serving(self) -> bool:
+        """Started and not stopping (Circus's "active")."""
+        return self.phase in (Phase.ACTIVE, Phase.BACKING_OFF)
+
+    @property
+    def running(self) -> list[int]:
+        return [pid for pid, w in self.workers.items() if w.state is ProcessState.RUNNING]
+
+    def missing(self) -> int:
+        return max(0, self.config.numprocesses - len(self.workers))
+
+    def extra(self) -> list[int]:
+        """The oldest processes beyond the target count."""
+        count = len(self.workers) - self.config.numprocesses
+        oldest = sorted(self.workers.values(), key=lambda w: w.born)
+        return [w.pid for w in oldest[: max(0, count)]]
+
+    def next_wid(self) -> int:
+        """The lowest wid in use by nobody, from 1 (as in Circus)."""
+        used = {w.wid for w in self.workers.values()}
+        return next(wid for wid in range(1, len(used) + 2) if wid not in used)
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """The phase and what goes with it (``status`` verbose, the ``watcher_state`` log)."""
+        described: dict[str, Any] = {"state": self.phase.value}
+        if self.phase is Phase.BACKING_OFF and self.retry_at is not None:
+            described["retry_in"] = round(max(0.0, self.retry_at - now), 3)
+            described["failed_rounds"] = self.failed_rounds
+            described["spawn_failures"] = self.spawn_failures
+        if self.failure is not None:
+            described["reason"] = self.failure
+        return described
+
+    # -- start and stop ------------------------------------------------------
+
+    def start(self, demanded: bool = False, has_sockets: bool = True) -> list[Action]:
+        """``start`` (or the first connection with ``demanded``): top up, wait, or start."""
+        if self.keeps_count:
+            return [Reconcile()]
+        self.failure = None
+        if self.config.on_demand and not demanded and has_sockets:
+            if self.phase is Phase.WAITING_ON_DEMAND:
+                return []
+            self.phase = Phase.WAITING_ON_DEMAND
+            return [WatchSockets()]
+        self.phase = Phase.STARTING
+        self.failed_rounds = 0
+        self.spawn_failures = 0
+        return [Reconcile()]
+
+    def start_refused(self) -> None:
+        """``before_start`` returned false."""
+        self.phase = Phase.STOPPED
+
+    def started(self) -> list[Action]:
+        """The start's first round of spawns is over."""
+        if self.phase is Phase.STARTING:
+            self.phase = Phase.ACTIVE
+        return []
+
+    def connection(self) -> list[Action]:
+        """on_demand: a client connected to one of the watcher's sockets."""
+        if self.phase is not Phase.WAITING_ON_DEMAND:
+            return []
+        return [UnwatchSockets(), StartOnDemand()]
+
+    def stop(self) -> list[Action]:
+        """``stop`` (or a Halt): stop every process."""
+        actions: list[Action] = []
+        if self.phase is Phase.WAITING_ON_DEMAND:
+            actions.append(UnwatchSockets())
+            self.phase = Phase.STOPPED
+        if self.phase in (Phase.STOPPED, Phase.FAILED) and not self.workers:
+            return actions
+        if self.phase is Phase.BACKING_OFF:
+            actions.append(CancelRespawn())
+        self.phase = Phase.STOPPING
+        self.retry_at = None
+        return [*actions, StopProcesses(tuple(self.stopping_all()))]
+
+    def stopped(self) -> list[Action]:
+        """Every process of the stop is gone."""
+        self.phase = Phase.STOPPED if self.failure is None else Phase.FAILED
+        return []
+
+    def stopping_all(self) -> list[int]:
+        pids = list(self.workers)
+        for pid in pids:
+            self.stopping_one(pid)
+        return pids
+
+    def stopping_one(self, pid: int) -> None:
+        """The driver stops ``pid`` on purpose: its exit is not a crash."""
+        worker = self.workers.get(pid)
+        if worker is not None:
+            worker.state = ProcessState.STOPPING
+
+    def resize(self, numprocesses: int) -> list[Action]:
+        """incr/decr/set numprocesses: the new target, not below 0."""
+        self.config = replace(self.config, numprocesses=max(0, numprocesses))
+        return [Reconcile()] if self.serving else []
+
+    # -- spawns ----------------------------------------------------------------
+
+    def spawned(self, pid: int, wid: int, now: float, jitter: int = 0) -> list[Action]:
+        """``pid`` runs; ``jitter`` is the random part of its max_age (0..max_age_variance)."""
+        self.workers[pid] = Worker(pid, wid, now, self.failed_rounds)
+        self.spawn_failures = 0
+        if self.config.max_age > 0:
+            return [ArmExpiry(pid, now + self.config.max_age + jitter)]
+        return []
+
+    def spawn_failed(self, error: str, errno: int | None) -> list[Action]:
+        """A process could not be spawned (any flow): count it and say so."""
+        self.spawn_failures += 1
+        payload = {"error": error, "errno": errno, "attempt": self.spawn_failures}
+        return [Publish("spawn_failed", payload)]
+
+    def respawn_failed(self, now: float, error: str) -> list[Action]:
+        """Keeping the count, a spawn failed (after `spawn_failed`): retry later, or give up."""
+        if 0 <= self.config.max_retry < self.spawn_failures:
+            return self._give_up(f"spawn failed {self.spawn_failures} times: {error}")
+        return self._respawn_after(now, backoff(self.spawn_failures))
+
+    def spawn_refused(self, reason: str) -> list[Action]:
+        """``before_spawn``/``after_spawn`` refused while keeping the count: stop."""
+        return self._give_up(reason)
+
+    # -- exits and timers ------------------------------------------------------
+
+    def exited(self, pid: int, now: float, flapping: Flapping) -> list[Action]:
+        """``pid`` exited: forget it and decide what replaces it (``flapping``: the
+        configuration's crash-loop policy)."""
+        worker = self.workers.pop(pid, None)
+        if worker is None:
+            return []
+        was = worker.state
+        worker.state = ProcessState.EXITED
+        if was is ProcessState.STOPPING or not self.keeps_count:
+            return []
+        if not self.config.respawn:
+            if not self.workers and self.phase is Phase.ACTIVE:
+                return [Halt(None)]
+            return []
+        return self._after_crash(worker, now, flapping)
+
+    def _after_crash(self, worker: Worker, now: float, flapping: Flapping) -> list[Action]:
+        if now - worker.born >= flapping.window:
+            self.failed_rounds = 0
+            return self._respawn_after(now, 0.0)
+        new_failure = worker.crash_round >= self.failed_rounds
+        if new_failure:
+            self.failed_rounds += 1
+        retries = self.failed_rounds - 1
+        if new_failure and 0 <= flapping.max_retry < retries:
+            stopped = Publish("crash_loop_stopped", {"failed_rounds": self.failed_rounds})
+            return [stopped, *self._give_up(f"crash loop: {self.failed_rounds} failed rounds")]
+        if not new_failure and self.phase is Phase.BACKING_OFF:
+            return []  # the respawn of this round is already due
+        delay = backoff(retries) if retries else 0.0
+        actions: list[Action] = []
+        if new_failure and delay > 0:
+            payload = {"failed_rounds": self.failed_rounds, "delay": delay}
+            actions.append(Publish("crash_loop_backoff", payload))
+        return actions + self._respawn_after(now, delay)
+
+    def _respawn_after(self, now: float, delay: float) -> list[Action]:
+        if delay <= 0:
+            cancel: list[Action] = [CancelRespawn()] if self.phase is Phase.BACKING_OFF else []
+            if self.phase is Phase.BACKING_OFF:
+                self.phase = Phase.ACTIVE
+                self.retry_at = None
+            return [*cancel, Reconcile()]
+        if self.phase in (Phase.STARTING, Phase.ACTIVE):
+            self.phase = Phase.BACKING_OFF
+        self.retry_at = now + delay
+        return [ArmRespawn(self.retry_at)]
+
+    def timer_fired(self) -> list[Action]:
+        """The respawn timer fired: bring the count back."""
+        if self.phase is not Phase.BACKING_OFF:
+            return []
+        self.retry_at = None
+        self.phase = Phase.ACTIVE
+        return [Reconcile()]
+
+    def _give_up(self, reason: str) -> list[Action]:
+        self.failure = reason
+        return [Halt(reason)]
+
+    # -- max_age and reload ----------------------------------------------------
+
+    def expired(self, pid: int) -> list[Action]:
+        """max_age of ``pid`` is reached: a replacement first (a singleton stops first)."""
+        worker = self.workers.get(pid)
+        if worker is None or worker.state is not ProcessState.RUNNING:
+            return []
+        if not self.serving:
+            return []
+        return [Replace((pid,), 1, stop_first=self.config.singleton)]
+
+    def replacement_failed(
+        self, old: tuple[int, ...], now: float, jitter: int, error: str
+    ) -> list[Action]:
+        """max_age: the replacement of ``old`` did not start; it serves on and expires later
+        (a singleton's old process is gone: retried as a failed respawn)."""
+        if self.config.singleton:
+            return self.respawn_failed(now, error)
+        return [
+            ArmExpiry(pid, now + self.config.max_age + jitter) for pid in old if pid in self.workers
+        ]
+
+    def reload(self, sequential: bool) -> list[Action]:
+        """``reload``: replace every process, new ones first (Circus ``reload``)."""
+        old = tuple(sorted(self.running, key=lambda pid: self.workers[pid].born))
+        if not self.keeps_count:
+            return [Start()]
+        if self.config.send_hup:
+            return [SignalProcesses(old, signal.SIGHUP)]
+        if self.config.singleton:
+            return [Replace((pid,), 1, stop_first=True) for pid in old]
+        if sequential:
+            return [Replace((pid,), 1) for pid in old]
+        return [Replace(old, self.config.numprocesses)]
+
+    def reload_failed(self, error: str, serving: int, now: float) -> tuple[str, list[Action]]:
+        """A reload's new process did not start: the message for the caller, and what next.
+
+        A singleton's old process is already gone: it is started again after a backoff.
+        """
+        if self.config.singleton:
+            delay = backoff(max(1, self.spawn_failures))
+            return (
+                f"a new process cannot start ({error}); a singleton's old process stops "
+                f"first, so it is started again in {delay} s",
+                self._respawn_after(now, delay),
+            )
+        serving_on = f"{serving} running process(es) keep serving"
+        return f"a new process cannot start ({error}); {serving_on}", []

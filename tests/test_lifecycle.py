@@ -1,0 +1,363 @@
+"""Tests for chapiteau.supervisor.lifecycle: every transition, driven by events alone.
+
+No process, no loop, no clock: the tests pass the time and read the actions.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from chapiteau.supervisor.config import Flapping, WatcherConfig
+from chapiteau.supervisor.lifecycle import (
+    ArmExpiry,
+    ArmRespawn,
+    CancelRespawn,
+    Halt,
+    Lifecycle,
+    Phase,
+    ProcessState,
+    Publish,
+    Reconcile,
+    Replace,
+    SignalProcesses,
+    Start,
+    StartOnDemand,
+    StopProcesses,
+    UnwatchSockets,
+    WatchSockets,
+    backoff,
+)
+
+FLAPPING = Flapping(window=1.0, max_retry=-1)
+
+
+def config(numprocesses: int = 1, **options: Any) -> WatcherConfig:
+    return WatcherConfig(name="web", cmd="run", numprocesses=numprocesses, **options)
+
+
+class Driver:
+    """Plays the asyncio driver: spawns pids on Reconcile, records the other actions."""
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self.lifecycle = lifecycle
+        self.next_pid = 100
+        self.now = 0.0
+        self.actions: list[Any] = []
+
+    def spawn_missing(self) -> list[int]:
+        pids = []
+        while self.lifecycle.keeps_count and self.lifecycle.missing():
+            self.next_pid += 1
+            self.actions += self.lifecycle.spawned(
+                self.next_pid, self.lifecycle.next_wid(), self.now
+            )
+            pids.append(self.next_pid)
+        return pids
+
+    def start(self) -> list[int]:
+        assert self.lifecycle.start() == [Reconcile()]
+        pids = self.spawn_missing()
+        self.lifecycle.started()
+        return pids
+
+    def crash_all(self, pids: list[int], after: float = 0.01) -> list[Any]:
+        """Every process of ``pids`` dies ``after`` seconds; the actions answered."""
+        self.now += after
+        answered = []
+        for pid in pids:
+            answered += self.lifecycle.exited(pid, self.now, FLAPPING)
+        return answered
+
+
+def started(numprocesses: int = 1, **options: Any) -> tuple[Driver, list[int]]:
+    driver = Driver(Lifecycle(config(numprocesses, **options)))
+    return driver, driver.start()
+
+
+def backoff_delays(numprocesses: int, rounds: int) -> list[object]:
+    """Crash every process of each round: "spawn" per respawn, the delay of each backoff."""
+    driver, pids = started(numprocesses)
+    sequence: list[object] = ["spawn"]
+    while len(sequence) < 2 * rounds:
+        actions = driver.crash_all(pids)
+        sequence += [a.payload["delay"] for a in actions if isinstance(a, Publish)]
+        arm = [a for a in actions if isinstance(a, ArmRespawn)]
+        if arm:
+            driver.now = arm[-1].at
+            assert driver.lifecycle.phase is Phase.BACKING_OFF
+            assert driver.lifecycle.timer_fired() == [Reconcile()]
+        pids = driver.spawn_missing()
+        sequence.append("spawn")
+    return sequence
+
+
+# -- start, stop, on demand -----------------------------------------------------
+
+
+def test_start_spawns_the_target_count_and_becomes_active() -> None:
+    driver, pids = started(3)
+    assert len(pids) == 3
+    assert driver.lifecycle.phase is Phase.ACTIVE
+    assert sorted(w.wid for w in driver.lifecycle.workers.values()) == [1, 2, 3]
+    assert driver.lifecycle.start() == [Reconcile()]
+
+
+def test_before_start_refusal_leaves_it_stopped() -> None:
+    lifecycle = Lifecycle(config())
+    lifecycle.start()
+    lifecycle.start_refused()
+    assert lifecycle.phase is Phase.STOPPED
+
+
+def test_stop_stops_every_process_then_is_stopped() -> None:
+    driver, pids = started(2)
+    assert driver.lifecycle.stop() == [StopProcesses(tuple(pids))]
+    assert driver.lifecycle.phase is Phase.STOPPING
+    assert driver.lifecycle.phase.circus_status == "stopping"
+    assert driver.crash_all(pids) == []
+    driver.lifecycle.stopped()
+    assert driver.lifecycle.phase is Phase.STOPPED
+    assert driver.lifecycle.stop() == []
+
+
+def test_on_demand_waits_then_starts_at_the_first_connection() -> None:
+    lifecycle = Lifecycle(config(on_demand=True))
+    assert lifecycle.start() == [WatchSockets()]
+    assert lifecycle.phase is Phase.WAITING_ON_DEMAND
+    assert lifecycle.phase.circus_status == "stopped"
+    assert lifecycle.start() == []
+    assert lifecycle.connection() == [UnwatchSockets(), StartOnDemand()]
+    assert lifecycle.start(demanded=True) == [Reconcile()]
+    assert lifecycle.phase is Phase.STARTING
+
+
+def test_on_demand_without_sockets_starts_at_once() -> None:
+    lifecycle = Lifecycle(config(on_demand=True))
+    assert lifecycle.start(has_sockets=False) == [Reconcile()]
+    assert lifecycle.phase is Phase.STARTING
+
+
+def test_stop_while_waiting_on_demand_stops_watching() -> None:
+    lifecycle = Lifecycle(config(on_demand=True))
+    lifecycle.start()
+    assert lifecycle.stop() == [UnwatchSockets()]
+    assert lifecycle.phase is Phase.STOPPED
+    assert lifecycle.connection() == []
+
+
+# -- crashes and backoff --------------------------------------------------------
+
+
+def test_crash_backoff_is_the_same_for_1_and_8_processes() -> None:
+    one = backoff_delays(1, 4)
+    assert one == ["spawn", "spawn", 0.1, "spawn", 0.2, "spawn", 0.4, "spawn"]
+    assert backoff_delays(8, 4) == one
+
+
+def test_backoff_doubles_up_to_60_seconds() -> None:
+    assert [backoff(n) for n in (1, 2, 3, 10, 11, 50)] == [0.1, 0.2, 0.4, 51.2, 60.0, 60.0]
+
+
+def test_first_crash_respawns_at_once_later_ones_back_off() -> None:
+    driver, pids = started()
+    assert driver.crash_all(pids) == [Reconcile()]
+    pids = driver.spawn_missing()
+    actions = driver.crash_all(pids)
+    assert actions == [
+        Publish("crash_loop_backoff", {"failed_rounds": 2, "delay": 0.1}),
+        ArmRespawn(driver.now + 0.1),
+    ]
+    assert driver.lifecycle.phase is Phase.BACKING_OFF
+    assert driver.lifecycle.phase.circus_status == "active"
+    assert driver.lifecycle.describe(driver.now)["state"] == "backing_off"
+
+
+def test_a_process_that_lived_the_window_ends_the_streak() -> None:
+    driver, pids = started()
+    driver.crash_all(pids)
+    pids = driver.spawn_missing()
+    driver.crash_all(pids)
+    driver.lifecycle.timer_fired()
+    pids = driver.spawn_missing()
+    assert driver.crash_all(pids, after=5.0) == [Reconcile()]
+    assert driver.lifecycle.failed_rounds == 0
+
+
+def test_stop_during_backoff_cancels_the_respawn() -> None:
+    driver, pids = started(2)
+    driver.crash_all(pids)
+    pids = driver.spawn_missing()
+    driver.crash_all(pids[:1])
+    assert driver.lifecycle.phase is Phase.BACKING_OFF
+    assert driver.lifecycle.stop() == [CancelRespawn(), StopProcesses((pids[1],))]
+    driver.lifecycle.stopped()
+    assert driver.lifecycle.phase is Phase.STOPPED
+    assert driver.lifecycle.timer_fired() == []
+
+
+def test_crash_loop_max_retry_gives_up_and_ends_failed() -> None:
+    driver, pids = started()
+    flapping = Flapping(window=1.0, max_retry=1)
+    answers = []
+    for _ in range(3):
+        answers = driver.lifecycle.exited(pids[0], driver.now, flapping)
+        if driver.lifecycle.timer_fired() or any(isinstance(a, Reconcile) for a in answers):
+            pids = driver.spawn_missing()
+    assert answers[0] == Publish("crash_loop_stopped", {"failed_rounds": 3})
+    assert isinstance(answers[1], Halt) and answers[1].reason
+    driver.lifecycle.stop()
+    driver.lifecycle.stopped()
+    assert driver.lifecycle.phase is Phase.FAILED
+    assert driver.lifecycle.phase.circus_status == "stopped"
+    assert "crash loop" in driver.lifecycle.describe(0.0)["reason"]
+    assert driver.lifecycle.start() == [Reconcile()]
+    assert driver.lifecycle.failure is None
+
+
+def test_without_respawn_the_last_exit_stops_the_watcher() -> None:
+    driver, pids = started(2, respawn=False)
+    assert driver.crash_all(pids[:1]) == []
+    assert driver.crash_all(pids[1:]) == [Halt(None)]
+
+
+def test_an_exit_of_a_process_being_stopped_is_no_crash() -> None:
+    driver, pids = started()
+    driver.lifecycle.stopping_one(pids[0])
+    assert driver.lifecycle.workers[pids[0]].state is ProcessState.STOPPING
+    assert driver.crash_all(pids) == []
+    assert driver.lifecycle.failed_rounds == 0
+
+
+# -- spawn failures ---------------------------------------------------------------
+
+
+def test_spawn_failures_back_off_then_give_up_after_max_retry() -> None:
+    lifecycle = Lifecycle(config(max_retry=2))
+    lifecycle.start()
+    for attempt, delay in ((1, 0.1), (2, 0.2)):
+        published = lifecycle.spawn_failed("no such file", 2)
+        assert published == [
+            Publish("spawn_failed", {"error": "no such file", "errno": 2, "attempt": attempt})
+        ]
+        assert lifecycle.respawn_failed(10.0, "no such file") == [ArmRespawn(10.0 + delay)]
+        assert lifecycle.phase is Phase.BACKING_OFF
+        assert lifecycle.timer_fired() == [Reconcile()]
+    lifecycle.spawn_failed("no such file", 2)
+    [halt] = lifecycle.respawn_failed(10.0, "no such file")
+    assert halt == Halt("spawn failed 3 times: no such file")
+
+
+def test_a_refused_spawn_halts() -> None:
+    lifecycle = Lifecycle(config())
+    lifecycle.start()
+    assert lifecycle.spawn_refused("before_spawn hook refused the spawn") == [
+        Halt("before_spawn hook refused the spawn")
+    ]
+
+
+def test_resize_reconciles_only_when_serving() -> None:
+    driver, _ = started(2)
+    assert driver.lifecycle.resize(4) == [Reconcile()]
+    assert driver.lifecycle.missing() == 2
+    assert driver.lifecycle.resize(-3) == [Reconcile()]
+    assert driver.lifecycle.config.numprocesses == 0
+    assert len(driver.lifecycle.extra()) == 2
+    assert Lifecycle(config()).resize(3) == []
+
+
+# -- reload -----------------------------------------------------------------------
+
+
+def test_reload_replaces_all_processes_new_ones_first() -> None:
+    driver, pids = started(3)
+    assert driver.lifecycle.reload(sequential=False) == [Replace(tuple(pids), 3)]
+    assert driver.lifecycle.reload(sequential=True) == [Replace((pid,), 1) for pid in pids]
+
+
+def test_reload_with_failed_spawns_keeps_the_old_processes() -> None:
+    driver, pids = started(3)
+    driver.lifecycle.reload(sequential=False)
+    driver.lifecycle.spawn_failed("no such file", 2)
+    message, actions = driver.lifecycle.reload_failed("no such file", 3, driver.now)
+    assert (
+        message == "a new process cannot start (no such file); 3 running process(es) keep serving"
+    )
+    assert actions == []
+    assert sorted(driver.lifecycle.running) == pids
+    assert driver.lifecycle.phase is Phase.ACTIVE
+
+
+def test_reload_of_a_stopped_watcher_starts_it() -> None:
+    assert Lifecycle(config()).reload(sequential=False) == [Start()]
+
+
+def test_reload_with_send_hup_signals_the_processes() -> None:
+    driver, pids = started(2, send_hup=True)
+    assert driver.lifecycle.reload(False) == [SignalProcesses(tuple(pids), signal.SIGHUP)]
+
+
+def test_singleton_reload_stops_first_and_retries_after_a_failed_spawn() -> None:
+    driver, pids = started(1, singleton=True)
+    assert driver.lifecycle.reload(False) == [Replace(tuple(pids), 1, stop_first=True)]
+    driver.lifecycle.stopping_one(pids[0])
+    driver.crash_all(pids)
+    driver.lifecycle.spawn_failed("no such file", 2)
+    message, actions = driver.lifecycle.reload_failed("no such file", 1, 7.0)
+    assert "singleton" in message and "0.1 s" in message
+    assert actions == [ArmRespawn(7.1)]
+    assert driver.lifecycle.timer_fired() == [Reconcile()]
+    assert driver.spawn_missing()
+
+
+# -- max_age ------------------------------------------------------------------------
+
+
+def test_max_age_arms_an_expiry_per_process() -> None:
+    lifecycle = Lifecycle(config(max_age=10, max_age_variance=5))
+    lifecycle.start()
+    assert lifecycle.spawned(7, 1, now=100.0, jitter=3) == [ArmExpiry(7, 113.0)]
+
+
+def test_max_age_replaces_first_a_singleton_stops_first() -> None:
+    driver, pids = started(2, max_age=10)
+    assert driver.lifecycle.expired(pids[0]) == [Replace((pids[0],), 1)]
+    single, [pid] = started(1, max_age=10, singleton=True)
+    assert single.lifecycle.expired(pid) == [Replace((pid,), 1, stop_first=True)]
+
+
+def test_max_age_whose_replacement_failed_expires_again_later() -> None:
+    driver, pids = started(2, max_age=10)
+    actions = driver.lifecycle.replacement_failed((pids[0],), 50.0, 1, "no such file")
+    assert actions == [ArmExpiry(pids[0], 61.0)]
+    assert pids[0] in driver.lifecycle.running
+
+
+def test_max_age_of_a_singleton_whose_replacement_failed_retries_later() -> None:
+    driver, [pid] = started(1, max_age=10, singleton=True)
+    driver.lifecycle.stopping_one(pid)
+    driver.crash_all([pid])
+    driver.lifecycle.spawn_failed("no such file", 2)
+    actions = driver.lifecycle.replacement_failed((pid,), 50.0, 1, "no such file")
+    assert actions == [ArmRespawn(50.1)]
+    assert driver.lifecycle.phase is Phase.BACKING_OFF
+
+
+def test_max_age_of_a_stopping_watcher_does_nothing() -> None:
+    driver, pids = started(1, max_age=10)
+    driver.lifecycle.stop()
+    assert driver.lifecycle.expired(pids[0]) == []
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_every_phase_has_a_circus_status(phase: Phase) -> None:
+    assert phase.circus_status in ("stopped", "starting", "active", "stopping")
+
+
+def test_config_changes_are_read_at_the_next_event() -> None:
+    driver, _ = started(1)
+    driver.lifecycle.config = replace(driver.lifecycle.config, numprocesses=2)
+    assert driver.lifecycle.missing() == 1
