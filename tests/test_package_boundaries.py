@@ -1,0 +1,104 @@
+"""The packages keep to their lines: who may import whom, and no import cycle anywhere.
+
+Read from the source with ``ast`` (nothing is imported): each module's
+``chapiteau.*`` imports, module-level and in functions alike, make a graph
+that must have no cycle, and whose edges between packages follow the design:
+the broker never imports the supervisor nor the CLI, protocol/ imports no
+other package, the CLI needs only protocol/.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+PACKAGES = ("broker", "supervisor", "protocol", "ctl")
+ALLOWED = {
+    "broker": {"broker", "protocol"},
+    "supervisor": {"supervisor", "protocol"},
+    "protocol": {"protocol"},
+    "ctl": {"ctl", "protocol"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(["chapiteau", *parts])
+
+
+def modules() -> dict[str, Path]:
+    return {
+        module_name(path): path for package in PACKAGES for path in (ROOT / package).rglob("*.py")
+    }
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """The chapiteau modules ``name`` imports (a ``from X import y`` names X.y when it is one)."""
+    found: set[str] = set()
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}".rstrip(".")
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {module for module in found if module in known and module != name}
+
+
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    known = set(found)
+    return {name: imports_of(name, path, known) for name, path in found.items()}
+
+
+def package_of(module: str) -> str:
+    return module.split(".")[1]
+
+
+def test_each_package_imports_only_what_the_design_allows():
+    crossings = {
+        (module, target)
+        for module, targets in graph().items()
+        for target in targets
+        if package_of(target) not in ALLOWED[package_of(module)]
+    }
+    assert crossings == set()
+
+
+def test_there_is_no_import_cycle():
+    edges = graph()
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        stack.append(module)
+        for target in sorted(edges[module]):
+            # A package's __init__ importing its own submodules is not a cycle of substance.
+            if module.startswith(f"{target}.") or target.startswith(f"{module}."):
+                continue
+            if state.get(target) == 1:
+                cycles.append([*stack[stack.index(target) :], target])
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module)
+    assert cycles == []
+
+
+def test_the_graph_sees_the_imports_it_checks():
+    edges = graph()
+    assert "chapiteau.protocol.broker_messages" in edges["chapiteau.broker.service"]
+    assert "chapiteau.protocol.circus_messages" in edges["chapiteau.ctl.client"]
