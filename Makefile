@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # What users install: the wheel, not the checkout. `make example` runs it and the
 # integration tests test it.
 WHEEL_VENV ?= .venv-wheel
-SYSTEM_PACKAGES := python3-venv python3-dev libcap-dev gcc
+SYSTEM_PACKAGES := python3-venv python3-dev libcap-dev gcc libseccomp2
 PYTEST_ARGS ?=
 # As root, the supervisor and the workers run as nobody, who must be able to read the
 # virtualenv and the package. A checkout nobody cannot reach (a clone under /root, 0700)
@@ -64,7 +64,10 @@ wheel-venv: | system-packages
 	umask 022 && $(WHEEL_VENV)/bin/pip wheel -q --no-deps --wheel-dir dist .
 	umask 022 && $(WHEEL_VENV)/bin/pip install -q --use-pep517 "$$(echo dist/chapiteau-*.whl)$(EXTRAS)"
 
+# As root, the broker switches to its own account after binding (docs/security.md).
 example: wheel-venv
+	@[ "$$(id -u)" != 0 ] || id -u chapiteau-broker >/dev/null 2>&1 || \
+	  useradd --system --no-create-home --shell /usr/sbin/nologin chapiteau-broker
 	@port=8000; [ "$$(id -u)" = 0 ] && port=80; \
 	echo "serving examples/hello_wsgi.py on port $$port: curl http://127.0.0.1:$$port/ (Ctrl-C stops)"; \
 	echo "control it with $(CURDIR)/$(WHEEL_VENV)/bin/chapiteauctl"; \
