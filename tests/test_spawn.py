@@ -31,7 +31,7 @@ def zombie_children() -> list[int]:
         try:
             with open(f"/proc/{entry}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
+        except OSError:  # gone meanwhile: ENOENT, or ESRCH while it exits
             continue
         if fields[0] == "Z" and int(fields[1]) == os.getpid():
             zombies.append(int(entry))
@@ -427,6 +427,8 @@ def in_unprivileged_helper(spec: SpawnSpec, max_processes: int | None = None) ->
                     os.write(write_end, b"zombie:0")
                 else:
                     os.write(write_end, f"{error.step}:{error.errno}".encode())
+        except BaseException as error:
+            os.write(write_end, f"{error!r}:0".encode())
         finally:
             os._exit(0)
     os.close(write_end)
@@ -435,7 +437,7 @@ def in_unprivileged_helper(spec: SpawnSpec, max_processes: int | None = None) ->
     finally:
         os.close(read_end)
     assert wait_exit(helper) == 0
-    step, code = report.split(":")
+    step, code = report.rsplit(":", 1)
     return step, int(code)
 
 
