@@ -270,19 +270,7 @@ def parse_socket(section: Section, defaults: Set[str] = frozenset()) -> SocketSp
             f"socket name {name!r} must be 1 to {MAX_NAME_BYTES} letters, digits, '_', '.' or '-'",
         )
     path = section.get_str("path") or None
-    family_word = section.get_str("family", "AF_UNIX" if path else "AF_INET") or ""
-    if path:
-        family_word = "AF_UNIX"
-    family = _lookup(section, "family", family_word, FAMILIES)
-    type_ = _lookup(section, "type", section.get_str("type", "SOCK_STREAM") or "", TYPES)
-    port = section.get_int("port", 8080)
-    if port is None or not 0 <= port <= 65535:
-        raise section.error("port", f"{port} is not a port number (0 to 65535)")
-    backlog = section.get_int("backlog", 2048)
-    if backlog is None or backlog < 0:
-        raise section.error("backlog", f"{backlog} must be >= 0")
-    if family == socket.AF_UNIX and not path:
-        raise section.error("path", "a unix socket needs a path")
+    family = _family(section, path)
     so_reuseport = section.get_bool("so_reuseport", False)
     if so_reuseport and family == socket.AF_UNIX:
         raise section.error("so_reuseport", "only works with AF_INET and AF_INET6 sockets")
@@ -291,12 +279,12 @@ def parse_socket(section: Section, defaults: Set[str] = frozenset()) -> SocketSp
     return SocketSpec(
         name=name,
         family=family,
-        type=type_,
+        type=_lookup(section, "type", section.get_str("type", "SOCK_STREAM") or "", TYPES),
         proto=_protocol(section),
         host=section.get_str("host", "localhost") or "localhost",
-        port=port,
+        port=_bounded(section, "port", 8080, 65535, "is not a port number (0 to 65535)"),
         path=path,
-        backlog=backlog,
+        backlog=_bounded(section, "backlog", 2048, None, "must be >= 0"),
         replace=section.get_bool("replace", False),
         blocking=section.get_bool("blocking", False),
         interface=section.get_str("interface") or None,
@@ -304,6 +292,23 @@ def parse_socket(section: Section, defaults: Set[str] = frozenset()) -> SocketSp
         where=f"{section.file}:{section.name}",
         **_socket_file(section, family),
     )
+
+
+def _family(section: Section, path: str | None) -> int:
+    """``family``: AF_UNIX whenever ``path`` is set, which AF_UNIX needs."""
+    word = "AF_UNIX" if path else section.get_str("family", "AF_INET") or ""
+    family = _lookup(section, "family", word, FAMILIES)
+    if family == socket.AF_UNIX and not path:
+        raise section.error("path", "a unix socket needs a path")
+    return family
+
+
+def _bounded(section: Section, key: str, default: int, top: int | None, hint: str) -> int:
+    """An integer option from 0 to ``top`` (None: no upper bound)."""
+    value = section.get_int(key, default)
+    if value is None or value < 0 or (top is not None and value > top):
+        raise section.error(key, f"{value} {hint}")
+    return value
 
 
 def _socket_file(section: Section, family: int) -> dict[str, int | None]:

@@ -21,16 +21,8 @@ import pytest
 
 from integration.conftest import broker_directory
 from integration.harness import is_alive
+from integration.test_unix_socket import SERVER
 
-SERVER = """
-import os, socket, sys
-listener = socket.socket(fileno=int(sys.argv[1]))
-listener.setblocking(True)
-while True:
-    conn, _ = listener.accept()
-    conn.sendall(f"hello from pid {os.getpid()}\\n".encode())
-    conn.close()
-"""
 CLIENT = """
 import socket, sys
 with socket.socket(socket.AF_UNIX) as client:
