@@ -101,12 +101,37 @@ def bind_master(spec: SocketSpec, user: ServiceUser) -> BoundSocket:
     hang.
     """
     if spec.family == socket.AF_UNIX:
-        assert spec.path is not None
-        path = spec.path
-        return _bind(spec, lambda sock: bind_unix(sock, path, user, spec.umask, spec.replace))
+        return _bind(spec, lambda sock: _bind_socket_file(sock, spec, user))
     return _bind(
         spec, lambda sock: _bind_inet(sock, spec, _resolve(spec)), listen=not spec.so_reuseport
     )
+
+
+def _bind_socket_file(sock: socket.socket, spec: SocketSpec, user: ServiceUser) -> Entry:
+    """Bind a [socket:*] unix socket, then give its file the configured owner, group and mode.
+
+    With ``mode``, the file is bound with no permission at all (umask 777) and
+    opened only by the chmod: no client of the wrong user can connect between
+    the bind and the change.
+    """
+    assert spec.path is not None
+    umask = spec.umask if spec.mode is None else 0o777
+    entry = bind_unix(sock, spec.path, user, umask, spec.replace)
+    if spec.mode is None and not spec.owned:
+        return entry
+    try:
+        entry.change(
+            mode=spec.mode,
+            uid=-1 if spec.owner is None else spec.owner,
+            gid=-1 if spec.group is None else spec.group,
+        )
+    except OSError as exc:
+        release(entry)
+        hint = "; only root can give a file to another user" if spec.owned else ""
+        raise BindError(
+            f"cannot set the owner, group or mode of {spec.path}: {exc.strerror or exc}{hint}"
+        ) from None
+    return entry
 
 
 def bind_reuseport_sibling(master: BoundSocket) -> BoundSocket:

@@ -8,12 +8,15 @@ bound, with a message naming the file, section and key.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import shlex
 import socket
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, replace
+from typing import Any
 
 from chapiteau.protocol.broker_messages import MAX_NAME_BYTES, MAX_SOCKETS, NAME_PATTERN
 from chapiteau.protocol.ini import (
@@ -27,6 +30,8 @@ from chapiteau.protocol.ini_files import read_ini_file
 
 SOCKET_PREFIX = "socket:"
 DEFAULT_UNIX_UMASK = 0o077
+NO_ID = 0xFFFFFFFF
+"""(uid_t) -1: chown's "leave unchanged", so the first number that is no id."""
 
 FAMILIES = {"AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6, "AF_UNIX": socket.AF_UNIX}
 TYPES = {
@@ -46,6 +51,9 @@ SOCKET_KEYS = frozenset(
         "backlog",
         "path",
         "umask",
+        "owner",
+        "group",
+        "mode",
         "replace",
         "blocking",
         "interface",
@@ -88,6 +96,22 @@ class SocketSpec:
     so_reuseport: bool
     where: str
     """``file:section`` for messages about this socket."""
+    owner: int | None = None
+    """A unix socket file's owner (uid, resolved at load); None leaves the broker's."""
+    group: int | None = None
+    """A unix socket file's group (gid, resolved at load); None leaves the broker's."""
+    mode: int | None = None
+    """A unix socket file's mode; None: what ``umask`` leaves of 0777."""
+
+    @property
+    def file_mode(self) -> int:
+        """The mode a unix socket file gets: ``mode``, else 0777 less the umask."""
+        return self.mode if self.mode is not None else 0o777 & ~self.umask
+
+    @property
+    def owned(self) -> bool:
+        """True when the socket file must be given to another owner or group (a chown)."""
+        return self.owner is not None or self.group is not None
 
     @property
     def family_name(self) -> str:
@@ -246,22 +270,7 @@ def parse_socket(section: Section, defaults: Set[str] = frozenset()) -> SocketSp
             f"socket name {name!r} must be 1 to {MAX_NAME_BYTES} letters, digits, '_', '.' or '-'",
         )
     path = section.get_str("path") or None
-    family_word = section.get_str("family", "AF_UNIX" if path else "AF_INET") or ""
-    if path:
-        family_word = "AF_UNIX"
-    family = _lookup(section, "family", family_word, FAMILIES)
-    type_ = _lookup(section, "type", section.get_str("type", "SOCK_STREAM") or "", TYPES)
-    port = section.get_int("port", 8080)
-    if port is None or not 0 <= port <= 65535:
-        raise section.error("port", f"{port} is not a port number (0 to 65535)")
-    backlog = section.get_int("backlog", 2048)
-    if backlog is None or backlog < 0:
-        raise section.error("backlog", f"{backlog} must be >= 0")
-    umask = section.get_octal("umask", DEFAULT_UNIX_UMASK)
-    if umask is None or umask > 0o777:
-        raise section.error("umask", "must be an octal mode between 000 and 777")
-    if family == socket.AF_UNIX and not path:
-        raise section.error("path", "a unix socket needs a path")
+    family = _family(section, path)
     so_reuseport = section.get_bool("so_reuseport", False)
     if so_reuseport and family == socket.AF_UNIX:
         raise section.error("so_reuseport", "only works with AF_INET and AF_INET6 sockets")
@@ -270,19 +279,82 @@ def parse_socket(section: Section, defaults: Set[str] = frozenset()) -> SocketSp
     return SocketSpec(
         name=name,
         family=family,
-        type=type_,
+        type=_lookup(section, "type", section.get_str("type", "SOCK_STREAM") or "", TYPES),
         proto=_protocol(section),
         host=section.get_str("host", "localhost") or "localhost",
-        port=port,
+        port=_bounded(section, "port", 8080, 65535, "is not a port number (0 to 65535)"),
         path=path,
-        backlog=backlog,
-        umask=umask,
+        backlog=_bounded(section, "backlog", 2048, None, "must be >= 0"),
         replace=section.get_bool("replace", False),
         blocking=section.get_bool("blocking", False),
         interface=section.get_str("interface") or None,
         so_reuseport=so_reuseport,
         where=f"{section.file}:{section.name}",
+        **_socket_file(section, family),
     )
+
+
+def _family(section: Section, path: str | None) -> int:
+    """``family``: AF_UNIX whenever ``path`` is set, which AF_UNIX needs."""
+    word = "AF_UNIX" if path else section.get_str("family", "AF_INET") or ""
+    family = _lookup(section, "family", word, FAMILIES)
+    if family == socket.AF_UNIX and not path:
+        raise section.error("path", "a unix socket needs a path")
+    return family
+
+
+def _bounded(section: Section, key: str, default: int, top: int | None, hint: str) -> int:
+    """An integer option from 0 to ``top`` (None: no upper bound)."""
+    value = section.get_int(key, default)
+    if value is None or value < 0 or (top is not None and value > top):
+        raise section.error(key, f"{value} {hint}")
+    return value
+
+
+def _socket_file(section: Section, family: int) -> dict[str, int | None]:
+    """A unix socket file's ``umask``, ``owner``, ``group`` and ``mode``, checked.
+
+    ``mode`` and ``umask`` both say what the mode is: giving both is an error
+    rather than a silent choice. Owner and group are looked up here, so that a
+    misspelt name stops the start (and ``--check-config``) before anything is bound.
+    """
+    umask = section.get_octal("umask", DEFAULT_UNIX_UMASK)
+    if umask is None or umask > 0o777:
+        raise section.error("umask", "must be an octal mode between 000 and 777")
+    mode = section.get_octal("mode", None)
+    if mode is not None and mode > 0o777:
+        raise section.error("mode", "must be an octal mode between 000 and 777, e.g. 0660")
+    if mode is not None and "umask" in section.options:
+        raise section.error("mode", "give mode or umask, not both: mode sets the whole mode")
+    file_options = {
+        "owner": _account(section, "owner", pwd.getpwnam, "pw_uid", "useradd"),
+        "group": _account(section, "group", grp.getgrnam, "gr_gid", "groupadd"),
+        "mode": mode,
+    }
+    if family != socket.AF_UNIX:
+        for key, value in file_options.items():
+            if value is not None:
+                raise section.error(key, "only applies to a unix socket (set path)")
+    return {"umask": umask, **file_options}
+
+
+def _account(
+    section: Section, key: str, lookup: Callable[[str], Any], field: str, create: str
+) -> int | None:
+    """``owner`` or ``group``: a name, or a number taken as it is (as chown does)."""
+    word = (section.get_str(key) or "").strip()
+    if not word:
+        return None
+    if word.isdigit():
+        if int(word) >= NO_ID:
+            raise section.error(key, f"{word} is not an id (0 to {NO_ID - 1})")
+        return int(word)
+    try:
+        return getattr(lookup(word), field)
+    except KeyError:
+        raise section.error(
+            key, f"{word!r} does not exist; create it ({create}) or give a number"
+        ) from None
 
 
 def _protocol(section: Section) -> int:

@@ -57,6 +57,11 @@ def apply_reload(
     adjusted in place: rebinding the same address would fail while workers hold
     it. (Should adjusting one fail, those adjusted before it keep their new
     settings; the table itself is left as it was.)
+
+    A unix socket's ``owner`` and ``group`` are given at start only: the
+    confined broker has no CAP_CHOWN and its seccomp filter kills chown. A
+    reload that would need one (a new or rebound socket with an owner or group,
+    or a changed owner or group) is refused before anything is bound.
     """
     added = [name for name in specs if name not in table]
     removed = [name for name in table if name not in specs]
@@ -64,6 +69,9 @@ def apply_reload(
         name for name in specs if name in table and not table[name].spec.same_binding(specs[name])
     ]
     rebind = [name for name in changed if not _adjustable(table[name].spec, specs[name])]
+    for name in added + changed:
+        old = None if name in added or name in rebind else table[name].spec
+        _refuse_chown(old, specs[name])
     try:
         fresh = bind_all((specs[name] for name in added + rebind), user)
     except BindError as exc:
@@ -72,6 +80,9 @@ def apply_reload(
         adjusted = {
             name: _adjust(table[name], specs[name]) for name in changed if name not in rebind
         }
+    except ReloadError:
+        close_all(fresh.values())
+        raise
     except OSError as exc:
         close_all(fresh.values())
         raise ReloadError(f"cannot apply the new config: {exc}") from None
@@ -82,10 +93,22 @@ def apply_reload(
     return Reloaded(tuple(added), tuple(removed), tuple(changed))
 
 
+def _refuse_chown(old: SocketSpec | None, new: SocketSpec) -> None:
+    """ReloadError when going from ``old`` (None: bound anew) to ``new`` needs a chown."""
+    if (new.owner, new.group) == ((None, None) if old is None else (old.owner, old.group)):
+        return
+    raise ReloadError(
+        f"{new.where}: owner and group of a unix socket are applied at start only "
+        "(the confined broker cannot chown); restart chapiteau to apply them"
+    )
+
+
 def _adjustable(old: SocketSpec, new: SocketSpec) -> bool:
-    # ``replace`` only matters when binding; a unix socket's umask becomes a chmod
+    # ``replace`` only matters when binding; a unix socket's mode becomes a chmod
     # (rebinding its path would have to remove the file the running workers serve).
-    ignored = {"backlog": 0, "blocking": False, "replace": False, "umask": 0, "where": ""}
+    # Owner and group: a change is refused before (_refuse_chown), never a rebind.
+    ignored = {"backlog": 0, "blocking": False, "replace": False, "umask": 0, "mode": None}
+    ignored |= {"owner": None, "group": None, "where": ""}
     return {**vars(old), **ignored} == {**vars(new), **ignored}
 
 
@@ -97,7 +120,13 @@ def _adjust(bound: BoundSocket, spec: SocketSpec) -> BoundSocket:
     ):
         bound.sock.listen(spec.backlog)
     bound.sock.setblocking(spec.blocking)
-    if bound.spec.umask != spec.umask and bound.path is not None and bound.path.is_there():
+    if bound.spec.file_mode != spec.file_mode and bound.path is not None and bound.path.is_there():
         # Through the file's own inode: never a link put in its place.
-        bound.path.change(mode=0o777 & ~spec.umask)
+        try:
+            bound.path.change(mode=spec.file_mode)
+        except OSError as exc:
+            raise ReloadError(
+                f"{spec.where}: cannot change the mode of {bound.path.path}: "
+                f"{exc.strerror or exc}; restart chapiteau to apply it"
+            ) from None
     return BoundSocket(spec, bound.sock, bound.path)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import grp
 import os
+import pwd
 import socket
 import stat
 import struct
@@ -445,3 +447,103 @@ def test_reload_does_not_chmod_a_path_that_is_no_longer_its_socket(tmp_path):
 def test_unsupported_socket_kind_is_a_clear_error():
     with pytest.raises(BindError, match=r"socket:web: cannot create a AF_INET SOCK_RAW socket"):
         bind_master(spec(type=socket.SOCK_RAW, proto=255 + 1000), USER)
+
+
+NOBODY_UID = pwd.getpwnam("nobody").pw_uid
+NOGROUP_GID = grp.getgrnam("nogroup").gr_gid
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="gives a file to another user: root")
+
+
+@needs_root
+def test_unix_socket_gets_its_owner_group_and_mode(tmp_path, opened):
+    path = tmp_path / "web.sock"
+    keep(opened, bind_master(unix(path, owner=NOBODY_UID, group=NOGROUP_GID, mode=0o660), USER))
+    st = os.lstat(path)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY_UID, NOGROUP_GID, 0o660)
+
+
+def test_mode_wins_over_the_umask_default(tmp_path, opened):
+    path = tmp_path / "web.sock"
+    keep(opened, bind_master(unix(path, mode=0o666), USER))
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o666
+
+
+def test_owner_alone_keeps_the_group_and_the_umask_mode(tmp_path, opened):
+    path = tmp_path / "web.sock"
+    keep(opened, bind_master(unix(path, owner=os.geteuid()), USER))
+    st = os.lstat(path)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (os.geteuid(), os.getegid(), 0o700)
+
+
+def test_a_refused_chown_is_a_clear_error_and_leaves_no_file(tmp_path, monkeypatch):
+    def refuse(target: object, uid: int, gid: int) -> None:
+        raise PermissionError(1, "Operation not permitted", str(target))
+
+    monkeypatch.setattr(os, "chown", refuse)
+    path = tmp_path / "web.sock"
+    with pytest.raises(BindError) as caught:
+        bind_master(unix(path, owner=12345), USER)
+    assert str(caught.value) == (
+        f"/etc/circus.ini:socket:web: cannot set the owner, group or mode of {path}: "
+        "Operation not permitted; only root can give a file to another user"
+    )
+    assert not os.path.lexists(path)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({}, {"owner": 0}),
+        ({"group": 0}, {"group": 1}),
+        ({"owner": 0}, {}),
+        ({"owner": 0, "mode": 0o660}, {"owner": 0, "mode": 0o660, "type": socket.SOCK_DGRAM}),
+    ],
+    ids=["owner-added", "group-changed", "owner-removed", "rebound"],
+)
+def test_a_reload_that_needs_a_chown_is_refused_before_binding(tmp_path, before, after):
+    path = tmp_path / "web.sock"
+    table = bind_all([unix(path, **before)], USER)
+    try:
+        entry = table["web"]
+        new = tmp_path / "new.sock"
+        with pytest.raises(ReloadError) as caught:
+            apply_reload(table, {"web": unix(path, **after), "new": unix(new, name="new")}, USER)
+        assert str(caught.value) == (
+            "/etc/circus.ini:socket:web: owner and group of a unix socket are applied at "
+            "start only (the confined broker cannot chown); restart chapiteau to apply them"
+        )
+        assert table == {"web": entry} and not os.path.lexists(new)
+    finally:
+        close_all(table.values())
+
+
+def test_a_reload_adding_an_owned_socket_is_refused(tmp_path):
+    with pytest.raises(ReloadError, match=r"socket:new: owner and group .* at start only"):
+        apply_reload({}, {"new": unix(tmp_path / "new.sock", name="new", group=0)}, USER)
+    assert not os.path.lexists(tmp_path / "new.sock")
+
+
+def test_a_reload_keeping_the_owner_changes_the_mode_without_chown(tmp_path, monkeypatch):
+    path = tmp_path / "web.sock"
+    owned = {"owner": os.geteuid(), "group": os.getegid()}
+    table = bind_all([unix(path, mode=0o600, **owned)], USER)
+    try:
+
+        def refuse(target: object, uid: int, gid: int) -> None:
+            raise AssertionError("chown on reload")
+
+        monkeypatch.setattr(os, "chown", refuse)
+        result = apply_reload(table, {"web": unix(path, mode=0o660, backlog=5, **owned)}, USER)
+        assert result.changed == ("web",)
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o660
+    finally:
+        close_all(table.values())
+
+
+def test_a_reload_binds_a_new_socket_with_its_mode(tmp_path):
+    table: dict[str, BoundSocket] = {}
+    try:
+        apply_reload(table, {"web": unix(tmp_path / "web.sock", mode=0o666)}, USER)
+        assert stat.S_IMODE(os.lstat(tmp_path / "web.sock").st_mode) == 0o666
+    finally:
+        close_all(table.values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import grp
+import pwd
 import socket
 from pathlib import Path
 
@@ -121,6 +123,50 @@ def test_bad_umask_names_the_key(tmp_path, value):
 def test_every_octal_umask_round_trips(umask):
     section = Section("socket:s", {"path": "/x", "umask": f"{umask:03o}"}, {}, "/c.ini")
     assert parse_socket(section).umask == umask
+
+
+def test_owner_group_and_mode_of_a_unix_socket_are_resolved(tmp_path):
+    spec = one_socket(tmp_path, "path = a.sock\nowner = nobody\ngroup = 0\nmode = 0660")
+    assert (spec.owner, spec.group) == (pwd.getpwnam("nobody").pw_uid, 0)
+    assert spec.mode == spec.file_mode == 0o660 and spec.owned
+
+
+def test_a_group_name_is_resolved(tmp_path):
+    group = grp.getgrgid(0).gr_name
+    assert one_socket(tmp_path, f"path = a.sock\ngroup = {group}").group == 0
+
+
+def test_without_mode_the_file_mode_is_what_the_umask_leaves(tmp_path):
+    spec = one_socket(tmp_path, "path = a.sock\numask = 027")
+    assert (spec.mode, spec.file_mode, spec.owned) == (None, 0o750, False)
+
+
+@pytest.mark.parametrize("key", ["owner", "group"])
+def test_an_unknown_owner_or_group_names_file_section_and_key(tmp_path, key):
+    message = error_of(tmp_path, f"[socket:web]\npath = a.sock\n{key} = no-such-name\n")
+    assert message.startswith(f"{tmp_path}/circus.ini:socket:web:{key}: 'no-such-name' ")
+    assert "does not exist" in message and "\n" not in message
+
+
+def test_an_id_out_of_range_is_refused(tmp_path):
+    message = error_of(tmp_path, "[socket:web]\npath = a.sock\nowner = 4294967295\n")
+    assert ":socket:web:owner: 4294967295 is not an id" in message
+
+
+@pytest.mark.parametrize("value", ["1000", "rw", "-1"])
+def test_bad_mode_names_the_key(tmp_path, value):
+    assert ":socket:web:mode:" in error_of(tmp_path, f"[socket:web]\npath = a\nmode = {value}\n")
+
+
+def test_mode_and_umask_together_are_refused(tmp_path):
+    message = error_of(tmp_path, "[socket:web]\npath = a.sock\nmode = 0660\numask = 007\n")
+    assert ":socket:web:mode: give mode or umask, not both" in message
+
+
+@pytest.mark.parametrize("option", ["owner = 0", "group = 0", "mode = 0600"])
+def test_socket_file_options_on_an_inet_socket_are_refused(tmp_path, option):
+    message = error_of(tmp_path, f"[socket:web]\nhost = 127.0.0.1\n{option}\n")
+    assert "only applies to a unix socket" in message
 
 
 def test_bad_boolean_names_the_key(tmp_path):

@@ -91,3 +91,8 @@ def test_a_missing_socket_directory_is_reported(base, capsys):
     assert check(base, f"[broker]\nuser = nobody\n\n[socket:app]\npath = {base}/no/a.sock\n") == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert f"cannot bind {base}/no/a.sock: the directory {base}/no does not exist" in line
+
+
+def test_an_unknown_socket_owner_is_reported(base, capsys):
+    assert check(base, f"[socket:app]\npath = {base}/a.sock\nowner = no-such-user\n") == 1
+    assert ":socket:app:owner: 'no-such-user' does not exist" in capsys.readouterr().err

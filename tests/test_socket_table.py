@@ -21,7 +21,10 @@ def test_a_reload_whose_adjustment_fails_closes_what_it_bound(tmp_path, monkeypa
             raise PermissionError(1, "Operation not permitted", str(target))
 
         monkeypatch.setattr(os, "chmod", refuse)
-        with pytest.raises(ReloadError, match="cannot apply the new config"):
+        with pytest.raises(
+            ReloadError,
+            match=r"socket:web: cannot change the mode of .*: Operation not permitted; restart",
+        ):
             apply_reload(
                 table,
                 {
