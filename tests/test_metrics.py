@@ -94,3 +94,20 @@ def test_clients_beyond_the_limit_are_closed_at_once() -> None:
             writer.close()
 
     with_server(test)
+
+
+def test_between_scrapes_nothing_is_scheduled() -> None:
+    """Nothing wakes the supervisor for metrics when nobody scrapes: no timer outlives a
+    request (the loop's own queue of timers, read directly)."""
+
+    def armed() -> list[asyncio.TimerHandle]:
+        loop: Any = asyncio.get_running_loop()
+        return [handle for handle in loop._scheduled if not handle.cancelled()]
+
+    async def test(server: MetricsServer) -> None:
+        assert armed() == []
+        await exchange(server, b"GET /metrics HTTP/1.0\r\n\r\n")
+        await wait_until_async(lambda: not server._clients)
+        assert armed() == []
+
+    with_server(test)
