@@ -50,11 +50,11 @@ system-packages:
 $(BIN)/chapiteau: pyproject.toml setup.py | system-packages
 	umask 022 && $(PYTHON) -m venv $(VENV)
 	umask 022 && $(BIN)/pip install -q --upgrade pip
-	umask 022 && $(BIN)/pip install -q -e '.[test]'
+	umask 022 && $(BIN)/pip install -q -e '.[test,metrics]'
 	@touch $@
 
 # The wheel that Debian's pip builds from this checkout, installed (not editable) into a
-# fresh virtualenv made with that same pip, with the extras in EXTRAS (e.g. [test]).
+# fresh virtualenv made with that same pip, with the extras in EXTRAS (e.g. [test,metrics]).
 # build/ goes first: setuptools would pack into the wheel what a previous build left there.
 # --use-pep517: python-prctl has no pyproject.toml, and pip 23.0 builds such a package with
 # the deprecated `setup.py install` (and says so) unless told.
@@ -83,7 +83,7 @@ lint: $(BIN)/chapiteau
 # module is installed goes first: a missing one would otherwise show as timeouts.
 test: lint
 	umask 022 && $(BIN)/pytest -q --timeout 300 tests $(PYTEST_ARGS)
-	@$(MAKE) --no-print-directory wheel-venv EXTRAS='[test]'
+	@$(MAKE) --no-print-directory wheel-venv EXTRAS='[test,metrics]'
 	umask 022 && $(WHEEL_VENV)/bin/pytest -q --timeout 300 integration/test_installed_package.py
 	umask 022 && $(WHEEL_VENV)/bin/pytest -q --timeout 300 integration $(PYTEST_ARGS)
 endif

@@ -210,7 +210,9 @@ class Broker:
         channel_fd = supervisor_end.fileno()
         pipes = [os.pipe() for _ in self.output_sinks]
         argv = supervisor_argv(self.config, channel_fd, self.supervisor_options)
-        env = supervisor_environment(self.user, channel_fd, os.environ, self.config.supervisor_env)
+        env = supervisor_environment(
+            self.user, channel_fd, os.environ, self.config.supervisor_env, start=self.starts + 1
+        )
         try:
             self.supervisor = start_supervisor(
                 self.launcher, argv, channel_fd, env, pipes[0][1], pipes[1][1]

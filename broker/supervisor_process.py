@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from chapiteau.broker.config import BrokerConfig
 from chapiteau.broker.launcher import Launcher, LaunchError
 from chapiteau.broker.privileges import ServiceUser
-from chapiteau.protocol.constants import BROKER_FD_VARIABLE
+from chapiteau.protocol.constants import BROKER_FD_VARIABLE, SUPERVISOR_START_VARIABLE
 
 PASSED_VARIABLES = ("PATH", "LANG", "LC_*", "TZ", "PYTHONPATH")
 """Copied from the broker's environment: where programs are, the locale, the time zone,
@@ -64,13 +64,19 @@ def supervisor_argv(config: BrokerConfig, channel_fd: int, options: Sequence[str
 
 
 def supervisor_environment(
-    user: ServiceUser, channel_fd: int, base: Mapping[str, str], passed: Sequence[str] = ()
+    user: ServiceUser,
+    channel_fd: int,
+    base: Mapping[str, str],
+    passed: Sequence[str] = (),
+    start: int = 1,
 ) -> dict[str, str]:
     """The supervisor's environment: only the allow-listed variables of ``base``.
 
     PASSED_VARIABLES and the ``passed`` names or ``PREFIX*`` patterns
     (``[broker] supervisor_env``) are copied; HOME, USER, LOGNAME and SHELL
-    describe the service user; CHAPITEAU_BROKER_FD names the channel. Nothing
+    describe the service user; CHAPITEAU_BROKER_FD names the channel and
+    CHAPITEAU_SUPERVISOR_START says how many supervisors the broker has started,
+    this one included (``start``). Nothing
     else of root's environment (secrets, for one) reaches the supervisor, nor
     its ``copy_env`` workers.
     """
@@ -81,6 +87,7 @@ def supervisor_environment(
         if any(_matches(name, pattern) for pattern in patterns)
     }
     env[BROKER_FD_VARIABLE] = str(channel_fd)
+    env[SUPERVISOR_START_VARIABLE] = str(start)
     try:
         entry = pwd.getpwuid(user.uid)
     except KeyError:

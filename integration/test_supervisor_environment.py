@@ -55,7 +55,9 @@ def test_supervisor_and_copy_env_workers_see_only_the_allow_list(chapiteau, root
         "LOGNAME",
         "SHELL",
         "CHAPITEAU_BROKER_FD",
+        "CHAPITEAU_SUPERVISOR_START",
     }
+    assert supervisor["CHAPITEAU_SUPERVISOR_START"] == "1"
     assert supervisor["LANG"] == "C.UTF-8" and supervisor["LC_TIME"] == "C"
     assert supervisor["HOME"] == nobody.pw_dir and supervisor["USER"] == "nobody"
     assert supervisor["SHELL"] == nobody.pw_shell

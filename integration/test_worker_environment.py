@@ -117,8 +117,9 @@ GREETING = hello
 """)
     [worker] = tree.worker_pids("w", 1)
     supervisor_env = environ(tree.supervisor_pid())
-    # The broker's channel to the supervisor is the supervisor's alone.
+    # The broker's channel to the supervisor and its start number are the supervisor's alone.
     del supervisor_env["CHAPITEAU_BROKER_FD"]
+    del supervisor_env["CHAPITEAU_SUPERVISOR_START"]
     assert environ(worker) == {**supervisor_env, "GREETING": "hello"}
 
 
@@ -159,4 +160,4 @@ copy_env = true
     env = environ(worker)
     assert env["CHAPITEAU_TEST_MARK"] == "kept"
     assert not {"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"} & set(env)
-    assert "CHAPITEAU_BROKER_FD" not in env
+    assert not {"CHAPITEAU_BROKER_FD", "CHAPITEAU_SUPERVISOR_START"} & set(env)

@@ -14,6 +14,10 @@ VERSION = "0.1.0"
 BROKER_FD_VARIABLE = "CHAPITEAU_BROKER_FD"
 """The environment variable through which the broker names the supervisor's channel fd."""
 
+SUPERVISOR_START_VARIABLE = "CHAPITEAU_SUPERVISOR_START"
+"""The environment variable through which the broker tells a supervisor which one it is:
+1 for the first it started, 2 after one restart, and so on (the supervisor's metrics)."""
+
 EX_CONFIG = 78
 """The supervisor's exit status when it refuses the configuration (sysexits.h)."""
 

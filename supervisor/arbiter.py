@@ -14,9 +14,11 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -40,6 +42,9 @@ from chapiteau.supervisor.events import Events
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
 from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
+
+if TYPE_CHECKING:
+    from chapiteau.supervisor.endpoints.metrics import MetricsServer
 
 log = structlog.get_logger("chapiteau.supervisor")
 
@@ -65,7 +70,13 @@ class ReloadPlan:
 class Arbiter:
     """Owns the watchers and everything they share."""
 
-    def __init__(self, config: Config, broker: BrokerClient | None, sockets: SocketPool) -> None:
+    def __init__(
+        self,
+        config: Config,
+        broker: BrokerClient | None,
+        sockets: SocketPool,
+        supervisor_start: int | None = None,
+    ) -> None:
         self.config = config
         self.broker = broker
         self.sockets = sockets
@@ -81,6 +92,12 @@ class Arbiter:
         """Lower-cased names of the watchers created by ``add``: reloadconfig keeps them."""
         self.sampler = ProcessSampler()
         """Per-process figures for the stats commands (the stats stream keeps its own)."""
+        self.requests: Counter[tuple[str, str]] = Counter()
+        """Control requests answered, by (command, reply status), for the metrics."""
+        self.supervisor_start = supervisor_start
+        """Which supervisor the broker started this one as (1 = the first); None when unknown
+        (connect mode, or a broker that does not say)."""
+        self.metrics: MetricsServer | None = None
         self.controller: Controller | None = None
         self.pubsub: PubSub | None = None
         self._reload_lock = asyncio.Lock()
@@ -99,6 +116,7 @@ class Arbiter:
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         try:
             self._open_endpoints()
+            await self._open_metrics()
             stats = await start_stats(self)
         except EndpointError as exc:
             log.error("endpoint_failed", error=str(exc))
@@ -161,8 +179,22 @@ class Arbiter:
         self.pubsub = PubSub(circus.pubsub_endpoint, self.events, self.controller.context, curve)
         self.pubsub.start()
 
+    async def _open_metrics(self) -> None:
+        """Serve ``/metrics`` if ``[circus] metrics_endpoint`` is set. Imported only then:
+        prometheus_client is the optional extra ``chapiteau[metrics]``."""
+        endpoint = self.config.circus.metrics_endpoint
+        if endpoint is None:
+            return
+        from chapiteau.supervisor.endpoints.metrics import MetricsServer
+
+        self.metrics = MetricsServer(self, *endpoint)
+        await self.metrics.open()
+
     async def _close_endpoints(self) -> None:
         """The PUB first: the controller terminates the context they share."""
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self.pubsub is not None:
             self.pubsub.close()
             self.pubsub = None

@@ -41,6 +41,7 @@ from chapiteau.protocol.constants import (
     DEFAULT_ENDPOINT,
     DEFAULT_PUBSUB_ENDPOINT,
     DEFAULT_STATS_ENDPOINT,
+    SUPERVISOR_START_VARIABLE,
 )
 from chapiteau.protocol.ini import (
     LOG_LEVELS,
@@ -83,7 +84,14 @@ __all__ = [
 ]
 
 PROCESS_OWN_VARIABLES = frozenset(
-    {"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", BROKER_FD_VARIABLE}
+    {
+        "NOTIFY_SOCKET",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        BROKER_FD_VARIABLE,
+        SUPERVISOR_START_VARIABLE,
+    }
 )
 """Messages to the one process they were given to (systemd's, the broker's to the
 supervisor): ``copy_env`` never copies them, or a worker would notify systemd or look
@@ -123,6 +131,8 @@ class CircusOptions:
     multicast_endpoint: str | None = None
     stats_endpoint: str = DEFAULT_STATS_ENDPOINT
     statsd: bool = False
+    metrics_endpoint: tuple[str, int] | None = None
+    """chapiteau extension: (host, port) of the Prometheus ``/metrics`` server; None: off."""
     check_delay: float = 5.0
     warmup_delay: float = 0
     umask: int | None = None
@@ -444,6 +454,7 @@ def _circus_options(section: Section, warnings: list[str]) -> CircusOptions:
         statsd = True
     if section.get_bool("httpd", False):
         raise section.error("httpd", "the circushttpd web interface is not supported; remove it")
+    metrics_endpoint = _metrics_endpoint(section)
     loglevel = section.get_str("loglevel")
     if loglevel is not None and loglevel.lower() not in LOG_LEVELS:
         raise section.error(
@@ -466,6 +477,7 @@ def _circus_options(section: Section, warnings: list[str]) -> CircusOptions:
         multicast_endpoint=multicast,
         stats_endpoint=stats_endpoint or DEFAULT_STATS_ENDPOINT,
         statsd=statsd,
+        metrics_endpoint=metrics_endpoint,
         check_delay=check_delay if check_delay is not None else 5.0,
         warmup_delay=warmup_delay,
         umask=section.get_octal("umask", None),
@@ -483,6 +495,30 @@ def _circus_options(section: Section, warnings: list[str]) -> CircusOptions:
         include_dir=section.get_str("include_dir"),
         options=dict(section.options),
     )
+
+
+def _metrics_endpoint(section: Section) -> tuple[str, int] | None:
+    """``[circus] metrics_endpoint = HOST:PORT`` (``[::1]:PORT`` for IPv6), or None when unset.
+
+    The Prometheus client is the optional extra ``chapiteau[metrics]``: asking
+    for metrics without it is an error here, not at the first scrape.
+    """
+    value = (section.get_str("metrics_endpoint") or "").strip()
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise section.error(
+            "metrics_endpoint", f"{value!r} is not HOST:PORT; write e.g. 127.0.0.1:9090"
+        )
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise section.error(
+            "metrics_endpoint",
+            "Prometheus metrics need the prometheus_client package: install "
+            "chapiteau[metrics] (pip install 'chapiteau[metrics]'), or remove the key",
+        )
+    return host, int(port)
 
 
 def _check_multicast(section: Section, value: str) -> None:

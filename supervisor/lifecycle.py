@@ -224,6 +224,8 @@ class Lifecycle:
         """BACKING_OFF: the loop time of the next attempt."""
         self.failure: str | None = None
         """FAILED (or STOPPING towards it): why the watcher gave up."""
+        self.restarts = 0
+        """Processes that exited without being asked to and were to be replaced (ever)."""
 
     # -- what the driver asks ------------------------------------------------
 
@@ -377,6 +379,7 @@ class Lifecycle:
             if not self.workers and self.phase is Phase.ACTIVE:
                 return [Halt(None)]
             return []
+        self.restarts += 1
         return self._after_crash(worker, now, flapping)
 
     def _after_crash(self, worker: Worker, now: float, flapping: Flapping) -> list[Action]:

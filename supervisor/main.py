@@ -15,7 +15,7 @@ import sys
 
 import structlog
 
-from chapiteau.protocol.constants import BROKER_FD_VARIABLE, EX_CONFIG
+from chapiteau.protocol.constants import BROKER_FD_VARIABLE, EX_CONFIG, SUPERVISOR_START_VARIABLE
 from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
 from chapiteau.protocol.standard_fds import reserve_standard_fds
 from chapiteau.supervisor.arbiter import Arbiter
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         broker = _connect(args)
         sockets = SocketPool(broker, _receive_sockets(broker, config))
-        arbiter = Arbiter(config, broker, sockets)
+        arbiter = Arbiter(config, broker, sockets, _supervisor_start())
     except (ConfigError, HookError, StreamConfigError) as exc:
         print(f"chapiteau-supervisor: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -81,6 +81,13 @@ def _connect(args: argparse.Namespace) -> BrokerClient:
         )
     os.environ.pop(BROKER_FD_VARIABLE, None)
     return BrokerClient.from_fd(fd)
+
+
+def _supervisor_start() -> int | None:
+    """Which supervisor the broker started this one as (1 = the first), from the variable
+    it sets; None when unset (connect mode). The workers do not inherit it."""
+    text = os.environ.pop(SUPERVISOR_START_VARIABLE, "")
+    return int(text) if text.isdigit() and int(text) > 0 else None
 
 
 def _receive_sockets(broker: BrokerClient, config: Config) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,9 +11,11 @@ from chapiteau.protocol.circus_messages import MESSAGE_ERROR, UNKNOWN_COMMAND, R
 from chapiteau.supervisor.commands import dispatch
 
 ARBITER: Any = SimpleNamespace(
-    watchers={"web": SimpleNamespace(name="web", state="active", processes={11: None, 12: None})}
+    watchers={"web": SimpleNamespace(name="web", state="active", processes={11: None, 12: None})},
+    requests=Counter(),
 )
-"""What the read-only commands need of an arbiter: its watchers by name."""
+"""What the read-only commands need of an arbiter: its watchers by name, and where the
+requests are counted."""
 
 
 def reply(command: str, properties: dict[str, Any] | None = None, cast: bool = False) -> Any:
@@ -29,6 +32,20 @@ def test_an_unknown_command_is_errno_2():
     answer = reply("dance")
     assert (answer["status"], answer["errno"]) == ("error", UNKNOWN_COMMAND)
     assert answer["reason"] == "unknown command: 'dance'"
+
+
+def test_requests_are_counted_by_command_and_status_made_up_names_as_unknown():
+    ARBITER.requests.clear()
+    reply("list", {"name": "web"})
+    reply("list", {"name": "web"}, cast=True)
+    reply("list", {"name": "nope"})
+    reply("dance")
+    reply("tango")
+    assert ARBITER.requests == {
+        ("list", "ok"): 2,
+        ("list", "error"): 1,
+        ("unknown", "error"): 2,
+    }
 
 
 def test_a_missing_required_property_is_errno_3_with_circus_words():

@@ -103,6 +103,34 @@ def test_unknown_loglevel_is_refused(tmp_path: Path) -> None:
     assert error(tmp_path, "[circus]\nloglevel = loud\n").key == "loglevel"
 
 
+@pytest.mark.parametrize(
+    ("value", "endpoint"),
+    [("127.0.0.1:9090", ("127.0.0.1", 9090)), ("[::1]:9100", ("::1", 9100)), ("", None)],
+)
+def test_metrics_endpoint_is_host_and_port(
+    tmp_path: Path, value: str, endpoint: tuple[str, int] | None
+) -> None:
+    config = load_text(tmp_path, f"[circus]\nmetrics_endpoint = {value}\n")
+    assert config.circus.metrics_endpoint == endpoint
+
+
+@pytest.mark.parametrize("value", ["9090", "localhost:", ":9090", "host:port", "h:70000"])
+def test_a_metrics_endpoint_that_is_no_host_and_port_is_refused(tmp_path: Path, value: str) -> None:
+    refused = error(tmp_path, f"[circus]\nmetrics_endpoint = {value}\n")
+    assert (refused.section, refused.key) == ("circus", "metrics_endpoint")
+    assert "write e.g. 127.0.0.1:9090" in str(refused)
+
+
+def test_metrics_without_the_prometheus_client_say_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    refused = error(tmp_path, "[circus]\nmetrics_endpoint = 127.0.0.1:9090\n")
+    assert refused.key == "metrics_endpoint"
+    assert "pip install 'chapiteau[metrics]'" in str(refused)
+    assert "\n" not in str(refused)
+
+
 # --- watcher options -------------------------------------------------------------------
 
 

@@ -232,6 +232,21 @@ def test_an_exit_of_a_process_being_stopped_is_no_crash() -> None:
     assert driver.lifecycle.failed_rounds == 0
 
 
+def test_restarts_count_the_exits_it_replaces_not_the_ones_it_asked_for() -> None:
+    driver, pids = started(3)
+    driver.lifecycle.stopping_one(pids[0])
+    driver.crash_all(pids, after=5.0)
+    assert driver.lifecycle.restarts == 2
+    driver.crash_all(driver.spawn_missing())
+    assert driver.lifecycle.restarts == 5
+
+
+def test_restarts_do_not_count_exits_without_respawn() -> None:
+    driver, pids = started(2, respawn=False)
+    driver.crash_all(pids)
+    assert driver.lifecycle.restarts == 0
+
+
 # -- spawn failures ---------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ ROOT_ENV = {
 
 
 def test_only_the_allow_list_passes_and_the_identity_is_the_service_user():
-    env = supervisor_environment(USER, 5, ROOT_ENV)
+    env = supervisor_environment(USER, 5, ROOT_ENV, start=3)
     assert env == {
         "PATH": "/usr/bin:/bin",
         "LANG": "C.UTF-8",
@@ -37,6 +37,7 @@ def test_only_the_allow_list_passes_and_the_identity_is_the_service_user():
         "LOGNAME": "nobody",
         "SHELL": NOBODY.pw_shell,
         "CHAPITEAU_BROKER_FD": "5",
+        "CHAPITEAU_SUPERVISOR_START": "3",
     }
 
 

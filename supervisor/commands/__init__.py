@@ -39,11 +39,20 @@ __all__ = ["COMMANDS", "CommandError", "dispatch", "info", "options", "watchers"
 log = structlog.get_logger("chapiteau.supervisor")
 
 _background: set[asyncio.Task[Any]] = set()
+UNKNOWN = "unknown"
+"""How ``arbiter.requests`` names every command that does not exist."""
 
 
 async def dispatch(arbiter: Supervisor, request: Request, raw: bytes) -> dict[str, Any] | None:
-    """The reply to ``request`` (None for a cast); never raises."""
+    """The reply to ``request`` (None for a cast); never raises.
+
+    Each request is counted in ``arbiter.requests`` by command and reply
+    status; a command that does not exist counts as ``unknown``, so a client
+    cannot grow the table with made-up names.
+    """
     reply = await _run(arbiter, request, raw)
+    command = request.command if request.command in COMMANDS else UNKNOWN
+    arbiter.requests[command, reply["status"]] += 1
     return None if request.cast else reply
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -39,6 +40,8 @@ class Supervisor(Protocol):
     watchers: dict[str, Watcher]
     """By lower-cased name."""
     sampler: ProcessSampler
+    requests: Counter[tuple[str, str]]
+    """Control requests answered, by (command, reply status): ``ok`` or ``error``."""
 
     def by_priority(self) -> list[Watcher]: ...
 

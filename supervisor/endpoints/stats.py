@@ -159,7 +159,7 @@ class ProcessSampler:
 
     def _info(self, pid: int, tracked: _Tracked) -> dict[str, Any]:
         try:
-            cpu_seconds, nice, vms, rss = _proc_stat(pid)
+            cpu_seconds, nice, vms, rss = proc_stat(pid)
         except PermissionError:
             figures = dict.fromkeys(_FIGURES, NOT_AVAILABLE)
         else:
@@ -183,7 +183,7 @@ class ProcessSampler:
         }
 
 
-def _proc_stat(pid: int) -> tuple[float, int, int, int]:
+def proc_stat(pid: int) -> tuple[float, int, int, int]:
     """(CPU seconds, nice, virtual and resident bytes) of ``pid``, from /proc/PID/stat and statm.
 
     The figures psutil's cpu_times, nice and memory_info read (memory from statm:
