@@ -9,7 +9,8 @@ prints ``error: <reason>`` also for ``status`` and exits 3 also with ``--json``.
 It must start fast (it is typed and scripted): the module imports only the
 standard library it needs at once; zmq is imported when a message is sent.
 
-Exit status: 0 success; 3 the daemon answered with an error; 1 no reply in
+Exit status: 0 success; 3 the daemon answered with an error, or ``status -v``
+found a watcher that is not active; 1 no reply in
 time ("Timed out.") or wrong arguments for a command (as circusctl); 2 a usage
 error found by the option parser.
 """
@@ -35,6 +36,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_ERROR_REPLY = 3
+EXIT_NOT_RUNNING = 3
+"""``status -v``: some watcher is not active (as ``systemctl status``)."""
 
 TIMEOUT_HELP = """
 A time out usually happens in one of those cases:
@@ -90,10 +93,11 @@ def build_parser(with_commands: bool) -> argparse.ArgumentParser:
             nargs = argparse.REMAINDER if command.name == "add" else "*"
             sub.add_argument("args", nargs=nargs, help=argparse.SUPPRESS)
             for option in command.options:
+                flags = [f"--{option.name}"] + ([f"-{option.short}"] if option.short else [])
                 if isinstance(option.default, bool):
-                    sub.add_argument(f"--{option.name}", action="store_true", help=option.help)
+                    sub.add_argument(*flags, action="store_true", help=option.help)
                 else:
-                    sub.add_argument(f"--{option.name}", default=option.default, help=option.help)
+                    sub.add_argument(*flags, default=option.default, help=option.help)
     return parser
 
 
@@ -150,12 +154,13 @@ class Session:
         except KeyboardInterrupt:
             return EXIT_FAILURE
         failed = reply.get("status") == "error"
+        ok_status = EXIT_NOT_RUNNING if command.not_running(reply) else EXIT_OK
         if self.args.json:
             if self.args.prettify:
                 print(json.dumps(reply, indent=2, sort_keys=True))
             else:
                 print(json.dumps(reply))
-            return EXIT_ERROR_REPLY if failed else EXIT_OK
+            return EXIT_ERROR_REPLY if failed else ok_status
         try:
             output = command.show(reply)
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -165,7 +170,7 @@ class Session:
             sys.stderr.write(output + "\n")
             return EXIT_ERROR_REPLY
         print(output)
-        return EXIT_OK
+        return ok_status
 
     def close(self) -> None:
         self.client.close()

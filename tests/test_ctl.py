@@ -236,6 +236,65 @@ def test_status_error_names_the_reason(daemon: FakeDaemon, capsys) -> None:
     assert capsys.readouterr().err == "error: program nosuch not found\n"
 
 
+VERBOSE_STATES = {
+    "web": {
+        "state": "active",
+        "processes": [
+            {
+                "wid": 1,
+                "pid": 4242,
+                "state": "running",
+                "uptime": 3725.5,
+                "restarts": 2,
+                "last_exit": {"code": -9, "reason": "exited"},
+                "started": 1.0,
+                "ready": None,
+            }
+        ],
+    },
+    "crash": {
+        "state": "backing_off",
+        "retry_in": 12.8,
+        "retry_at": 1800000000.0,
+        "failed_rounds": 8,
+        "spawn_failures": 0,
+        "processes": [
+            {
+                "wid": 1,
+                "pid": None,
+                "state": "backing_off",
+                "uptime": None,
+                "restarts": 7,
+                "last_exit": {"code": 3, "reason": "exited too quickly"},
+                "started": None,
+                "ready": None,
+            }
+        ],
+    },
+}
+
+
+def test_status_verbose_prints_phases_and_processes_and_exits_3_unless_all_active(
+    daemon: FakeDaemon, capsys
+) -> None:
+    daemon.reply = {"status": "ok", "statuses": {"web": "active", "crash": "active"}}
+    daemon.reply["states"] = VERBOSE_STATES
+    assert run(daemon, "status", "-v") == 3
+    assert daemon.last["properties"] == {"verbose": True}
+    assert capsys.readouterr().out.splitlines() == [
+        "crash: backing off (next attempt 2027-01-15T08:00:00Z, in 12.8 s; 8 failed rounds)",
+        "  WID  PID  STATE        UPTIME  RESTARTS  LAST EXIT                    READY",
+        "  1    -    backing off  -       7         exit 3 (exited too quickly)  -",
+        "web: active",
+        "  WID  PID   STATE    UPTIME   RESTARTS  LAST EXIT                    READY",
+        "  1    4242  running  1:02:05  2         killed by signal 9 (exited)  -",
+    ]
+    daemon.reply = {"status": "active", "name": "web", "state": VERBOSE_STATES["web"]}
+    assert run(daemon, "status", "--verbose", "web") == 0
+    assert daemon.last["properties"] == {"name": "web", "verbose": True}
+    assert capsys.readouterr().out.startswith("web: active\n")
+
+
 def test_globaloptions_error_prints_the_bare_reason(daemon: FakeDaemon, capsys) -> None:
     daemon.reply = {"status": "error", "reason": "'x' not an existing option", "errno": 3}
     assert run(daemon, "globaloptions", "x") == 3
