@@ -57,7 +57,8 @@ class CtlCommand:
     usage: str
     summary: str
     build: Callable[[list[str], dict[str, Any]], Properties] | None
-    """None for ``listen``, which subscribes to the pubsub endpoint instead of sending."""
+    """None for the commands chapiteauctl runs itself (``listen``, ``help``,
+    ``completion``, ``tail``: `chapiteau.ctl.cli.Session.run_local`)."""
     show: Callable[[dict[str, Any]], str] = field(default=lambda reply: _ok_or_error(reply))
     options: tuple[Option, ...] = ()
     not_running: Callable[[dict[str, Any]], bool] = field(default=lambda reply: False)
@@ -421,6 +422,20 @@ def _show_status(reply: dict[str, Any]) -> str:
     return _error(reply)
 
 
+NO_NAME_COMMANDS = frozenset(
+    {
+        "add",
+        "dstats",
+        "globaloptions",
+        "listen",
+        "listsockets",
+        "numwatchers",
+        "quit",
+        "reloadconfig",
+    }
+)
+"""Commands whose first argument is not an existing watcher's name (completion)."""
+
 CTL_COMMANDS: dict[str, CtlCommand] = {
     command.name: command
     for command in (
@@ -483,6 +498,24 @@ CTL_COMMANDS: dict[str, CtlCommand] = {
             _show_list,
         ),
         CtlCommand("listen", "listen [TOPIC...]", "Print the daemon's events", None),
+        CtlCommand("help", "help [COMMAND]", "Show the commands, or one command's help", None),
+        CtlCommand(
+            "completion",
+            "completion bash|zsh",
+            "Print a shell completion script (eval it, or save it where the shell loads it)",
+            None,
+        ),
+        CtlCommand(
+            "tail",
+            "tail [-f] [-n LINES] [--stream stdout|stderr] NAME",
+            "Print the end of a watcher's output file, and follow it with -f",
+            None,
+            options=(
+                Option("follow", False, "print new lines as they are written", "f"),
+                Option("lines", "10", "how many lines to print first", "n"),
+                Option("stream", "stdout", "stdout or stderr"),
+            ),
+        ),
         CtlCommand(
             "listsockets",
             "listsockets",
