@@ -27,14 +27,19 @@ GLOBAL_FLAGS_WITH_VALUE = ("--curve-client-key", "--curve-server-key", "--endpoi
 BASH_TEMPLATE = """\
 # chapiteauctl completion for bash: eval "$(chapiteauctl completion bash)"
 _chapiteauctl() {
-    local cur="${COMP_WORDS[COMP_CWORD]}" command="" given=() i positionals=0
-    for ((i = 1; i < COMP_CWORD; i++)); do
-        case "${COMP_WORDS[i]}" in
+    # Words split on blanks only (COMP_WORDS also splits tcp://host:port at the colons).
+    local line="${COMP_LINE:0:COMP_POINT}" words=() command="" given=() i positionals=0
+    read -ra words <<< "$line"
+    [[ $line == *[[:space:]] ]] && words+=("")
+    local last=$((${#words[@]} - 1))
+    local cur="${words[last]}"
+    for ((i = 1; i < last; i++)); do
+        case "${words[i]}" in
             @WITH_VALUE@)
-                [[ -z $command ]] && given+=("${COMP_WORDS[i]}" "${COMP_WORDS[i+1]}")
+                [[ -z $command ]] && given+=("${words[i]}" "${words[i+1]}")
                 ((i++)) ;;
             -*) ;;
-            *) if [[ -z $command ]]; then command="${COMP_WORDS[i]}"; else ((positionals++)); fi ;;
+            *) if [[ -z $command ]]; then command="${words[i]}"; else ((positionals++)); fi ;;
         esac
     done
     if [[ -z $command ]]; then
@@ -58,7 +63,7 @@ _chapiteauctl() {
         @NO_NAME@) ;;
         *)
             local names
-            names=$("${COMP_WORDS[0]}" "${given[@]}" --timeout 2 list 2>/dev/null)
+            names=$("${words[0]}" "${given[@]}" --timeout 2 list 2>/dev/null)
             COMPREPLY=($(compgen -W "${names//,/ }" -- "$cur")) ;;
     esac
     return 0

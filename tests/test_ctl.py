@@ -523,10 +523,10 @@ CTL_PROGRAM = os.path.join(os.path.dirname(sys.executable), "chapiteauctl")
 
 def complete(daemon: FakeDaemon, *words: str) -> list[str]:
     """COMPREPLY of the bash completion script for ``chapiteauctl WORDS`` (the last is partial)."""
-    typed = " ".join(shlex.quote(word) for word in (CTL_PROGRAM, *words))
+    line = " ".join((CTL_PROGRAM, *words))
     script = (
         f'eval "$({CTL_PROGRAM} completion bash)"\n'
-        f"COMP_WORDS=({typed}); COMP_CWORD={len(words)}\n"
+        f"COMP_LINE={shlex.quote(line)}; COMP_POINT={len(line)}\n"
         '_chapiteauctl; printf "%s\\n" "${COMPREPLY[@]}"\n'
     )
     env = {**os.environ, "CIRCUSCTL_ENDPOINT": daemon.endpoint}
