@@ -5,12 +5,15 @@ the same against chapiteau or circusd, with three fixes:
 ``rm --nostop/--waiting`` and ``kill --waiting`` are sent (circusctl drops them),
 ``set NAME env KEY=VALUE[,KEY=VALUE]`` works (circusctl crashes), and an error reply
 prints ``error: <reason>`` also for ``status`` and exits 3 also with ``--json``.
+chapiteauctl's own additions: ``status -v``, ``tail``, ``help`` and ``completion``
+(`chapiteau.ctl.tail`, `chapiteau.ctl.completion`).
 
 It must start fast (it is typed and scripted): the module imports only the
 standard library it needs at once; zmq is imported when a message is sent.
 
-Exit status: 0 success; 3 the daemon answered with an error; 1 no reply in
-time ("Timed out.") or wrong arguments for a command (as circusctl); 2 a usage
+Exit status: 0 success; 3 the daemon answered with an error, or ``status -v``
+found a watcher that is not active; 1 no reply in time ("Timed out."), wrong
+arguments for a command (as circusctl) or a file ``tail`` cannot read; 2 a usage
 error found by the option parser.
 """
 
@@ -25,6 +28,9 @@ from typing import Any
 
 from chapiteau.ctl.client import CallError, Client, CurveClient, listen
 from chapiteau.ctl.commands import CTL_COMMANDS, ArgumentError
+from chapiteau.ctl.completion import SHELLS
+from chapiteau.ctl.completion import script as completion_script
+from chapiteau.ctl.tail import TailError, stream_file, tail
 from chapiteau.protocol.constants import DEFAULT_ENDPOINT, DEFAULT_PUBSUB_ENDPOINT, VERSION
 
 PROG = "chapiteauctl"
@@ -35,6 +41,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_ERROR_REPLY = 3
+EXIT_NOT_RUNNING = 3
+"""``status -v``: some watcher is not active (as ``systemctl status``)."""
 
 TIMEOUT_HELP = """
 A time out usually happens in one of those cases:
@@ -82,18 +90,23 @@ def build_parser(with_commands: bool) -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"{PROG} {VERSION}", help="display version and exit"
     )
+    parser.command_parsers = {}
     if with_commands:
         subparsers = parser.add_subparsers(dest="command")
         for command in CTL_COMMANDS.values():
-            sub = subparsers.add_parser(command.name, usage=f"{PROG} {command.usage}")
+            sub = subparsers.add_parser(
+                command.name, usage=f"{PROG} {command.usage}", description=command.summary
+            )
+            parser.command_parsers[command.name] = sub
             # add's CMD keeps its own options (add web python -m http.server)
             nargs = argparse.REMAINDER if command.name == "add" else "*"
             sub.add_argument("args", nargs=nargs, help=argparse.SUPPRESS)
             for option in command.options:
+                flags = [f"--{option.name}"] + ([f"-{option.short}"] if option.short else [])
                 if isinstance(option.default, bool):
-                    sub.add_argument(f"--{option.name}", action="store_true", help=option.help)
+                    sub.add_argument(*flags, action="store_true", help=option.help)
                 else:
-                    sub.add_argument(f"--{option.name}", default=option.default, help=option.help)
+                    sub.add_argument(*flags, default=option.default, help=option.help)
     return parser
 
 
@@ -134,8 +147,7 @@ class Session:
         opts = {option.name: getattr(args, option.name) for option in command.options}
         try:
             if command.build is None:
-                endpoint = self.args.endpoint or DEFAULT_PUBSUB_ENDPOINT
-                return listen(endpoint, list(args.args) or [""], self.curve)
+                return self.run_local(command.name, list(args.args), opts)
             properties = command.build(list(args.args), opts)
             reply = self.client.call(command.name, properties)
         except ArgumentError as exc:
@@ -147,15 +159,18 @@ class Session:
                 text += TIMEOUT_HELP
             sys.stderr.write(text if text.endswith("\n") else text + "\n")
             return EXIT_FAILURE
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, TailError) as exc:
+            if isinstance(exc, TailError):
+                sys.stderr.write(f"error: {exc}\n")
             return EXIT_FAILURE
         failed = reply.get("status") == "error"
+        ok_status = EXIT_NOT_RUNNING if command.not_running(reply) else EXIT_OK
         if self.args.json:
             if self.args.prettify:
                 print(json.dumps(reply, indent=2, sort_keys=True))
             else:
                 print(json.dumps(reply))
-            return EXIT_ERROR_REPLY if failed else EXIT_OK
+            return EXIT_ERROR_REPLY if failed else ok_status
         try:
             output = command.show(reply)
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -165,10 +180,48 @@ class Session:
             sys.stderr.write(output + "\n")
             return EXIT_ERROR_REPLY
         print(output)
-        return EXIT_OK
+        return ok_status
+
+    def run_local(self, name: str, words: list[str], opts: dict[str, Any]) -> int:
+        """The commands chapiteauctl runs itself: listen, help, completion, tail."""
+        if name == "listen":
+            endpoint = self.args.endpoint or DEFAULT_PUBSUB_ENDPOINT
+            return listen(endpoint, words or [""], self.curve)
+        if name == "help":
+            return show_help(words)
+        if name == "completion":
+            if len(words) != 1 or words[0] not in SHELLS:
+                raise ArgumentError(f"completion takes one shell: {' or '.join(SHELLS)}")
+            sys.stdout.write(completion_script(words[0]))
+            return EXIT_OK
+        if len(words) != 1 or opts["stream"] not in ("stdout", "stderr"):
+            raise ArgumentError(
+                "Invalid arguments: tail [-f] [-n LINES] [--stream stdout|stderr] NAME"
+            )
+        stream = opts["stream"]
+        reply = self.client.call("get", {"name": words[0], "keys": [f"{stream}_stream_conf"]})
+        if reply.get("status") == "error":
+            raise TailError(str(reply.get("reason")))
+        path = stream_file(words[0], stream, reply.get("options", {}))
+        lines = opts["lines"]
+        if not str(lines).isdigit():
+            raise ArgumentError(f"-n must be a number of lines, not {lines!r}")
+        return tail(path, int(lines), opts["follow"])
 
     def close(self) -> None:
         self.client.close()
+
+
+def show_help(words: list[str]) -> int:
+    """``help``: every command; ``help COMMAND``: its usage, summary and options."""
+    if len(words) > 1 or (words and words[0] not in CTL_COMMANDS):
+        raise ArgumentError(f"help takes one command of: {', '.join(sorted(CTL_COMMANDS))}")
+    parser = build_parser(True)
+    if not words:
+        parser.print_help()
+    else:
+        parser.command_parsers[words[0]].print_help()
+    return EXIT_OK
 
 
 def make_shell(session: Session) -> Any:

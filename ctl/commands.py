@@ -39,6 +39,8 @@ class Option:
     name: str
     default: Any
     help: str
+    short: str | None = None
+    """A one-letter alias (``-v``)."""
 
 
 WAITING = Option("waiting", False, "wait for the real end of the operation")
@@ -55,9 +57,12 @@ class CtlCommand:
     usage: str
     summary: str
     build: Callable[[list[str], dict[str, Any]], Properties] | None
-    """None for ``listen``, which subscribes to the pubsub endpoint instead of sending."""
+    """None for the commands chapiteauctl runs itself (``listen``, ``help``,
+    ``completion``, ``tail``: `chapiteau.ctl.cli.Session.run_local`)."""
     show: Callable[[dict[str, Any]], str] = field(default=lambda reply: _ok_or_error(reply))
     options: tuple[Option, ...] = ()
+    not_running: Callable[[dict[str, Any]], bool] = field(default=lambda reply: False)
+    """True when an ok reply says some watcher is not running as it should (exit status 3)."""
 
 
 def _ok_or_error(reply: dict[str, Any]) -> str:
@@ -314,7 +319,101 @@ def _show_stats(reply: dict[str, Any]) -> str:
     return f"{reply['process']}: {_info_line(reply['info'])}\n"
 
 
+def _build_status(args: list[str], opts: dict[str, Any]) -> Properties:
+    props = _build_optional_name("message invalid")(args, opts)
+    if opts["verbose"]:
+        props["verbose"] = True
+    return props
+
+
+def _states(reply: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The verbose states by watcher name, from a reply with or without ``name``."""
+    if "states" in reply:
+        return dict(reply["states"])
+    return {str(reply.get("name", "")): reply["state"]}
+
+
+def _status_not_running(reply: dict[str, Any]) -> bool:
+    """``status -v``: some watcher is not ``active`` (stopped, failed, backing off, ...)."""
+    if "states" not in reply and "state" not in reply:
+        return False
+    return any(state["state"] != "active" for state in _states(reply).values())
+
+
+def _utc(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    value = int(value)
+    days, rest = divmod(value, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    clock = f"{hours}:{minutes:02d}:{seconds:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+def _exit_text(last_exit: dict[str, Any] | None) -> str:
+    if not last_exit:
+        return "-"
+    code = last_exit.get("code")
+    if code is None:
+        status = "exit ?"
+    elif code < 0:
+        status = f"killed by signal {-code}"
+    else:
+        status = f"exit {code}"
+    return f"{status} ({last_exit.get('reason')})"
+
+
+def _phase_line(name: str, state: dict[str, Any]) -> str:
+    phase = str(state["state"])
+    words = phase.replace("_", " ")
+    details = []
+    if phase == "backing_off":
+        when = _utc(state["retry_at"]) if "retry_at" in state else "?"
+        details.append(f"next attempt {when}, in {state.get('retry_in', 0):.1f} s")
+        details.append(f"{state.get('failed_rounds', 0)} failed rounds")
+    if state.get("reason"):
+        details.append(str(state["reason"]))
+    return f"{name}: {words}" + (f" ({'; '.join(details)})" if details else "")
+
+
+PROCESS_COLUMNS = ("WID", "PID", "STATE", "UPTIME", "RESTARTS", "LAST EXIT", "READY")
+
+
+def _show_status_verbose(reply: dict[str, Any]) -> str:
+    lines = []
+    for name, state in sorted(_states(reply).items()):
+        lines.append(_phase_line(name, state))
+        rows = [
+            (
+                str(p["wid"]),
+                "-" if p.get("pid") is None else str(p["pid"]),
+                str(p["state"]).replace("_", " "),
+                _seconds(p.get("uptime")),
+                str(p.get("restarts", 0)),
+                _exit_text(p.get("last_exit")),
+                "-" if p.get("ready") is None else ("yes" if p["ready"] else "no"),
+            )
+            for p in state.get("processes", [])
+        ]
+        if rows:
+            widths = [max(len(r[i]) for r in (PROCESS_COLUMNS, *rows)) for i in range(7)]
+            for row in (PROCESS_COLUMNS, *rows):
+                lines.append(
+                    "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                )
+    return "\n".join(lines)
+
+
 def _show_status(reply: dict[str, Any]) -> str:
+    if reply.get("status") != "error" and ("states" in reply or "state" in reply):
+        return _show_status_verbose(reply)
     if "statuses" in reply:
         statuses = reply["statuses"]
         return "\n".join(f"{name}: {statuses[name]}" for name in sorted(statuses))
@@ -322,6 +421,20 @@ def _show_status(reply: dict[str, Any]) -> str:
         return str(reply["status"])
     return _error(reply)
 
+
+NO_NAME_COMMANDS = frozenset(
+    {
+        "add",
+        "dstats",
+        "globaloptions",
+        "listen",
+        "listsockets",
+        "numwatchers",
+        "quit",
+        "reloadconfig",
+    }
+)
+"""Commands whose first argument is not an existing watcher's name (completion)."""
 
 CTL_COMMANDS: dict[str, CtlCommand] = {
     command.name: command
@@ -385,6 +498,24 @@ CTL_COMMANDS: dict[str, CtlCommand] = {
             _show_list,
         ),
         CtlCommand("listen", "listen [TOPIC...]", "Print the daemon's events", None),
+        CtlCommand("help", "help [COMMAND]", "Show the commands, or one command's help", None),
+        CtlCommand(
+            "completion",
+            "completion bash|zsh",
+            "Print a shell completion script (eval it, or save it where the shell loads it)",
+            None,
+        ),
+        CtlCommand(
+            "tail",
+            "tail [-f] [-n LINES] [--stream stdout|stderr] NAME",
+            "Print the end of a watcher's output file, and follow it with -f",
+            None,
+            options=(
+                Option("follow", False, "print new lines as they are written", "f"),
+                Option("lines", "10", "how many lines to print first", "n"),
+                Option("stream", "stdout", "stdout or stderr"),
+            ),
+        ),
         CtlCommand(
             "listsockets",
             "listsockets",
@@ -482,10 +613,12 @@ CTL_COMMANDS: dict[str, CtlCommand] = {
         ),
         CtlCommand(
             "status",
-            "status [NAME]",
+            "status [-v] [NAME]",
             "Get the status of a watcher or of all watchers",
-            _build_optional_name("message invalid"),
+            _build_status,
             _show_status,
+            (Option("verbose", False, "each watcher's phase and processes", "v"),),
+            _status_not_running,
         ),
         CtlCommand(
             "stop",

@@ -93,7 +93,10 @@ def test_status_verbose_shows_the_lifecycle_phase(daemon):
 
     wait_until(lambda: phase("broken")["state"] == "failed")
     wait_until(lambda: phase("crash")["state"] == "backing_off")
-    assert phase("lazy") == {"state": "waiting_on_demand"}
+    lazy = phase("lazy")
+    assert set(lazy) == {"state", "processes"} and lazy["state"] == "waiting_on_demand"
+    slots = [(p["wid"], p["pid"], p["state"], p["ready"]) for p in lazy["processes"]]
+    assert slots == [(1, None, "waiting_on_demand", None)]
     assert "spawn failed" in phase("broken")["reason"]
     reply = d.call("status", verbose=True)
     assert reply["statuses"] == {"lazy": "stopped", "crash": "active", "broken": "stopped"}

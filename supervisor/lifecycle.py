@@ -106,6 +106,38 @@ class Worker:
     state: ProcessState = ProcessState.RUNNING
 
 
+@dataclass
+class Slot:
+    """The history of one wid: its spawns since the watcher started, and its last exit."""
+
+    spawns: int = 0
+    last_exit: dict[str, Any] | None = None
+    """``{"code": exit code (-N: killed by signal N), "reason": ...}``, see `EXIT_REASONS`."""
+
+    @property
+    def restarts(self) -> int:
+        """The processes spawned in this wid after its first since the watcher started."""
+        return max(0, self.spawns - 1)
+
+
+EXIT_REASONS = {
+    "stopped": "the watcher stopped it (stop, reload, decr, max_age)",
+    "exited too quickly": "it died sooner than the flapping window after its spawn",
+    "exited": "it died after the flapping window",
+}
+"""The ``reason`` of a slot's last exit, as ``status`` verbose reports it."""
+
+_EMPTY_SLOT_STATE = {
+    Phase.STOPPED: "stopped",
+    Phase.WAITING_ON_DEMAND: "waiting_on_demand",
+    Phase.STARTING: "starting",
+    Phase.ACTIVE: "starting",
+    Phase.BACKING_OFF: "backing_off",
+    Phase.STOPPING: "stopped",
+    Phase.FAILED: "failed",
+}
+
+
 # -- actions: what the driver carries out ------------------------------------
 
 
@@ -226,6 +258,8 @@ class Lifecycle:
         """FAILED (or STOPPING towards it): why the watcher gave up."""
         self.restarts = 0
         """Processes that exited without being asked to and were to be replaced (ever)."""
+        self.slots: dict[int, Slot] = {}
+        """By wid: restarts and last exit, for ``status`` verbose."""
 
     # -- what the driver asks ------------------------------------------------
 
@@ -268,6 +302,27 @@ class Lifecycle:
             described["reason"] = self.failure
         return described
 
+    def processes(self, now: float) -> list[dict[str, Any]]:
+        """One entry per wid (the target's and any in use), in wid order: pid (None when
+        the slot is empty), state, uptime, restarts and last exit (``status`` verbose)."""
+        by_wid = {w.wid: w for w in self.workers.values()}
+        wids = sorted(set(range(1, self.config.numprocesses + 1)) | set(by_wid))
+        entries = []
+        for wid in wids:
+            worker = by_wid.get(wid)
+            slot = self.slots.get(wid, Slot())
+            entries.append(
+                {
+                    "wid": wid,
+                    "pid": worker.pid if worker else None,
+                    "state": worker.state.value if worker else _EMPTY_SLOT_STATE[self.phase],
+                    "uptime": round(now - worker.born, 3) if worker else None,
+                    "restarts": slot.restarts,
+                    "last_exit": slot.last_exit,
+                }
+            )
+        return entries
+
     # -- start and stop ------------------------------------------------------
 
     def start(self, demanded: bool = False, has_sockets: bool = True) -> list[Action]:
@@ -283,6 +338,8 @@ class Lifecycle:
         self.phase = Phase.STARTING
         self.failed_rounds = 0
         self.spawn_failures = 0
+        for slot in self.slots.values():
+            slot.spawns = 0
         return [Reconcile()]
 
     def start_refused(self) -> None:
@@ -342,6 +399,7 @@ class Lifecycle:
     def spawned(self, pid: int, wid: int, now: float, jitter: int = 0) -> list[Action]:
         """``pid`` runs; ``jitter`` is the random part of its max_age (0..max_age_variance)."""
         self.workers[pid] = Worker(pid, wid, now, self.failed_rounds)
+        self.slots.setdefault(wid, Slot()).spawns += 1
         self.spawn_failures = 0
         if self.config.max_age > 0:
             return [ArmExpiry(pid, now + self.config.max_age + jitter)]
@@ -365,14 +423,23 @@ class Lifecycle:
 
     # -- exits and timers ------------------------------------------------------
 
-    def exited(self, pid: int, now: float, flapping: Flapping) -> list[Action]:
-        """``pid`` exited: forget it and decide what replaces it (``flapping``: the
-        configuration's crash-loop policy)."""
+    def exited(
+        self, pid: int, now: float, flapping: Flapping, code: int | None = None
+    ) -> list[Action]:
+        """``pid`` exited with ``code`` (-N: killed by signal N): forget it and decide what
+        replaces it (``flapping``: the configuration's crash-loop policy)."""
         worker = self.workers.pop(pid, None)
         if worker is None:
             return []
         was = worker.state
         worker.state = ProcessState.EXITED
+        if was is ProcessState.STOPPING:
+            reason = "stopped"
+        elif now - worker.born < flapping.window:
+            reason = "exited too quickly"
+        else:
+            reason = "exited"
+        self.slots.setdefault(worker.wid, Slot()).last_exit = {"code": code, "reason": reason}
         if was is ProcessState.STOPPING or not self.keeps_count:
             return []
         if not self.config.respawn:

@@ -131,6 +131,23 @@ class Watcher:
         """The lifecycle's phase (``status`` with ``verbose``, the ``state`` event)."""
         return self.lifecycle.describe(self._now())
 
+    def status(self) -> dict[str, Any]:
+        """``status`` verbose: the phase, ``retry_at`` (epoch) when backing off, and one
+        entry per wid with its process's ``started`` time (epoch) and ``ready``
+        (None: readiness is not tracked yet)."""
+        now, wall = self._now(), time.time()
+        described = self.lifecycle.describe(now)
+        retry_at = self.lifecycle.retry_at
+        if described["state"] == Phase.BACKING_OFF.value and retry_at is not None:
+            described["retry_at"] = round(wall + max(0.0, retry_at - now), 3)
+        processes = self.lifecycle.processes(now)
+        for entry in processes:
+            process = self.processes.get(entry["pid"])
+            entry["started"] = process.started if process else None
+            entry["ready"] = None
+        described["processes"] = processes
+        return described
+
     # -- commands (each takes the lock) --------------------------------------
 
     async def start(self) -> dict[str, list[int]]:
@@ -504,7 +521,7 @@ class Watcher:
         self._log.info("process_reaped", pid=pid, wid=process.wid, exit_code=code)
         self._publish("reap", {"process_pid": pid, "time": now, "exit_code": code})
         self._hook("after_reap", process_pid=pid, time=now, exit_code=code, process_status=None)
-        self._soon(self.lifecycle.exited(pid, self._now(), self.runtime.flapping))
+        self._soon(self.lifecycle.exited(pid, self._now(), self.runtime.flapping, code))
 
     def _set_respawn_timer(self, at: float | None) -> None:
         if self._respawn_timer is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -236,6 +237,65 @@ def test_status_error_names_the_reason(daemon: FakeDaemon, capsys) -> None:
     assert capsys.readouterr().err == "error: program nosuch not found\n"
 
 
+VERBOSE_STATES = {
+    "web": {
+        "state": "active",
+        "processes": [
+            {
+                "wid": 1,
+                "pid": 4242,
+                "state": "running",
+                "uptime": 3725.5,
+                "restarts": 2,
+                "last_exit": {"code": -9, "reason": "exited"},
+                "started": 1.0,
+                "ready": None,
+            }
+        ],
+    },
+    "crash": {
+        "state": "backing_off",
+        "retry_in": 12.8,
+        "retry_at": 1800000000.0,
+        "failed_rounds": 8,
+        "spawn_failures": 0,
+        "processes": [
+            {
+                "wid": 1,
+                "pid": None,
+                "state": "backing_off",
+                "uptime": None,
+                "restarts": 7,
+                "last_exit": {"code": 3, "reason": "exited too quickly"},
+                "started": None,
+                "ready": None,
+            }
+        ],
+    },
+}
+
+
+def test_status_verbose_prints_phases_and_processes_and_exits_3_unless_all_active(
+    daemon: FakeDaemon, capsys
+) -> None:
+    daemon.reply = {"status": "ok", "statuses": {"web": "active", "crash": "active"}}
+    daemon.reply["states"] = VERBOSE_STATES
+    assert run(daemon, "status", "-v") == 3
+    assert daemon.last["properties"] == {"verbose": True}
+    assert capsys.readouterr().out.splitlines() == [
+        "crash: backing off (next attempt 2027-01-15T08:00:00Z, in 12.8 s; 8 failed rounds)",
+        "  WID  PID  STATE        UPTIME  RESTARTS  LAST EXIT                    READY",
+        "  1    -    backing off  -       7         exit 3 (exited too quickly)  -",
+        "web: active",
+        "  WID  PID   STATE    UPTIME   RESTARTS  LAST EXIT                    READY",
+        "  1    4242  running  1:02:05  2         killed by signal 9 (exited)  -",
+    ]
+    daemon.reply = {"status": "active", "name": "web", "state": VERBOSE_STATES["web"]}
+    assert run(daemon, "status", "--verbose", "web") == 0
+    assert daemon.last["properties"] == {"name": "web", "verbose": True}
+    assert capsys.readouterr().out.startswith("web: active\n")
+
+
 def test_globaloptions_error_prints_the_bare_reason(daemon: FakeDaemon, capsys) -> None:
     daemon.reply = {"status": "error", "reason": "'x' not an existing option", "errno": 3}
     assert run(daemon, "globaloptions", "x") == 3
@@ -349,7 +409,8 @@ def test_every_circusctl_command_exists() -> None:
                  "listsockets", "numprocesses", "numwatchers", "options", "quit", "reload",
                  "reloadconfig", "restart", "rm", "set", "signal", "start", "stats", "status",
                  "stop"}  # fmt: skip
-    assert set(ctl.CTL_COMMANDS) == circusctl
+    chapiteauctl_only = {"completion", "help", "tail"}
+    assert set(ctl.CTL_COMMANDS) == circusctl | chapiteauctl_only
 
 
 # -- the installed script: interactive shell, listen, CURVE ----------------------------------
@@ -453,3 +514,76 @@ def test_curve_client_is_refused_without_the_server_key() -> None:
     router.close()
     context.term()
     assert result.returncode == 1 and result.stderr.startswith("Timed out.")
+
+
+# -- help, completion, tail ------------------------------------------------------------------
+
+CTL_PROGRAM = os.path.join(os.path.dirname(sys.executable), "chapiteauctl")
+
+
+def complete(daemon: FakeDaemon, *words: str) -> list[str]:
+    """COMPREPLY of the bash completion script for ``chapiteauctl WORDS`` (the last is partial)."""
+    line = " ".join((CTL_PROGRAM, *words))
+    script = (
+        f'eval "$({CTL_PROGRAM} completion bash)"\n'
+        f"COMP_LINE={shlex.quote(line)}; COMP_POINT={len(line)}\n"
+        '_chapiteauctl; printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    env = {**os.environ, "CIRCUSCTL_ENDPOINT": daemon.endpoint}
+    done = subprocess.run(
+        ["bash", "--norc", "-c", script], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_bash_completion_completes_commands_flags_and_live_watcher_names(
+    daemon: FakeDaemon,
+) -> None:
+    daemon.reply = {"status": "ok", "watchers": ["web", "worker", "cron"]}
+    assert complete(daemon, "sta") == ["start", "stats", "status"]
+    assert complete(daemon, "--end") == ["--endpoint"]
+    assert complete(daemon, "status", "-") == ["--verbose", "-v", "--help"]
+    assert complete(daemon, "stop", "w") == ["web", "worker"]
+    assert daemon.last["command"] == "list"
+    assert complete(daemon, "--endpoint", daemon.endpoint, "tail", "-f", "c") == ["cron"]
+    assert complete(daemon, "help", "in") == ["incr"]
+    assert complete(daemon, "completion", "") == ["bash", "zsh"]
+    assert complete(daemon, "stop", "web", "") == []
+
+
+def test_completion_scripts_for_each_shell(capsys) -> None:
+    assert ctl.main(["completion", "zsh"]) == 0
+    zsh = capsys.readouterr().out
+    assert "bashcompinit" in zsh and "complete -F _chapiteauctl chapiteauctl" in zsh
+    assert ctl.main(["completion", "fish"]) == 1
+    assert capsys.readouterr().err == "completion takes one shell: bash or zsh\n"
+
+
+def test_help_command_lists_commands_or_shows_one(capsys) -> None:
+    assert ctl.main(["help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in ctl.CTL_COMMANDS)
+    assert ctl.main(["help", "status"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: chapiteauctl status [-v] [NAME]") and "--verbose, -v" in out
+    assert ctl.main(["help", "nosuch"]) == 1
+
+
+def test_tail_prints_the_last_lines_of_the_stream_file(daemon: FakeDaemon, tmp_path, capfd) -> None:
+    log = tmp_path / "web.log"
+    log.write_text("".join(f"line {n}\n" for n in range(20)))
+    options = {"stdout_stream_conf": {"class": "FileStream", "filename": str(log)}}
+    daemon.reply = {"status": "ok", "options": options}
+    assert run(daemon, "tail", "-n", "3", "web") == 0
+    assert capfd.readouterr().out == "line 17\nline 18\nline 19\n"
+    assert daemon.last["properties"] == {"name": "web", "keys": ["stdout_stream_conf"]}
+
+
+def test_tail_without_a_stream_file_says_how_to_get_one(daemon: FakeDaemon, capsys) -> None:
+    daemon.reply = {"status": "ok", "options": {"stderr_stream_conf": {}}}
+    assert run(daemon, "tail", "--stream", "stderr", "web") == 1
+    assert capsys.readouterr().err == (
+        "error: watcher 'web' has no stderr_stream file: set stderr_stream.class = "
+        "FileStream and stderr_stream.filename in [watcher:web] to tail it\n"
+    )

@@ -176,6 +176,38 @@ def test_first_crash_respawns_at_once_later_ones_back_off() -> None:
     assert driver.lifecycle.describe(driver.now)["state"] == "backing_off"
 
 
+def test_processes_report_each_wid_restarts_and_last_exit() -> None:
+    driver, pids = started(2)
+    driver.now += 0.01
+    driver.lifecycle.exited(pids[0], driver.now, FLAPPING, 3)
+    driver.spawn_missing()
+    driver.now += 0.01
+    driver.lifecycle.exited(pids[1], driver.now + 5.0, FLAPPING, -9)
+    assert driver.lifecycle.phase is Phase.ACTIVE
+    one, two = driver.lifecycle.processes(driver.now)
+    assert (one["wid"], one["state"], one["restarts"]) == (1, "running", 1)
+    assert one["last_exit"] == {"code": 3, "reason": "exited too quickly"}
+    assert (two["wid"], two["pid"], two["state"], two["uptime"]) == (2, None, "starting", None)
+    assert two["last_exit"] == {"code": -9, "reason": "exited"}
+
+
+def test_processes_of_a_watcher_backing_off_are_backing_off_and_stopped_ones_say_so() -> None:
+    driver, pids = started()
+    driver.crash_all(pids)
+    driver.crash_all(driver.spawn_missing())
+    [slot] = driver.lifecycle.processes(driver.now)
+    assert (slot["pid"], slot["state"], slot["restarts"]) == (None, "backing_off", 1)
+    driver.lifecycle.timer_fired()
+    pids = driver.spawn_missing()
+    driver.lifecycle.stop()
+    driver.lifecycle.exited(pids[0], driver.now, FLAPPING, 0)
+    driver.lifecycle.stopped()
+    [slot] = driver.lifecycle.processes(driver.now)
+    assert (slot["state"], slot["last_exit"]) == ("stopped", {"code": 0, "reason": "stopped"})
+    driver.start()
+    assert driver.lifecycle.processes(driver.now)[0]["restarts"] == 0
+
+
 def test_a_process_that_lived_the_window_ends_the_streak() -> None:
     driver, pids = started()
     driver.crash_all(pids)

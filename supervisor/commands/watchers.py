@@ -167,15 +167,16 @@ async def list_(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
 @command("status")
 async def status(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
     """Circus's status words; with ``verbose`` (chapiteau's), the lifecycle's phase too
-    (waiting_on_demand, backing_off with retry_at, failed with its reason)."""
+    (waiting_on_demand, backing_off with retry_at, failed with its reason) and the
+    processes by wid (pid, state, uptime, restarts, last exit)."""
     verbose = bool_property(props, "verbose", False)
     if props.get("name") is None:
         watchers = arbiter.watchers.values()
         fields: Fields = {"statuses": {w.name: w.state for w in watchers}}
         if verbose:
-            fields["states"] = {w.name: w.describe() for w in watchers}
+            fields["states"] = {w.name: w.status() for w in watchers}
         return fields
     watcher = watcher_named(arbiter, props)
     if verbose:
-        return {"status": watcher.state, "state": watcher.describe()}
+        return {"status": watcher.state, "name": watcher.name, "state": watcher.status()}
     return {"status": watcher.state}
