@@ -14,7 +14,8 @@ from chapiteau.broker.supervisor_output import KEPT_LINES, MAX_LINE, OutputRelay
 class Lines(LogSink):
     """A sink that keeps what it is given."""
 
-    def __init__(self) -> None:
+    def __init__(self, json_lines: bool = False) -> None:
+        self.json_lines = json_lines
         self.lines: list[bytes] = []
 
     def write_line(self, line: bytes) -> None:
@@ -25,7 +26,7 @@ class Lines(LogSink):
 def relay() -> Iterator[tuple[OutputRelay, int, Lines]]:
     reader, writer = os.pipe()
     sink = Lines()
-    relay = OutputRelay(reader, sink, recent_lines())
+    relay = OutputRelay(reader, sink, recent_lines(), "stdout")
     yield relay, writer, sink
     relay.close()
     os.close(writer)
@@ -64,7 +65,7 @@ def test_a_line_without_end_is_cut_at_max_line_without_waiting(relay):
 def test_end_of_file_relays_the_partial_line_and_says_so():
     reader, writer = os.pipe()
     sink = Lines()
-    relay = OutputRelay(reader, sink, recent_lines())
+    relay = OutputRelay(reader, sink, recent_lines(), "stdout")
     os.write(writer, b"last words")
     os.close(writer)
     assert relay.drain() is False
