@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 
@@ -78,3 +79,19 @@ def test_the_last_lines_are_kept(relay):
     os.write(writer, b"".join(b"%d\n" % n for n in range(KEPT_LINES + 5)))
     relay.drain()
     assert list(relay.recent) == [b"%d" % n for n in range(5, KEPT_LINES + 5)]
+
+
+def test_in_a_json_log_a_relayed_line_that_is_not_json_becomes_an_event():
+    reader, writer = os.pipe()
+    sink = Lines(json_lines=True)
+    relay = OutputRelay(reader, sink, recent_lines(), "stderr")
+    try:
+        os.write(writer, b'{"event": "already_json"}\nTraceback (most recent call last):\n')
+        assert relay.read()
+    finally:
+        relay.close()
+        os.close(writer)
+    kept, wrapped = (json.loads(line) for line in sink.lines)
+    assert kept == {"event": "already_json"}
+    assert wrapped["event"] == "supervisor_output" and wrapped["stream"] == "stderr"
+    assert wrapped["line"] == "Traceback (most recent call last):"
