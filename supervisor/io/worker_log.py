@@ -4,7 +4,8 @@ Circus lets such a worker write to the daemon's own stdout and stderr.
 chapiteau reads it through the redirector like any stream's pipe and logs
 each line as a ``worker_output`` event carrying the watcher, the pid and the
 stream ("stdout" or "stderr"), so that the log stays in one format (a JSON
-log stays JSON). Lines are cut where the worker's writes end: a line the
+log stays JSON). These events are logged whatever ``--log-level`` says, as
+circusd's workers' output is. Lines are cut where the worker's writes end: a line the
 worker writes in pieces, or longer than one read, may become several events.
 """
 
@@ -14,7 +15,8 @@ import structlog
 
 from chapiteau.supervisor.io.streams import Chunk
 
-log = structlog.get_logger("chapiteau.worker")
+# Never filtered by the log level: the output is the workers', not the supervisor's chatter.
+log = structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_bound_logger(0))
 
 
 class WorkerOutputLog:
