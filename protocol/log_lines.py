@@ -15,6 +15,7 @@ line it relays is not.
 from __future__ import annotations
 
 import json
+import traceback
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
@@ -36,16 +37,27 @@ def add_timestamp(_logger: Any, _method: str, event_dict: EventDict) -> EventDic
     return event_dict
 
 
+LEVEL_ALIASES = {"warn": "warning", "exception": "error"}
+
+
 def add_level(_logger: Any, method: str, event_dict: EventDict) -> EventDict:
-    """Processor: ``level`` from the method called (``warn`` is ``warning``)."""
-    event_dict["level"] = "warning" if method == "warn" else method
+    """Processor: ``level`` from the method called (``warn`` is ``warning``, as in structlog)."""
+    event_dict["level"] = LEVEL_ALIASES.get(method, method)
     return event_dict
 
 
 def json_line(_logger: Any, _method: str, event_dict: EventDict) -> str:
-    """Renderer: the event as one JSON object, timestamp, level and event first."""
+    """Renderer: the event as one JSON object, timestamp, level and event first.
+
+    ``log.exception`` (``exc_info``) gives the traceback as ``exception``, one string.
+    """
     ordered = {key: event_dict[key] for key in ("timestamp", "level", "event") if key in event_dict}
     ordered.update(event_dict)
+    exc_info = ordered.pop("exc_info", None)
+    if isinstance(exc_info, BaseException):
+        ordered["exception"] = "".join(traceback.format_exception(exc_info))
+    elif exc_info:
+        ordered["exception"] = traceback.format_exc()
     return json.dumps(ordered, default=repr, ensure_ascii=False)
 
 

@@ -61,9 +61,26 @@ def test_a_relayed_json_object_is_kept_as_it_is(line):
 
 
 @pytest.mark.parametrize(
-    "line", ["Traceback (most recent call last):", "{not json", "[1, 2]", "{" * 100000, ""]
+    "line",
+    ["Traceback (most recent call last):", "{not json", "[1, 2]", '{"a": ' + "[" * 100000, ""],
 )
 def test_any_other_relayed_line_becomes_an_event_carrying_it(line):
     event = json.loads(as_json_event(line, "supervisor_output", stream="stderr"))
     assert event["event"] == "supervisor_output" and event["stream"] == "stderr"
     assert event["line"] == line and event["timestamp"].endswith("Z")
+
+
+def test_log_exception_puts_the_traceback_in_one_json_field():
+    structlog.configure(
+        processors=[*LOG_PROCESSORS, json_line], logger_factory=structlog.ReturnLoggerFactory()
+    )
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            rendered = structlog.get_logger().exception("peer_handling_failed")
+    finally:
+        structlog.reset_defaults()
+    line = json.loads(rendered)
+    assert line["level"] == "error" and "exc_info" not in line
+    assert "ValueError: boom" in line["exception"]
