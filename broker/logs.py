@@ -115,7 +115,14 @@ def configure_logging(level: str = "info", fmt: str = "console") -> LogSink:
         logger_factory=lambda *args: sink,
         cache_logger_on_first_use=True,
     )
+    if fmt == "json":
+        sys.excepthook = _log_uncaught
     return sink
+
+
+def _log_uncaught(_kind: type[BaseException], error: BaseException, _traceback: object) -> None:
+    """A bug's traceback, as one event of the JSON log instead of raw lines."""
+    log.critical("uncaught_exception", exc_info=error)
 
 
 class LogFile:
