@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # What users install: the wheel, not the checkout. `make example` runs it and the
 # integration tests test it.
 WHEEL_VENV ?= .venv-wheel
-SYSTEM_PACKAGES := python3-venv python3-dev libcap-dev gcc libseccomp2
+SYSTEM_PACKAGES := python3-venv python3-dev libcap-dev gcc libseccomp2 logrotate
 PYTEST_ARGS ?=
 # As root, the supervisor and the workers run as nobody, who must be able to read the
 # virtualenv and the package. A checkout nobody cannot reach (a clone under /root, 0700)

@@ -35,7 +35,7 @@ import structlog
 from chapiteau.broker.binding import BindError, BoundSocket, abandon, bind_unix
 from chapiteau.broker.config import BrokerConfig, load_broker_config
 from chapiteau.broker.launcher import Launcher
-from chapiteau.broker.logs import LogSink
+from chapiteau.broker.logs import LogFile, LogSink
 from chapiteau.broker.privileges import ServiceUser
 from chapiteau.broker.safe_paths import Entry, UnsafePathError, make_directory
 from chapiteau.broker.service import Peer, Reply, Service
@@ -88,6 +88,7 @@ class Broker:
         listener: socket.socket | None = None,
         startup: StartupReport | None = None,
         log_sink: LogSink | None = None,
+        log_file: LogFile | None = None,
     ) -> None:
         self.config = config
         self.user = user
@@ -115,13 +116,16 @@ class Broker:
         self.startup = startup or StartupReport(None)
         self.supervisor_was_ready = False
         """A supervisor said ``ready``: from then on a supervisor that dies is restarted."""
-        self.output_sinks = (LogSink(1), log_sink or LogSink(2))
+        stderr = log_sink or LogSink(2)
+        self.output_sinks = (LogSink(1, stderr.json_lines), stderr)
         """Where the supervisor's stdout and stderr lines go: the broker's own."""
         self.outputs: list[OutputRelay] = []
         """The stdout and stderr pipes of the current supervisor."""
         self.relays: set[OutputRelay] = set()
         """Every pipe still open: the workers of a dead supervisor may keep writing to its own."""
         self.recent = recent_lines()
+        self.log_file = log_file
+        """``--log-output``, reopened on USR1 (a rotation renamed it)."""
 
     # -- the loop -------------------------------------------------------------
 
@@ -198,9 +202,12 @@ class Broker:
             elif signum in STOPPING:
                 log.info("stop_requested", signal=signal.Signals(signum).name)
                 self._stop()
-            elif signum in FORWARDED and self.supervisor is not None:
-                log.info("signal_forwarded", signal=signal.Signals(signum).name)
-                self.supervisor.send_signal(signum)
+            elif signum in FORWARDED:
+                if signum == signal.SIGUSR1 and self.log_file is not None:
+                    self.log_file.reopen()
+                if self.supervisor is not None:
+                    log.info("signal_forwarded", signal=signal.Signals(signum).name)
+                    self.supervisor.send_signal(signum)
 
     # -- the supervisor -------------------------------------------------------
 
@@ -233,8 +240,10 @@ class Broker:
                 os.close(writer)
         self.recent = recent_lines()
         self.outputs = [
-            self._add_output(OutputRelay(reader, sink, self.recent))
-            for (reader, _), sink in zip(pipes, self.output_sinks, strict=True)
+            self._add_output(OutputRelay(reader, sink, self.recent, source))
+            for (reader, _), sink, source in zip(
+                pipes, self.output_sinks, ("stdout", "stderr"), strict=True
+            )
         ]
         self.starts += 1
         self.supervisor_started = time.monotonic()

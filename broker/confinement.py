@@ -10,7 +10,8 @@ The layers, in the order they are put on (each one needs the previous):
    the Landlock calls are allowed, they can only restrict further);
 3. Landlock: read the config's directories, the Python installation, the
    few /etc files name lookups read and /proc; create and remove sockets in
-   the unix sockets' directories; remove the pidfile; nothing else.
+   the unix sockets' directories; remove the pidfile; write and create files
+   in the directory of ``--log-output`` (USR1 reopens it); nothing else.
 
 What each stops and what remains is in docs/security.md. The launcher
 (broker/launcher.py) must be forked before: everything here is inherited.
@@ -58,6 +59,8 @@ LOOKUP_FILES = (
 )
 """What glibc reads to resolve a host, a protocol or a user (a reload, a supervisor start)."""
 SOCKET_DIRECTORY = landlock.READ_DIR | landlock.MAKE_SOCK | landlock.REMOVE_FILE
+LOG_DIRECTORY = landlock.WRITE_FILE | landlock.MAKE_REG
+"""Reopen the log file by name after a rotation, or create it when the rotation left none."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,9 @@ class Confinement:
     seccomp_rules: int
 
 
-def filesystem_rules(config: BrokerConfig, pidfile: str | None) -> list[landlock.Rule]:
+def filesystem_rules(
+    config: BrokerConfig, pidfile: str | None, log_directory: str | None = None
+) -> list[landlock.Rule]:
     """Every path the broker may still use after binding, and how."""
     rules = [landlock.Rule(os.path.dirname(path), landlock.READ) for path in config.files]
     python = sysconfig.get_paths()
@@ -91,11 +96,17 @@ def filesystem_rules(config: BrokerConfig, pidfile: str | None) -> list[landlock
         absolute = os.path.abspath(pidfile)
         rules.append(landlock.Rule(absolute, landlock.READ_FILE))
         rules.append(landlock.Rule(os.path.dirname(absolute), landlock.REMOVE_FILE))
+    if log_directory:
+        rules.append(landlock.Rule(log_directory, LOG_DIRECTORY))
     return rules
 
 
 def confine(
-    config: BrokerConfig, pidfile: str | None, broker: ServiceUser | None, service: ServiceUser
+    config: BrokerConfig,
+    pidfile: str | None,
+    log_directory: str | None,
+    broker: ServiceUser | None,
+    service: ServiceUser,
 ) -> Confinement:
     """Put every layer on, in order; log (once) each layer the system lacks."""
     _load_lookup_modules(service)
@@ -117,7 +128,7 @@ def confine(
     except seccomp.SeccompUnavailable as exc:
         log.warning("seccomp_unavailable", error=str(exc))
         rules = 0
-    restricted = landlock.restrict(filesystem_rules(config, pidfile))
+    restricted = landlock.restrict(filesystem_rules(config, pidfile, log_directory))
     if restricted is None:
         log.warning("landlock_unavailable", hint="Linux 5.13 or later with Landlock enabled")
     else:

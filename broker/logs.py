@@ -21,6 +21,11 @@ import stat
 import sys
 
 import structlog
+from structlog.dev import ConsoleRenderer
+
+from chapiteau.broker.privileges import ServiceUser
+from chapiteau.broker.safe_paths import UnsafePathError, append_in, open_parent
+from chapiteau.protocol.log_lines import LOG_PROCESSORS, as_json_event, json_line
 
 PIPE_BUF = select.PIPE_BUF
 log = structlog.get_logger("chapiteau.broker")
@@ -29,8 +34,10 @@ log = structlog.get_logger("chapiteau.broker")
 class LogSink:
     """Whole lines to one fd; a line the fd cannot take now is dropped, never waited for."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, json_lines: bool = False) -> None:
         self.fd = fd
+        self.json_lines = json_lines
+        """The log is JSON lines: a relayed line that is not one becomes an event carrying it."""
         self.dropped = 0
         self._cut = False
         """A line was cut short: the next one starts on a new line."""
@@ -43,6 +50,13 @@ class LogSink:
         self.write_line(message.encode("utf-8", "backslashreplace") + b"\n")
 
     debug = info = warn = warning = error = critical = fatal = exception = log = msg
+
+    def relay(self, line: bytes, source: str) -> None:
+        """Write a line the supervisor wrote on ``source`` (without its newline)."""
+        if self.json_lines:
+            text = line.decode("utf-8", "backslashreplace")
+            line = as_json_event(text, "supervisor_output", stream=source).encode()
+        self.write_line(line + b"\n")
 
     def write_line(self, line: bytes) -> None:
         """Write ``line`` (which ends with a newline) now, or drop it."""
@@ -93,20 +107,55 @@ def configure_logging(level: str = "info", fmt: str = "console") -> LogSink:
 
     Returns the sink on stderr, for lines relayed from the supervisor.
     """
-    sink = LogSink(sys.stderr.fileno())
-    renderer = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
+    sink = LogSink(sys.stderr.fileno(), fmt == "json")
+    renderer = json_line if fmt == "json" else ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=False),
-            renderer,
-        ],
+        processors=[*LOG_PROCESSORS, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=lambda *args: sink,
         cache_logger_on_first_use=True,
     )
+    if fmt == "json":
+        sys.excepthook = _log_uncaught
     return sink
+
+
+def _log_uncaught(_kind: type[BaseException], error: BaseException, _traceback: object) -> None:
+    """A bug's traceback, as one event of the JSON log instead of raw lines."""
+    log.critical("uncaught_exception", exc_info=error)
+
+
+class LogFile:
+    """``--log-output``: the file fds 1 and 2 point at, opened again by name on USR1.
+
+    The directory is opened (verified, as broker/safe_paths.py does) once at
+    start and kept, so that the confined broker reopens the file relative to
+    it: by name, never through a link (O_NOFOLLOW), creating it with mode 0640
+    as the broker's own account when the rotation left no file. Landlock lets
+    the broker write and create files in this one directory (broker/confinement.py).
+    """
+
+    def __init__(self, path: str, user: ServiceUser) -> None:
+        self.path = path
+        try:
+            self.directory, self.name = open_parent(path, user, follow=True)
+        except UnsafePathError as exc:
+            raise UnsafePathError(f"log output: {exc}") from None
+
+    def point_standard_fds(self) -> None:
+        """Open the file and point fds 1 and 2 at it (close-on-exec: nothing execs the broker)."""
+        fd = append_in(self.directory, self.name)
+        try:
+            os.dup2(fd, 1, inheritable=False)
+            os.dup2(fd, 2, inheritable=False)
+        finally:
+            os.close(fd)
+
+    def reopen(self) -> None:
+        """After a rotation: write to the file that now has the name; keep the old one on error."""
+        try:
+            self.point_standard_fds()
+        except (OSError, UnsafePathError) as exc:
+            log.error("log_reopen_failed", path=self.path, error=str(exc))
+            return
+        log.info("log_reopened", path=self.path)

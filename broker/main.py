@@ -28,7 +28,7 @@ from chapiteau.broker.broker import Broker, listen_for_supervisors
 from chapiteau.broker.config import BrokerConfig, load_broker_config
 from chapiteau.broker.confinement import confine
 from chapiteau.broker.launcher import fork_launcher
-from chapiteau.broker.logs import configure_logging
+from chapiteau.broker.logs import LogFile, configure_logging
 from chapiteau.broker.pidfile import (
     PidfileError,
     check_pidfile,
@@ -47,13 +47,13 @@ from chapiteau.broker.safe_paths import (
     UnsafePathError,
     check_trusted_file,
     make_directory,
-    open_for_append,
     open_parent,
 )
 from chapiteau.broker.socket_table import bind_all, close_all
 from chapiteau.broker.startup import StartupReport, daemonize
 from chapiteau.protocol.constants import VERSION
 from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
+from chapiteau.protocol.log_lines import LOG_FORMATS, fatal_line
 from chapiteau.protocol.standard_fds import reserve_standard_fds
 
 log = structlog.get_logger("chapiteau.broker")
@@ -78,9 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=LOG_LEVELS,
         help="default: [circus] loglevel, or info",
     )
-    parser.add_argument("--log-format", choices=("console", "json"), default="console")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="console")
     parser.add_argument(
-        "--log-output", help="append all logs (broker, supervisor, workers) to this file"
+        "--log-output",
+        help="append all logs (broker, supervisor, workers) to this file; USR1 reopens it",
     )
     parser.add_argument(
         "--daemon",
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     # Start-up errors go to the caller's stderr even once logs go to --log-output.
     console = sys.stderr
     sockets: dict[str, BoundSocket] = {}
-    listener = listener_file = None
+    listener = listener_file = log_file = None
     report: StartupReport | None = None
     try:
         config = load_broker_config(args.config)
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         if config.socket_path is None:
             check_access(user, supervisor_files(config))
         if args.log_output:
-            console = _redirect_output(args.log_output, user)
+            log_file = LogFile(args.log_output, user)
+            console = _redirect_output(log_file)
         # Only now: whether to colour depends on where stderr ends up.
         log_sink = configure_logging(args.log_level, args.log_format)
         if config.loggerconfig:
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             owner = broker_user.uid if broker_user else -1
             listener, listener_file = listen_for_supervisors(config.socket_path, user, owner)
         if args.daemon:
-            report = daemonize(console)
+            report = daemonize(console, args.log_format)
         if args.pidfile:
             write_pidfile(args.pidfile, user)
     except STARTUP_ERRORS as exc:
@@ -157,18 +159,19 @@ def main(argv: list[str] | None = None) -> int:
         if listener_file is not None:
             release(listener_file)
         if report is None:
-            print(f"chapiteau: {exc}", file=console)
+            print(fatal_line("chapiteau", args.log_format, str(exc)), file=console)
         else:
             report.failed(1, str(exc))
         return 1
     if report is None:
         # Without --log-output the log is the caller's stderr: it tells everything.
-        report = StartupReport(None if console is sys.stderr else console)
+        report = StartupReport(None if console is sys.stderr else console, args.log_format)
     # Connect mode: the supervisor is started by someone else; nothing to launch.
     launcher = None if config.socket_path else fork_launcher(user)
     try:
         try:
-            confined = confine(config, args.pidfile, broker_user, user)
+            log_directory = log_file.directory.path if log_file else None
+            confined = confine(config, args.pidfile, log_directory, broker_user, user)
         except OSError as exc:
             # Never run half-confined: stop before serving anything.
             log.error("confinement_failed", error=str(exc))
@@ -184,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             launcher=launcher.pid if launcher else None,
         )
         options = ["--log-level", args.log_level, "--log-format", args.log_format]
-        broker = Broker(config, sockets, user, launcher, options, listener, report, log_sink)
+        broker = Broker(
+            config, sockets, user, launcher, options, listener, report, log_sink, log_file
+        )
         return broker.run()
     finally:
         if listener_file is not None:
@@ -279,19 +284,17 @@ def _check_parent(path: str, user: ServiceUser, follow: bool = False) -> None:
     directory.close()
 
 
-def _redirect_output(path: str, user: ServiceUser) -> TextIO:
-    """Point fds 1 and 2 at ``path`` (the broker's log; the supervisor's output is relayed there).
+def _redirect_output(log_file: LogFile) -> TextIO:
+    """Point fds 1 and 2 at the log file (the supervisor's output is relayed there).
 
     The file is opened as broker/safe_paths.py says: never through a link the
     service user could plant, never in a directory that user can write.
     Returns the previous stderr, for the start-up error an operator must see.
     """
-    try:
-        fd = open_for_append(path, user)
-    except UnsafePathError as exc:
-        raise UnsafePathError(f"log output: {exc}") from None
     console = os.fdopen(os.dup(2), "w")
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
+    try:
+        log_file.point_standard_fds()
+    except BaseException:
+        console.close()
+        raise
     return console

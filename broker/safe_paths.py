@@ -170,12 +170,22 @@ def open_for_append(path: str, user: ServiceUser, mode: int = 0o640) -> int:
     """Open (create if missing) a regular file to append to, e.g. a log; returns the fd."""
     directory, name = open_parent(path, user, follow=True)
     with directory:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NOCTTY
-        # O_NONBLOCK: a FIFO with no reader must not hang the broker at open.
-        fd = os.open(name, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=directory.fd)
+        return append_in(directory, name, mode)
+
+
+def append_in(directory: Directory, name: str, mode: int = 0o640) -> int:
+    """Open (create if missing) the regular file ``name`` of ``directory`` to append to.
+
+    Never through a link (O_NOFOLLOW), never a FIFO or a device.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NOCTTY
+    # O_NONBLOCK: a FIFO with no reader must not hang the broker at open.
+    fd = os.open(name, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=directory.fd)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise UnsafePathError(f"{path}: not a regular file; name a file to append to")
+        raise UnsafePathError(
+            f"{directory.path}/{name}: not a regular file; name a file to append to"
+        )
     os.set_blocking(fd, True)
     return fd
 

@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterable
 from typing import TextIO
 
+from chapiteau.protocol.log_lines import fatal_line
+
 NO_REPORT = 1
 """The --daemon parent's exit status when the daemon died without a word."""
 
@@ -23,8 +25,11 @@ NO_REPORT = 1
 class StartupReport:
     """The one outcome of start-up, sent once: `ready` or `failed`."""
 
-    def __init__(self, console: TextIO | None, to_parent: bool = False) -> None:
+    def __init__(
+        self, console: TextIO | None, fmt: str = "console", to_parent: bool = False
+    ) -> None:
         self._console = console
+        self._format = fmt
         self._to_parent = to_parent
         self.done = False
 
@@ -36,7 +41,8 @@ class StartupReport:
 
     def failed(self, status: int, message: str, output: Iterable[str] = ()) -> None:
         """Start-up failed with exit ``status``: the supervisor's last lines, then why."""
-        text = "".join(f"{line}\n" for line in output) + f"chapiteau: {message}\n"
+        lines = [*output, fatal_line("chapiteau", self._format, message)]
+        text = "".join(f"{line}\n" for line in lines)
         self._write(f"{status}\n{text}" if self._to_parent else text)
         self._close()
 
@@ -54,18 +60,18 @@ class StartupReport:
             self._console = None
 
 
-def daemonize(console: TextIO) -> StartupReport:
+def daemonize(console: TextIO, fmt: str) -> StartupReport:
     """Double fork and new session; the foreground process waits for the outcome and exits.
 
     Only the detached grandchild returns, with stdin on /dev/null (stdout and
     stderr already point at the log file) and the report that releases the
-    foreground process, which then prints what it was told on ``console`` and
-    exits with the status it was given.
+    foreground process, which then prints what it was told on ``console`` (in
+    the log format ``fmt``) and exits with the status it was given.
     """
     reader, writer = os.pipe()
     if os.fork():
         os.close(writer)
-        os._exit(_wait_for_daemon(reader, console))
+        os._exit(_wait_for_daemon(reader, console, fmt))
     os.close(reader)
     os.setsid()
     if os.fork():
@@ -74,17 +80,18 @@ def daemonize(console: TextIO) -> StartupReport:
     os.dup2(null, 0)
     os.close(null)
     console.close()
-    return StartupReport(os.fdopen(writer, "w"), to_parent=True)
+    return StartupReport(os.fdopen(writer, "w"), fmt, to_parent=True)
 
 
-def _wait_for_daemon(reader: int, console: TextIO) -> int:
+def _wait_for_daemon(reader: int, console: TextIO, fmt: str) -> int:
     """Read the daemon's report to its end; print it; return the exit status it names."""
     chunks = []
     while chunk := os.read(reader, 65536):
         chunks.append(chunk)
     status_line, _, text = b"".join(chunks).decode(errors="replace").partition("\n")
     if not status_line.isdigit():
-        text = "chapiteau: the daemon exited during start-up; its log says why\n"
+        why = "the daemon exited during start-up; its log says why"
+        text = fatal_line("chapiteau", fmt, why) + "\n"
     console.write(text)
     console.flush()
     return int(status_line) if status_line.isdigit() else NO_REPORT

@@ -5,7 +5,8 @@ a pipe that only the broker reads (a shared open file description would let
 it make the broker's writes non-blocking, or fill the pipe the broker logs
 to). The broker reads the pipe in its event loop, a bounded amount per
 wake-up, cuts it into lines of at most MAX_LINE bytes, and writes each line
-through its own `LogSink`. The last lines are kept, to show why a supervisor
+through its own `LogSink` (which, in a JSON log, wraps a line that is not a
+JSON object into an event). The last lines are kept, to show why a supervisor
 that never became ready died.
 """
 
@@ -28,10 +29,12 @@ DRAIN_READS = 16
 class OutputRelay:
     """The read end of one supervisor's stdout or stderr pipe, relayed line by line."""
 
-    def __init__(self, fd: int, sink: LogSink, recent: deque[bytes]) -> None:
+    def __init__(self, fd: int, sink: LogSink, recent: deque[bytes], source: str) -> None:
         os.set_blocking(fd, False)
         self.fd = fd
         self.sink = sink
+        self.source = source
+        """"stdout" or "stderr": where the supervisor wrote these lines."""
         self.recent = recent
         """The last lines, shared by the stdout and stderr relays of one supervisor."""
         self._partial = b""
@@ -73,7 +76,7 @@ class OutputRelay:
         for start in range(0, max(len(line), 1), MAX_LINE):
             piece = line[start : start + MAX_LINE]
             self.recent.append(piece)
-            self.sink.write_line(piece + b"\n")
+            self.sink.relay(piece, self.source)
 
 
 def _readable(fd: int) -> bool:

@@ -74,7 +74,7 @@ class Chapiteau:
         return self.process.pid
 
     def read_events(self) -> list[dict[str, Any]]:
-        """Every JSON log line so far (other lines, e.g. worker output, are skipped)."""
+        """Every JSON log line so far (other lines are skipped)."""
         with open(self.log_path, "rb") as log:
             log.seek(self._offset)
             data = log.read()

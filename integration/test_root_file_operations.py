@@ -76,8 +76,8 @@ def outcome(tree: Chapiteau) -> tuple[int | None, str]:
         status = tree.process.wait(DEFAULT_TIMEOUT)
     except subprocess.TimeoutExpired:
         status = None
-    lines = [line for line in tree.log_path.read_text().splitlines() if "chapiteau: " in line]
-    return status, "\n".join(lines)
+    errors = [event["error"] for event in tree.read_events() if event["event"] == "fatal_error"]
+    return status, "\n".join(errors)
 
 
 def writable_by_nobody(directory: Path) -> str:

@@ -7,6 +7,7 @@ no bound socket.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -255,3 +256,24 @@ def test_failed_start_up_is_on_stderr_even_with_log_output(workdir):
     assert lines[-1].startswith("chapiteau: the supervisor (pid ")
     assert lines[-1].endswith(") exited with status 1 before it was ready")
     assert "ModuleNotFoundError" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("sections", "error"),
+    [
+        ("[socket:web]\nhost = 127.0.0.1\nport = {taken}\n", "cannot bind"),
+        ("[socket:web]\nhost = 127.0.0.1\nport = http\n", "'http' is not an integer"),
+        ("[watcher:web]\ncmd = /bin/sleep 60\nnumprocesses = four\n", "'four' is not an integer"),
+    ],
+)
+def test_with_json_logs_a_fatal_error_is_a_json_line_like_every_other(workdir, sections, error):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = sections.format(taken=taken.getsockname()[1])
+        result = run(workdir, f"[broker]\nuser = nobody\n{config}", "--log-format", "json")
+    assert result.returncode != 0
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    assert all(event["timestamp"].endswith("Z") for event in events), result.stderr
+    fatal = [event for event in events if event["event"] == "fatal_error"]
+    assert fatal and error in fatal[-1]["error"], result.stderr

@@ -17,6 +17,7 @@ import structlog
 
 from chapiteau.protocol.constants import BROKER_FD_VARIABLE, EX_CONFIG, SUPERVISOR_START_VARIABLE
 from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
+from chapiteau.protocol.log_lines import LOG_FORMATS, fatal_line
 from chapiteau.protocol.standard_fds import reserve_standard_fds
 from chapiteau.supervisor.arbiter import Arbiter
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError
@@ -41,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     channel.add_argument("--broker-fd", type=int, help="the inherited broker channel fd")
     channel.add_argument("--broker-socket", help="connect to a broker listening on this path")
     parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
-    parser.add_argument("--log-format", choices=("console", "json"), default="console")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="console")
     return parser.parse_args(argv)
 
 
@@ -52,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"chapiteau-supervisor: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return _fatal(args, exc, EX_CONFIG)
     for warning in config.warnings:
         log.warning("config_warning", message=warning)
     try:
@@ -61,12 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         sockets = SocketPool(broker, _receive_sockets(broker, config))
         arbiter = Arbiter(config, broker, sockets, _supervisor_start())
     except (ConfigError, HookError, StreamConfigError) as exc:
-        print(f"chapiteau-supervisor: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return _fatal(args, exc, EX_CONFIG)
     except BrokerError as exc:
-        print(f"chapiteau-supervisor: {exc}", file=sys.stderr)
-        return EX_UNAVAILABLE
+        return _fatal(args, exc, EX_UNAVAILABLE)
     return asyncio.run(arbiter.run())
+
+
+def _fatal(args: argparse.Namespace, error: Exception, status: int) -> int:
+    """Say why the supervisor cannot run, one line in the log format; return ``status``."""
+    print(fatal_line("chapiteau-supervisor", args.log_format, str(error)), file=sys.stderr)
+    return status
 
 
 def _connect(args: argparse.Namespace) -> BrokerClient:

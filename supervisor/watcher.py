@@ -36,6 +36,7 @@ from chapiteau.supervisor.events import Events, own_topic
 from chapiteau.supervisor.hooks import Hooks
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.io.streams import build_stream, close_stream, reopen_stream
+from chapiteau.supervisor.io.worker_log import WorkerOutputLog
 from chapiteau.supervisor.lifecycle import (
     Action,
     ArmExpiry,
@@ -109,6 +110,8 @@ class Watcher:
         self.hooks = Hooks(config.name, config.hooks, self._publish_hook, _pythonpath(config))
         self.stdout_stream = _stream(config, "stdout")
         self.stderr_stream = _stream(config, "stderr")
+        self._output_log = WorkerOutputLog(config.name)
+        """Where output goes when no stream is configured: the supervisor's log."""
         self._respawn_timer: asyncio.TimerHandle | None = None
         self._watched_fds: list[int] = []
         self._announced = Phase.STOPPED
@@ -474,13 +477,20 @@ class Watcher:
             raise HookRefused("after_spawn hook refused the process")
         return process
 
+    def _output_stream(self, name: str) -> Any:
+        """The stream of the worker's fd 1 or 2; None when it goes to /dev/null."""
+        if getattr(self.config, f"close_child_{name}"):
+            return None
+        return getattr(self, f"{name}_stream") or self._output_log
+
     def _spawn(self) -> Process:
         """Fork and exec one process now, and start watching it."""
         config = self.config
         wid = self.lifecycle.next_wid()
         plan = self.runtime.sockets.plan(config)
-        stdout = _pipe() if self.stdout_stream else None
-        stderr = _pipe() if self.stderr_stream else None
+        stdout_stream, stderr_stream = self._output_stream("stdout"), self._output_stream("stderr")
+        stdout = _pipe() if stdout_stream else None
+        stderr = _pipe() if stderr_stream else None
         try:
             pid = spawn(_spec(config, wid, plan, stdout, stderr))
         except BaseException:
@@ -497,10 +507,10 @@ class Watcher:
         process = Process(pid, wid, self.runtime.loop.create_future())
         self.processes[pid] = process
         self.runtime.adopt(pid, self)
-        if stdout and self.stdout_stream:
-            self.runtime.redirector.add(stdout[0], pid, "stdout", self.stdout_stream)
-        if stderr and self.stderr_stream:
-            self.runtime.redirector.add(stderr[0], pid, "stderr", self.stderr_stream)
+        if stdout and stdout_stream:
+            self.runtime.redirector.add(stdout[0], pid, "stdout", stdout_stream)
+        if stderr and stderr_stream:
+            self.runtime.redirector.add(stderr[0], pid, "stderr", stderr_stream)
         jitter = random.randint(0, max(0, config.max_age_variance))
         self._effects(self.lifecycle.spawned(pid, wid, self._now(), jitter))
         self._log.info("process_spawned", pid=pid, wid=wid)

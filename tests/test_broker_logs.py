@@ -1,10 +1,12 @@
-"""The broker's LogSink: a log output that cannot take a line costs that line, never a wait."""
+"""The broker's log output: a line it cannot take costs that line, never a wait; JSON stays JSON."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -120,3 +122,21 @@ def test_a_closed_fd_drops_lines_without_raising():
     os.close(writer)
     sink.write_line(b"nowhere\n")
     assert sink.dropped == 1
+
+
+CRASH = """\
+from chapiteau.broker.logs import configure_logging
+configure_logging("info", "json")
+raise ValueError("boom")
+"""
+
+
+def test_in_a_json_log_an_uncaught_exception_is_one_json_event():
+    result = subprocess.run(
+        [sys.executable, "-c", CRASH], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    event = json.loads(line)
+    assert event["event"] == "uncaught_exception" and event["level"] == "critical"
+    assert "ValueError: boom" in event["exception"]

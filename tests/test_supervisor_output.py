@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 
@@ -14,7 +15,8 @@ from chapiteau.broker.supervisor_output import KEPT_LINES, MAX_LINE, OutputRelay
 class Lines(LogSink):
     """A sink that keeps what it is given."""
 
-    def __init__(self) -> None:
+    def __init__(self, json_lines: bool = False) -> None:
+        self.json_lines = json_lines
         self.lines: list[bytes] = []
 
     def write_line(self, line: bytes) -> None:
@@ -25,7 +27,7 @@ class Lines(LogSink):
 def relay() -> Iterator[tuple[OutputRelay, int, Lines]]:
     reader, writer = os.pipe()
     sink = Lines()
-    relay = OutputRelay(reader, sink, recent_lines())
+    relay = OutputRelay(reader, sink, recent_lines(), "stdout")
     yield relay, writer, sink
     relay.close()
     os.close(writer)
@@ -64,7 +66,7 @@ def test_a_line_without_end_is_cut_at_max_line_without_waiting(relay):
 def test_end_of_file_relays_the_partial_line_and_says_so():
     reader, writer = os.pipe()
     sink = Lines()
-    relay = OutputRelay(reader, sink, recent_lines())
+    relay = OutputRelay(reader, sink, recent_lines(), "stdout")
     os.write(writer, b"last words")
     os.close(writer)
     assert relay.drain() is False
@@ -77,3 +79,19 @@ def test_the_last_lines_are_kept(relay):
     os.write(writer, b"".join(b"%d\n" % n for n in range(KEPT_LINES + 5)))
     relay.drain()
     assert list(relay.recent) == [b"%d" % n for n in range(5, KEPT_LINES + 5)]
+
+
+def test_in_a_json_log_a_relayed_line_that_is_not_json_becomes_an_event():
+    reader, writer = os.pipe()
+    sink = Lines(json_lines=True)
+    relay = OutputRelay(reader, sink, recent_lines(), "stderr")
+    try:
+        os.write(writer, b'{"event": "already_json"}\nTraceback (most recent call last):\n')
+        assert relay.read()
+    finally:
+        relay.close()
+        os.close(writer)
+    kept, wrapped = (json.loads(line) for line in sink.lines)
+    assert kept == {"event": "already_json"}
+    assert wrapped["event"] == "supervisor_output" and wrapped["stream"] == "stderr"
+    assert wrapped["line"] == "Traceback (most recent call last):"

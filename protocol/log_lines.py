@@ -1,0 +1,84 @@
+"""What a chapiteau log line is, shared by the broker and the supervisor: pure functions.
+
+Every process of a chapiteau tree logs the same way: one event a line, with
+``timestamp`` (RFC 3339, UTC, microseconds, ``Z``), ``level`` and ``event``,
+then the event's fields. ``LOG_PROCESSORS`` are structlog processors written
+against its documented protocol (``(logger, method_name, event_dict) ->
+event_dict``) without importing it, so that protocol/ stays standard-library
+only; the broker and the supervisor append their renderer (``json_line``, or
+structlog's console renderer for people). ``fatal_line`` renders the error a
+process exits with before (or instead of) configuring structlog, in the same
+format. ``as_json_event`` is how the broker keeps its JSON log JSON when a
+line it relays is not.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+LOG_FORMATS = ("console", "json")
+EventDict = MutableMapping[str, Any]
+Processor = Callable[[Any, str, EventDict], Any]
+
+
+def utc_timestamp(now: datetime | None = None) -> str:
+    """``now`` (default: the current time) as RFC 3339 in UTC: 2026-11-30T07:51:00.123456Z."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def add_timestamp(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """Processor: ``timestamp`` first, in UTC."""
+    event_dict["timestamp"] = utc_timestamp()
+    return event_dict
+
+
+LEVEL_ALIASES = {"warn": "warning", "exception": "error"}
+
+
+def add_level(_logger: Any, method: str, event_dict: EventDict) -> EventDict:
+    """Processor: ``level`` from the method called (``warn`` is ``warning``, as in structlog)."""
+    event_dict["level"] = LEVEL_ALIASES.get(method, method)
+    return event_dict
+
+
+def json_line(_logger: Any, _method: str, event_dict: EventDict) -> str:
+    """Renderer: the event as one JSON object, timestamp, level and event first.
+
+    ``log.exception`` (``exc_info``) gives the traceback as ``exception``, one string.
+    """
+    ordered = {key: event_dict[key] for key in ("timestamp", "level", "event") if key in event_dict}
+    ordered.update(event_dict)
+    exc_info = ordered.pop("exc_info", None)
+    if isinstance(exc_info, BaseException):
+        ordered["exception"] = "".join(traceback.format_exception(exc_info))
+    elif exc_info:
+        ordered["exception"] = traceback.format_exc()
+    return json.dumps(ordered, default=repr, ensure_ascii=False)
+
+
+LOG_PROCESSORS: tuple[Processor, ...] = (add_level, add_timestamp)
+
+
+def fatal_line(program: str, fmt: str, message: str) -> str:
+    """The last line of a process that exits on ``message``, in the log format ``fmt``."""
+    if fmt != "json":
+        return f"{program}: {message}"
+    event = {"event": "fatal_error", "logger": program, "error": message}
+    return json_line(None, "", add_timestamp(None, "", add_level(None, "critical", event)))
+
+
+def as_json_event(line: str, event: str, **fields: Any) -> str:
+    """``line`` unchanged when it is one JSON object, else an ``event`` carrying it as ``line``."""
+    if line.startswith("{"):
+        try:
+            if isinstance(json.loads(line), dict):
+                return line
+        except (ValueError, RecursionError):
+            pass
+    fields.update(event=event, line=line)
+    return json_line(None, "", add_timestamp(None, "", add_level(None, "info", fields)))
