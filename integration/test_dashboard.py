@@ -8,6 +8,7 @@ Set CHAPITEAU_SCREENSHOT to a path to keep the picture docs/dashboard.md shows.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.harness import free_port, kill_tree, wait_until
+from integration.harness import argv, free_port, kill_tree, wait_until
 
 SLEEPER = "[watcher:sleeper]\ncmd = {python} -c 'import time; time.sleep(1000)'\nnumprocesses = 1\n"
 JSON = {"Content_Type": "application/json"}
@@ -117,6 +118,14 @@ def rows(driver) -> list[int]:
     return sorted(int(cell.text) for cell in cells if cell.text)
 
 
+def sparkline_points(driver) -> int:
+    """How many samples the first process's CPU sparkline has."""
+    from selenium.webdriver.common.by import By
+
+    line = driver.find_element(By.CSS_SELECTOR, "svg.spark.cpu polyline")
+    return len((line.get_attribute("points") or "").split())
+
+
 def test_incr_from_the_page_shows_the_new_process(daemon, web, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -141,6 +150,7 @@ def test_incr_from_the_page_shows_the_new_process(daemon, web, browser):
     # The spawn event came through the live stream.
     wait_until(lambda: "watcher.sleeper.spawn" in browser.find_element(By.ID, "events").text)
     if os.environ.get("CHAPITEAU_SCREENSHOT"):
+        wait_until(lambda: sparkline_points(browser) >= 15, timeout=60)
         browser.save_screenshot(os.environ["CHAPITEAU_SCREENSHOT"])
 
 
@@ -182,3 +192,31 @@ def test_without_auth_it_refuses_a_non_loopback_address(daemon, host: str):
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 2
     assert "refusing to serve the dashboard" in output and "--auth-file" in output
+
+
+def snapshot(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/api/snapshot", timeout=10) as reply:
+        return json.load(reply)
+
+
+def serves(url: str) -> bool:
+    try:
+        return request(url + "/") == 200
+    except OSError:
+        return False
+
+
+def test_httpd_true_runs_the_dashboard_as_a_watcher_on_the_brokers_socket(daemon):
+    port = free_port()
+    circus = f"httpd = true\nhttpd_host = 127.0.0.1\nhttpd_port = {port}\nhttpd_read_only = 1\n"
+    tree = daemon(SLEEPER.format(python=sys.executable), circus=circus)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: serves(url), timeout=30)
+
+    watchers = {watcher["name"]: watcher for watcher in snapshot(url)["watchers"]}
+    assert sorted(watchers) == ["circushttpd", "sleeper"]
+    (web,) = watchers["circushttpd"]["processes"]
+    assert web["pid"] in tree.call("list", name="circushttpd")["pids"]
+    # The socket is the broker's: the dashboard's process inherited it, it did not bind one.
+    assert "--fd" in argv(web["pid"])
+    assert request(f"{url}/api/watchers/sleeper/incr", "POST", **JSON) == 403

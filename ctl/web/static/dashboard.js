@@ -21,7 +21,8 @@ function sparkline(values, kind) {
   svg.setAttribute("class", `spark ${kind}`);
   svg.setAttribute("width", width);
   svg.setAttribute("height", height);
-  const top = Math.max(1, ...values);
+  // Scaled to its own peak: the shape shows the trend, the number beside it the value.
+  const top = Math.max(...values) || 1;
   const step = width / (HISTORY - 1);
   const points = values.map((value, index) => {
     const x = width - (values.length - 1 - index) * step;
@@ -30,7 +31,10 @@ function sparkline(values, kind) {
   });
   const line = document.createElementNS(svgNs, "polyline");
   line.setAttribute("points", points.join(" "));
-  svg.append(line);
+  const back = document.createElementNS(svgNs, "rect");
+  back.setAttribute("width", width);
+  back.setAttribute("height", height);
+  svg.append(back, line);
   return svg;
 }
 
