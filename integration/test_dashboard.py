@@ -110,20 +110,23 @@ def browser() -> Iterator[object]:
     subprocess.run(["rm", "-rf", profile], check=False)
 
 
+def texts(driver, selector: str) -> list[str]:
+    """The text of every element matching ``selector``, read in one go: the page redraws
+    its rows every second, so elements looked up one by one may be gone when read."""
+    script = "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent)"
+    return driver.execute_script(script, selector)
+
+
 def rows(driver) -> list[int]:
     """The pids the page shows for the watcher ``sleeper``."""
-    from selenium.webdriver.common.by import By
-
-    cells = driver.find_elements(By.CSS_SELECTOR, '.watcher[data-watcher="sleeper"] td.pid')
-    return sorted(int(cell.text) for cell in cells if cell.text)
+    cells = texts(driver, '.watcher[data-watcher="sleeper"] td.pid')
+    return sorted(int(text) for text in cells if text)
 
 
 def sparkline_points(driver) -> int:
     """How many samples the first process's CPU sparkline has."""
-    from selenium.webdriver.common.by import By
-
-    line = driver.find_element(By.CSS_SELECTOR, "svg.spark.cpu polyline")
-    return len((line.get_attribute("points") or "").split())
+    script = "return document.querySelector('svg.spark.cpu polyline').getAttribute('points')"
+    return len(driver.execute_script(script).split())
 
 
 def test_incr_from_the_page_shows_the_new_process(daemon, web, browser):
