@@ -192,7 +192,12 @@ def test_with_an_auth_file_every_request_needs_the_credentials(web, workdir: Pat
 @pytest.mark.parametrize("host", ["0.0.0.0", "::"])
 def test_without_auth_it_refuses_a_non_loopback_address(daemon, host: str):
     process = start_web(daemon(""), "--host", host, "--port", str(free_port()))
-    output, _ = process.communicate(timeout=30)
+    try:
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
     assert process.returncode == 2
     assert "refusing to serve the dashboard" in output and "--auth-file" in output
 
