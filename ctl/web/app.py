@@ -143,9 +143,11 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     async def tick() -> None:
         while True:
             try:
-                queue.put_nowait(("snapshot", await snapshot(settings.link)))
+                current = await snapshot(settings.link)
             except SupervisorError as exc:
-                queue.put_nowait(("snapshot", {"error": str(exc)}))
+                current = {"error": str(exc)}
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(("snapshot", current))
             await asyncio.sleep(settings.interval)
 
     tasks = [asyncio.create_task(relay_events()), asyncio.create_task(tick())]
