@@ -57,7 +57,7 @@ async function act(name, action) {
     headers: { "Content-Type": "application/json" },
     body: "{}",
   });
-  const reply = await response.json();
+  const reply = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
   if (!response.ok || reply.status === "error") {
     note(`${action} ${name}: ${reply.error || reply.reason}`, true);
   }
