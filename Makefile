@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 # integration tests test it.
 WHEEL_VENV ?= .venv-wheel
 SYSTEM_PACKAGES := python3-venv python3-dev libcap-dev gcc libseccomp2 logrotate
+# What only `make test` needs: the dashboard's browser test drives Debian's headless Chromium.
+TEST_SYSTEM_PACKAGES := chromium chromium-driver
 PYTEST_ARGS ?=
 # As root, the supervisor and the workers run as nobody, who must be able to read the
 # virtualenv and the package. A checkout nobody cannot reach (a clone under /root, 0700)
@@ -50,7 +52,7 @@ system-packages:
 $(BIN)/chapiteau: pyproject.toml setup.py | system-packages
 	umask 022 && $(PYTHON) -m venv $(VENV)
 	umask 022 && $(BIN)/pip install -q --upgrade pip
-	umask 022 && $(BIN)/pip install -q -e '.[test,metrics]'
+	umask 022 && $(BIN)/pip install -q -e '.[test,metrics,web]'
 	@touch $@
 
 # The wheel that Debian's pip builds from this checkout, installed (not editable) into a
@@ -82,8 +84,9 @@ lint: $(BIN)/chapiteau
 # venv's Python, so the chapiteau they start is the installed one. The check that every
 # module is installed goes first: a missing one would otherwise show as timeouts.
 test: lint
+	@$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES='$(SYSTEM_PACKAGES) $(TEST_SYSTEM_PACKAGES)'
 	umask 022 && $(BIN)/pytest -q --timeout 300 tests $(PYTEST_ARGS)
-	@$(MAKE) --no-print-directory wheel-venv EXTRAS='[test,metrics]'
+	@$(MAKE) --no-print-directory wheel-venv EXTRAS='[test,metrics,web]'
 	umask 022 && $(WHEEL_VENV)/bin/pytest -q --timeout 300 integration/test_installed_package.py
 	umask 022 && $(WHEEL_VENV)/bin/pytest -q --timeout 300 integration $(PYTEST_ARGS)
 endif

@@ -49,3 +49,9 @@ def test_every_source_module_is_installed(name: str) -> None:
     module = importlib.import_module(name)
     location = Path(module.__file__).resolve()
     assert location.is_relative_to(INSTALLED), f"{name} is imported from {location}"
+
+
+def test_the_dashboard_page_is_installed() -> None:
+    static = CHECKOUT / "ctl" / "web" / "static"
+    names = sorted(path.name for path in static.iterdir())
+    assert names and all((INSTALLED / "ctl" / "web" / "static" / name).is_file() for name in names)

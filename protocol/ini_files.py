@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
+from chapiteau.protocol.httpd import with_httpd
 from chapiteau.protocol.ini import ConfigError, IniFile, parse_ini
 
 
@@ -34,5 +36,6 @@ def read_ini_file(path: str | os.PathLike[str]) -> IniFile:
 
     Raises ConfigError for a missing, unreadable or undecodable file and for a
     line that is neither a comment, a header, an option nor a continuation.
+    ``httpd = true`` adds the dashboard's sections (`with_httpd`), run by this interpreter.
     """
-    return parse_ini(os.path.abspath(os.fspath(path)), _Files())
+    return with_httpd(parse_ini(os.path.abspath(os.fspath(path)), _Files()), sys.executable)

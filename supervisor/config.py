@@ -139,6 +139,8 @@ class CircusOptions:
     httpd: bool = False
     httpd_host: str = "localhost"
     httpd_port: int = 8080
+    httpd_auth_file: str | None = None
+    httpd_read_only: bool = False
     debug: bool = False
     debug_gc: bool = False
     pidfile: str | None = None
@@ -452,8 +454,16 @@ def _circus_options(section: Section, warnings: list[str]) -> CircusOptions:
         message = "setting stats_endpoint turns statsd on; set statsd = true to say so"
         warnings.append(str(section.error("stats_endpoint", message)))
         statsd = True
-    if section.get_bool("httpd", False):
-        raise section.error("httpd", "the circushttpd web interface is not supported; remove it")
+    httpd = section.get_bool("httpd", False)
+    if httpd and importlib.util.find_spec("aiohttp") is None:
+        raise section.error(
+            "httpd", "the dashboard needs aiohttp: install chapiteau[web], or remove httpd"
+        )
+    if httpd and section.get_str(CURVE_SECRET_KEY):
+        raise section.error(
+            "httpd",
+            f"the dashboard cannot reach CURVE endpoints yet: remove httpd or {CURVE_SECRET_KEY}",
+        )
     metrics_endpoint = _metrics_endpoint(section)
     loglevel = section.get_str("loglevel")
     if loglevel is not None and loglevel.lower() not in LOG_LEVELS:
@@ -481,9 +491,11 @@ def _circus_options(section: Section, warnings: list[str]) -> CircusOptions:
         check_delay=check_delay if check_delay is not None else 5.0,
         warmup_delay=warmup_delay,
         umask=section.get_octal("umask", None),
-        httpd=False,
+        httpd=httpd,
         httpd_host=section.get_str("httpd_host", "localhost") or "localhost",
         httpd_port=section.get_int("httpd_port", 8080) or 8080,
+        httpd_auth_file=section.get_str("httpd_auth_file"),
+        httpd_read_only=section.get_bool("httpd_read_only", False),
         debug=section.get_bool("debug", False),
         debug_gc=section.get_bool("debug_gc", False),
         pidfile=section.get_str("pidfile"),

@@ -78,10 +78,6 @@ def test_stats_endpoint_turns_statsd_on_with_a_warning(tmp_path: Path) -> None:
     assert any("stats_endpoint" in warning for warning in config.warnings)
 
 
-def test_httpd_is_refused(tmp_path: Path) -> None:
-    assert error(tmp_path, "[circus]\nhttpd = true\n").key == "httpd"
-
-
 def test_unicast_multicast_endpoint_is_refused(tmp_path: Path) -> None:
     assert error(tmp_path, "[circus]\nmulticast_endpoint = udp://10.0.0.1:9\n").key == (
         "multicast_endpoint"
