@@ -426,24 +426,27 @@ def bench_scale(settings: Settings) -> None:
 
 @contextlib.contextmanager
 def limits_for(processes: int) -> Iterator[None]:
-    """Raise what ``processes`` workers need (open files, processes, pid_max) for the run."""
-    wanted = processes * 4 + 4096
+    """Raise, for the run, the soft limits on open files and processes (up to the hard
+    ones) and pid_max to what ``processes`` workers need."""
+    wanted = processes * 2 + 4096
     saved = {
         limit: resource.getrlimit(limit)
         for limit in (resource.RLIMIT_NOFILE, resource.RLIMIT_NPROC)
     }
+    for limit, (soft, hard) in saved.items():
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(limit, (target, hard))
     pid_max = Path("/proc/sys/kernel/pid_max")
     old_pid_max = int(pid_max.read_text())
-    for limit in saved:
-        resource.setrlimit(limit, (wanted, wanted))
-    if old_pid_max < wanted * 2:
-        pid_max.write_text(str(wanted * 2))
+    if old_pid_max < wanted * 4:
+        pid_max.write_text(str(wanted * 4))
     try:
         yield
     finally:
         for limit, value in saved.items():
             resource.setrlimit(limit, value)
-        if old_pid_max < wanted * 2:
+        if old_pid_max < wanted * 4:
             pid_max.write_text(str(old_pid_max))
 
 
