@@ -1,5 +1,6 @@
 # The README's two commands: `make example` and `make test` (as root on a fresh
-# Debian machine with Python 3.11). `.ci/run` runs `make test`.
+# Debian machine with Python 3.11). `.ci/run` runs `make test`. `make bench` measures
+# chapiteau against circusd 0.19 and the servers alone (docs/benchmarks.md).
 
 PYTHON ?= $(shell command -v /usr/bin/python3 || command -v python3)
 VENV ?= .venv
@@ -10,6 +11,12 @@ WHEEL_VENV ?= .venv-wheel
 SYSTEM_PACKAGES := python3-venv python3-dev libcap-dev gcc libseccomp2 logrotate
 # What only `make test` needs: the dashboard's browser test drives Debian's headless Chromium.
 TEST_SYSTEM_PACKAGES := chromium chromium-driver
+# What only the benchmarks need: libev for building bjoern, and the load generator.
+BENCH_PACKAGES := libev-dev wrk
+# circus, gunicorn and bjoern (bench/requirements.txt), apart from chapiteau's own.
+BENCH_VENV ?= .venv-bench
+# e.g. BENCH_ARGS='--quick' or BENCH_ARGS='bjoern control'
+BENCH_ARGS ?=
 PYTEST_ARGS ?=
 # As root, the supervisor and the workers run as nobody, who must be able to read the
 # virtualenv and the package. A checkout nobody cannot reach (a clone under /root, 0700)
@@ -18,14 +25,14 @@ STAGE ?= /opt/chapiteau
 SERVICE_USER ?= nobody
 REACHABLE := $(shell [ "$$(id -u)" != 0 ] || runuser -u $(SERVICE_USER) -- test -r $(CURDIR)/pyproject.toml && echo yes)
 
-.PHONY: example test lint wheel-venv system-packages
+.PHONY: example test lint wheel-venv system-packages bench
 
 ifneq ($(REACHABLE),yes)
-example test lint wheel-venv:
+example test lint wheel-venv bench:
 	@echo "$(SERVICE_USER) cannot read $(CURDIR): running from a world-readable copy in $(STAGE)"
 	@mkdir -p $(STAGE)
-	@find $(STAGE) -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf {} +
-	@tar -C $(CURDIR) --exclude=./.venv --exclude=./$(WHEEL_VENV) --exclude=./.git \
+	@find $(STAGE) -mindepth 1 -maxdepth 1 ! -name .venv ! -name $(BENCH_VENV) -exec rm -rf {} +
+	@tar -C $(CURDIR) --exclude=./.venv --exclude=./$(WHEEL_VENV) --exclude=./$(BENCH_VENV) --exclude=./.git \
 	  --exclude=__pycache__ --exclude=./.pytest_cache --exclude=./.ruff_cache \
 	  --exclude=./.hypothesis --exclude=./build --exclude=./dist --exclude='*.egg-info' -cf - . \
 	  | tar -C $(STAGE) --no-same-owner -xf -
@@ -35,7 +42,7 @@ else
 
 system-packages:
 	@missing=""; \
-	for pkg in $(SYSTEM_PACKAGES); do \
+	for pkg in $(SYSTEM_PACKAGES) $(EXTRA_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -89,4 +96,15 @@ test: lint
 	@$(MAKE) --no-print-directory wheel-venv EXTRAS='[test,metrics,web]'
 	umask 022 && $(WHEEL_VENV)/bin/pytest -q --timeout 300 integration/test_installed_package.py
 	umask 022 && $(WHEEL_VENV)/bin/pytest -q --timeout 300 integration $(PYTEST_ARGS)
+
+$(BENCH_VENV)/bin/circusd: bench/requirements.txt integration/circus-requirements.txt | system-packages
+	umask 022 && $(PYTHON) -m venv $(BENCH_VENV)
+	umask 022 && $(BENCH_VENV)/bin/pip install -q --upgrade pip
+	umask 022 && $(BENCH_VENV)/bin/pip install -q -r bench/requirements.txt
+	@touch $@
+
+# Every row of docs/benchmarks.md's table; 15 to 20 minutes (BENCH_ARGS=--quick: about 2).
+bench: EXTRA_PACKAGES := $(BENCH_PACKAGES)
+bench: $(BIN)/chapiteau $(BENCH_VENV)/bin/circusd | system-packages
+	umask 022 && $(BIN)/python bench/run.py $(BENCH_ARGS)
 endif

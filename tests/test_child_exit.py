@@ -47,7 +47,7 @@ def group_members(pgid: int) -> list[int]:
             with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                 with open(f"/proc/{entry}/stat") as stat:
                     fields = stat.read().rsplit(")", 1)[1].split()
-                if int(fields[3]) == pgid and fields[0] != "Z":
+                if int(fields[2]) == pgid and fields[0] != "Z":
                     members.append(int(entry))
     return members
 

@@ -10,7 +10,12 @@ import subprocess
 import sys
 import time
 
-from chapiteau.supervisor.children.process_tree import ProcessTree, descendants, group_and_session
+from chapiteau.supervisor.children.process_tree import (
+    ProcessTree,
+    children,
+    descendants,
+    group_and_session,
+)
 
 TIMEOUT = 5.0
 
@@ -29,16 +34,17 @@ def command(pid: int) -> str:
 
 
 def escaped_sleeps(leader: int) -> list[int]:
-    """Descendants of ``leader`` running sleep in a session of their own."""
+    """Descendants of ``leader`` running sleep outside its process group."""
     return [
         pid
         for pid in descendants(leader)
-        if command(pid) == "sleep" and (group_and_session(pid) or (0, leader))[1] != leader
+        if command(pid) == "sleep" and (group_and_session(pid) or (leader, 0))[0] != leader
     ]
 
 
 def start_tree(script: str) -> subprocess.Popen:
-    leader = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    # A process group of its own in this session, as the supervisor starts a worker.
+    leader = subprocess.Popen(["sh", "-c", script], process_group=0)
     deadline = time.monotonic() + TIMEOUT
     while len(descendants(leader.pid)) < 2 or (
         "setsid" in script and not escaped_sleeps(leader.pid)
@@ -46,6 +52,24 @@ def start_tree(script: str) -> subprocess.Popen:
         assert time.monotonic() < deadline, "the tree did not grow"
         time.sleep(0.005)
     return leader
+
+
+def test_children_lists_more_than_a_page_of_pids():
+    """/proc/PID/task/TID/children gives at most a page (about 700 pids) per read."""
+    count = 1000
+    parent = subprocess.Popen(
+        ["sh", "-c", f"i=0; while [ $i -lt {count} ]; do sleep 100 & i=$((i+1)); done; wait"],
+        process_group=0,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while len(found := children(parent.pid)) < count:
+            assert time.monotonic() < deadline, f"{len(found)} children listed"
+            time.sleep(0.05)
+        assert len(found) == count
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
 
 
 def test_descendants_lists_grandchildren_parents_first():
@@ -104,7 +128,7 @@ def test_each_process_gets_the_signal_once_in_or_out_of_the_group(tmp_path):
     python = f"{sys.executable} {script}"
     leader = subprocess.Popen(
         ["sh", "-c", f"{python} {tmp_path}/in & setsid {python} {tmp_path}/out & wait"],
-        start_new_session=True,
+        process_group=0,
     )
     try:
         for name in ("in", "out"):

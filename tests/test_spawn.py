@@ -192,16 +192,28 @@ def test_rlimits_are_applied(children: list[int]) -> None:
     assert line.split()[3:5] == ["100", "200"]
 
 
-def test_worker_leads_its_own_session_and_process_group(children: list[int]) -> None:
+def test_worker_leads_its_own_process_group_in_the_supervisor_session(
+    children: list[int],
+) -> None:
     pid = spawn(sleeper())
     children.append(pid)
-    assert (os.getsid(pid), os.getpgid(pid)) == (pid, pid)
+    assert (os.getpgid(pid), os.getsid(pid)) == (pid, os.getsid(0))
 
 
-def test_new_session_false_keeps_the_supervisor_session(children: list[int]) -> None:
-    pid = spawn(sleeper(new_session=False))
+def autogroup(pid: int) -> str:
+    """The scheduler autogroup of ``pid``, e.g. "/autogroup-42" (one per session)."""
+    with open(f"/proc/{pid}/autogroup") as entry:
+        return entry.read().split()[0]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="no scheduler autogroups")
+def test_worker_shares_the_supervisor_scheduling_group(children: list[int]) -> None:
+    # With autogroups on, CPU time is shared among these groups, not among processes:
+    # a worker in a group of its own competes with its siblings and the load it serves
+    # as if it were a whole other program.
+    pid = spawn(sleeper())
     children.append(pid)
-    assert os.getsid(pid) == os.getsid(0)
+    assert autogroup(pid) == autogroup(os.getpid())
 
 
 def test_signal_dispositions_and_mask_start_clean(children: list[int]) -> None:

@@ -18,7 +18,7 @@ before the loop runs again.
 
 Signals go through the pidfd (``pidfd_send_signal``), so a pid that has been
 reaped and recycled is never hit. `kill_process_group` signals a worker's
-process group (each worker is a session and group leader after setsid): the
+process group (each worker leads its own, after setpgid): the
 group id is the worker's pid, which the kernel cannot hand to another process
 while the worker is unreaped or while any member of its group is alive.
 """

@@ -1,18 +1,20 @@
 """Stop a worker's whole process tree: its process group and the descendants that left it.
 
-Each worker leads its own session and process group, so ``killpg`` reaches
-everything it forked, except descendants that called setsid()/setpgid() to
-leave the group (Circus orphans those, issues #1044 and #1092). A
-`ProcessTree` therefore also holds a pidfd on every descendant it has seen
-(from ``/proc/PID/task/*/children``): a pidfd names one process for good, so a
+Each worker leads its own process group, so ``killpg`` reaches everything it
+forked, except descendants that called setsid()/setpgid() to leave the group
+(Circus orphans those, issues #1044 and #1092). A `ProcessTree` therefore also
+holds a pidfd on every descendant it has seen (from
+``/proc/PID/task/*/children``): a pidfd names one process for good, so a
 recycled pid is never signalled, and it becomes readable when that process
 exits, so waiting for the tree to vanish needs no polling.
 
 Descendants are listed when the tree is built and again before each signal.
 Once the leader has exited its children are re-parented to the supervisor (a
 child subreaper), so the listing then also walks the known members'
-descendants and the supervisor's own children that share the leader's group or
-session.
+descendants and the supervisor's own children that are in the leader's group.
+(A descendant that left the group and lost its parents before it was ever
+listed can no longer be told apart from the supervisor's other orphans: the
+workers share the supervisor's session, see `chapiteau.supervisor.children.spawn`.)
 """
 
 from __future__ import annotations
@@ -30,14 +32,16 @@ _CHUNK = 65536
 
 
 def read_proc(path: str) -> bytes:
-    """A /proc file's content, read without a Python file object (a third of the cost)."""
+    """A /proc file's content, read without a Python file object (a third of the cost).
+
+    Read to the end: many /proc files (``children`` among them) give at most a
+    page per read, so a short read is not the end of the file.
+    """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []
         while chunk := os.read(fd, _CHUNK):
             chunks.append(chunk)
-            if len(chunk) < _CHUNK:
-                break
         return b"".join(chunks)
     finally:
         os.close(fd)
@@ -112,7 +116,7 @@ class ProcessTree:
             if pid in self.others:
                 continue
             ids = group_and_session(pid)
-            if pid != self.leader and ids is not None and self.leader in ids:
+            if pid != self.leader and ids is not None and ids[0] == self.leader:
                 roots.append(pid)
         for pid in _subtrees(roots):
             if pid in self._members or pid == self.leader:

@@ -10,9 +10,20 @@ means ``execve`` succeeded. The parent reaps a failed child before raising
 `SpawnError`, so a failed spawn never leaves a zombie.
 
 Order in the child (Circus's, with its gaps fixed): signal dispositions
-back to default, fds into place and every other fd closed, setsid, rlimits,
-setgid, supplementary groups, setuid (each checked), umask, chdir, environment
-(LISTEN_PID is the child's own pid), signal mask emptied, exec.
+back to default, fds into place and every other fd closed, a process group of
+its own, rlimits, setgid, supplementary groups, setuid (each checked), umask,
+chdir, environment (LISTEN_PID is the child's own pid), signal mask emptied, exec.
+
+A process group, not a session: the group is what stopping a worker's tree
+signals (``killpg``), and a worker that is not a session leader can never
+acquire a controlling terminal (the supervisor's session, started by the
+broker, has none). A session per worker (``setsid``, as Circus does) would also
+put each worker in a scheduling group of its own wherever the kernel's
+autogroups are on (``/proc/sys/kernel/sched_autogroup_enabled``, Debian's
+default): CPU time is then shared among sessions, not processes, and 2 bjoern
+workers served 0.80x to 0.95x of what the same 2 processes serve from one
+session (docs/benchmarks.md). Sharing the supervisor's session, the workers
+share one scheduling group, as a pre-fork server's workers do.
 
 Supplementary groups: with ``uid`` and ``user_name`` set, the groups are those of
 ``os.getgrouplist(user_name, gid)`` (initgroups semantics, computed in the parent
@@ -61,7 +72,7 @@ class SpawnError(Exception):
     """A worker could not be started; str() is one line for the user.
 
     ``step`` names what failed (``fork``, ``signals``, ``dup2``, ``close``,
-    ``setsid``, ``rlimit``, ``setgid``, ``setgroups``, ``initgroups``,
+    ``setpgid``, ``rlimit``, ``setgid``, ``setgroups``, ``initgroups``,
     ``setuid``, ``chdir``, ``exec``, ``listen_fds``) and ``errno`` is the
     error number; ``detail`` says what the step was applied to.
     """
@@ -106,8 +117,6 @@ class SpawnSpec:
     # Send fd 1 / fd 2 to /dev/null (Circus close_child_stdout/stderr).
     close_stdout: bool = False
     close_stderr: bool = False
-    # setsid(): the worker leads its own session and process group.
-    new_session: bool = True
     # systemd protocol: socket names of fds 3.. (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID).
     listen_fds_names: tuple[str, ...] | None = None
 
@@ -123,7 +132,6 @@ class _Plan:
     high: int  # first fd number above every target
     keep_below_high: frozenset[int]
     max_fd: int
-    new_session: bool
     rlimits: tuple[tuple[int, int, int], ...]
     gid: int | None
     groups: tuple[int, ...] | None
@@ -161,7 +169,7 @@ def spawn(spec: SpawnSpec) -> int:
 def _needs_no_fork(plan: _Plan) -> bool:
     """Whether posix_spawn (vfork: no copy of the supervisor's memory) can do it all.
 
-    It can place fds, reset signals and start a session, but not switch ids,
+    It can place fds, reset signals and start a process group, but not switch ids,
     set rlimits, a umask or a directory, nor set LISTEN_PID; and it cannot close
     fds, so the fast path is taken only while no fd of the supervisor beyond
     stdio would be inherited (hooks run user code that might make one).
@@ -202,7 +210,7 @@ def _posix_spawn(plan: _Plan, spec: SpawnSpec) -> int:
                 plan.argv,
                 plan.env,
                 file_actions=actions,
-                setsid=plan.new_session,
+                setpgroup=0,
                 setsigmask=(),
                 setsigdef=_RESETTABLE_SIGNALS,
             )
@@ -270,9 +278,8 @@ def _child(plan: _Plan, report_fd: int, devnull: int) -> NoReturn:
         _place_fds(plan, devnull, progress)
         progress.at("close")
         _close_other_fds(plan, report_fd)
-        if plan.new_session:
-            progress.at("setsid")
-            os.setsid()
+        progress.at("setpgid")
+        os.setpgid(0, 0)
         _set_rlimits(plan, progress)
         _switch_ids(plan, progress)
         if plan.umask is not None:
@@ -425,7 +432,6 @@ def _make_plan(spec: SpawnSpec) -> _Plan:
         high=high,
         keep_below_high=frozenset(fd for fd in targets if fd >= 3),
         max_fd=max(os.sysconf("SC_OPEN_MAX"), high + 1),
-        new_session=spec.new_session,
         rlimits=tuple((res, soft, hard) for res, (soft, hard) in sorted(spec.rlimits.items())),
         gid=gid,
         groups=groups,
