@@ -8,14 +8,16 @@ a prefix to the names it finds, so the list is computed here.
 
 from __future__ import annotations
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 FOLDERS = ("broker", "supervisor", "protocol", "ctl")
 
 
 def packages(folder: str) -> list[str]:
-    """``chapiteau.FOLDER`` and every package below it."""
-    return [f"chapiteau.{folder}", *(f"chapiteau.{folder}.{sub}" for sub in find_packages(folder))]
+    """``chapiteau.FOLDER`` and every directory below it (data-only ones, like a page's static
+    files, included: setuptools warns about a directory it would leave out)."""
+    below = find_namespace_packages(folder, exclude=["__pycache__", "*.__pycache__"])
+    return [f"chapiteau.{folder}", *(f"chapiteau.{folder}.{sub}" for sub in below)]
 
 
 setup(
