@@ -447,29 +447,11 @@ def _check_unique_name(section: Section, name: str, seen: dict[str, str]) -> Non
 
 
 def _circus_options(section: Section, warnings: list[str]) -> CircusOptions:
-    statsd = section.get_bool("statsd", False)
+    statsd = _statsd(section, warnings)
     stats_endpoint = section.get_str("stats_endpoint")
-    if stats_endpoint is not None and not statsd:
-        # Circus turns statsd on when stats_endpoint is set (with a DeprecationWarning).
-        message = "setting stats_endpoint turns statsd on; set statsd = true to say so"
-        warnings.append(str(section.error("stats_endpoint", message)))
-        statsd = True
-    httpd = section.get_bool("httpd", False)
-    if httpd and importlib.util.find_spec("aiohttp") is None:
-        raise section.error(
-            "httpd", "the dashboard needs aiohttp: install chapiteau[web], or remove httpd"
-        )
-    if httpd and section.get_str(CURVE_SECRET_KEY):
-        raise section.error(
-            "httpd",
-            f"the dashboard cannot reach CURVE endpoints yet: remove httpd or {CURVE_SECRET_KEY}",
-        )
+    httpd = _httpd(section)
     metrics_endpoint = _metrics_endpoint(section)
-    loglevel = section.get_str("loglevel")
-    if loglevel is not None and loglevel.lower() not in LOG_LEVELS:
-        raise section.error(
-            "loglevel", f"{loglevel!r} is not one of {', '.join(sorted(LOG_LEVELS))}"
-        )
+    loglevel = _loglevel(section)
     multicast = section.get_str("multicast_endpoint") or None
     if multicast is not None:
         _check_multicast(section, multicast)
@@ -499,7 +481,7 @@ def _circus_options(section: Section, warnings: list[str]) -> CircusOptions:
         debug=section.get_bool("debug", False),
         debug_gc=section.get_bool("debug_gc", False),
         pidfile=section.get_str("pidfile"),
-        loglevel=loglevel.lower() if loglevel else None,
+        loglevel=loglevel,
         logoutput=section.get_str("logoutput", "-") or "-",
         loggerconfig=section.get_str("loggerconfig"),
         fqdn_prefix=section.get_str("fqdn_prefix"),
@@ -507,6 +489,43 @@ def _circus_options(section: Section, warnings: list[str]) -> CircusOptions:
         include_dir=section.get_str("include_dir"),
         options=dict(section.options),
     )
+
+
+def _statsd(section: Section, warnings: list[str]) -> bool:
+    """``statsd``; Circus turns it on when stats_endpoint is set (with a DeprecationWarning)."""
+    statsd = section.get_bool("statsd", False)
+    if section.get_str("stats_endpoint") is not None and not statsd:
+        message = "setting stats_endpoint turns statsd on; set statsd = true to say so"
+        warnings.append(str(section.error("stats_endpoint", message)))
+        return True
+    return statsd
+
+
+def _httpd(section: Section) -> bool:
+    """``httpd``: the dashboard, which needs aiohttp and cannot use CURVE yet."""
+    httpd = section.get_bool("httpd", False)
+    if httpd and importlib.util.find_spec("aiohttp") is None:
+        raise section.error(
+            "httpd", "the dashboard needs aiohttp: install chapiteau[web], or remove httpd"
+        )
+    if httpd and section.get_str(CURVE_SECRET_KEY):
+        raise section.error(
+            "httpd",
+            f"the dashboard cannot reach CURVE endpoints yet: remove httpd or {CURVE_SECRET_KEY}",
+        )
+    return httpd
+
+
+def _loglevel(section: Section) -> str | None:
+    """``loglevel``, lower-cased, or None when unset (the command line's, or info)."""
+    loglevel = section.get_str("loglevel")
+    if loglevel is None:
+        return None
+    if loglevel.lower() not in LOG_LEVELS:
+        raise section.error(
+            "loglevel", f"{loglevel!r} is not one of {', '.join(sorted(LOG_LEVELS))}"
+        )
+    return loglevel.lower()
 
 
 def _metrics_endpoint(section: Section) -> tuple[str, int] | None:
