@@ -219,6 +219,8 @@ class Arbiter:
                 continue
             if not first and self.config.circus.warmup_delay > 0:
                 await asyncio.sleep(self.config.circus.warmup_delay)
+            if self.stopping:
+                return
             first = False
             await watcher.start()
 
