@@ -290,15 +290,16 @@ SUBREAPER_SCRIPT = textwrap.dedent(
 )
 
 
-def test_orphaned_grandchild_is_reaped_by_the_subreaper() -> None:
+def run_script(script: str) -> tuple[dict, str]:
+    """Run ``script`` in a fresh Python: the JSON it prints, and its stderr."""
     done = subprocess.run(
-        [sys.executable, "-c", SUBREAPER_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=True,
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
-    result = json.loads(done.stdout)
+    return json.loads(done.stdout), done.stderr
+
+
+def test_orphaned_grandchild_is_reaped_by_the_subreaper() -> None:
+    result, _ = run_script(SUBREAPER_SCRIPT)
     assert result["exit"] == [result["worker"], 0]
     assert result["orphan"] == [result["grandchild"], 0]
     assert result["left"] is False
@@ -330,13 +331,6 @@ STORM_SCRIPT = textwrap.dedent(
 
 
 def test_a_sigchld_storm_is_silent_and_loses_no_exit() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", STORM_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    result = json.loads(done.stdout)
+    result, stderr = run_script(STORM_SCRIPT)
     assert result["exit"] == [result["worker"], 0]
-    assert "wakeup fd" not in done.stderr
+    assert "wakeup fd" not in stderr

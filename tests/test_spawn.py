@@ -489,6 +489,18 @@ def test_stdio_targets_in_fds_are_a_programming_error() -> None:
         spawn(sleeper(fds={1: 1}))
 
 
+@contextlib.contextmanager
+def inheritable_fd() -> Iterator[None]:
+    """An inheritable pipe end, that no worker may get, for the block."""
+    leaky_read, leaky_write = os.pipe()
+    os.set_inheritable(leaky_read, True)
+    try:
+        yield
+    finally:
+        os.close(leaky_read)
+        os.close(leaky_write)
+
+
 def forks_to_start(spec: SpawnSpec, children: list[int]) -> int:
     """How many times the supervisor forked to start ``spec``'s worker."""
     before = len(FORKS)
@@ -502,13 +514,8 @@ def test_a_plain_worker_is_started_without_fork_only_while_no_fd_would_leak(
 ) -> None:
     assert forks_to_start(sleeper(), children) == 0
     assert forks_to_start(sleeper(umask=0o22), children) == 1
-    leaky_read, leaky_write = os.pipe()
-    os.set_inheritable(leaky_read, True)
-    try:
+    with inheritable_fd():
         assert forks_to_start(sleeper(), children) == 1
-    finally:
-        os.close(leaky_read)
-        os.close(leaky_write)
 
 
 @pytest.fixture
@@ -535,13 +542,8 @@ def test_once_the_fds_are_trusted_a_spawn_does_not_list_them(
 
 @pytest.mark.parametrize("spawn_path", ["posix_spawn"], indirect=True)
 def test_fds_are_not_trusted_while_one_is_inheritable(fd_trust: spawn_module._FdTrust) -> None:
-    leaky_read, leaky_write = os.pipe()
-    os.set_inheritable(leaky_read, True)
-    try:
+    with inheritable_fd():
         trust_own_fds()
-    finally:
-        os.close(leaky_read)
-        os.close(leaky_write)
     assert not fd_trust.trusted
 
 
@@ -553,10 +555,5 @@ def test_after_user_code_every_spawn_checks_the_fds_again(
     user_code_loaded()
     trust_own_fds()
     assert not fd_trust.trusted
-    leaky_read, leaky_write = os.pipe()
-    os.set_inheritable(leaky_read, True)
-    try:
+    with inheritable_fd():
         assert forks_to_start(sleeper(), children) == 1
-    finally:
-        os.close(leaky_read)
-        os.close(leaky_write)
