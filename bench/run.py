@@ -55,7 +55,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.baseline import stop_manager
-from chapiteau.supervisor.process_tree import children, read_proc
+from chapiteau.supervisor.children.process_tree import children, read_proc
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_BIN = ROOT / ".venv-bench" / "bin"

@@ -24,7 +24,11 @@ import structlog
 
 from chapiteau.protocol.constants import EX_CONFIG
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError, ReceivedSocket
-from chapiteau.supervisor.children.child_exit import ChildWatcher, become_subreaper
+from chapiteau.supervisor.children.child_exit import (
+    ChildWatcher,
+    become_subreaper,
+    quiet_signal_wakeup,
+)
 from chapiteau.supervisor.commands import dispatch
 from chapiteau.supervisor.commands.base import CommandError
 from chapiteau.supervisor.config import (
@@ -114,6 +118,7 @@ class Arbiter:
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.quit()))
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_on_hup()))
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
+        quiet_signal_wakeup()
         try:
             self._open_endpoints()
             await self._open_metrics()
@@ -214,6 +219,8 @@ class Arbiter:
                 continue
             if not first and self.config.circus.warmup_delay > 0:
                 await asyncio.sleep(self.config.circus.warmup_delay)
+            if self.stopping:
+                return
             first = False
             await watcher.start()
 

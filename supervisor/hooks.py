@@ -39,6 +39,7 @@ from typing import Any
 import structlog
 
 from chapiteau.protocol.options import HOOK_NAMES
+from chapiteau.supervisor.children.spawn import user_code_loaded
 
 log = structlog.get_logger("chapiteau.supervisor")
 
@@ -201,6 +202,7 @@ def _is_prefix(package: str, module_name: str) -> bool:
 
 
 def _import_module(module_name: str, reload_modules: bool, reloaded: set[str]) -> ModuleType:
+    user_code_loaded()
     if reload_modules and module_name in sys.modules and module_name not in reloaded:
         reloaded.add(module_name)
         return importlib.reload(sys.modules[module_name])

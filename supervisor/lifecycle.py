@@ -260,13 +260,16 @@ class Lifecycle:
         """Processes that exited without being asked to and were to be replaced (ever)."""
         self.slots: dict[int, Slot] = {}
         """By wid: restarts and last exit, for ``status`` verbose."""
+        self.stop_pending = False
+        """A stop waits for the driver's lock (a start may hold it for thousands of
+        spawns): nothing more is spawned meanwhile. Set by the driver, cleared by `stop`."""
 
     # -- what the driver asks ------------------------------------------------
 
     @property
     def keeps_count(self) -> bool:
         """True while processes are kept at the target count (spawning is allowed)."""
-        return self.phase in RUNNING_PHASES
+        return self.phase in RUNNING_PHASES and not self.stop_pending
 
     @property
     def serving(self) -> bool:
@@ -360,6 +363,7 @@ class Lifecycle:
 
     def stop(self) -> list[Action]:
         """``stop`` (or a Halt): stop every process."""
+        self.stop_pending = False
         actions: list[Action] = []
         if self.phase is Phase.WAITING_ON_DEMAND:
             actions.append(UnwatchSockets())

@@ -21,6 +21,7 @@ from chapiteau.protocol.log_lines import LOG_FORMATS, fatal_line
 from chapiteau.protocol.standard_fds import reserve_standard_fds
 from chapiteau.supervisor.arbiter import Arbiter
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError
+from chapiteau.supervisor.children.spawn import trust_own_fds
 from chapiteau.supervisor.config import Config, load_config
 from chapiteau.supervisor.hooks import HookError
 from chapiteau.supervisor.io.streams import StreamConfigError
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fatal(args, exc, EX_CONFIG)
     except BrokerError as exc:
         return _fatal(args, exc, EX_UNAVAILABLE)
+    trust_own_fds()
     return asyncio.run(arbiter.run())
 
 

@@ -161,8 +161,13 @@ class Watcher:
             return {"started": sorted(set(self.processes) - set(kept)), "kept": kept}
 
     async def stop(self) -> None:
-        async with self.lock:
-            await self._stop()
+        """Stop the processes; a start under way spawns nothing more from now on."""
+        self.lifecycle.stop_pending = True
+        try:
+            async with self.lock:
+                await self._stop()
+        finally:
+            self.lifecycle.stop_pending = False
 
     async def restart(self) -> dict[str, list[int]]:
         async with self.lock:
@@ -438,15 +443,18 @@ class Watcher:
     async def _reconcile(self) -> None:
         """Spawn the missing processes, or stop the oldest extra ones."""
         await self._kill_all(self.lifecycle.extra())
-        while self.lifecycle.keeps_count and self.lifecycle.missing():
-            if await self._spawn_one() is None:
+        # As many spawns as are missing now: exits seen meanwhile are the next round's.
+        for left in range(self.lifecycle.missing(), 0, -1):
+            if not self.lifecycle.keeps_count or await self._spawn_one() is None:
                 return
-            if self.lifecycle.missing():
+            if left > 1:
                 await self._warmup()
 
     async def _warmup(self) -> None:
-        if self.config.warmup_delay > 0:
-            await asyncio.sleep(self.config.warmup_delay)
+        """Wait ``warmup_delay`` before the next spawn; without one, still let the loop
+        run once, so that a stop, a command or an exit is seen between two spawns
+        (a start of thousands of processes would hold the loop for seconds)."""
+        await asyncio.sleep(max(0.0, self.config.warmup_delay))
 
     async def _spawn_one(self) -> Process | None:
         """Spawn one process; after a failure the lifecycle retries later or stops.

@@ -290,15 +290,47 @@ SUBREAPER_SCRIPT = textwrap.dedent(
 )
 
 
-def test_orphaned_grandchild_is_reaped_by_the_subreaper() -> None:
+def run_script(script: str) -> tuple[dict, str]:
+    """Run ``script`` in a fresh Python: the JSON it prints, and its stderr."""
     done = subprocess.run(
-        [sys.executable, "-c", SUBREAPER_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=True,
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
-    result = json.loads(done.stdout)
+    return json.loads(done.stdout), done.stderr
+
+
+def test_orphaned_grandchild_is_reaped_by_the_subreaper() -> None:
+    result, _ = run_script(SUBREAPER_SCRIPT)
     assert result["exit"] == [result["worker"], 0]
     assert result["orphan"] == [result["grandchild"], 0]
     assert result["left"] is False
+
+
+STORM_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, os, signal
+    from chapiteau.supervisor.children.child_exit import ChildWatcher, quiet_signal_wakeup
+    from chapiteau.supervisor.children.spawn import SpawnSpec, spawn
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        exits = asyncio.Queue()
+        watcher = ChildWatcher(loop, lambda *call: exits.put_nowait(call))
+        quiet_signal_wakeup()
+        worker = spawn(SpawnSpec(argv=("true",), env={"PATH": "/usr/bin:/bin"}))
+        watcher.watch(worker)
+        # The loop does not run meanwhile: the wake-up fd fills and drops bytes.
+        for _ in range(20000):
+            os.kill(os.getpid(), signal.SIGCHLD)
+        exit = await asyncio.wait_for(exits.get(), 5)
+        watcher.close()
+        print(json.dumps({"worker": worker, "exit": exit}))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_sigchld_storm_is_silent_and_loses_no_exit() -> None:
+    result, stderr = run_script(STORM_SCRIPT)
+    assert result["exit"] == [result["worker"], 0]
+    assert "wakeup fd" not in stderr

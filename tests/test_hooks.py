@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import structlog.testing
 
+from chapiteau.supervisor.children import spawn as spawn_module
 from chapiteau.supervisor.hooks import HookError, Hooks
 
 HOOK_MODULE = """
@@ -273,3 +274,13 @@ def test_extended_stats_is_not_run_as_an_event_hook(hook_dir: Path) -> None:
     hooks = make_hooks(hook_dir, {"extended_stats": ("myhooks.add_stats", False)})
     with pytest.raises(ValueError):
         hooks.run("extended_stats", "w", "a")
+
+
+def test_loading_a_hook_makes_each_spawn_check_the_fds_again(
+    hook_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trust = spawn_module._FdTrust()
+    trust.trusted = True
+    monkeypatch.setattr(spawn_module, "_FDS", trust)
+    make_hooks(hook_dir, {"after_spawn": ("myhooks.accept", False)})
+    assert (trust.trusted, trust.user_code) == (False, True)

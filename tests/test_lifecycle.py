@@ -106,6 +106,19 @@ def test_start_spawns_the_target_count_and_becomes_active() -> None:
     assert driver.lifecycle.start() == [Reconcile()]
 
 
+def test_a_stop_during_a_start_spawns_nothing_more() -> None:
+    driver = Driver(Lifecycle(config(1000)))
+    assert driver.lifecycle.start() == [Reconcile()]
+    driver.actions += driver.lifecycle.spawned(101, 1, driver.now)
+    driver.actions += driver.lifecycle.spawned(102, 2, driver.now)
+    driver.next_pid = 102
+    driver.lifecycle.stop_pending = True
+    assert driver.spawn_missing() == []
+    assert driver.crash_all([102]) == []
+    assert driver.lifecycle.stop() == [StopProcesses((101,))]
+    assert driver.lifecycle.stop_pending is False
+
+
 def test_before_start_refusal_leaves_it_stopped() -> None:
     lifecycle = Lifecycle(config())
     lifecycle.start()

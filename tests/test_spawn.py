@@ -15,7 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chapiteau.supervisor.children.spawn import SpawnError, SpawnSpec, spawn
+from chapiteau.supervisor.children import spawn as spawn_module
+from chapiteau.supervisor.children.spawn import (
+    SpawnError,
+    SpawnSpec,
+    spawn,
+    trust_own_fds,
+    user_code_loaded,
+)
 
 PATH = {"PATH": "/usr/bin:/bin"}
 NOBODY = 65534
@@ -482,6 +489,18 @@ def test_stdio_targets_in_fds_are_a_programming_error() -> None:
         spawn(sleeper(fds={1: 1}))
 
 
+@contextlib.contextmanager
+def inheritable_fd() -> Iterator[None]:
+    """An inheritable pipe end, that no worker may get, for the block."""
+    leaky_read, leaky_write = os.pipe()
+    os.set_inheritable(leaky_read, True)
+    try:
+        yield
+    finally:
+        os.close(leaky_read)
+        os.close(leaky_write)
+
+
 def forks_to_start(spec: SpawnSpec, children: list[int]) -> int:
     """How many times the supervisor forked to start ``spec``'s worker."""
     before = len(FORKS)
@@ -495,10 +514,46 @@ def test_a_plain_worker_is_started_without_fork_only_while_no_fd_would_leak(
 ) -> None:
     assert forks_to_start(sleeper(), children) == 0
     assert forks_to_start(sleeper(umask=0o22), children) == 1
-    leaky_read, leaky_write = os.pipe()
-    os.set_inheritable(leaky_read, True)
-    try:
+    with inheritable_fd():
         assert forks_to_start(sleeper(), children) == 1
-    finally:
-        os.close(leaky_read)
-        os.close(leaky_write)
+
+
+@pytest.fixture
+def fd_trust(monkeypatch: pytest.MonkeyPatch) -> spawn_module._FdTrust:
+    """A fresh trust in this process's fds, for the test only."""
+    trust = spawn_module._FdTrust()
+    monkeypatch.setattr(spawn_module, "_FDS", trust)
+    return trust
+
+
+@pytest.mark.parametrize("spawn_path", ["posix_spawn"], indirect=True)
+def test_once_the_fds_are_trusted_a_spawn_does_not_list_them(
+    children: list[int], fd_trust: spawn_module._FdTrust, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trust_own_fds()
+    assert fd_trust.trusted
+
+    def listed() -> bool:
+        raise AssertionError("the fds were listed")
+
+    monkeypatch.setattr(spawn_module, "_inheritable_fds", listed)
+    assert forks_to_start(sleeper(), children) == 0
+
+
+@pytest.mark.parametrize("spawn_path", ["posix_spawn"], indirect=True)
+def test_fds_are_not_trusted_while_one_is_inheritable(fd_trust: spawn_module._FdTrust) -> None:
+    with inheritable_fd():
+        trust_own_fds()
+    assert not fd_trust.trusted
+
+
+@pytest.mark.parametrize("spawn_path", ["posix_spawn"], indirect=True)
+def test_after_user_code_every_spawn_checks_the_fds_again(
+    children: list[int], fd_trust: spawn_module._FdTrust
+) -> None:
+    trust_own_fds()
+    user_code_loaded()
+    trust_own_fds()
+    assert not fd_trust.trusted
+    with inheritable_fd():
+        assert forks_to_start(sleeper(), children) == 1

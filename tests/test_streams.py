@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from chapiteau.supervisor.children import spawn as spawn_module
 from chapiteau.supervisor.io.streams import (
     Chunk,
     FancyStdoutStream,
@@ -554,3 +555,14 @@ def test_build_stream_does_not_change_the_given_options(tmp_path: Path) -> None:
     conf = {"class": "FileStream", "filename": str(tmp_path / "o.log")}
     build_stream(conf, where=WHERE)
     assert conf == {"class": "FileStream", "filename": str(tmp_path / "o.log")}
+
+
+def test_loading_a_stream_class_makes_each_spawn_check_the_fds_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trust = spawn_module._FdTrust()
+    trust.trusted = True
+    monkeypatch.setattr(spawn_module, "_FDS", trust)
+    with pytest.raises(StreamConfigError):
+        build_stream({"class": "os:Nope"}, where=WHERE)
+    assert (trust.trusted, trust.user_code) == (False, True)

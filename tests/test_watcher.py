@@ -231,3 +231,23 @@ def test_set_of_a_singleton_command_that_cannot_start_restarts_the_previous_one(
             assert new != old and watcher.state == "active"
 
     run(test)
+
+
+def test_a_stop_during_a_start_spawns_nothing_more() -> None:
+    async def test() -> None:
+        async with running(config("sleep 1000", 0)) as (watcher, recorder):
+            watcher.config = replace(watcher.config, numprocesses=200)
+
+            def spawns() -> int:
+                return sum(topic.endswith(".spawn") for topic, _ in recorder.events)
+
+            starting = asyncio.ensure_future(watcher.start())
+            await recorder.wait_for(lambda: spawns() >= 1)
+            await watcher.stop()
+            await starting
+
+            assert spawns() < 200
+            assert not watcher.processes
+            assert watcher.state == "stopped"
+
+    run(test)

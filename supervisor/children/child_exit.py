@@ -42,6 +42,27 @@ def become_subreaper() -> None:
     prctl.set_child_subreaper(True)
 
 
+def quiet_signal_wakeup() -> None:
+    """Let the loop's signal wake-up fd drop bytes silently when it is full.
+
+    asyncio's ``add_signal_handler`` sets the wake-up fd with Python's default,
+    which prints "Exception ignored when trying to write to the signal wakeup fd"
+    for every signal that finds it full: a storm of SIGCHLD at 1,000 workers
+    filled the supervisor's log with them. Nothing is lost with the byte: every
+    watched exit is read from its own pidfd, and a dropped SIGCHLD byte means
+    unread ones are still queued, so the reaping pass they trigger runs after
+    it and collects that zombie too. Call it after the last
+    ``add_signal_handler`` (each one resets the setting), on the loop's thread.
+    Signals are blocked while the fd is set again, so none arrives in between.
+    """
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        fd = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
 def kill_process_group(pid: int, signum: int) -> None:
     """Send ``signum`` to the process group led by ``pid``; a gone group is not an error."""
     with contextlib.suppress(ProcessLookupError):

@@ -172,18 +172,56 @@ def _needs_no_fork(plan: _Plan) -> bool:
     It can place fds, reset signals and start a process group, but not switch ids,
     set rlimits, a umask or a directory, nor set LISTEN_PID; and it cannot close
     fds, so the fast path is taken only while no fd of the supervisor beyond
-    stdio would be inherited (hooks run user code that might make one).
+    stdio would be inherited (see `trust_own_fds`).
     """
     if plan.listen_pid or plan.rlimits or plan.umask is not None or plan.working_dir:
         return False
     if plan.uid is not None or plan.gid is not None or plan.groups is not None:
         return False
+    return _FDS.trusted or not _inheritable_fds()
+
+
+def _inheritable_fds() -> bool:
+    """Whether this process has an inheritable fd beyond stdio (a listing of all its fds)."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         with contextlib.suppress(OSError):
             if fd > 2 and os.get_inheritable(fd):
-                return False
-    return True
+                return True
+    return False
+
+
+class _FdTrust:
+    """Whether every fd of this process is known to be close-on-exec, so that a spawn
+    need not list them: listing costs one step per open fd, and the supervisor holds
+    one pidfd per worker, so starting n workers cost O(n²)."""
+
+    __slots__ = ("trusted", "user_code")
+
+    def __init__(self) -> None:
+        self.trusted = False
+        self.user_code = False
+
+
+_FDS = _FdTrust()
+
+
+def trust_own_fds() -> None:
+    """Stop listing fds before each posix_spawn, if no fd beyond stdio is inheritable now.
+
+    For the supervisor, once set up: every fd it opens later is close-on-exec
+    (Python's default, fds received with MSG_CMSG_CLOEXEC, pidfds, libzmq's).
+    Not after `user_code_loaded`: hook code may open an inheritable fd at any
+    time, so every spawn then lists the fds again.
+    """
+    _FDS.trusted = not _FDS.user_code and not _inheritable_fds()
+
+
+def user_code_loaded() -> None:
+    """Say that user code (a hook, a stream class) was imported into this process:
+    from now on, for the life of the process, each spawn lists the fds again."""
+    _FDS.user_code = True
+    _FDS.trusted = False
 
 
 def _posix_spawn(plan: _Plan, spec: SpawnSpec) -> int:

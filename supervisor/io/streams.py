@@ -49,6 +49,7 @@ from typing import Any, BinaryIO, NotRequired, Protocol, TypedDict
 import structlog
 
 from chapiteau.protocol.options import OptionError, parse_bool
+from chapiteau.supervisor.children.spawn import user_code_loaded
 
 log = structlog.get_logger(__name__)
 
@@ -426,6 +427,7 @@ def _import_class(path: str, where: str) -> Callable[..., Stream]:
             f"{where}.class: {path!r} is neither a stream class name nor a path such as "
             "mypackage.streams:MyStream"
         )
+    user_code_loaded()
     try:
         found: Any = importlib.import_module(module_name)
     except Exception as exc:  # importing user code can raise anything
