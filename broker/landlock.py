@@ -40,9 +40,9 @@ TRUNCATE = 1 << 14  # ABI 3
 IOCTL_DEV = 1 << 15  # ABI 5
 SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
 
-FS_RIGHTS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1}
+FS_RIGHTS_BY_ABI = {1: REFER - 1, 2: TRUNCATE - 1, 3: IOCTL_DEV - 1, 4: IOCTL_DEV - 1}
 """Every filesystem right each ABI knows (ABI 5 and later: all of the above)."""
-ALL_FS_RIGHTS = (1 << 16) - 1
+ALL_FS_RIGHTS = (IOCTL_DEV << 1) - 1
 FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
 """The rights that apply to a file itself (a rule on a non-directory may grant only these)."""
 READ = READ_FILE | READ_DIR

@@ -42,7 +42,11 @@ class LogSink:
         self._cut = False
         """A line was cut short: the next one starts on a new line."""
         mode = _mode(fd)
-        self._pipe = stat.S_ISFIFO(mode)
+        self._writable: select.poll | None = None
+        """For a pipe: whether a write would block, asked before each write."""
+        if stat.S_ISFIFO(mode):
+            self._writable = select.poll()
+            self._writable.register(fd, select.POLLOUT)
         self._socket = socket.socket(fileno=os.dup(fd)) if stat.S_ISSOCK(mode) else None
 
     def msg(self, message: str) -> None:
@@ -86,10 +90,8 @@ class LogSink:
     def _write_some(self, view: memoryview) -> int:
         if self._socket is not None:
             return self._socket.send(view, socket.MSG_DONTWAIT)
-        if self._pipe:
-            poller = select.poll()
-            poller.register(self.fd, select.POLLOUT)
-            if not poller.poll(0):
+        if self._writable is not None:
+            if not self._writable.poll(0):
                 raise BlockingIOError
             return os.write(self.fd, view[:PIPE_BUF])
         return os.write(self.fd, view)

@@ -42,7 +42,6 @@ import secrets
 import stat
 from dataclasses import dataclass
 
-from chapiteau.broker.config import BrokerConfig
 from chapiteau.broker.privileges import ServiceUser
 
 MAX_SYMLINKS = 40
@@ -166,13 +165,6 @@ def open_parent(path: str, user: ServiceUser, *, follow: bool = False) -> tuple[
     return directory, name
 
 
-def open_for_append(path: str, user: ServiceUser, mode: int = 0o640) -> int:
-    """Open (create if missing) a regular file to append to, e.g. a log; returns the fd."""
-    directory, name = open_parent(path, user, follow=True)
-    with directory:
-        return append_in(directory, name, mode)
-
-
 def append_in(directory: Directory, name: str, mode: int = 0o640) -> int:
     """Open (create if missing) the regular file ``name`` of ``directory`` to append to.
 
@@ -286,20 +278,6 @@ def check_trusted_file(path: str, user: ServiceUser) -> None:
             f"{path}: writable by the service user {user.name!r} ({why}), who could make root "
             f"bind, write or run what it likes; make it root's, mode 0644 or stricter"
         )
-
-
-def directories_in_use(
-    config: BrokerConfig, pidfile: str | None = None, log_output: str | None = None
-) -> list[str]:
-    """Every directory the broker reads or writes in while it runs, for a filesystem sandbox.
-
-    The config files' directories (reloads re-read them), those of the unix
-    sockets and of the connect-mode socket (bound, removed on reload and stop),
-    of the pidfile and the log file, and the runtime directory's parent.
-    """
-    paths = [*config.files, *(s.path for s in config.sockets.values() if s.path)]
-    paths += [p for p in (config.socket_path, pidfile, log_output, config.runtime_directory) if p]
-    return list(dict.fromkeys(os.path.dirname(os.path.abspath(p)) for p in paths))
 
 
 # -- the walk ------------------------------------------------------------------

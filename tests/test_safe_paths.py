@@ -10,25 +10,23 @@ import os
 import socket
 import stat
 import struct
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from chapiteau.broker.config import BrokerConfig
+from chapiteau.broker.privileges import ServiceUser
 from chapiteau.broker.safe_paths import (
     ACL_ACCESS,
     Entry,
     UnsafePathError,
+    append_in,
     check_trusted_file,
-    directories_in_use,
     make_directory,
-    open_for_append,
     open_parent,
     read_small_file,
     replace_file,
 )
-from tests.specs import USER, socket_spec
+from tests.specs import USER
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="gives directories to nobody: root")
 
@@ -170,6 +168,13 @@ def test_a_relative_path_is_relative_to_the_current_directory(base, monkeypatch)
     assert resolved(Path("..") / "real" / "web.sock") == (str(real), "web.sock")
 
 
+def open_for_append(path: str, user: ServiceUser) -> int:
+    """How the log file is opened: its directory walked, then the file appended to."""
+    directory, name = open_parent(path, user, follow=True)
+    with directory:
+        return append_in(directory, name)
+
+
 def test_append_creates_a_private_file_and_appends(base):
     for line in (b"one\n", b"two\n"):
         fd = open_for_append(str(base / "app.log"), USER)
@@ -284,28 +289,3 @@ def test_a_config_file_the_service_user_can_write_is_refused(base):
         UnsafePathError, match=r"circus\.ini: writable by the service user 'nobody'"
     ):
         check_trusted_file(str(config), USER)
-
-
-def test_directories_in_use_lists_every_directory_the_broker_touches():
-    config = BrokerConfig(
-        path="/etc/chapiteau/circus.ini",
-        user=None,
-        group=None,
-        supervisor_command=None,
-        socket_path="/run/chapiteau-broker/broker.sock",
-        orphan_timeout=1.0,
-        sockets={
-            "web": socket_spec(),
-            "app": replace(socket_spec("app"), family=socket.AF_UNIX, path="/run/app/app.sock"),
-        },
-        files=("/etc/chapiteau/circus.ini", "/etc/chapiteau/conf.d/web.ini"),
-        runtime_directory="/run/circus",
-    )
-    assert directories_in_use(config, "/run/chapiteau.pid", "/var/log/chapiteau/log") == [
-        "/etc/chapiteau",
-        "/etc/chapiteau/conf.d",
-        "/run/app",
-        "/run/chapiteau-broker",
-        "/run",
-        "/var/log/chapiteau",
-    ]
