@@ -277,7 +277,7 @@ class Config:
         return None
 
 
-_FIELDS = frozenset(field.name for field in dataclasses.fields(WatcherConfig))
+WATCHER_FIELDS = frozenset(field.name for field in dataclasses.fields(WatcherConfig))
 WATCHER_KEYS = frozenset(
     key for key, option in WATCHER_OPTIONS.items() if option.in_file and not option.family
 )
@@ -634,7 +634,7 @@ def _watcher(
         stderr_stream=_stream(section, "stderr_stream", families),
         options=dict(section.options),
     )
-    return WatcherConfig(**{key: values[key] for key in _FIELDS})
+    return WatcherConfig(**{key: values[key] for key in WATCHER_FIELDS})
 
 
 def _table_values(section: Section) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

@@ -16,7 +16,7 @@ The watcher's phases::
     watcher gave up (spawn max_retry, crash-loop max_retry, a hook refused)
 
 A process is RUNNING, then STOPPING once the watcher stops it on purpose (its
-exit is then no crash), then EXITED (it leaves the table).
+exit is then no crash); once it exits it leaves the table.
 
 Crash-loop backoff. A watcher spawns its processes in rounds: the start, then
 each respawn that brings the count back to ``numprocesses``. A round fails when
@@ -90,7 +90,6 @@ RUNNING_PHASES = (Phase.STARTING, Phase.ACTIVE, Phase.BACKING_OFF)
 class ProcessState(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
-    EXITED = "exited"
 
 
 @dataclass
@@ -112,20 +111,15 @@ class Slot:
 
     spawns: int = 0
     last_exit: dict[str, Any] | None = None
-    """``{"code": exit code (-N: killed by signal N), "reason": ...}``, see `EXIT_REASONS`."""
+    """``{"code": exit code (-N: killed by signal N), "reason": ...}``; the reason is
+    ``stopped`` (the watcher stopped it: stop, reload, decr, max_age), ``exited too
+    quickly`` (it died sooner than the flapping window after its spawn) or ``exited``."""
 
     @property
     def restarts(self) -> int:
         """The processes spawned in this wid after its first since the watcher started."""
         return max(0, self.spawns - 1)
 
-
-EXIT_REASONS = {
-    "stopped": "the watcher stopped it (stop, reload, decr, max_age)",
-    "exited too quickly": "it died sooner than the flapping window after its spawn",
-    "exited": "it died after the flapping window",
-}
-"""The ``reason`` of a slot's last exit, as ``status`` verbose reports it."""
 
 _EMPTY_SLOT_STATE = {
     Phase.STOPPED: "stopped",
@@ -286,8 +280,10 @@ class Lifecycle:
     def extra(self) -> list[int]:
         """The oldest processes beyond the target count."""
         count = len(self.workers) - self.config.numprocesses
+        if count <= 0:
+            return []
         oldest = sorted(self.workers.values(), key=lambda w: w.born)
-        return [w.pid for w in oldest[: max(0, count)]]
+        return [w.pid for w in oldest[:count]]
 
     def next_wid(self) -> int:
         """The lowest wid in use by nobody, from 1 (as in Circus)."""
@@ -436,7 +432,6 @@ class Lifecycle:
         if worker is None:
             return []
         was = worker.state
-        worker.state = ProcessState.EXITED
         if was is ProcessState.STOPPING:
             reason = "stopped"
         elif now - worker.born < flapping.window:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import resource
@@ -733,7 +734,9 @@ def _rlimits(limits: dict[str, int]) -> dict[int, tuple[int, int]]:
     return {getattr(resource, f"RLIMIT_{name.upper()}"): (v, v) for name, v in limits.items()}
 
 
+@functools.cache
 def _user_name(uid: int | None) -> str | None:
+    """The name of ``uid`` for its supplementary groups; looked up once, not at every spawn."""
     if uid is None:
         return None
     import pwd

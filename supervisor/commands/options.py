@@ -38,6 +38,7 @@ from chapiteau.supervisor.commands.base import (
     watcher_named,
 )
 from chapiteau.supervisor.config import (
+    WATCHER_FIELDS,
     UnknownIdentity,
     WatcherConfig,
     copied_env,
@@ -49,8 +50,6 @@ from chapiteau.supervisor.endpoints.zmq_setup import EndpointError, owner_uid
 
 if TYPE_CHECKING:
     from chapiteau.supervisor.watcher import Watcher
-
-_FIELDS = frozenset(field.name for field in dataclasses.fields(WatcherConfig))
 
 
 def parse_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +81,7 @@ def apply_options(
             families[option.name][member.lower() if option.name == "rlimit_" else member] = value
         elif f"{key}." in families:  # a whole family: hooks, stdout_stream, stderr_stream
             families[f"{key}."] = {**families[f"{key}."], **value} if key == "hooks" else value
-        elif key in _FIELDS:
+        elif key in WATCHER_FIELDS:
             values[key] = value
         else:
             values["options"][key] = str(value)
@@ -175,7 +174,7 @@ def options_of(watcher: Watcher) -> dict[str, Any]:
     for name, limit in config.rlimits.items():
         values[f"rlimit_{name}"] = None if limit == resource.RLIM_INFINITY else limit
     for key, value in config.options.items():
-        if key not in _FIELDS and not key.startswith(FAMILIES):
+        if key not in WATCHER_FIELDS and not key.startswith(FAMILIES):
             values.setdefault(key, value)
     return dict(sorted(values.items()))
 
