@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from integration.harness import free_port, proc_status
+from tests.waiting import wait_until
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -68,6 +69,12 @@ def proc_figures(pid: int) -> tuple[float, int, int]:
     return cpu, rss, len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def asleep(pid: int) -> bool:
+    """Whether worker ``pid`` has done its busy loop and runs ``sleep``."""
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        return cmdline.read().split(b"\0")[0] == b"sleep"
+
+
 @pytest.fixture
 def metrics(daemon):
     port = free_port()
@@ -79,6 +86,8 @@ def metrics(daemon):
 def test_the_figures_served_are_those_of_proc_and_the_counts_those_of_list(metrics):
     running, port = metrics
     pids = sorted(running.tree.worker_pids("sleeper", 3))
+    # Measured once asleep: the CPU burnt, then exec'd `sleep` (spawned is not enough).
+    wait_until(lambda: all(asleep(pid) for pid in pids), what="the workers to sleep")
     listed = running.call("list", name="sleeper")
     assert sorted(listed["pids"]) == pids
     assert running.call("dance")["status"] == "error"
