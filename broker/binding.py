@@ -19,14 +19,11 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import structlog
-
 from chapiteau.broker.config import SocketSpec
+from chapiteau.broker.event_log import log
 from chapiteau.broker.privileges import ServiceUser
 from chapiteau.broker.safe_paths import Directory, Entry, UnsafePathError, open_parent
 from chapiteau.protocol.broker_messages import SocketInfo
-
-log = structlog.get_logger("chapiteau.broker")
 
 LISTENING_TYPES = (socket.SOCK_STREAM, socket.SOCK_SEQPACKET)
 

@@ -30,10 +30,10 @@ import time
 from collections.abc import Callable, Sequence
 
 import prctl
-import structlog
 
 from chapiteau.broker.binding import BindError, BoundSocket, abandon, bind_unix
 from chapiteau.broker.config import BrokerConfig, load_broker_config
+from chapiteau.broker.event_log import log
 from chapiteau.broker.launcher import Launcher
 from chapiteau.broker.logs import LogFile, LogSink
 from chapiteau.broker.privileges import ServiceUser
@@ -58,8 +58,6 @@ from chapiteau.protocol.broker_messages import (
 from chapiteau.protocol.channel import channel_pair, receive, refuse_fds, send
 from chapiteau.protocol.constants import EX_CONFIG
 from chapiteau.protocol.ini import ConfigError
-
-log = structlog.get_logger("chapiteau.broker")
 
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 30.0

@@ -145,7 +145,7 @@ class BrokerConfig:
     pidfile: str | None = None
     """``[circus] pidfile``, used when the command line gives none."""
     loggerconfig: str | None = None
-    """``[circus] loggerconfig``: not applied (chapiteau logs with structlog); warned about."""
+    """``[circus] loggerconfig``: not applied (chapiteau writes its own log lines); warned about."""
     runtime_directory: str | None = None
     """``[broker] runtime_directory``: made by the broker for the service user (ipc endpoints)."""
     runtime_directory_mode: int = DEFAULT_RUNTIME_DIRECTORY_MODE

@@ -28,12 +28,12 @@ import sysconfig
 from dataclasses import dataclass
 
 import prctl
-import structlog
 
 import chapiteau.broker
 import chapiteau.protocol
 from chapiteau.broker import landlock, seccomp
 from chapiteau.broker.config import BrokerConfig
+from chapiteau.broker.event_log import log
 from chapiteau.broker.privileges import (
     CREATE_BROKER_USER,
     DEFAULT_BROKER_USER,
@@ -42,8 +42,6 @@ from chapiteau.broker.privileges import (
     needed_capabilities,
     running_as_root,
 )
-
-log = structlog.get_logger("chapiteau.broker")
 
 LOOKUP_FILES = (
     "/etc/passwd",

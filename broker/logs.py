@@ -1,4 +1,4 @@
-"""The broker's log output: structlog events and relayed lines, written without ever blocking.
+"""The broker's log output: its events and relayed lines, written without ever blocking.
 
 Whatever the broker's stdout and stderr are (a terminal, a file, a pipe to
 ``logger``, journald's stream socket), writing a log line must neither raise
@@ -13,22 +13,18 @@ made non-blocking: the broker may share it with whoever started it.
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import socket
 import stat
 import sys
 
-import structlog
-from structlog.dev import ConsoleRenderer
-
+from chapiteau.broker.event_log import log
 from chapiteau.broker.privileges import ServiceUser
 from chapiteau.broker.safe_paths import UnsafePathError, append_in, open_parent
-from chapiteau.protocol.log_lines import LOG_PROCESSORS, as_json_event, json_line
+from chapiteau.protocol.log_lines import as_json_event
 
 PIPE_BUF = select.PIPE_BUF
-log = structlog.get_logger("chapiteau.broker")
 
 
 class LogSink:
@@ -50,10 +46,8 @@ class LogSink:
         self._socket = socket.socket(fileno=os.dup(fd)) if stat.S_ISSOCK(mode) else None
 
     def msg(self, message: str) -> None:
-        """structlog's entry point (the sink is its logger): one rendered event."""
+        """One rendered event of the broker's event log."""
         self.write_line(message.encode("utf-8", "backslashreplace") + b"\n")
-
-    debug = info = warn = warning = error = critical = fatal = exception = log = msg
 
     def relay(self, line: bytes, source: str) -> None:
         """Write a line the supervisor wrote on ``source`` (without its newline)."""
@@ -105,18 +99,12 @@ def _mode(fd: int) -> int:
 
 
 def configure_logging(level: str = "info", fmt: str = "console") -> LogSink:
-    """Send structlog events to stderr, filtered by ``level``, rendered as ``fmt``.
+    """Send the broker's events to stderr, filtered by ``level``, rendered as ``fmt``.
 
     Returns the sink on stderr, for lines relayed from the supervisor.
     """
     sink = LogSink(sys.stderr.fileno(), fmt == "json")
-    renderer = json_line if fmt == "json" else ConsoleRenderer(colors=sys.stderr.isatty())
-    structlog.configure(
-        processors=[*LOG_PROCESSORS, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=lambda *args: sink,
-        cache_logger_on_first_use=True,
-    )
+    log.configure(level, fmt, sink, colours=sys.stderr.isatty())
     if fmt == "json":
         sys.excepthook = _log_uncaught
     return sink

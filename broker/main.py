@@ -21,12 +21,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import TextIO
 
-import structlog
-
 from chapiteau.broker.binding import BindError, BoundSocket, check_unix_path, release
 from chapiteau.broker.broker import Broker, listen_for_supervisors
 from chapiteau.broker.config import BrokerConfig, load_broker_config
 from chapiteau.broker.confinement import confine
+from chapiteau.broker.event_log import log
 from chapiteau.broker.launcher import fork_launcher
 from chapiteau.broker.logs import LogFile, configure_logging
 from chapiteau.broker.pidfile import (
@@ -56,7 +55,6 @@ from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
 from chapiteau.protocol.log_lines import LOG_FORMATS, fatal_line
 from chapiteau.protocol.standard_fds import reserve_standard_fds
 
-log = structlog.get_logger("chapiteau.broker")
 SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 """Given to the broker by systemd (or a test): they belong to this process, never to a child."""
 DAEMON_NEEDS_LOG_OUTPUT = (
@@ -138,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             log.warning(
                 "loggerconfig_ignored",
                 loggerconfig=config.loggerconfig,
-                hint="chapiteau logs with structlog: use --log-format json and --log-output",
+                hint="chapiteau writes its own log lines: use --log-format json and --log-output",
             )
         if config.runtime_directory:
             make_runtime_directory(config, user)

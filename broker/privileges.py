@@ -22,7 +22,6 @@ import grp
 import importlib.util
 import os
 import pwd
-import shutil
 import socket
 import stat
 import sys
@@ -96,6 +95,20 @@ def _lookup_group(group: str) -> int:
         raise PrivilegeError(f"[broker] group = {group}: no such group") from None
 
 
+def on_path(program: str) -> str:
+    """Where ``$PATH`` finds ``program`` (``program`` itself if it names a path or is not found).
+
+    shutil.which's rule, written out: shutil would bring compression modules into the broker.
+    """
+    if "/" in program:
+        return program
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", program)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return program
+
+
 def supervisor_files(config: BrokerConfig) -> list[tuple[str, int]]:
     """The files the supervisor must be able to use, each with the access it needs.
 
@@ -103,7 +116,7 @@ def supervisor_files(config: BrokerConfig) -> list[tuple[str, int]]:
     or the first word of ``[broker] supervisor_command``.
     """
     command = config.supervisor_command
-    argv0 = sys.executable if command is None else shutil.which(command[0]) or command[0]
+    argv0 = sys.executable if command is None else on_path(command[0])
     needs: list[tuple[str, int]] = [(argv0, os.X_OK), (os.path.realpath(argv0), os.R_OK | os.X_OK)]
     if argv0 == sys.executable:
         for module in SUPERVISOR_MODULES:

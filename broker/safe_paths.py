@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 
@@ -203,7 +202,7 @@ def replace_file(path: str, data: bytes, user: ServiceUser, mode: int = 0o644) -
     """Write ``data`` to a fresh exclusive temporary file beside ``path``, then rename it over."""
     directory, name = open_parent(path, user)
     with directory:
-        temporary = f".{name}.{secrets.token_hex(8)}"
+        temporary = f".{name}.{os.urandom(8).hex()}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(temporary, flags, mode, dir_fd=directory.fd)
         try:

@@ -14,9 +14,7 @@ import os
 import socket
 from collections.abc import MutableMapping, Sequence
 
-import structlog
-
-log = structlog.get_logger("chapiteau.broker")
+from chapiteau.broker.event_log import log
 
 
 class Notifier:

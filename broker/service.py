@@ -13,9 +13,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import structlog
-
 from chapiteau.broker.binding import BindError, BoundSocket, bind_reuseport_sibling
+from chapiteau.broker.event_log import log
 from chapiteau.broker.socket_table import ReloadError
 from chapiteau.protocol.broker_messages import (
     PROTOCOL_VERSION,
@@ -35,8 +34,6 @@ from chapiteau.protocol.broker_messages import (
     Welcome,
 )
 from chapiteau.protocol.channel import Received, close_fds
-
-log = structlog.get_logger("chapiteau.broker")
 
 
 @dataclass

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import structlog
-
 from chapiteau.broker.binding import LISTENING_TYPES, BindError, BoundSocket, bind_master
 from chapiteau.broker.config import SocketSpec
+from chapiteau.broker.event_log import log
 from chapiteau.broker.privileges import ServiceUser
 from chapiteau.protocol.broker_messages import Reloaded
-
-log = structlog.get_logger("chapiteau.broker")
 
 
 class ReloadError(Exception):

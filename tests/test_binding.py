@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from chapiteau.broker.binding import (
     BindError,
@@ -25,6 +24,7 @@ from chapiteau.broker.binding import (
 )
 from chapiteau.broker.config import SocketSpec
 from chapiteau.broker.socket_table import ReloadError, apply_reload, bind_all, close_all
+from tests.broker_events import broker_events
 from tests.specs import USER
 from tests.specs import socket_spec as spec
 
@@ -292,7 +292,7 @@ def immutable(path: Path) -> Iterator[None]:
 def test_close_survives_a_socket_file_it_cannot_remove(tmp_path):
     path = tmp_path / "web.sock"
     bound = bind_master(unix(path), USER)
-    with immutable(tmp_path), structlog.testing.capture_logs() as logs:
+    with immutable(tmp_path), broker_events() as logs:
         bound.close()
     assert stat.S_ISSOCK(os.lstat(path).st_mode)
     assert [e["event"] for e in logs] == ["socket_file_not_removed"]

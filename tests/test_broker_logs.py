@@ -10,8 +10,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-import structlog
 
+from chapiteau.broker.event_log import log
 from chapiteau.broker.logs import PIPE_BUF, LogSink
 
 
@@ -50,13 +50,6 @@ def pipe() -> Iterator[tuple[int, int]]:
     os.close(writer)
 
 
-@pytest.fixture
-def json_logs() -> Iterator[None]:
-    structlog.configure(processors=[structlog.processors.JSONRenderer()])
-    yield
-    structlog.reset_defaults()
-
-
 def test_a_full_pipe_drops_the_line_without_blocking_or_raising(pipe):
     _, writer = pipe
     fill(writer)
@@ -66,18 +59,25 @@ def test_a_full_pipe_drops_the_line_without_blocking_or_raising(pipe):
     assert os.get_blocking(writer)
 
 
-def test_the_drop_count_is_logged_once_writing_works_again(pipe, json_logs):
+def test_the_drop_count_is_logged_once_writing_works_again(pipe):
     reader, writer = pipe
     sink = LogSink(writer)
-    structlog.configure(logger_factory=lambda *args: sink)
-    fill(writer)
-    sink.write_line(b"lost 1\n")
-    sink.write_line(b"lost 2\n")
-    drain(reader)
-    sink.write_line(b"kept\n")
+    saved = (log.threshold, log.render, log.output)
+    log.configure("info", "json", sink)
+    try:
+        fill(writer)
+        sink.write_line(b"lost 1\n")
+        sink.write_line(b"lost 2\n")
+        drain(reader)
+        sink.write_line(b"kept\n")
+    finally:
+        log.threshold, log.render, log.output = saved
     lines = drain(reader).splitlines()
     assert lines[0] == b"kept"
-    assert json.loads(lines[1]) == {
+    event = json.loads(lines[1])
+    assert event.pop("timestamp").endswith("Z")
+    assert event == {
+        "level": "warning",
         "count": 2,
         "reason": "the log output was not writable",
         "event": "log_lines_dropped",

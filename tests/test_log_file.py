@@ -7,10 +7,8 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-import structlog
-
+from chapiteau.broker.event_log import log
 from chapiteau.broker.logs import LogFile, LogSink
-from chapiteau.protocol.log_lines import json_line
 from tests.specs import USER
 
 
@@ -19,7 +17,7 @@ def in_child(work: Callable[[], None]) -> int:
     pid = os.fork()
     if pid == 0:
         try:
-            structlog.configure(processors=[json_line], logger_factory=lambda *args: LogSink(2))
+            log.configure("info", "json", LogSink(2))
             work()
         finally:
             os._exit(0)
