@@ -10,6 +10,8 @@ other package, the CLI needs only protocol/.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -102,3 +104,17 @@ def test_the_graph_sees_the_imports_it_checks():
     edges = graph()
     assert "chapiteau.protocol.broker_messages" in edges["chapiteau.broker.service"]
     assert "chapiteau.protocol.circus_messages" in edges["chapiteau.ctl.client"]
+
+
+def test_the_broker_imports_nothing_heavy_it_does_not_use() -> None:
+    # The broker lives as long as the sockets: what it imports stays resident. structlog
+    # alone brings asyncio and ssl (12 MiB); shutil brings the compression modules.
+    heavy = ("structlog", "asyncio", "ssl", "shutil", "secrets", "zmq", "psutil")
+    script = (
+        "import sys, chapiteau.broker.main, chapiteau.broker.launcher;"
+        f"print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert loaded == []
