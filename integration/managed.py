@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 MARK = "CHAPITEAU_TEST_MARK"
 
@@ -40,6 +40,20 @@ def roots(value: str, variable: str = MARK) -> set[int]:
     """The marked processes whose parent is not marked."""
     processes = marked(value, variable)
     return {pid for pid, parent in processes.items() if parent not in processes}
+
+
+def outside(listed: Iterable[int], value: str, variable: str = MARK) -> set[int]:
+    """The marked processes outside the trees of the ``listed`` pids: those a manager lost."""
+    processes = marked(value, variable)
+    kept = set(listed)
+    lost = set()
+    for pid in processes:
+        top = pid
+        while processes.get(top) in processes:
+            top = processes[top]
+        if top not in kept:
+            lost.add(pid)
+    return lost
 
 
 def assert_all_managed(
