@@ -16,6 +16,9 @@ and the ratio, pair by pair. Parts, selectable by name:
 - ``control``: ``status`` CLI wall time (chapiteauctl against circusctl,
   paired), and the ``list`` round trip of Circus's own ``CircusClient`` to
   chapiteau, circusd and a bare pyzmq ROUTER echo, interleaved.
+- ``zero_downtime``: reload, restart, resize, kills and upgrade of 4 gunicorn
+  workers under wrk's load: max latency, failed requests, processes left
+  unmanaged (``bench/zero_downtime.py``; a table of its own, printed at once).
 
 Run as root from the checkout with the virtualenvs ``make bench`` makes (it
 runs this)::
@@ -88,10 +91,11 @@ class Settings:
     cli_runs: int
     list_rounds: int
     list_calls: int
+    zero_downtime_runs: int
 
 
-FULL = Settings(4, 8, 1000, 3, 10, 10.0, 10_000, 100, 15, 10, 200)
-QUICK = Settings(1, 2, 100, 1, 3, 2.0, 1000, 10, 3, 2, 20)
+FULL = Settings(4, 8, 1000, 3, 10, 10.0, 10_000, 100, 15, 10, 200, 3)
+QUICK = Settings(1, 2, 100, 1, 3, 2.0, 1000, 10, 3, 2, 20, 1)
 
 
 @dataclass
@@ -187,16 +191,22 @@ class Manager:
         config = self.directory / "bench.ini"
         config.write_text(header + "\n" + body)
         config.chmod(0o644)
+        self.argv = [*argv, str(config), "--log-level", "warning"]
         self.log = open(self.directory / "daemon.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.process = self.launch()
+
+    def launch(self) -> subprocess.Popen:
+        """Start the daemon on this manager's config (again, after it was killed)."""
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
-            [*argv, str(config), "--log-level", "warning"],
+            self.argv,
             cwd=self.directory,
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=self.log,
             start_new_session=True,
         )
+        return self.process
 
     @property
     def pids(self) -> list[int]:
@@ -606,12 +616,20 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def bench_zero_downtime(settings: Settings) -> None:
+    """Operations under a real load: a table of its own (bench/zero_downtime.py)."""
+    from bench import zero_downtime  # it builds on this module's Manager
+
+    print(zero_downtime.table(zero_downtime.run(settings.zero_downtime_runs)), flush=True)
+
+
 PARTS: dict[str, Callable[[Settings], None]] = {
     "bjoern": bench_bjoern,
     "gunicorn": bench_gunicorn,
     "scale": bench_scale,
     "big": bench_big,
     "control": bench_control,
+    "zero_downtime": bench_zero_downtime,
 }
 
 
