@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
@@ -43,6 +43,7 @@ from chapiteau.supervisor.endpoints.pubsub import PubSub
 from chapiteau.supervisor.endpoints.stats import ProcessSampler, start_stats
 from chapiteau.supervisor.endpoints.zmq_setup import Curve, EndpointError
 from chapiteau.supervisor.events import Events
+from chapiteau.supervisor.io.notify import NotifySocket
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
 from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
@@ -92,6 +93,7 @@ class Arbiter:
         self.stopping = False
         self._done: asyncio.Future[None] | None = None
         self._runtime: Runtime | None = None
+        self._notify: NotifySocket | None = None
         self.added: set[str] = set()
         """Lower-cased names of the watchers created by ``add``: reloadconfig keeps them."""
         self.sampler = ProcessSampler()
@@ -159,6 +161,7 @@ class Arbiter:
             arbiter=self,
             workers=self.pids,
             adopt=adopt,
+            notify_socket=self._notify_socket,
             flapping=self.config.flapping,
         )
         for watcher_config in self.config.watchers:
@@ -169,8 +172,25 @@ class Arbiter:
         if self._runtime is not None:
             self._runtime.children.close()
             self._runtime.redirector.close()
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
         for watcher in self.watchers.values():
             watcher.close_streams()
+
+    def _notify_socket(self) -> str:
+        """The NOTIFY_SOCKET of the workers that tell their readiness, opened at first use
+        (a supervisor whose watchers need none has none)."""
+        if self._notify is None:
+            assert self._runtime is not None
+            self._notify = NotifySocket(self._runtime.loop, self.pids.__contains__, self._notified)
+            log.info("notify_socket_opened", address=self._notify.address)
+        return self._notify.address
+
+    def _notified(self, pid: int, fields: Mapping[str, str]) -> None:
+        watcher = self.pids.get(pid)
+        if watcher is not None:
+            watcher.notified(pid, fields)
 
     def _open_endpoints(self) -> None:
         """The controller, then the PUB in the controller's ZMQ context: one authenticator

@@ -21,6 +21,7 @@ from chapiteau.supervisor.lifecycle import (
     Phase,
     ProcessState,
     Publish,
+    Readiness,
     Reconcile,
     Replace,
     SignalProcesses,
@@ -379,7 +380,7 @@ def test_singleton_reload_stops_first_and_retries_after_a_failed_spawn() -> None
 def test_max_age_arms_an_expiry_per_process() -> None:
     lifecycle = Lifecycle(config(max_age=10, max_age_variance=5))
     lifecycle.start()
-    assert lifecycle.spawned(7, 1, now=100.0, jitter=3) == [ArmExpiry(7, 113.0)]
+    assert lifecycle.spawned(7, 1, now=100.0, jitter=3) == [ArmExpiry(7, 113.0), Readiness(7)]
 
 
 def test_max_age_replaces_first_a_singleton_stops_first() -> None:

@@ -66,6 +66,7 @@ SAMPLES = {
     "stream option": Sample("/tmp/x.log", None, "/tmp/x.log", [1]),
     "octal": Sample("022", "9", 0o22, "022"),
     "socket protocol": Sample("circus", "inetd", "circus", 3),
+    "readiness": Sample("notify", "soon", "notify", 3),
     "names": Sample("s", None, "s", 3),
 }
 

@@ -20,6 +20,7 @@ import pytest
 from chapiteau.supervisor.children.child_exit import ChildWatcher
 from chapiteau.supervisor.config import DEFAULT_PATH, Flapping, WatcherConfig
 from chapiteau.supervisor.events import Events
+from chapiteau.supervisor.io.notify import NotifySocket
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
 from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
@@ -83,6 +84,7 @@ async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher,
         workers[pid] = watcher
         children.watch(pid)
 
+    notify = NotifySocket(loop, workers.__contains__, lambda pid, f: workers[pid].notified(pid, f))
     runtime = Runtime(
         loop=loop,
         children=children,
@@ -92,6 +94,7 @@ async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher,
         arbiter=None,
         workers=workers,
         adopt=adopt,
+        notify_socket=lambda: notify.address,
         flapping=Flapping(window=30.0),
     )
     watcher = Watcher(watcher_config, runtime)
@@ -108,6 +111,7 @@ async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher,
                     os.kill(pid, signal.SIGKILL)
             children.close()
             redirector.close()
+            notify.close()
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
