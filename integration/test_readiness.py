@@ -99,6 +99,30 @@ def test_reload_keeps_the_old_worker_until_the_new_one_says_ready(daemon, workdi
     assert app.call("list", name="w")["pids"] == [new]
 
 
+@pytest.mark.parametrize("trigger", ["reloadconfig", "set", "max_age"])
+def test_replacements_stop_the_old_worker_only_once_the_new_one_is_ready(
+    daemon, workdir: Path, trigger: str
+):
+    cmd = notify_worker(workdir, "1500")
+    options = {"readiness": "notify", "graceful_timeout": 5}
+    if trigger == "max_age":
+        options |= {"max_age": 3, "max_age_variance": 0}
+    app = daemon(watcher(cmd, **options))
+    [old] = app.tree.wait_for("ready")
+    if trigger == "reloadconfig":
+        app.rewrite_config(watcher(cmd, **options) + "\n[env:w]\nCHANGED = 1\n")
+        assert app.call("reloadconfig", waiting=True, timeout=30)["status"] == "ok"
+    elif trigger == "set":
+        reply = app.call("set", name="w", options={"env": {"CHANGED": "1"}}, timeout=30)
+        assert reply["status"] == "ok"
+    new = app.tree.wait_for("ready", count=2, timeout=30)[-1]["pid"]
+    app.tree.wait_for("process_reaped", where=lambda e: e["pid"] == old["pid"])
+    events = app.tree.read_events()
+    assert position(events, "ready", new) < position(events, "process_reaped", old["pid"])
+    if trigger != "max_age":
+        assert environ(new)["CHANGED"] == "1"
+
+
 def test_a_worker_that_never_says_ready_is_stopped_after_ready_timeout(daemon, workdir: Path):
     (workdir / "mode").write_text("500")
     (workdir / "mode").chmod(0o644)

@@ -66,6 +66,11 @@ class ReloadPlan:
     added: list[Watcher] = field(default_factory=list)
     replaced: list[tuple[Watcher, Watcher]] = field(default_factory=list)
     """(running watcher, its replacement)."""
+    reconfigured: list[tuple[Watcher, Watcher]] = field(default_factory=list)
+    """(serving watcher, a watcher of its new configuration, built to check its hooks and
+    streams): the serving one switches to that configuration and reloads gracefully,
+    as ``set`` does, so that its old processes stop only once their replacements are
+    ready."""
     resized: list[tuple[Watcher, int]] = field(default_factory=list)
     restarted: list[Watcher] = field(default_factory=list)
     """Unchanged watchers that use a socket the broker re-bound."""
@@ -372,6 +377,9 @@ class Arbiter:
                     old = old_by_name.get(key)
                     if old is not None and _only_numprocesses_differs(old, config):
                         plan.resized.append((running, config.numprocesses))
+                    elif key not in self.added and running.lifecycle.serving:
+                        built.append(self.watcher(config))
+                        plan.reconfigured.append((running, built[-1]))
                     else:
                         built.append(self.watcher(config))
                         plan.replaced.append((running, built[-1]))
@@ -426,10 +434,17 @@ class Arbiter:
         for watcher in plan.added:
             self.watchers[watcher.name.lower()] = watcher
         resized = dict(plan.resized)
+        reconfigured = dict(plan.reconfigured)
         starting = {*plan.added, *replacements.values(), *plan.restarted}
         for watcher in self.by_priority():
             if watcher in resized:
                 await watcher.set_numprocesses(resized[watcher])
+            elif watcher in reconfigured:
+                reconfigured[watcher].close_streams()
+                try:
+                    await watcher.configure(reconfigured[watcher].config, reload=True, updated=0)
+                except ReloadError as exc:
+                    log.error("config_reload_kept_previous", watcher=watcher.name, error=str(exc))
             elif watcher in plan.restarted:
                 await watcher.restart()
             elif watcher in starting and watcher.config.autostart:
@@ -442,6 +457,7 @@ class Arbiter:
             added=[w.name for w in plan.added],
             removed=[w.name for w in plan.removed],
             replaced=[w.name for w, _ in plan.replaced],
+            reloaded=[w.name for w, _ in plan.reconfigured],
             resized=[w.name for w, _ in plan.resized],
         )
 
