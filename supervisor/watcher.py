@@ -175,8 +175,11 @@ class Watcher:
             return {"started": sorted(set(self.processes) - set(kept)), "kept": kept}
 
     async def stop(self) -> None:
-        """Stop the processes; a start under way spawns nothing more from now on."""
+        """Stop the processes; a start under way spawns nothing more from now on, and a
+        reload that waits for a new process to be ready waits no more."""
         self.lifecycle.stop_pending = True
+        for process in self.processes.values():
+            process.resolve_ready("the watcher is stopping")
         try:
             async with self.lock:
                 await self._stop()

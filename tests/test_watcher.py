@@ -255,3 +255,20 @@ def test_a_stop_during_a_start_spawns_nothing_more() -> None:
             assert watcher.state == "stopped"
 
     run(test)
+
+
+def test_stop_ends_a_reload_that_waits_for_a_process_to_be_ready() -> None:
+    async def test() -> None:
+        quiet = config("sleep 1000", 1, readiness="notify", ready_timeout=0)
+        async with running(quiet) as (watcher, _):
+            [old] = watcher.processes
+            reload = asyncio.ensure_future(watcher.reload())
+            async with asyncio.timeout(WAIT):
+                while len(watcher.processes) < 2:
+                    await asyncio.sleep(0.01)
+                await watcher.stop()
+                with pytest.raises(ReloadError, match="the watcher is stopping"):
+                    await reload
+            assert watcher.processes == {}
+
+    run(test)
