@@ -225,7 +225,6 @@ def test_set_of_a_singleton_command_that_cannot_start_restarts_the_previous_one(
     async def test() -> None:
         before = config("sleep 1000", 1, singleton=True)
         async with running(before) as (watcher, _):
-            [old] = watcher.processes
 
             with pytest.raises(ReloadError, match=r"singleton.*previous settings"):
                 await watcher.configure(replace(before, cmd="/nonexistent/program"), reload=True)
@@ -261,7 +260,6 @@ def test_stop_ends_a_reload_that_waits_for_a_process_to_be_ready() -> None:
     async def test() -> None:
         quiet = config("sleep 1000", 1, readiness="notify", ready_timeout=0)
         async with running(quiet) as (watcher, _):
-            [old] = watcher.processes
             reload = asyncio.ensure_future(watcher.reload())
             async with asyncio.timeout(WAIT):
                 while len(watcher.processes) < 2:
