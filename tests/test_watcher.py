@@ -225,6 +225,7 @@ def test_set_of_a_singleton_command_that_cannot_start_restarts_the_previous_one(
     async def test() -> None:
         before = config("sleep 1000", 1, singleton=True)
         async with running(before) as (watcher, _):
+            [old] = watcher.processes
 
             with pytest.raises(ReloadError, match=r"singleton.*previous settings"):
                 await watcher.configure(replace(before, cmd="/nonexistent/program"), reload=True)
