@@ -416,6 +416,9 @@ class Option:
     """For a family: what is wrong with a member's key, None when it is one."""
     in_file: bool = True
     """A ``[watcher:*]`` section may hold it (``hooks`` as one object is for ``set`` only)."""
+    extension: bool = False
+    """chapiteau's own: ``options``/``get`` show it only when it is not its default, so that
+    a Circus configuration gets circusd's reply."""
 
     @property
     def family(self) -> bool:
@@ -451,6 +454,11 @@ def _shown(name: str, kind: Kind, default: Any = None, **rules: Any) -> Option:
     return Option(name, kind, default, shown_as=name, **rules)
 
 
+def _extension(name: str, kind: Kind, default: Any = None, **rules: Any) -> Option:
+    """A chapiteau option that ``options``/``get`` show when it is not its default."""
+    return Option(name, kind, default, shown_as=name, extension=True, **rules)
+
+
 def _fixed(name: str, kind: Kind, default: Any = None, **rules: Any) -> Option:
     """An option of the configuration file that ``set`` cannot change."""
     return Option(name, kind, default, settable=False, **rules)
@@ -474,11 +482,11 @@ WATCHER_OPTIONS: Mapping[str, Option] = _options(
     _shown("max_age", INT, 0, check=not_negative, reloads=True),
     _shown("max_age_variance", INT, 30, check=not_negative, reloads=True),
     # Readiness (chapiteau extensions): NOTIFY_SOCKET and WATCHDOG_USEC are in the environment.
-    _shown("readiness", READINESS_KIND, "started", reloads=True),
-    _shown("ready_delay", INT_OR_FLOAT, 0, check=not_negative),
-    _shown("ready_timeout", INT_OR_FLOAT, 90, check=not_negative),
-    _shown("watchdog_sec", INT_OR_FLOAT, 0, check=not_negative, reloads=True),
-    _shown("max_replacing", INT, 0, check=not_negative),
+    _extension("readiness", READINESS_KIND, "started", reloads=True),
+    _extension("ready_delay", INT_OR_FLOAT, 0, check=not_negative),
+    _extension("ready_timeout", INT_OR_FLOAT, 90, check=not_negative),
+    _extension("watchdog_sec", INT_OR_FLOAT, 0, check=not_negative, reloads=True),
+    _extension("max_replacing", INT, 0, check=not_negative),
     # How many, in which order, how they stop.
     _shown("numprocesses", INT, 1, check=not_negative),
     _shown("warmup_delay", INT_OR_FLOAT, 0, check=not_negative),
