@@ -383,7 +383,14 @@ def _phase_line(name: str, state: dict[str, Any]) -> str:
     return f"{name}: {words}" + (f" ({'; '.join(details)})" if details else "")
 
 
-PROCESS_COLUMNS = ("WID", "PID", "STATE", "UPTIME", "RESTARTS", "LAST EXIT", "READY")
+PROCESS_COLUMNS = ("WID", "PID", "STATE", "UPTIME", "RESTARTS", "LAST EXIT", "READY", "STATUS")
+
+
+def _one_line(text: str | None) -> str:
+    """A worker's STATUS= text in a table cell: printable, on one line."""
+    if text is None:
+        return ""
+    return "".join(char if char.isprintable() else " " for char in text)
 
 
 def _show_status_verbose(reply: dict[str, Any]) -> str:
@@ -399,11 +406,12 @@ def _show_status_verbose(reply: dict[str, Any]) -> str:
                 str(p.get("restarts", 0)),
                 _exit_text(p.get("last_exit")),
                 "-" if p.get("ready") is None else ("yes" if p["ready"] else "no"),
+                _one_line(p.get("status")),
             )
             for p in state.get("processes", [])
         ]
         if rows:
-            widths = [max(len(r[i]) for r in (PROCESS_COLUMNS, *rows)) for i in range(7)]
+            widths = [max(len(r[i]) for r in (PROCESS_COLUMNS, *rows)) for i in range(8)]
             for row in (PROCESS_COLUMNS, *rows):
                 lines.append(
                     "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()

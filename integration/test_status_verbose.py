@@ -60,7 +60,9 @@ def test_status_verbose_shows_a_crash_loop_backing_off_with_its_next_attempt(ctl
     at = datetime.fromisoformat(match[1] + "+00:00").timestamp()
     assert before - 1 <= at <= before + 61
     assert float(match[2]) <= 60 and int(match[3]) >= 2
-    assert header.split() == ["WID", "PID", "STATE", "UPTIME", "RESTARTS", "LAST", "EXIT", "READY"]
+    assert header.split() == [
+        *("WID", "PID", "STATE", "UPTIME", "RESTARTS", "LAST", "EXIT", "READY", "STATUS")
+    ]
     wid, pid, state, rest = re.split(r"\s{2,}", slot.strip(), maxsplit=3)
     assert (wid, pid, state) == ("1", "-", "backing off")
     uptime, restarts, last_exit, ready = re.split(r"\s{2,}", rest)
@@ -77,6 +79,7 @@ def test_status_verbose_exits_0_when_every_watcher_is_active(ctl: Ctl) -> None:
     assert phase == "sleeper: active"
     rows = [re.split(r"\s{2,}", slot.strip()) for slot in slots]
     assert [row[0] for row in rows] == ["1", "2"]
-    for _, pid, state, _, restarts, last_exit, _ in rows:
+    for _, pid, state, _, restarts, last_exit, ready in rows:
         assert pid.isdigit() and state == "running" and restarts == "0" and last_exit == "-"
+        assert ready == "yes"
     wait_until(lambda: ctl("status", "-v").returncode == 3)  # crash is not active

@@ -49,6 +49,9 @@ HOOK_NAMES = (
 """The hooks a watcher may have."""
 
 SOCKET_PROTOCOLS = ("circus", "systemd")
+READINESS = ("started", "notify")
+"""When a process counts as ready: once it runs (after ``ready_delay``), or when it says
+``READY=1`` on its NOTIFY_SOCKET."""
 
 
 class OptionError(ValueError):
@@ -155,6 +158,14 @@ def parse_socket_protocol(text: str) -> str:
     if protocol not in SOCKET_PROTOCOLS:
         raise OptionError(f"{protocol!r} is not a socket protocol; use circus or systemd")
     return protocol
+
+
+def parse_readiness(text: str) -> str:
+    """``started`` (ready once it runs) or ``notify`` (ready when it says READY=1)."""
+    readiness = text.strip().lower()
+    if readiness not in READINESS:
+        raise OptionError(f"{readiness!r} is not a readiness; use started or notify")
+    return readiness
 
 
 def parse_names(text: str) -> tuple[str, ...]:
@@ -355,6 +366,7 @@ STREAM = Kind("stream", _json_object, _json_stream, _json_object)
 STREAM_KEY = Kind("stream option", _same, _json_stream_key, _stream_word)
 OCTAL = Kind("octal", parse_octal, _typed(_is_int, "an integer"), parse_octal)
 SOCKET_PROTOCOL = Kind("socket protocol", parse_socket_protocol, STR.from_json, _same)
+READINESS_KIND = Kind("readiness", parse_readiness, STR.from_json, parse_readiness)
 NAMES = Kind("names", parse_names, STR.from_json, _same)
 
 
@@ -404,6 +416,9 @@ class Option:
     """For a family: what is wrong with a member's key, None when it is one."""
     in_file: bool = True
     """A ``[watcher:*]`` section may hold it (``hooks`` as one object is for ``set`` only)."""
+    extension: bool = False
+    """chapiteau's own: ``options``/``get`` show it only when it is not its default, so that
+    a Circus configuration gets circusd's reply."""
 
     @property
     def family(self) -> bool:
@@ -439,6 +454,11 @@ def _shown(name: str, kind: Kind, default: Any = None, **rules: Any) -> Option:
     return Option(name, kind, default, shown_as=name, **rules)
 
 
+def _extension(name: str, kind: Kind, default: Any = None, **rules: Any) -> Option:
+    """A chapiteau option that ``options``/``get`` show when it is not its default."""
+    return Option(name, kind, default, shown_as=name, extension=True, **rules)
+
+
 def _fixed(name: str, kind: Kind, default: Any = None, **rules: Any) -> Option:
     """An option of the configuration file that ``set`` cannot change."""
     return Option(name, kind, default, settable=False, **rules)
@@ -461,6 +481,12 @@ WATCHER_OPTIONS: Mapping[str, Option] = _options(
     _fixed("umask", OCTAL),
     _shown("max_age", INT, 0, check=not_negative, reloads=True),
     _shown("max_age_variance", INT, 30, check=not_negative, reloads=True),
+    # Readiness (chapiteau extensions): NOTIFY_SOCKET and WATCHDOG_USEC are in the environment.
+    _extension("readiness", READINESS_KIND, "started", reloads=True),
+    _extension("ready_delay", INT_OR_FLOAT, 0, check=not_negative),
+    _extension("ready_timeout", INT_OR_FLOAT, 90, check=not_negative),
+    _extension("watchdog_sec", INT_OR_FLOAT, 0, check=not_negative, reloads=True),
+    _extension("max_replacing", INT, 0, check=not_negative),
     # How many, in which order, how they stop.
     _shown("numprocesses", INT, 1, check=not_negative),
     _shown("warmup_delay", INT_OR_FLOAT, 0, check=not_negative),
@@ -547,4 +573,6 @@ def check_watcher(values: Mapping[str, Any]) -> tuple[str, str] | None:
         return "copy_path", "copy_path needs copy_env = true"
     if values.get("virtualenv") is not None and not values["copy_env"]:
         return "virtualenv", "virtualenv needs copy_env = true"
+    if values["ready_delay"] and values["readiness"] != "started":
+        return "ready_delay", "ready_delay applies to readiness = started; remove one of them"
     return None

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
@@ -43,6 +43,7 @@ from chapiteau.supervisor.endpoints.pubsub import PubSub
 from chapiteau.supervisor.endpoints.stats import ProcessSampler, start_stats
 from chapiteau.supervisor.endpoints.zmq_setup import Curve, EndpointError
 from chapiteau.supervisor.events import Events
+from chapiteau.supervisor.io.notify import NotifySocket
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
 from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
@@ -65,6 +66,11 @@ class ReloadPlan:
     added: list[Watcher] = field(default_factory=list)
     replaced: list[tuple[Watcher, Watcher]] = field(default_factory=list)
     """(running watcher, its replacement)."""
+    reconfigured: list[tuple[Watcher, Watcher]] = field(default_factory=list)
+    """(serving watcher, a watcher of its new configuration, built to check its hooks and
+    streams): the serving one switches to that configuration and reloads gracefully,
+    as ``set`` does, so that its old processes stop only once their replacements are
+    ready."""
     resized: list[tuple[Watcher, int]] = field(default_factory=list)
     restarted: list[Watcher] = field(default_factory=list)
     """Unchanged watchers that use a socket the broker re-bound."""
@@ -92,6 +98,7 @@ class Arbiter:
         self.stopping = False
         self._done: asyncio.Future[None] | None = None
         self._runtime: Runtime | None = None
+        self._notify: NotifySocket | None = None
         self.added: set[str] = set()
         """Lower-cased names of the watchers created by ``add``: reloadconfig keeps them."""
         self.sampler = ProcessSampler()
@@ -159,6 +166,7 @@ class Arbiter:
             arbiter=self,
             workers=self.pids,
             adopt=adopt,
+            notify_socket=self._notify_socket,
             flapping=self.config.flapping,
         )
         for watcher_config in self.config.watchers:
@@ -169,8 +177,25 @@ class Arbiter:
         if self._runtime is not None:
             self._runtime.children.close()
             self._runtime.redirector.close()
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
         for watcher in self.watchers.values():
             watcher.close_streams()
+
+    def _notify_socket(self) -> str:
+        """The NOTIFY_SOCKET of the workers that tell their readiness, opened at first use
+        (a supervisor whose watchers need none has none)."""
+        if self._notify is None:
+            assert self._runtime is not None
+            self._notify = NotifySocket(self._runtime.loop, self.pids.__contains__, self._notified)
+            log.info("notify_socket_opened", address=self._notify.address)
+        return self._notify.address
+
+    def _notified(self, pid: int, fields: Mapping[str, str]) -> None:
+        watcher = self.pids.get(pid)
+        if watcher is not None:
+            watcher.notified(pid, fields)
 
     def _open_endpoints(self) -> None:
         """The controller, then the PUB in the controller's ZMQ context: one authenticator
@@ -352,6 +377,9 @@ class Arbiter:
                     old = old_by_name.get(key)
                     if old is not None and _only_numprocesses_differs(old, config):
                         plan.resized.append((running, config.numprocesses))
+                    elif key not in self.added and running.lifecycle.serving:
+                        built.append(self.watcher(config))
+                        plan.reconfigured.append((running, built[-1]))
                     else:
                         built.append(self.watcher(config))
                         plan.replaced.append((running, built[-1]))
@@ -406,10 +434,17 @@ class Arbiter:
         for watcher in plan.added:
             self.watchers[watcher.name.lower()] = watcher
         resized = dict(plan.resized)
+        reconfigured = dict(plan.reconfigured)
         starting = {*plan.added, *replacements.values(), *plan.restarted}
         for watcher in self.by_priority():
             if watcher in resized:
                 await watcher.set_numprocesses(resized[watcher])
+            elif watcher in reconfigured:
+                reconfigured[watcher].close_streams()
+                try:
+                    await watcher.configure(reconfigured[watcher].config, reload=True, updated=0)
+                except ReloadError as exc:
+                    log.error("config_reload_kept_previous", watcher=watcher.name, error=str(exc))
             elif watcher in plan.restarted:
                 await watcher.restart()
             elif watcher in starting and watcher.config.autostart:
@@ -422,6 +457,7 @@ class Arbiter:
             added=[w.name for w in plan.added],
             removed=[w.name for w in plan.removed],
             replaced=[w.name for w, _ in plan.replaced],
+            reloaded=[w.name for w, _ in plan.reconfigured],
             resized=[w.name for w, _ in plan.resized],
         )
 

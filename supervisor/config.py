@@ -198,6 +198,13 @@ class WatcherConfig:
     stderr_stream: dict[str, str] = field(default_factory=dict)
     max_age: int = _DEFAULT["max_age"]
     max_age_variance: int = _DEFAULT["max_age_variance"]
+    readiness: str = _DEFAULT["readiness"]
+    """``started`` or ``notify`` (READY=1 on NOTIFY_SOCKET)."""
+    ready_delay: float = _DEFAULT["ready_delay"]
+    ready_timeout: float = _DEFAULT["ready_timeout"]
+    watchdog_sec: float = _DEFAULT["watchdog_sec"]
+    max_replacing: int = _DEFAULT["max_replacing"]
+    """Old processes a reload replaces at once; 0: all at once."""
     virtualenv: str | None = _DEFAULT["virtualenv"]
     virtualenv_py_ver: str | None = _DEFAULT["virtualenv_py_ver"]
     stdin_socket: str | None = _DEFAULT["stdin_socket"]

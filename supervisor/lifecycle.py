@@ -15,8 +15,23 @@ The watcher's phases::
     any running phase --stop--> STOPPING --all gone--> STOPPED, or FAILED when the
     watcher gave up (spawn max_retry, crash-loop max_retry, a hook refused)
 
-A process is RUNNING, then STOPPING once the watcher stops it on purpose (its
-exit is then no crash); once it exits it leaves the table.
+A process's states; once it exits it leaves the table::
+
+    STARTING --ready--> RUNNING --RELOADING=1--> RELOADING --READY=1--> RUNNING
+       |                   |  STOPPING=1 (said by the process) --> EXITING
+       |  ready_timeout    |  watchdog_sec without WATCHDOG=1
+       +-------------------+--> FAILING (stopped; its exit is a crash)
+    any state --the watcher stops it on purpose--> STOPPING (its exit is no crash)
+
+Readiness. A process is ready (RUNNING) once it runs with ``readiness =
+started`` (the default, Circus's behaviour), after ``ready_delay`` seconds
+if set, or when it says ``READY=1`` with ``readiness = notify``. One that
+is not ready within ``ready_timeout`` (notify) is a failed start: it is
+stopped and its exit counts as a crash of its round (so the crash-loop
+backoff below applies). With ``watchdog_sec``, a ready process that sends no
+``WATCHDOG=1`` for that long is stopped and its exit is a crash. The timers
+are armed per process (`ArmTimer`) and cancelled by the driver when the
+process stops or exits: a watcher without these options arms none.
 
 Crash-loop backoff. A watcher spawns its processes in rounds: the start, then
 each respawn that brings the count back to ``numprocesses``. A round fails when
@@ -33,9 +48,11 @@ A process that lived ``window`` seconds or more ends the streak. With
 ``[plugin:flapping] max_retry`` >= 0 the watcher gives up when its backoff
 rounds (the failed rounds after the first) exceed it.
 
-Reload. Old processes stop only for replacements that run: if a new process
-cannot start, the new ones stop, the old ones keep serving and the reload
-fails with a message. A singleton never runs twice, so its old process stops
+Reload. Old processes stop only for replacements that are ready: if a new
+process cannot start or is not ready in time, the new ones stop, the old
+ones keep serving and the reload fails with a message. ``max_replacing = N``
+replaces N old processes at a time (``sequential``: 1), so the count of
+ready processes never drops below the target. A singleton never runs twice, so its old process stops
 first and a replacement that cannot start is retried after a backoff.
 """
 
@@ -43,6 +60,7 @@ from __future__ import annotations
 
 import enum
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -88,8 +106,34 @@ RUNNING_PHASES = (Phase.STARTING, Phase.ACTIVE, Phase.BACKING_OFF)
 
 
 class ProcessState(enum.Enum):
+    STARTING = "starting"
+    """It runs and is not ready yet."""
     RUNNING = "running"
+    """Ready."""
+    RELOADING = "reloading"
+    """It said RELOADING=1: not ready until its next READY=1."""
+    EXITING = "exiting"
+    """It said STOPPING=1 on its own: not ready; its exit is still a crash."""
+    FAILING = "failing"
+    """It missed its ready_timeout or its watchdog: stopped, its exit is a crash."""
     STOPPING = "stopping"
+    """The watcher stops it on purpose: its exit is no crash."""
+
+
+class Timer(enum.Enum):
+    """The per-process timers of readiness; the value is the option that sets it."""
+
+    READY_DELAY = "ready_delay"
+    READY_TIMEOUT = "ready_timeout"
+    WATCHDOG = "watchdog_sec"
+
+
+_DEAD_END = (ProcessState.FAILING, ProcessState.STOPPING)
+"""States whose end is decided: the process only waits for its exit."""
+_NOT_YET_READY = (ProcessState.STARTING, ProcessState.RELOADING)
+_WATCHED = (ProcessState.RUNNING, ProcessState.RELOADING, ProcessState.EXITING)
+"""States in which the watchdog runs (once ready, until the end is decided)."""
+_FAILURE_REASONS = {Timer.READY_TIMEOUT: "not ready in time", Timer.WATCHDOG: "watchdog timeout"}
 
 
 @dataclass
@@ -102,7 +146,11 @@ class Worker:
     """The loop time of its spawn."""
     crash_round: int
     """The watcher's round of spawns it belongs to."""
-    state: ProcessState = ProcessState.RUNNING
+    state: ProcessState = ProcessState.STARTING
+    status: str | None = None
+    """The last ``STATUS=`` it sent."""
+    failure: Timer | None = None
+    """FAILING: the timer it missed."""
 
 
 @dataclass
@@ -113,7 +161,8 @@ class Slot:
     last_exit: dict[str, Any] | None = None
     """``{"code": exit code (-N: killed by signal N), "reason": ...}``; the reason is
     ``stopped`` (the watcher stopped it: stop, reload, decr, max_age), ``exited too
-    quickly`` (it died sooner than the flapping window after its spawn) or ``exited``."""
+    quickly`` (it died sooner than the flapping window after its spawn), ``not ready in
+    time`` (ready_timeout), ``watchdog timeout`` or ``exited``."""
 
     @property
     def restarts(self) -> int:
@@ -174,6 +223,38 @@ class ArmExpiry:
 
 
 @dataclass(frozen=True)
+class ArmTimer:
+    """Call `Lifecycle.timer_expired` for ``pid`` and ``timer`` at loop time ``at``
+    (replacing that timer of ``pid`` if armed)."""
+
+    pid: int
+    timer: Timer
+    at: float
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    pid: int
+    timer: Timer
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Wake what waits for ``pid`` to be ready: it is (``why_not`` None) or never will be."""
+
+    pid: int
+    why_not: str | None = None
+
+
+@dataclass(frozen=True)
+class StopFailed:
+    """Stop ``pid`` now, without the lock (stop_signal to its group, graceful_timeout,
+    SIGKILL): it failed its readiness or watchdog, and its exit is a crash."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
 class WatchSockets:
     """on_demand: call `Lifecycle.connection` when a listening socket is readable."""
 
@@ -225,6 +306,10 @@ Action = (
     | ArmRespawn
     | CancelRespawn
     | ArmExpiry
+    | ArmTimer
+    | CancelTimer
+    | Readiness
+    | StopFailed
     | WatchSockets
     | UnwatchSockets
     | StartOnDemand
@@ -272,7 +357,12 @@ class Lifecycle:
 
     @property
     def running(self) -> list[int]:
-        return [pid for pid, w in self.workers.items() if w.state is ProcessState.RUNNING]
+        """The processes not being stopped."""
+        return [pid for pid, w in self.workers.items() if w.state not in _DEAD_END]
+
+    def ready(self) -> int:
+        """How many processes are ready."""
+        return sum(w.state is ProcessState.RUNNING for w in self.workers.values())
 
     def missing(self) -> int:
         return max(0, self.config.numprocesses - len(self.workers))
@@ -318,6 +408,8 @@ class Lifecycle:
                     "uptime": round(now - worker.born, 3) if worker else None,
                     "restarts": slot.restarts,
                     "last_exit": slot.last_exit,
+                    "ready": worker.state is ProcessState.RUNNING if worker else None,
+                    "status": worker.status if worker else None,
                 }
             )
         return entries
@@ -398,12 +490,97 @@ class Lifecycle:
 
     def spawned(self, pid: int, wid: int, now: float, jitter: int = 0) -> list[Action]:
         """``pid`` runs; ``jitter`` is the random part of its max_age (0..max_age_variance)."""
-        self.workers[pid] = Worker(pid, wid, now, self.failed_rounds)
+        worker = self.workers[pid] = Worker(pid, wid, now, self.failed_rounds)
         self.slots.setdefault(wid, Slot()).spawns += 1
         self.spawn_failures = 0
-        if self.config.max_age > 0:
-            return [ArmExpiry(pid, now + self.config.max_age + jitter)]
+        config = self.config
+        actions: list[Action] = []
+        if config.max_age > 0:
+            actions.append(ArmExpiry(pid, now + config.max_age + jitter))
+        if config.readiness == "notify":
+            return actions + self._ready_timer(worker, now)
+        if config.ready_delay > 0:
+            return [*actions, ArmTimer(pid, Timer.READY_DELAY, now + config.ready_delay)]
+        return actions + self._ready(worker, now)
+
+    # -- readiness ---------------------------------------------------------------
+
+    @property
+    def tracks_readiness(self) -> bool:
+        """Readiness is more than "it runs": the watcher publishes ``ready`` events."""
+        return self.config.readiness != "started" or self.config.ready_delay > 0
+
+    def notified(self, pid: int, fields: Mapping[str, str], now: float) -> list[Action]:
+        """``pid`` (or a process of its tree) sent an sd_notify message with ``fields``."""
+        worker = self.workers.get(pid)
+        if worker is None:
+            return []
+        actions: list[Action] = []
+        status = fields.get("STATUS")
+        if status is not None and status != worker.status:
+            worker.status = status
+            actions.append(Publish("status", {"pid": pid, "wid": worker.wid, "status": status}))
+        if worker.state in _DEAD_END:
+            return actions
+        if fields.get("STOPPING") == "1":
+            worker.state = ProcessState.EXITING
+            actions.append(self._not_ready(worker, "stopping"))
+        elif fields.get("RELOADING") == "1" and worker.state is ProcessState.RUNNING:
+            worker.state = ProcessState.RELOADING
+            actions += [self._not_ready(worker, "reloading"), *self._ready_timer(worker, now)]
+        if fields.get("READY") == "1" and worker.state in _NOT_YET_READY:
+            actions += self._ready(worker, now)
+        watchdog = fields.get("WATCHDOG")
+        if watchdog == "trigger" and worker.state is not ProcessState.STARTING:
+            return actions + self._fail(worker, Timer.WATCHDOG)
+        if watchdog == "1" and self._watched(worker):
+            actions.append(ArmTimer(pid, Timer.WATCHDOG, now + self.config.watchdog_sec))
+        return actions
+
+    def timer_expired(self, pid: int, timer: Timer, now: float) -> list[Action]:
+        """A timer that `ArmTimer` armed for ``pid`` fired."""
+        worker = self.workers.get(pid)
+        if worker is None:
+            return []
+        if timer is Timer.READY_DELAY and worker.state is ProcessState.STARTING:
+            return self._ready(worker, now)
+        if timer is Timer.READY_TIMEOUT and worker.state in _NOT_YET_READY:
+            return self._fail(worker, timer)
+        if timer is Timer.WATCHDOG and self._watched(worker):
+            return self._fail(worker, timer)
         return []
+
+    def _watched(self, worker: Worker) -> bool:
+        """The watchdog runs for a process once it was ready, until its end is decided."""
+        return self.config.watchdog_sec > 0 and worker.state in _WATCHED
+
+    def _ready_timer(self, worker: Worker, now: float) -> list[Action]:
+        if self.config.ready_timeout <= 0:
+            return []
+        return [ArmTimer(worker.pid, Timer.READY_TIMEOUT, now + self.config.ready_timeout)]
+
+    def _ready(self, worker: Worker, now: float) -> list[Action]:
+        worker.state = ProcessState.RUNNING
+        actions: list[Action] = [Readiness(worker.pid)]
+        if self.config.readiness == "notify" and self.config.ready_timeout > 0:
+            actions.append(CancelTimer(worker.pid, Timer.READY_TIMEOUT))
+        if self.config.watchdog_sec > 0:
+            actions.append(ArmTimer(worker.pid, Timer.WATCHDOG, now + self.config.watchdog_sec))
+        if self.tracks_readiness:
+            actions.append(Publish("ready", {"pid": worker.pid, "wid": worker.wid}))
+        return actions
+
+    def _not_ready(self, worker: Worker, reason: str) -> Publish:
+        return Publish("not_ready", {"pid": worker.pid, "wid": worker.wid, "reason": reason})
+
+    def _fail(self, worker: Worker, timer: Timer) -> list[Action]:
+        worker.state = ProcessState.FAILING
+        worker.failure = timer
+        after = getattr(self.config, timer.value)
+        event = "ready_timeout" if timer is Timer.READY_TIMEOUT else "watchdog_timeout"
+        payload = {"pid": worker.pid, "wid": worker.wid, "after": after}
+        why_not = f"process {worker.pid}: {_FAILURE_REASONS[timer]} ({timer.value} = {after})"
+        return [Publish(event, payload), Readiness(worker.pid, why_not), StopFailed(worker.pid)]
 
     def spawn_failed(self, error: str, errno: int | None) -> list[Action]:
         """A process could not be spawned (any flow): count it and say so."""
@@ -432,9 +609,12 @@ class Lifecycle:
         if worker is None:
             return []
         was = worker.state
+        quick = now - worker.born < flapping.window or worker.failure is Timer.READY_TIMEOUT
         if was is ProcessState.STOPPING:
             reason = "stopped"
-        elif now - worker.born < flapping.window:
+        elif worker.failure is not None:
+            reason = _FAILURE_REASONS[worker.failure]
+        elif quick:
             reason = "exited too quickly"
         else:
             reason = "exited"
@@ -446,10 +626,13 @@ class Lifecycle:
                 return [Halt(None)]
             return []
         self.restarts += 1
-        return self._after_crash(worker, now, flapping)
+        return self._after_crash(worker, now, flapping, quick)
 
-    def _after_crash(self, worker: Worker, now: float, flapping: Flapping) -> list[Action]:
-        if now - worker.born >= flapping.window:
+    def _after_crash(
+        self, worker: Worker, now: float, flapping: Flapping, quick: bool
+    ) -> list[Action]:
+        """``quick``: a failed start (it died within the window, or was never ready)."""
+        if not quick:
             self.failed_rounds = 0
             return self._respawn_after(now, 0.0)
         new_failure = worker.crash_round >= self.failed_rounds
@@ -523,9 +706,14 @@ class Lifecycle:
             return [SignalProcesses(old, signal.SIGHUP)]
         if self.config.singleton:
             return [Replace((pid,), 1, stop_first=True) for pid in old]
-        if sequential:
-            return [Replace((pid,), 1) for pid in old]
-        return [Replace(old, self.config.numprocesses)]
+        at_once = 1 if sequential else self.config.max_replacing
+        if at_once <= 0 or not old:
+            return [Replace(old, self.config.numprocesses)]
+        batches = [old[first : first + at_once] for first in range(0, len(old), at_once)]
+        short = max(0, self.config.numprocesses - len(old))
+        replaces = [Replace(batch, len(batch)) for batch in batches]
+        replaces[-1] = replace(replaces[-1], count=replaces[-1].count + short)
+        return replaces
 
     def reload_failed(self, error: str, serving: int, now: float) -> tuple[str, list[Action]]:
         """A reload's new process did not start: the message for the caller, and what next.

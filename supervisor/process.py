@@ -1,4 +1,5 @@
-"""One running worker process as the driver sees it: pid, wid, start time, exit future.
+"""One running worker process as the driver sees it: pid, wid, start time, exit and
+readiness futures, its timers.
 
 Its place in the watcher's life (running, stopping, its crash round) is the
 lifecycle's (`chapiteau.supervisor.lifecycle.Worker`).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(eq=False)
@@ -19,11 +21,25 @@ class Process:
     wid: int
     exited: asyncio.Future[int]
     """Resolved with the exit code (-signum when killed) when the process is reaped."""
+    ready: asyncio.Future[str | None]
+    """Resolved with None once the process is ready, or with why it never will be."""
     started: float = field(default_factory=time.time)
     """Epoch seconds, as Circus reports it."""
     max_age_timer: asyncio.TimerHandle | None = None
+    timers: dict[Any, asyncio.TimerHandle] = field(default_factory=dict)
+    """The readiness timers, by `chapiteau.supervisor.lifecycle.Timer`."""
+    failed_stop: asyncio.Task[None] | None = None
+    """The stop of a process that missed its ready_timeout or watchdog, under way."""
 
     def cancel_timers(self) -> None:
         if self.max_age_timer is not None:
             self.max_age_timer.cancel()
             self.max_age_timer = None
+        for timer in self.timers.values():
+            timer.cancel()
+        self.timers.clear()
+
+    def resolve_ready(self, why_not: str | None) -> None:
+        """Say the process is ready (``why_not`` None) or never will be, once."""
+        if not self.ready.done():
+            self.ready.set_result(why_not)

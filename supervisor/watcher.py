@@ -42,17 +42,22 @@ from chapiteau.supervisor.lifecycle import (
     Action,
     ArmExpiry,
     ArmRespawn,
+    ArmTimer,
     CancelRespawn,
+    CancelTimer,
     Halt,
     Lifecycle,
     Phase,
     Publish,
+    Readiness,
     Reconcile,
     Replace,
     SignalProcesses,
     Start,
     StartOnDemand,
+    StopFailed,
     StopProcesses,
+    Timer,
     UnwatchSockets,
     WatchSockets,
 )
@@ -64,8 +69,15 @@ log = structlog.get_logger("chapiteau.supervisor")
 
 KILL_WAIT = 10.0
 """How long to wait for a SIGKILLed process to be reaped before giving up on it."""
-WARNING_EVENTS = ("crash_loop_backoff",)
-"""The lifecycle's events logged as warnings; the others are errors."""
+EVENT_LOG_LEVELS = {
+    "crash_loop_backoff": "warning",
+    "ready_timeout": "warning",
+    "watchdog_timeout": "warning",
+    "ready": "info",
+    "not_ready": "info",
+    "status": "debug",
+}
+"""How the lifecycle's events are logged; those not listed are errors."""
 
 
 class ReloadError(Exception):
@@ -95,6 +107,8 @@ class Runtime:
     """Every live worker's pid, whichever watcher it belongs to (the arbiter's index)."""
     adopt: Callable[[int, Watcher], None]
     """The arbiter's: index a new worker's pid and watch for its exit."""
+    notify_socket: Callable[[], str]
+    """The arbiter's: the address of the supervisor's NOTIFY_SOCKET (opened at first use)."""
     flapping: Flapping
     """The configuration's crash-loop policy (reloadconfig replaces it)."""
 
@@ -137,8 +151,8 @@ class Watcher:
 
     def status(self) -> dict[str, Any]:
         """``status`` verbose: the phase, ``retry_at`` (epoch) when backing off, and one
-        entry per wid with its process's ``started`` time (epoch) and ``ready``
-        (None: readiness is not tracked yet)."""
+        entry per wid with its process's ``started`` time (epoch), ``ready`` and ``status``
+        (its last ``STATUS=``)."""
         now, wall = self._now(), time.time()
         described = self.lifecycle.describe(now)
         retry_at = self.lifecycle.retry_at
@@ -148,7 +162,6 @@ class Watcher:
         for entry in processes:
             process = self.processes.get(entry["pid"])
             entry["started"] = process.started if process else None
-            entry["ready"] = None
         described["processes"] = processes
         return described
 
@@ -162,8 +175,11 @@ class Watcher:
             return {"started": sorted(set(self.processes) - set(kept)), "kept": kept}
 
     async def stop(self) -> None:
-        """Stop the processes; a start under way spawns nothing more from now on."""
+        """Stop the processes; a start under way spawns nothing more from now on, and a
+        reload that waits for a new process to be ready waits no more."""
         self.lifecycle.stop_pending = True
+        for process in self.processes.values():
+            process.resolve_ready("the watcher is stopping")
         try:
             async with self.lock:
                 await self._stop()
@@ -326,13 +342,15 @@ class Watcher:
         later: list[Action] = []
         for action in actions:
             if isinstance(action, Publish):
-                level = "warning" if action.event in WARNING_EVENTS else "error"
+                level = EVENT_LOG_LEVELS.get(action.event, "error")
                 getattr(self._log, level)(action.event, **action.payload)
                 self._publish_own(action.event, action.payload)
             elif isinstance(action, ArmRespawn | CancelRespawn):
                 self._set_respawn_timer(action.at if isinstance(action, ArmRespawn) else None)
             elif isinstance(action, ArmExpiry):
                 self._arm_expiry(action.pid, action.at)
+            elif isinstance(action, ArmTimer | CancelTimer | Readiness | StopFailed):
+                self._readiness_effect(action)
             elif isinstance(action, WatchSockets | UnwatchSockets):
                 self._watch_sockets(isinstance(action, WatchSockets))
             elif isinstance(action, SignalProcesses):
@@ -501,7 +519,7 @@ class Watcher:
         stdout = _pipe() if stdout_stream else None
         stderr = _pipe() if stderr_stream else None
         try:
-            pid = spawn(_spec(config, wid, plan, stdout, stderr))
+            pid = spawn(_spec(config, wid, plan, stdout, stderr, self._notify_env()))
         except BaseException:
             for pipe in (stdout, stderr):
                 if pipe:
@@ -513,7 +531,8 @@ class Watcher:
             for pipe in (stdout, stderr):
                 if pipe:
                     os.close(pipe[1])
-        process = Process(pid, wid, self.runtime.loop.create_future())
+        loop = self.runtime.loop
+        process = Process(pid, wid, loop.create_future(), loop.create_future())
         self.processes[pid] = process
         self.runtime.adopt(pid, self)
         if stdout and stdout_stream:
@@ -526,12 +545,23 @@ class Watcher:
         self._publish("spawn", {"process_pid": pid, "time": process.started})
         return process
 
+    def _notify_env(self) -> dict[str, str]:
+        """NOTIFY_SOCKET and WATCHDOG_USEC for a watcher that tracks them; else nothing, so
+        that the environment is Circus's."""
+        env = {}
+        if self.config.readiness == "notify" or self.config.watchdog_sec > 0:
+            env["NOTIFY_SOCKET"] = self.runtime.notify_socket()
+        if self.config.watchdog_sec > 0:
+            env["WATCHDOG_USEC"] = str(round(self.config.watchdog_sec * 1_000_000))
+        return env
+
     def process_exited(self, pid: int, code: int) -> None:
         """The child watcher saw ``pid`` exit: forget it, report it, replace it if needed."""
         process = self.processes.pop(pid, None)
         if process is None:
             return
         process.cancel_timers()
+        process.resolve_ready(f"process {pid} exited with code {code} before it was ready")
         self.runtime.redirector.remove_pid(pid)
         if not process.exited.done():
             process.exited.set_result(code)
@@ -552,6 +582,36 @@ class Watcher:
     def _respawn_due(self) -> None:
         self._respawn_timer = None
         self.runtime.loop.create_task(self._locked(self.lifecycle.timer_fired))
+
+    # -- readiness (see the lifecycle's docstring) ---------------------------------
+
+    def notified(self, pid: int, fields: Mapping[str, str]) -> None:
+        """An sd_notify message of ``pid``'s tree reached the supervisor's NOTIFY_SOCKET."""
+        self._soon(self.lifecycle.notified(pid, fields, self._now()))
+
+    def _readiness_effect(self, action: ArmTimer | CancelTimer | Readiness | StopFailed) -> None:
+        process = self.processes.get(action.pid)
+        if process is None:
+            return
+        if isinstance(action, Readiness):
+            process.resolve_ready(action.why_not)
+        elif isinstance(action, StopFailed):
+            process.cancel_timers()
+            process.failed_stop = self.runtime.loop.create_task(self._stop_tree(process))
+        else:
+            handle = process.timers.pop(action.timer, None)
+            if handle is not None:
+                handle.cancel()
+            if isinstance(action, ArmTimer):
+                process.timers[action.timer] = self.runtime.loop.call_at(
+                    action.at, self._timer_expired, action.pid, action.timer
+                )
+
+    def _timer_expired(self, pid: int, timer: Timer) -> None:
+        process = self.processes.get(pid)
+        if process is not None:
+            process.timers.pop(timer, None)
+        self._soon(self.lifecycle.timer_expired(pid, timer, self._now()))
 
     def _arm_expiry(self, pid: int, at: float) -> None:
         process = self.processes.get(pid)
@@ -587,6 +647,10 @@ class Watcher:
         try:
             for _ in range(action.count):
                 new.append(await self._try_spawn())
+            for process in new:
+                why_not = await process.ready
+                if why_not is not None:
+                    raise NotStarted(why_not)
         except NotStarted:
             await asyncio.gather(*(self._kill(process) for process in new))
             raise
@@ -608,6 +672,15 @@ class Watcher:
         """
         self.lifecycle.stopping_one(process.pid)
         process.cancel_timers()
+        if process.failed_stop is not None:
+            await asyncio.shield(process.failed_stop)
+            return
+        await self._stop_tree(process, signum, timeout)
+
+    async def _stop_tree(
+        self, process: Process, signum: int | None = None, timeout: float | None = None
+    ) -> None:
+        """`_kill` without telling the lifecycle: the exit is whatever it decided."""
         loop = self.runtime.loop
         grace = self.config.graceful_timeout if timeout is None else timeout
         tree = ProcessTree(process.pid, others=self.runtime.workers)
@@ -695,11 +768,13 @@ def _spec(
     plan: Any,
     stdout: tuple[int, int] | None,
     stderr: tuple[int, int] | None,
+    notify_env: Mapping[str, str],
 ) -> SpawnSpec:
-    """What to fork and exec for process ``wid`` of ``config`` with the sockets of ``plan``."""
+    """What to fork and exec for process ``wid`` of ``config`` with the sockets of ``plan``
+    (``notify_env``: NOTIFY_SOCKET and WATCHDOG_USEC, with WATCHDOG_PID set in the child)."""
     return SpawnSpec(
         argv=tuple(format_args(config, wid, plan.numbers)),
-        env=worker_env(config.env),
+        env={**worker_env(config.env), **notify_env},
         executable=config.executable,
         working_dir=config.working_dir,
         uid=config.uid,
@@ -714,6 +789,7 @@ def _spec(
         close_stdout=config.close_child_stdout,
         close_stderr=config.close_child_stderr,
         listen_fds_names=plan.listen_fds_names,
+        own_pid_variables=("WATCHDOG_PID",) if "WATCHDOG_USEC" in notify_env else (),
     )
 
 

@@ -249,7 +249,8 @@ VERBOSE_STATES = {
                 "restarts": 2,
                 "last_exit": {"code": -9, "reason": "exited"},
                 "started": 1.0,
-                "ready": None,
+                "ready": True,
+                "status": "up\x1bz",
             }
         ],
     },
@@ -284,11 +285,11 @@ def test_status_verbose_prints_phases_and_processes_and_exits_3_unless_all_activ
     assert daemon.last["properties"] == {"verbose": True}
     assert capsys.readouterr().out.splitlines() == [
         "crash: backing off (next attempt 2027-01-15T08:00:00Z, in 12.8 s; 8 failed rounds)",
-        "  WID  PID  STATE        UPTIME  RESTARTS  LAST EXIT                    READY",
+        "  WID  PID  STATE        UPTIME  RESTARTS  LAST EXIT                    READY  STATUS",
         "  1    -    backing off  -       7         exit 3 (exited too quickly)  -",
         "web: active",
-        "  WID  PID   STATE    UPTIME   RESTARTS  LAST EXIT                    READY",
-        "  1    4242  running  1:02:05  2         killed by signal 9 (exited)  -",
+        "  WID  PID   STATE    UPTIME   RESTARTS  LAST EXIT                    READY  STATUS",
+        "  1    4242  running  1:02:05  2         killed by signal 9 (exited)  yes    up z",
     ]
     daemon.reply = {"status": "active", "name": "web", "state": VERBOSE_STATES["web"]}
     assert run(daemon, "status", "--verbose", "web") == 0

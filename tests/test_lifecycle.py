@@ -15,18 +15,23 @@ from chapiteau.supervisor.config import Flapping, WatcherConfig
 from chapiteau.supervisor.lifecycle import (
     ArmExpiry,
     ArmRespawn,
+    ArmTimer,
     CancelRespawn,
+    CancelTimer,
     Halt,
     Lifecycle,
     Phase,
     ProcessState,
     Publish,
+    Readiness,
     Reconcile,
     Replace,
     SignalProcesses,
     Start,
     StartOnDemand,
+    StopFailed,
     StopProcesses,
+    Timer,
     UnwatchSockets,
     WatchSockets,
     backoff,
@@ -379,7 +384,7 @@ def test_singleton_reload_stops_first_and_retries_after_a_failed_spawn() -> None
 def test_max_age_arms_an_expiry_per_process() -> None:
     lifecycle = Lifecycle(config(max_age=10, max_age_variance=5))
     lifecycle.start()
-    assert lifecycle.spawned(7, 1, now=100.0, jitter=3) == [ArmExpiry(7, 113.0)]
+    assert lifecycle.spawned(7, 1, now=100.0, jitter=3) == [ArmExpiry(7, 113.0), Readiness(7)]
 
 
 def test_max_age_replaces_first_a_singleton_stops_first() -> None:
@@ -421,3 +426,148 @@ def test_config_changes_are_read_at_the_next_event() -> None:
     driver, _ = started(1)
     driver.lifecycle.config = replace(driver.lifecycle.config, numprocesses=2)
     assert driver.lifecycle.missing() == 1
+
+
+# -- readiness ----------------------------------------------------------------------
+
+
+def test_a_started_process_is_ready_at_once_without_a_ready_event() -> None:
+    lifecycle = Lifecycle(config())
+    lifecycle.start()
+    assert lifecycle.spawned(7, 1, now=5.0) == [Readiness(7)]
+    assert lifecycle.workers[7].state is ProcessState.RUNNING
+    assert lifecycle.processes(6.0)[0]["ready"] is True
+
+
+def test_ready_delay_counts_a_process_ready_once_it_ran_that_long() -> None:
+    lifecycle = Lifecycle(config(ready_delay=2))
+    lifecycle.start()
+    assert lifecycle.spawned(7, 1, now=5.0) == [ArmTimer(7, Timer.READY_DELAY, 7.0)]
+    assert lifecycle.processes(6.0)[0]["ready"] is False
+    assert lifecycle.processes(6.0)[0]["state"] == "starting"
+    assert lifecycle.ready() == 0
+    assert lifecycle.timer_expired(7, Timer.READY_DELAY, 7.0) == [
+        Readiness(7),
+        Publish("ready", {"pid": 7, "wid": 1}),
+    ]
+    assert lifecycle.ready() == 1
+
+
+def test_notify_process_is_starting_until_it_says_ready() -> None:
+    lifecycle = Lifecycle(config(readiness="notify", ready_timeout=10))
+    lifecycle.start()
+    assert lifecycle.spawned(7, 1, now=5.0) == [ArmTimer(7, Timer.READY_TIMEOUT, 15.0)]
+    assert lifecycle.notified(7, {"STATUS": "loading"}, 6.0) == [
+        Publish("status", {"pid": 7, "wid": 1, "status": "loading"})
+    ]
+    assert lifecycle.workers[7].state is ProcessState.STARTING
+    assert lifecycle.notified(7, {"READY": "1"}, 7.0) == [
+        Readiness(7),
+        CancelTimer(7, Timer.READY_TIMEOUT),
+        Publish("ready", {"pid": 7, "wid": 1}),
+    ]
+    entry = lifecycle.processes(8.0)[0]
+    assert (entry["state"], entry["ready"], entry["status"]) == ("running", True, "loading")
+    assert lifecycle.timer_expired(7, Timer.READY_TIMEOUT, 15.0) == []
+
+
+def test_a_process_not_ready_in_time_is_stopped_and_its_exit_is_a_failed_start() -> None:
+    driver = Driver(Lifecycle(config(readiness="notify", ready_timeout=10)))
+    driver.lifecycle.start()
+    [pid] = driver.spawn_missing()
+    driver.lifecycle.started()
+    actions = driver.lifecycle.timer_expired(pid, Timer.READY_TIMEOUT, 10.0)
+    assert actions == [
+        Publish("ready_timeout", {"pid": pid, "wid": 1, "after": 10}),
+        Readiness(pid, f"process {pid}: not ready in time (ready_timeout = 10)"),
+        StopFailed(pid),
+    ]
+    assert driver.lifecycle.workers[pid].state is ProcessState.FAILING
+    # It lived longer than the flapping window, yet it never served: a failed round.
+    assert driver.lifecycle.exited(pid, 11.0, FLAPPING, -15) == [Reconcile()]
+    assert driver.lifecycle.failed_rounds == 1
+    assert driver.lifecycle.slots[1].last_exit == {"code": -15, "reason": "not ready in time"}
+    [again] = driver.spawn_missing()
+    driver.lifecycle.timer_expired(again, Timer.READY_TIMEOUT, 21.0)
+    actions = driver.lifecycle.exited(again, 22.0, FLAPPING, -15)
+    assert actions[0] == Publish("crash_loop_backoff", {"failed_rounds": 2, "delay": 0.1})
+
+
+def test_a_watchdog_keep_alive_rearms_a_silent_process_is_stopped_as_a_crash() -> None:
+    lifecycle = Lifecycle(config(readiness="notify", ready_timeout=0, watchdog_sec=3))
+    lifecycle.start()
+    assert lifecycle.spawned(7, 1, now=0.0) == []
+    assert lifecycle.notified(7, {"WATCHDOG": "1"}, 0.5) == []
+    assert ArmTimer(7, Timer.WATCHDOG, 4.0) in lifecycle.notified(7, {"READY": "1"}, 1.0)
+    assert lifecycle.notified(7, {"WATCHDOG": "1"}, 2.0) == [ArmTimer(7, Timer.WATCHDOG, 5.0)]
+    actions = lifecycle.timer_expired(7, Timer.WATCHDOG, 5.0)
+    assert Publish("watchdog_timeout", {"pid": 7, "wid": 1, "after": 3}) in actions
+    assert StopFailed(7) in actions
+    assert lifecycle.notified(7, {"WATCHDOG": "1"}, 5.5) == []
+    lifecycle.phase = Phase.ACTIVE
+    assert lifecycle.exited(7, 9.0, FLAPPING, -9) == [Reconcile()]
+    assert lifecycle.slots[1].last_exit == {"code": -9, "reason": "watchdog timeout"}
+    assert lifecycle.failed_rounds == 0
+
+
+def test_watchdog_trigger_stops_the_process_at_once() -> None:
+    lifecycle = Lifecycle(config(watchdog_sec=3))
+    lifecycle.start()
+    lifecycle.spawned(7, 1, now=0.0)
+    assert StopFailed(7) in lifecycle.notified(7, {"WATCHDOG": "trigger"}, 1.0)
+
+
+def test_reloading_makes_a_process_not_ready_until_its_next_ready() -> None:
+    lifecycle = Lifecycle(config(readiness="notify", ready_timeout=10))
+    lifecycle.start()
+    lifecycle.spawned(7, 1, now=0.0)
+    lifecycle.notified(7, {"READY": "1"}, 1.0)
+    assert lifecycle.notified(7, {"RELOADING": "1"}, 2.0) == [
+        Publish("not_ready", {"pid": 7, "wid": 1, "reason": "reloading"}),
+        ArmTimer(7, Timer.READY_TIMEOUT, 12.0),
+    ]
+    assert lifecycle.ready() == 0
+    assert lifecycle.processes(3.0)[0]["state"] == "reloading"
+    assert Readiness(7) in lifecycle.notified(7, {"READY": "1"}, 3.0)
+    assert lifecycle.ready() == 1
+
+
+def test_stopping_said_by_the_process_is_not_ready_and_its_exit_still_a_crash() -> None:
+    lifecycle = Lifecycle(config(readiness="notify"))
+    lifecycle.start()
+    lifecycle.spawned(7, 1, now=0.0)
+    lifecycle.notified(7, {"READY": "1"}, 1.0)
+    lifecycle.phase = Phase.ACTIVE
+    assert lifecycle.notified(7, {"STOPPING": "1", "READY": "1"}, 2.0) == [
+        Publish("not_ready", {"pid": 7, "wid": 1, "reason": "stopping"})
+    ]
+    assert lifecycle.processes(3.0)[0]["state"] == "exiting"
+    assert lifecycle.exited(7, 9.0, FLAPPING, 0) == [Reconcile()]
+
+
+def test_messages_of_a_process_being_stopped_change_nothing_but_its_status() -> None:
+    lifecycle = Lifecycle(config(readiness="notify"))
+    lifecycle.start()
+    lifecycle.spawned(7, 1, now=0.0)
+    lifecycle.stopping_one(7)
+    assert lifecycle.notified(7, {"READY": "1", "STATUS": "bye"}, 1.0) == [
+        Publish("status", {"pid": 7, "wid": 1, "status": "bye"})
+    ]
+    assert lifecycle.workers[7].state is ProcessState.STOPPING
+    assert lifecycle.notified(8, {"READY": "1"}, 1.0) == []
+
+
+def test_max_replacing_reloads_in_batches() -> None:
+    driver, pids = started(5, max_replacing=2)
+    assert driver.lifecycle.reload(sequential=False) == [
+        Replace(tuple(pids[0:2]), 2),
+        Replace(tuple(pids[2:4]), 2),
+        Replace(tuple(pids[4:5]), 1),
+    ]
+    assert driver.lifecycle.reload(sequential=True) == [Replace((pid,), 1) for pid in pids]
+
+
+def test_a_reload_replaces_the_processes_not_yet_ready_too() -> None:
+    driver = Driver(Lifecycle(config(2, readiness="notify")))
+    pids = driver.start()
+    assert driver.lifecycle.reload(sequential=False) == [Replace(tuple(pids), 2)]

@@ -66,6 +66,7 @@ SAMPLES = {
     "stream option": Sample("/tmp/x.log", None, "/tmp/x.log", [1]),
     "octal": Sample("022", "9", 0o22, "022"),
     "socket protocol": Sample("circus", "inetd", "circus", 3),
+    "readiness": Sample("notify", "soon", "notify", 3),
     "names": Sample("s", None, "s", 3),
 }
 
@@ -191,8 +192,17 @@ def test_an_option_set_cannot_change_is_unknown_to_set_and_chapiteauctl(option: 
 
 def test_options_shows_every_shown_option_of_a_default_watcher() -> None:
     shown = options_of(SimpleNamespace(config=WatcherConfig("w", "x")))  # type: ignore[arg-type]
-    expected = {o.shown_as for o in OPTIONS if o.shown_as is not None}
+    expected = {o.shown_as for o in OPTIONS if o.shown_as is not None and not o.extension}
     assert set(shown) == expected
+
+
+def test_options_shows_an_extension_only_when_it_is_not_its_default() -> None:
+    config = WatcherConfig("w", "x", readiness="notify")
+    shown = options_of(SimpleNamespace(config=config))  # type: ignore[arg-type]
+    assert shown["readiness"] == "notify"
+    assert "ready_timeout" not in shown and "numprocesses" in shown
+    every = options_of(SimpleNamespace(config=config), every=True)  # type: ignore[arg-type]
+    assert every["ready_timeout"] == 90
 
 
 @pytest.mark.parametrize("word", ["yes", "TRUE", "On", "1", " no ", "false", "OFF", "0"])

@@ -20,6 +20,7 @@ import pytest
 from chapiteau.supervisor.children.child_exit import ChildWatcher
 from chapiteau.supervisor.config import DEFAULT_PATH, Flapping, WatcherConfig
 from chapiteau.supervisor.events import Events
+from chapiteau.supervisor.io.notify import NotifySocket
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
 from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
@@ -83,6 +84,7 @@ async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher,
         workers[pid] = watcher
         children.watch(pid)
 
+    notify = NotifySocket(loop, workers.__contains__, lambda pid, f: workers[pid].notified(pid, f))
     runtime = Runtime(
         loop=loop,
         children=children,
@@ -92,6 +94,7 @@ async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher,
         arbiter=None,
         workers=workers,
         adopt=adopt,
+        notify_socket=lambda: notify.address,
         flapping=Flapping(window=30.0),
     )
     watcher = Watcher(watcher_config, runtime)
@@ -108,6 +111,7 @@ async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher,
                     os.kill(pid, signal.SIGKILL)
             children.close()
             redirector.close()
+            notify.close()
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
@@ -249,5 +253,21 @@ def test_a_stop_during_a_start_spawns_nothing_more() -> None:
             assert spawns() < 200
             assert not watcher.processes
             assert watcher.state == "stopped"
+
+    run(test)
+
+
+def test_stop_ends_a_reload_that_waits_for_a_process_to_be_ready() -> None:
+    async def test() -> None:
+        quiet = config("sleep 1000", 1, readiness="notify", ready_timeout=0)
+        async with running(quiet) as (watcher, _):
+            reload = asyncio.ensure_future(watcher.reload())
+            async with asyncio.timeout(WAIT):
+                while len(watcher.processes) < 2:
+                    await asyncio.sleep(0.01)
+                await watcher.stop()
+                with pytest.raises(ReloadError, match="the watcher is stopping"):
+                    await reload
+            assert watcher.processes == {}
 
     run(test)

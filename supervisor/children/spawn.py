@@ -119,6 +119,8 @@ class SpawnSpec:
     close_stderr: bool = False
     # systemd protocol: socket names of fds 3.. (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID).
     listen_fds_names: tuple[str, ...] | None = None
+    # Environment variables set to the child's own pid after the fork (WATCHDOG_PID).
+    own_pid_variables: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,8 @@ class _Plan:
     uid: int | None
     umask: int | None
     working_dir: bytes | None
-    listen_pid: bool
+    own_pid_variables: tuple[bytes, ...]
+    """LISTEN_PID, WATCHDOG_PID: set to the child's pid in the child."""
 
 
 def spawn(spec: SpawnSpec) -> int:
@@ -170,11 +173,11 @@ def _needs_no_fork(plan: _Plan) -> bool:
     """Whether posix_spawn (vfork: no copy of the supervisor's memory) can do it all.
 
     It can place fds, reset signals and start a process group, but not switch ids,
-    set rlimits, a umask or a directory, nor set LISTEN_PID; and it cannot close
+    set rlimits, a umask or a directory, nor set LISTEN_PID or WATCHDOG_PID; and it cannot close
     fds, so the fast path is taken only while no fd of the supervisor beyond
     stdio would be inherited (see `trust_own_fds`).
     """
-    if plan.listen_pid or plan.rlimits or plan.umask is not None or plan.working_dir:
+    if plan.own_pid_variables or plan.rlimits or plan.umask is not None or plan.working_dir:
         return False
     if plan.uid is not None or plan.gid is not None or plan.groups is not None:
         return False
@@ -384,8 +387,8 @@ def _switch_ids(plan: _Plan, progress: _Progress) -> None:
 
 def _exec(plan: _Plan, progress: _Progress) -> NoReturn:
     env = plan.env
-    if plan.listen_pid:
-        env[b"LISTEN_PID"] = b"%d" % os.getpid()
+    for variable in plan.own_pid_variables:
+        env[variable] = b"%d" % os.getpid()
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     codes: list[int] = []
     for path in plan.candidates:
@@ -477,7 +480,10 @@ def _make_plan(spec: SpawnSpec) -> _Plan:
         uid=uid,
         umask=spec.umask,
         working_dir=None if spec.working_dir is None else os.fsencode(spec.working_dir),
-        listen_pid=spec.listen_fds_names is not None,
+        own_pid_variables=(
+            *((b"LISTEN_PID",) if spec.listen_fds_names is not None else ()),
+            *map(os.fsencode, spec.own_pid_variables),
+        ),
     )
 
 

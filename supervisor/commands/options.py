@@ -159,13 +159,15 @@ def check_owner(
             raise CommandError("gid does not match endpoint_owner")
 
 
-def options_of(watcher: Watcher) -> dict[str, Any]:
-    """The watcher's options under Circus's names, free-form keys included."""
+def options_of(watcher: Watcher, every: bool = False) -> dict[str, Any]:
+    """The watcher's options under Circus's names, free-form keys included; chapiteau's
+    extensions only when they are not their default, unless ``every`` (for ``get``)."""
     config = watcher.config
     values: dict[str, Any] = {
         option.shown_as: _shown(config, key)
         for key, option in WATCHER_OPTIONS.items()
         if option.shown_as is not None
+        and (every or not option.extension or getattr(config, key) != option.default)
     }
     if config.hooks:  # Circus never shows its hooks; chapiteau does when there are some
         values["hooks"] = {
@@ -195,7 +197,7 @@ async def get(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
     keys = props["keys"]
     if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
         raise CommandError("'keys' isn't a list of strings")
-    values = options_of(watcher)
+    values = options_of(watcher, every=True)
     missing = next((key for key in keys if key not in values), None)
     if missing is not None:
         raise CommandError(f"{missing!r} option not found")

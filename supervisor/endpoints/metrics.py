@@ -13,8 +13,9 @@ half-way through one.
 What is exported (every name starts with ``chapiteau_``):
 
 * per watcher: ``watcher_processes_wanted``, ``watcher_processes_running``,
-  ``watcher_processes_ready`` (the running ones: chapiteau has no readiness
-  check yet), ``watcher_restarts_total`` (processes that exited unasked and
+  ``watcher_processes_ready`` (the ready ones: running, with ``readiness =
+  notify`` once they said READY=1, after ``ready_delay`` if set),
+  ``watcher_restarts_total`` (processes that exited unasked and
   were replaced) and ``watcher_phase`` (1 for the lifecycle phase the watcher
   is in, 0 for the others);
 * per process (labels ``watcher``, ``pid``, ``wid``):
@@ -90,7 +91,7 @@ class ArbiterCollector:
         )
         ready = GaugeMetricFamily(
             "chapiteau_watcher_processes_ready",
-            "Processes ready to serve; the running ones (no readiness check yet).",
+            "Processes ready to serve (see the readiness option).",
             labels=label,
         )
         restarts = CounterMetricFamily(
@@ -108,7 +109,7 @@ class ArbiterCollector:
             lifecycle = watcher.lifecycle
             wanted.add_metric(name, watcher.config.numprocesses)
             running.add_metric(name, len(watcher.processes))
-            ready.add_metric(name, len(watcher.processes))
+            ready.add_metric(name, lifecycle.ready())
             restarts.add_metric(name, lifecycle.restarts)
             for each in Phase:
                 phase.add_metric([watcher.name, each.value], int(each is lifecycle.phase))
