@@ -9,8 +9,9 @@ BIN := $(VENV)/bin
 # integration tests test it.
 WHEEL_VENV ?= .venv-wheel
 SYSTEM_PACKAGES := python3-venv python3-dev libcap-dev gcc libseccomp2 logrotate
-# What only `make test` needs: the dashboard's browser test drives Debian's headless Chromium.
-TEST_SYSTEM_PACKAGES := chromium chromium-driver
+# What only `make test` needs: the dashboard's browser test drives Debian's headless Chromium;
+# systemd-analyze (package systemd, absent from a bare Debian image) judges examples/systemd/.
+TEST_SYSTEM_PACKAGES := chromium chromium-driver systemd
 # What only the benchmarks need: libev for building bjoern, and the load generator.
 BENCH_PACKAGES := libev-dev wrk
 # circus, gunicorn and bjoern (bench/requirements.txt), apart from chapiteau's own.
