@@ -5,8 +5,10 @@ first process: a new PID namespace (``unshare --pid --fork --mount-proc``, as
 examples/container/ runs it with ``docker run``). There the kernel hands the
 broker every orphan of the namespace, not only those of its own tree (a
 ``docker exec`` leaves such orphans), and ignores any signal it has no handler
-for. The pids the broker logs are the namespace's; the test looks at the same
-processes from outside, by their pids here.
+for. It runs the container example's config (examples/container/chapiteau.ini)
+with a watcher that leaves orphans. The pids the broker logs are the
+namespace's; the test looks at the same processes from outside, by their pids
+here.
 """
 
 from __future__ import annotations
@@ -14,32 +16,32 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from chapiteau.supervisor.children.process_tree import descendants
-from integration.harness import DEFAULT_TIMEOUT, free_port, http_get, wait_until
+from integration.harness import DEFAULT_TIMEOUT, EXAMPLES, free_port, http_get, wait_until
 
 ORPHANS = 20
-
-CONFIG = f"""
-[broker]
-user = nobody
-orphan_timeout = 5
-
-[socket:web]
-host = 127.0.0.1
-port = {{port}}
-
-[watcher:web]
-cmd = python3 hello_wsgi.py --fd $(circus.sockets.web)
-numprocesses = 2
-copy_env = true
-
+FORKER = f"""
 [watcher:forker]
 # Each inner shell exits at once, leaving its sleep to whoever reaps orphans.
 cmd = sh -c 'for i in $(seq {ORPHANS}); do sh -c "sleep 0.2 &"; done; exec sleep 1000'
 """
+
+
+def container_config(workdir: Path, port: int) -> str:
+    """examples/container/chapiteau.ini, moved into ``workdir`` and ``port``, plus a forker."""
+    text = (EXAMPLES / "container" / "chapiteau.ini").read_text()
+    for old, new in (
+        ("/run/chapiteau", str(workdir / "run")),
+        ("/srv/hello", str(workdir)),
+        ("port = 80\n", f"port = {port}\n"),
+    ):
+        assert old in text
+        text = text.replace(old, new)
+    return text + FORKER
 
 
 def state(pid: int) -> str:
@@ -75,11 +77,11 @@ def sleepers(init: int) -> list[int]:
 
 
 @pytest.fixture
-def in_namespace(chapiteau):
-    """Start chapiteau as PID 1 of a new PID namespace; yields (tree, its pid here, port)."""
+def in_namespace(chapiteau, workdir):
+    """Start the container's chapiteau as PID 1 of a new PID namespace: (tree, its pid, port)."""
     port = free_port()
     tree = chapiteau(
-        CONFIG.format(port=port), wrapper=("unshare", "--pid", "--fork", "--mount-proc")
+        container_config(workdir, port), wrapper=("unshare", "--pid", "--fork", "--mount-proc")
     )
     init = namespace_init(tree)
     tree.wait_for("service_ready")
