@@ -86,6 +86,8 @@ __all__ = [
 PROCESS_OWN_VARIABLES = frozenset(
     {
         "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
         "LISTEN_FDS",
         "LISTEN_PID",
         "LISTEN_FDNAMES",
