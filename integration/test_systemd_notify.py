@@ -157,3 +157,19 @@ def test_daemon_reports_its_pid(chapiteau, systemd, workdir):
         wait_until(lambda: not is_alive(daemon), what="the daemon's exit")
     finally:
         kill_tree([daemon])
+
+
+def test_a_failed_reload_is_over_too_and_says_so(chapiteau, systemd, workdir):
+    program = workdir / "sleeper"
+    program.write_text("#!/bin/sh\nexec sleep 1000\n")
+    program.chmod(0o755)
+    tree = chapiteau(CONFIG.replace("cmd = sleep 1000", f"cmd = {program}"))
+    assert systemd.next()["READY"] == "1"
+    workers = tree.worker_pids("sleeper", 2)
+    program.unlink()  # the new processes cannot start: the old ones keep serving
+    os.kill(tree.pid, signal.SIGHUP)
+    assert systemd.next()["RELOADING"] == "1"
+    failed = systemd.next()
+    assert failed["READY"] == "1"
+    assert failed["STATUS"].startswith("reload failed")
+    assert tree.worker_pids("sleeper", 2) == workers
