@@ -52,21 +52,12 @@ from chapiteau.broker.safe_paths import (
 from chapiteau.broker.sd_notify import Notifier
 from chapiteau.broker.socket_table import bind_all, close_all
 from chapiteau.broker.startup import StartupReport, daemonize
-from chapiteau.protocol.constants import VERSION
+from chapiteau.protocol.constants import SYSTEMD_VARIABLES, VERSION
 from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
 from chapiteau.protocol.log_lines import LOG_FORMATS, fatal_line
 from chapiteau.protocol.standard_fds import reserve_standard_fds
 
 log = structlog.get_logger("chapiteau.broker")
-SYSTEMD_VARIABLES = (
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-)
-"""Given to the broker by systemd (or a test): they belong to this process, never to a child."""
 DAEMON_NEEDS_LOG_OUTPUT = (
     "--daemon needs --log-output FILE (or [circus] logoutput = FILE): a daemon has no "
     "stderr to log to; under systemd, run chapiteau in the foreground (logs go to the journal)"
