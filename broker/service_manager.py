@@ -13,8 +13,8 @@ module turns it into the notify protocol (broker/sd_notify.py):
 * ``WATCHDOG=1`` every half ``WATCHDOG_USEC`` from the broker's loop, only when
   systemd asked for it: without a watchdog, nothing here ever wakes the loop.
 
-Every ``STATUS=`` text is the broker's own wording: nothing a peer wrote
-reaches systemd. Without ``NOTIFY_SOCKET`` the sends do nothing.
+Every ``STATUS=`` text is the broker's own wording, on one line: nothing a
+peer wrote reaches systemd. Without ``NOTIFY_SOCKET`` the sends do nothing.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class ServiceManager:
 
     def supervisor_ready(self, status: str) -> None:
         """A supervisor serves: start-up is over, and so is any reload under way."""
-        assignments = ["READY=1", f"STATUS={status}"]
+        assignments = ["READY=1", _status(status)]
         if not self.ready and os.getpid() != self.notifier.main_pid:
             assignments.insert(0, f"MAINPID={os.getpid()}")
         self.ready = True
@@ -70,7 +70,7 @@ class ServiceManager:
     def status(self, status: str) -> None:
         """A line for ``systemctl status`` (a supervisor died, is being restarted...)."""
         if not self.stopping:
-            self.notifier.send(f"STATUS={status}")
+            self.notifier.send(_status(status))
 
     def stop(self) -> None:
         """The broker starts stopping: said once."""
@@ -83,3 +83,8 @@ class ServiceManager:
         if self.watchdog_at is not None and self.watchdog_interval and now >= self.watchdog_at:
             self.notifier.send("WATCHDOG=1")
             self.watchdog_at = now + self.watchdog_interval
+
+
+def _status(text: str) -> str:
+    """``STATUS=text`` on one line: a line break would start another assignment."""
+    return "STATUS=" + " ".join(text.split())

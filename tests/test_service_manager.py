@@ -126,3 +126,9 @@ def test_the_watchdog_pings_at_half_its_interval_and_only_when_due(
 def test_no_watchdog_no_timer(tmp_path: Path) -> None:
     assert manager(tmp_path).watchdog_at is None
     assert manager(tmp_path, WATCHDOG_USEC="2000000", WATCHDOG_PID="1").watchdog_at is None
+
+
+def test_a_status_stays_one_assignment(tmp_path: Path, systemd: Systemd) -> None:
+    service = manager(tmp_path)
+    service.status("cannot start\nMAINPID=1\n")
+    assert systemd.messages() == [["STATUS=cannot start MAINPID=1"]]
