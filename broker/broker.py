@@ -38,7 +38,9 @@ from chapiteau.broker.launcher import Launcher
 from chapiteau.broker.logs import LogFile, LogSink
 from chapiteau.broker.privileges import ServiceUser
 from chapiteau.broker.safe_paths import Entry, UnsafePathError, make_directory
+from chapiteau.broker.sd_notify import Notifier
 from chapiteau.broker.service import Peer, Reply, Service
+from chapiteau.broker.service_manager import ServiceManager
 from chapiteau.broker.socket_table import ReloadError, apply_reload, close_all
 from chapiteau.broker.startup import StartupReport
 from chapiteau.broker.supervisor_output import OutputRelay, recent_lines
@@ -87,6 +89,7 @@ class Broker:
         startup: StartupReport | None = None,
         log_sink: LogSink | None = None,
         log_file: LogFile | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.user = user
@@ -94,8 +97,14 @@ class Broker:
         """Starts each supervisor for us (we are confined); None in connect mode."""
         self.supervisor_options = list(supervisor_options)
         self.service = Service(
-            sockets, self._reload, self._shutdown_requested, self._supervisor_ready
+            sockets,
+            self._reload,
+            self._shutdown_requested,
+            self._supervisor_ready,
+            self._reload_done,
         )
+        self.systemd = ServiceManager(notifier or Notifier(None))
+        """What systemd hears of the service (nothing without ``NOTIFY_SOCKET``)."""
         self.selector = selectors.DefaultSelector()
         self.peers: dict[socket.socket, Peer] = {}
         self.supervisor: Supervisor | None = None
@@ -134,6 +143,7 @@ class Broker:
         if self.config.socket_path:
             self._listen()
             self.startup.ready()
+            self.systemd.supervisor_ready(f"waiting for supervisors on {self.config.socket_path}")
         else:
             self._start_supervisor()
         while self.exit_status is None:
@@ -158,13 +168,13 @@ class Broker:
     def _timeout(self) -> float | None:
         """Until the nearest deadline; None (sleep until an event) when nothing is due."""
         hello_deadlines = [peer.hello_by for peer in self.peers.values() if not peer.greeted]
-        deadlines = [
-            t for t in (self.restart_at, self.kill_orphans_at, *hello_deadlines) if t is not None
-        ]
+        timers = (self.restart_at, self.kill_orphans_at, self.systemd.watchdog_at)
+        deadlines = [t for t in (*timers, *hello_deadlines) if t is not None]
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _run_timers(self) -> None:
         now = time.monotonic()
+        self.systemd.watchdog(now)
         for conn, peer in list(self.peers.items()):
             if not peer.greeted and peer.hello_by is not None and now >= peer.hello_by:
                 log.warning("peer_dropped", peer=peer.name, reason="no hello in time")
@@ -203,6 +213,8 @@ class Broker:
             elif signum in FORWARDED:
                 if signum == signal.SIGUSR1 and self.log_file is not None:
                     self.log_file.reopen()
+                if signum == signal.SIGHUP:
+                    self.systemd.reloading(forwarded=self.supervisor is not None)
                 if self.supervisor is not None:
                     log.info("signal_forwarded", signal=signal.Signals(signum).name)
                     self.supervisor.send_signal(signum)
@@ -228,6 +240,7 @@ class Broker:
                 os.close(reader)
             if self.supervisor_was_ready:
                 log.error("supervisor_start_failed", error=str(exc))
+                self.systemd.status(f"cannot start the supervisor ({exc}); retrying")
                 self._schedule_restart()
             else:
                 self._start_up_failed(1, str(exc))
@@ -276,10 +289,21 @@ class Broker:
             self.supervisor_was_ready = True
             log.info("service_ready", supervisor=self.supervisor.pid)
             self.startup.ready()
+        sockets = len(self.service.sockets)
+        self.systemd.supervisor_ready(
+            f"serving: supervisor pid {self.supervisor.pid} (start {self.starts}), "
+            f"{sockets} socket{'s' if sockets != 1 else ''}"
+        )
+
+    def _reload_done(self, peer: Peer, ok: bool) -> None:
+        """The supervisor we started finished the reload a SIGHUP asked for."""
+        if self.supervisor is not None and self.peers.get(self.supervisor_channel) is peer:
+            self.systemd.reload_done(ok)
 
     def _start_up_failed(self, status: int, message: str) -> None:
         """The first supervisor never became ready: stop with ``status``, say why."""
         log.error("start_up_failed", reason=message, exit_status=status)
+        self.systemd.stop()
         output = [line.decode("utf-8", "backslashreplace") for line in self.recent]
         self.startup.failed(status, message, output)
         self.stopping = True
@@ -341,6 +365,7 @@ class Broker:
             log.info("supervisor_exited", pid=pid)
         else:
             log.error("supervisor_died", pid=pid, exit_code=code)
+        self.systemd.status(f"the supervisor (pid {pid}) {_ended(code)}; restarting it")
         self._schedule_restart()
 
     def _signal_orphans(self, signum: int) -> None:
@@ -366,6 +391,7 @@ class Broker:
         if self.stopping and self.supervisor is None:
             return
         self.stopping = True
+        self.systemd.stop()
         self.restart_at = None
         if self.supervisor is not None:
             self.supervisor.send_signal(signal.SIGTERM)
@@ -374,6 +400,7 @@ class Broker:
 
     def _shutdown_requested(self) -> None:
         self.stopping = True
+        self.systemd.stop()
         self.restart_at = None
         if self.supervisor is None:
             self.exit_status = 0

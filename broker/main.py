@@ -48,15 +48,14 @@ from chapiteau.broker.safe_paths import (
     make_directory,
     open_parent,
 )
+from chapiteau.broker.sd_notify import Notifier
 from chapiteau.broker.socket_table import bind_all, close_all
 from chapiteau.broker.startup import StartupReport, daemonize
-from chapiteau.protocol.constants import VERSION
+from chapiteau.protocol.constants import SYSTEMD_VARIABLES, VERSION
 from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
 from chapiteau.protocol.log_lines import LOG_FORMATS, fatal_line
 from chapiteau.protocol.standard_fds import reserve_standard_fds
 
-SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
-"""Given to the broker by systemd (or a test): they belong to this process, never to a child."""
 DAEMON_NEEDS_LOG_OUTPUT = (
     "--daemon needs --log-output FILE (or [circus] logoutput = FILE): a daemon has no "
     "stderr to log to; under systemd, run chapiteau in the foreground (logs go to the journal)"
@@ -103,6 +102,8 @@ STARTUP_ERRORS = (ConfigError, PrivilegeError, BindError, PidfileError, UnsafePa
 
 def main(argv: list[str] | None = None) -> int:
     reserve_standard_fds()
+    # The one notifier of the broker's life: made before anything is spawned.
+    notifier = Notifier.from_environment()
     for name in SYSTEMD_VARIABLES:
         os.environ.pop(name, None)
     args = parse_args(argv)
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         options = ["--log-level", args.log_level, "--log-format", args.log_format]
         broker = Broker(
-            config, sockets, user, launcher, options, listener, report, log_sink, log_file
+            config, sockets, user, launcher, options, listener, report, log_sink, log_file, notifier
         )
         return broker.run()
     finally:

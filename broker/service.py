@@ -27,6 +27,7 @@ from chapiteau.protocol.broker_messages import (
     Ok,
     Ready,
     ReloadConfig,
+    ReloadDone,
     Reloaded,
     Shutdown,
     SocketList,
@@ -66,11 +67,13 @@ class Service:
         reload: Callable[[], Reloaded],
         shutdown: Callable[[], None],
         ready: Callable[[Peer], None],
+        reload_done: Callable[[Peer, bool], None],
     ) -> None:
         self.sockets = sockets
         self._reload = reload
         self._shutdown = shutdown
         self._ready = ready
+        self._reload_done = reload_done
 
     def handle(self, peer: Peer, received: Received) -> Reply:
         """Answer one request; never raises for anything the peer sent."""
@@ -138,6 +141,10 @@ class Service:
         self._ready(peer)
         return Reply(Ok())
 
+    def _reload_done_request(self, peer: Peer, message: ReloadDone) -> Reply:
+        self._reload_done(peer, message.ok)
+        return Reply(Ok())
+
     _handlers: dict[type, Callable[..., Reply]] = {
         ListSockets: _list_sockets,
         GetSockets: _get_sockets,
@@ -145,4 +152,5 @@ class Service:
         ReloadConfig: _reload_config,
         Shutdown: _shutdown_request,
         Ready: _ready_request,
+        ReloadDone: _reload_done_request,
     }

@@ -42,11 +42,15 @@ class Chapiteau:
         self._offset = 0
         self.events: list[dict[str, Any]] = []
 
-    def start(self, stdio_closed: bool = False) -> Chapiteau:
-        """Start the broker; with ``stdio_closed`` its fds 0-2 are closed (logs: --log-output)."""
+    def start(self, stdio_closed: bool = False, wrapper: tuple[str, ...] = ()) -> Chapiteau:
+        """Start the broker; with ``stdio_closed`` its fds 0-2 are closed (logs: --log-output).
+
+        ``wrapper`` runs it (``setpriv ...``, ``unshare ...``): then ``pid`` is the wrapper's.
+        """
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.process = subprocess.Popen(
             [
+                *wrapper,
                 sys.executable,
                 "-m",
                 "chapiteau.broker",

@@ -16,6 +16,8 @@ ROOT_ENVIRONMENT = {
     "SECRET": "x",
     "APP_SETTING": "on",
     "NOTIFY_SOCKET": "/x",
+    "WATCHDOG_USEC": "30000000",
+    "WATCHDOG_PID": "1",
     "LISTEN_FDS": "3",
     "LISTEN_PID": "1",
     "LISTEN_FDNAMES": "web",
@@ -23,6 +25,14 @@ ROOT_ENVIRONMENT = {
     "LC_TIME": "C",
     "TZ": "UTC",
 }
+SYSTEMD = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+)
 CONFIG = """
 [broker]
 user = nobody
@@ -62,15 +72,15 @@ def test_supervisor_and_copy_env_workers_see_only_the_allow_list(chapiteau, root
     assert supervisor["HOME"] == nobody.pw_dir and supervisor["USER"] == "nobody"
     assert supervisor["SHELL"] == nobody.pw_shell
     [worker] = tree.worker_pids("copier", 1)
-    assert not set(environ(worker)) & {"SECRET", "APP_SETTING", "NOTIFY_SOCKET", "LISTEN_FDNAMES"}
+    assert not set(environ(worker)) & {"SECRET", "APP_SETTING", *SYSTEMD}
 
 
 def test_supervisor_env_passes_more_variables_but_never_systemd_s(chapiteau, root_environment):
-    extra = "supervisor_env = APP_* NOTIFY_SOCKET LISTEN_FDS LISTEN_PID LISTEN_FDNAMES"
+    extra = f"supervisor_env = APP_* {' '.join(SYSTEMD)}"
     tree = chapiteau(CONFIG.format(extra=extra))
     supervisor = environ(tree.supervisor_pid())
     assert supervisor["APP_SETTING"] == "on"
     assert "SECRET" not in supervisor
-    assert not set(supervisor) & {"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
+    assert not set(supervisor) & set(SYSTEMD)
     [worker] = tree.worker_pids("copier", 1)
     assert environ(worker)["APP_SETTING"] == "on"

@@ -191,6 +191,14 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class ReloadDone:
+    """Supervisor → broker: the reload a SIGHUP asked for is over (``ok``: every watcher)."""
+
+    TYPE: ClassVar[str] = "reload_done"
+    ok: bool = True
+
+
+@dataclass(frozen=True)
 class Ok:
     """Broker → supervisor: done."""
 
@@ -223,6 +231,7 @@ Message = (
     | Reloaded
     | Shutdown
     | Ready
+    | ReloadDone
     | Ok
     | Error
 )
@@ -241,6 +250,7 @@ MESSAGE_TYPES: dict[str, type] = {
         Reloaded,
         Shutdown,
         Ready,
+        ReloadDone,
         Ok,
         Error,
     )
@@ -373,6 +383,11 @@ def _parse_error(fields: dict[str, Any]) -> Error:
     return Error(_choice(fields.get("code"), ERROR_CODES, "code"), reason)
 
 
+def _parse_reload_done(fields: dict[str, Any]) -> ReloadDone:
+    _only(fields, ("ok",))
+    return ReloadDone(_bool(fields.get("ok"), "ok"))
+
+
 _PARSERS: dict[type, Any] = {
     Hello: _parse_hello,
     Welcome: _parse_welcome,
@@ -385,6 +400,7 @@ _PARSERS: dict[type, Any] = {
     Reloaded: _parse_reloaded,
     Shutdown: _no_fields(Shutdown),
     Ready: _no_fields(Ready),
+    ReloadDone: _parse_reload_done,
     Ok: _no_fields(Ok),
     Error: _parse_error,
 }

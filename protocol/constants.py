@@ -18,6 +18,13 @@ SUPERVISOR_START_VARIABLE = "CHAPITEAU_SUPERVISOR_START"
 """The environment variable through which the broker tells a supervisor which one it is:
 1 for the first it started, 2 after one restart, and so on (the supervisor's metrics)."""
 
+SYSTEMD_VARIABLES = frozenset(
+    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
+)
+"""What systemd (or whoever started chapiteau) gives one process, to speak for the service
+or to find its sockets: the broker takes them out of its environment, and ``copy_env``
+never passes them on (a worker gets its own LISTEN_* from ``socket_protocol = systemd``)."""
+
 EX_CONFIG = 78
 """The supervisor's exit status when it refuses the configuration (sysexits.h)."""
 

@@ -294,9 +294,17 @@ class Arbiter:
             raise ReloadError("reload: " + "; ".join(failures))
 
     async def _reload_on_hup(self) -> None:
-        # Each watcher logged its own reload_failed: nobody else waits for the result.
-        with contextlib.suppress(ReloadError):
+        # Each watcher logged its own reload_failed; the broker tells systemd the outcome.
+        ok = True
+        try:
             await self.reload_all()
+        except ReloadError:
+            ok = False
+        if self.broker is not None:
+            try:
+                self.broker.reload_done(ok)
+            except BrokerError as exc:
+                log.warning("broker_reload_done_failed", error=str(exc))
 
     def watcher(self, config: WatcherConfig) -> Watcher:
         """A new Watcher of ``config`` (hooks imported, streams opened), not yet registered."""

@@ -24,6 +24,7 @@ from chapiteau.protocol.broker_messages import (
     ProtocolError,
     Ready,
     ReloadConfig,
+    ReloadDone,
     Reloaded,
     Shutdown,
     SocketInfo,
@@ -107,6 +108,10 @@ class BrokerClient:
     def ready(self) -> None:
         """Tell the broker that start-up is done: from now on a crash is restarted."""
         self._call(Ready(), Ok)
+
+    def reload_done(self, ok: bool) -> None:
+        """Tell the broker that the reload a SIGHUP started is over (systemd waits for it)."""
+        self._call(ReloadDone(ok), Ok)
 
     def close(self) -> None:
         self.sock.close()

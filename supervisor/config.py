@@ -42,6 +42,7 @@ from chapiteau.protocol.constants import (
     DEFAULT_PUBSUB_ENDPOINT,
     DEFAULT_STATS_ENDPOINT,
     SUPERVISOR_START_VARIABLE,
+    SYSTEMD_VARIABLES,
 )
 from chapiteau.protocol.ini import (
     LOG_LEVELS,
@@ -83,16 +84,7 @@ __all__ = [
     "load_config",
 ]
 
-PROCESS_OWN_VARIABLES = frozenset(
-    {
-        "NOTIFY_SOCKET",
-        "LISTEN_FDS",
-        "LISTEN_PID",
-        "LISTEN_FDNAMES",
-        BROKER_FD_VARIABLE,
-        SUPERVISOR_START_VARIABLE,
-    }
-)
+PROCESS_OWN_VARIABLES = SYSTEMD_VARIABLES | {BROKER_FD_VARIABLE, SUPERVISOR_START_VARIABLE}
 """Messages to the one process they were given to (systemd's, the broker's to the
 supervisor): ``copy_env`` never copies them, or a worker would notify systemd or look
 for fds it does not have. The systemd socket protocol sets a worker's own LISTEN_*."""

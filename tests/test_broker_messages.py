@@ -32,6 +32,7 @@ from chapiteau.protocol.broker_messages import (
     ProtocolError,
     Ready,
     ReloadConfig,
+    ReloadDone,
     Reloaded,
     Shutdown,
     SocketInfo,
@@ -71,6 +72,7 @@ strategies_by_type: dict[type, st.SearchStrategy[Any]] = {
     Reloaded: st.builds(Reloaded, name_tuples, name_tuples, name_tuples),
     Shutdown: st.just(Shutdown()),
     Ready: st.just(Ready()),
+    ReloadDone: st.builds(ReloadDone, st.booleans()),
     Ok: st.just(Ok()),
     Error: st.builds(Error, st.sampled_from(ERROR_CODES), st.text(max_size=MAX_REASON_BYTES)),
 }

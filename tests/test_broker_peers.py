@@ -20,6 +20,7 @@ import pytest
 from chapiteau.broker.broker import Broker
 from chapiteau.broker.config import load_broker_config
 from chapiteau.broker.privileges import ServiceUser
+from chapiteau.broker.sd_notify import Notifier
 from chapiteau.protocol.broker_messages import ListSockets, SocketList, encode
 from chapiteau.protocol.channel import channel_pair, receive
 
@@ -122,3 +123,19 @@ def test_the_hello_deadline_sets_the_select_timeout_then_drops_the_silent_peer(
     broker._run_timers()
     assert broker.peers == {} and broker._timeout() is None
     silent_client.close()
+
+
+def test_only_a_watchdog_gives_the_idle_broker_a_timer(tmp_path: Path) -> None:
+    config = tmp_path / "chapiteau.ini"
+    config.write_text("[broker]\n")
+    me = ServiceUser("me", os.getuid(), os.getgid(), (os.getgid(),))
+    notify = {"NOTIFY_SOCKET": str(tmp_path / "notify")}
+    for environ, has_timer in ((notify, False), (notify | {"WATCHDOG_USEC": "4000000"}, True)):
+        notifier = Notifier.from_environment(dict(environ))
+        broker = Broker(load_broker_config(str(config)), {}, me, None, notifier=notifier)
+        broker._run_timers()
+        timeout = broker._timeout()
+        assert (timeout is not None) == has_timer
+        assert timeout is None or 0 < timeout <= 2.0  # half of WATCHDOG_USEC at most
+        broker.selector.close()
+        notifier.close()

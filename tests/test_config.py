@@ -429,6 +429,13 @@ def test_inherited_values_are_not_dollar_expanded(tmp_path: Path) -> None:
     assert watcher(tmp_path, "copy_env = true", environ).env["TEST_VAR"] == "foo$BAR"
 
 
+def test_copy_env_leaves_systemd_s_per_process_variables_out(tmp_path: Path) -> None:
+    own = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+    environ = {name: "1" for name in own} | {"KEPT": "x"}
+    env = watcher(tmp_path, "copy_env = true", environ).env
+    assert env["KEPT"] == "x" and not set(env) & set(own)
+
+
 def test_no_name_variable_in_any_environment() -> None:
     config = load("env.ini")
     assert all("__name__" not in w.env for w in config.watchers)

@@ -59,3 +59,17 @@ def test_a_vanished_manager_is_not_an_error(tmp_path: Path) -> None:
     notifier = Notifier.from_environment({"NOTIFY_SOCKET": str(tmp_path / "gone")})
     assert notifier.enabled
     assert notifier.send("READY=1") is False
+
+
+def test_watchdog_variables_are_taken_out_and_count_only_for_this_process(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify")
+    ours = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "3000000", "WATCHDOG_PID": str(os.getpid())}
+    assert Notifier.from_environment(ours).watchdog_usec == 3_000_000
+    assert ours == {}
+    theirs = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"}
+    assert Notifier.from_environment(theirs).watchdog_usec == 0
+    assert theirs == {}
+    assert (
+        Notifier.from_environment({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "x"}).watchdog_usec == 0
+    )
+    assert Notifier.from_environment({"WATCHDOG_USEC": "3000000"}).watchdog_usec == 0
