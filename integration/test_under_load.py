@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from integration.conftest import Daemon
 from integration.harness import free_port
 from integration.load import Load
 from integration.managed import MARK, assert_all_managed, marked
@@ -54,7 +55,7 @@ SECONDS = 4
 class Served:
     """A watcher ``web`` of real servers on a loopback port, its processes marked."""
 
-    daemon: object
+    daemon: Daemon
     url: str
     mark: str
     watchers: Callable[..., str]
