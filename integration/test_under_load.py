@@ -11,6 +11,10 @@ The servers are real ones, each taking the socket its own way: gunicorn's sync
 worker (``--bind fd://``), uvicorn (``--fd``), and a small server that reads
 LISTEN_FDS/LISTEN_PID exactly as sd_listen_fds(3) does
 (``socket_protocol = systemd``; ``integration/apps/sd_listen_fds_server.py``).
+
+A new case: ``served = serve("gunicorn")``, ``loaded(served, operation)`` (the
+operation runs 1 s into the load, which goes on 1 s after it returns), then
+``served.all_managed(4)``.
 """
 
 from __future__ import annotations
