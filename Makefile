@@ -105,7 +105,7 @@ $(BENCH_VENV)/bin/circusd: bench/requirements.txt integration/circus-requirement
 	umask 022 && $(BENCH_VENV)/bin/pip install -q -r bench/requirements.txt
 	@touch $@
 
-# Every row of docs/benchmarks.md's table; 15 to 20 minutes (BENCH_ARGS=--quick: about 2).
+# Every row of docs/benchmarks.md's tables; 25 to 35 minutes (BENCH_ARGS=--quick: about 6).
 bench: EXTRA_PACKAGES := $(BENCH_PACKAGES)
 bench: $(BIN)/chapiteau $(BENCH_VENV)/bin/circusd | system-packages
 	umask 022 && $(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -14,7 +14,9 @@ makes it print one line of machine-readable totals, parsed into a `Result`:
 ``failed`` counts connect errors, read and write errors (a reset, or a
 connection closed before a whole response; wrk connects without blocking, so a
 refused connection mostly shows as a write error), timeouts (no response within
-``timeout``) and responses that are not 2xx.
+``timeout`` seconds; wrk leaves such a request out of its latency figures, so
+the max latency is only true when there is none) and responses that are not
+2xx.
 
 Every request carries ``Connection: close`` unless ``keep_alive=True``. A
 server that stops gracefully closes its idle keep-alive connections, and a
@@ -121,9 +123,9 @@ class Load:
         after: float = 1.0,
         threads: int = 2,
         connections: int = 32,
-        timeout: int = 2,
+        timeout: int = 5,
         keep_alive: bool = False,
-        limit: float = 60.0,
+        limit: float = 120.0,
         warmup: float = 0.3,
     ) -> None:
         self.url = url

@@ -1,13 +1,14 @@
 """Is every worker process managed? The processes a watcher lists against those in /proc.
 
-A test marks a watcher's processes with an environment variable (``[env:NAME]``
-``MARK = <unique value>``); every process that carries it, and every process
-those start (gunicorn's workers, for instance), inherit it. The *roots* are the
-marked processes whose parent is not marked: the watcher's own processes, plus
-any that outlived their parent (an orphan the manager lost track of). After an
+A test (or the bench) marks a watcher's processes with an environment variable,
+``CHAPITEAU_TEST_MARK = <a unique value>`` in ``[env:NAME]``; the processes they
+start (gunicorn's workers, for instance) inherit it. The *roots* are the marked
+processes whose parent is not marked: the watcher's own processes, plus any
+that outlived their parent (an orphan the manager lost track of). After an
 operation, `assert_all_managed` waits until the roots are exactly the pids
 ``list name=NAME`` answers: then no server process of the watcher runs outside
-the manager's list, and the list names no process that is gone.
+the manager's list, and the list names no process that is gone. `outside`
+counts the processes a manager lost, for the bench.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from collections.abc import Callable, Iterable
 MARK = "CHAPITEAU_TEST_MARK"
 
 
-def marked(value: str, variable: str = MARK) -> dict[int, int]:
-    """pid → parent pid of every live process whose environment has ``variable=value``."""
-    wanted = f"{variable}={value}".encode()
+def marked(value: str) -> dict[int, int]:
+    """pid → parent pid of every live process whose environment has ``MARK=value``."""
+    wanted = f"{MARK}={value}".encode()
     found = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -36,15 +37,15 @@ def marked(value: str, variable: str = MARK) -> dict[int, int]:
     return found
 
 
-def roots(value: str, variable: str = MARK) -> set[int]:
+def roots(value: str) -> set[int]:
     """The marked processes whose parent is not marked."""
-    processes = marked(value, variable)
+    processes = marked(value)
     return {pid for pid, parent in processes.items() if parent not in processes}
 
 
-def outside(listed: Iterable[int], value: str, variable: str = MARK) -> set[int]:
+def outside(listed: Iterable[int], value: str) -> set[int]:
     """The marked processes outside the trees of the ``listed`` pids: those a manager lost."""
-    processes = marked(value, variable)
+    processes = marked(value)
     kept = set(listed)
     lost = set()
     for pid in processes:

@@ -11,6 +11,10 @@ The servers are real ones, each taking the socket its own way: gunicorn's sync
 worker (``--bind fd://``), uvicorn (``--fd``), and a small server that reads
 LISTEN_FDS/LISTEN_PID exactly as sd_listen_fds(3) does
 (``socket_protocol = systemd``; ``integration/apps/sd_listen_fds_server.py``).
+
+A new case: ``served = serve("gunicorn")``, ``loaded(served, operation)`` (the
+operation runs 1 s into the load, which goes on 1 s after it returns), then
+``served.all_managed(4)``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from integration.conftest import Daemon
 from integration.harness import free_port
 from integration.load import Load
 from integration.managed import MARK, assert_all_managed, marked
@@ -54,7 +59,7 @@ SECONDS = 4
 class Served:
     """A watcher ``web`` of real servers on a loopback port, its processes marked."""
 
-    daemon: object
+    daemon: Daemon
     url: str
     mark: str
     watchers: Callable[..., str]
