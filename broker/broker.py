@@ -27,17 +27,21 @@ import socket
 import struct
 import termios
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 
 import prctl
 import structlog
 
+from chapiteau.broker import fd_store
 from chapiteau.broker.binding import BindError, BoundSocket, abandon, bind_unix
 from chapiteau.broker.config import BrokerConfig, load_broker_config
 from chapiteau.broker.launcher import Launcher
 from chapiteau.broker.logs import LogFile, LogSink
+from chapiteau.broker.orphans import Orphan, Retirement, instance_mark
 from chapiteau.broker.privileges import ServiceUser
 from chapiteau.broker.safe_paths import Entry, UnsafePathError, make_directory
+from chapiteau.broker.sd_notify import Notifier
 from chapiteau.broker.service import Peer, Reply, Service
 from chapiteau.broker.socket_table import ReloadError, apply_reload, close_all
 from chapiteau.broker.startup import StartupReport
@@ -89,6 +93,8 @@ class Broker:
         startup: StartupReport | None = None,
         log_sink: LogSink | None = None,
         log_file: LogFile | None = None,
+        notifier: Notifier | None = None,
+        orphans: Iterable[Orphan] = (),
     ) -> None:
         self.config = config
         self.user = user
@@ -126,6 +132,10 @@ class Broker:
         self.recent = recent_lines()
         self.log_file = log_file
         """``--log-output``, reopened on USR1 (a rotation renamed it)."""
+        self.notifier = notifier or Notifier(None)
+        """systemd's notify socket (fd store); a no-op when not under systemd."""
+        self.retirement = Retirement(orphans)
+        """The orphaned workers of a previous broker, stopped once a supervisor is ready."""
 
     # -- the loop -------------------------------------------------------------
 
@@ -160,9 +170,8 @@ class Broker:
     def _timeout(self) -> float | None:
         """Until the nearest deadline; None (sleep until an event) when nothing is due."""
         hello_deadlines = [peer.hello_by for peer in self.peers.values() if not peer.greeted]
-        deadlines = [
-            t for t in (self.restart_at, self.kill_orphans_at, *hello_deadlines) if t is not None
-        ]
+        timers = (self.restart_at, self.kill_orphans_at, self.retirement.kill_at)
+        deadlines = [t for t in (*timers, *hello_deadlines) if t is not None]
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _run_timers(self) -> None:
@@ -177,6 +186,8 @@ class Broker:
         if self.kill_orphans_at is not None and now >= self.kill_orphans_at:
             self.kill_orphans_at = None
             self._signal_orphans(signal.SIGKILL)
+        if self.retirement.kill_at is not None and now >= self.retirement.kill_at:
+            self.retirement.kill()
 
     # -- signals --------------------------------------------------------------
 
@@ -218,7 +229,12 @@ class Broker:
         pipes = [os.pipe() for _ in self.output_sinks]
         argv = supervisor_argv(self.config, channel_fd, self.supervisor_options)
         env = supervisor_environment(
-            self.user, channel_fd, os.environ, self.config.supervisor_env, start=self.starts + 1
+            self.user,
+            channel_fd,
+            os.environ,
+            self.config.supervisor_env,
+            start=self.starts + 1,
+            instance=instance_mark(self.config.path),
         )
         try:
             self.supervisor = start_supervisor(
@@ -271,13 +287,28 @@ class Broker:
             self.outputs.remove(relay)
 
     def _supervisor_ready(self, peer: Peer) -> None:
-        """The supervisor we started says it serves: start-up is over."""
+        """The supervisor we started says it serves: start-up is over.
+
+        The orphans of a previous broker have served until now: they can go.
+        """
+        self._retire_orphans()
         if self.supervisor is None or self.peers.get(self.supervisor_channel) is not peer:
             return
         if not self.supervisor_was_ready:
             self.supervisor_was_ready = True
             log.info("service_ready", supervisor=self.supervisor.pid)
             self.startup.ready()
+
+    def _retire_orphans(self) -> None:
+        if self.retirement.started or not self.retirement.orphans:
+            return
+        for pidfd in self.retirement.orphans:
+            self.selector.register(pidfd, selectors.EVENT_READ, partial(self._orphan_exited, pidfd))
+        self.retirement.start(self.config.orphan_timeout)
+
+    def _orphan_exited(self, pidfd: int) -> None:
+        self.selector.unregister(pidfd)
+        self.retirement.exited(pidfd)
 
     def _start_up_failed(self, status: int, message: str) -> None:
         """The first supervisor never became ready: stop with ``status``, say why."""
@@ -385,7 +416,9 @@ class Broker:
             config = load_broker_config(self.config.path)
         except (ConfigError, OSError) as exc:
             raise ReloadError(str(exc)) from None
+        before = dict(self.service.sockets)
         result = apply_reload(self.service.sockets, config.sockets, self.user)
+        fd_store.update(self.notifier, before, self.service.sockets)
         self.config = config
         return result
 
@@ -512,6 +545,9 @@ class Broker:
             # Its file is removed by whoever made it (main), through a checked directory fd.
             self.listener.close()
         close_all(self.service.sockets.values())
+        for pidfd in self.retirement.orphans:
+            self.selector.unregister(pidfd)
+        self.retirement.close()
         if self.launcher is not None:
             self.launcher.close()
         log.info("broker_stopped", exit_status=self.exit_status)

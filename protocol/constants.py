@@ -18,6 +18,12 @@ SUPERVISOR_START_VARIABLE = "CHAPITEAU_SUPERVISOR_START"
 """The environment variable through which the broker tells a supervisor which one it is:
 1 for the first it started, 2 after one restart, and so on (the supervisor's metrics)."""
 
+INSTANCE_VARIABLE = "CHAPITEAU_INSTANCE"
+"""The environment variable that marks a tree's processes with the real path of its config:
+the supervisor gets it from the broker and every worker from the supervisor, so that a
+broker started again on the same config finds the orphaned workers of its previous life.
+It only selects candidates: a process can put anything in its environment."""
+
 EX_CONFIG = 78
 """The supervisor's exit status when it refuses the configuration (sysexits.h)."""
 
