@@ -21,9 +21,12 @@ from integration.harness import (
     free_port,
     http_get,
     is_alive,
+    proc_status,
     socket_inodes,
     wait_until,
 )
+
+CAP_SYS_PTRACE = 19
 
 CONFIG = """
 [broker]
@@ -129,6 +132,8 @@ def test_a_new_broker_recovers_the_socket_of_its_dead_predecessor_and_retires_it
         assert client.errors == [] and client.connects > 0
         managed = {second.pid, *descendants(second.pid)}
         assert _marked(instance) <= managed
+        # pidfd_getfd needed CAP_SYS_PTRACE: gone for good once the broker is confined.
+        assert not int(proc_status(second.pid)["CapBnd"], 16) & 1 << CAP_SYS_PTRACE
     finally:
         second.shut_down()
 
