@@ -77,6 +77,10 @@ MAX_FDS_IN_FLIGHT = 2 * MAX_FDS_PER_MESSAGE
 """Fds in replies that peers have not read yet, over all peers: every one is charged to root."""
 FORWARDED = {signal.SIGHUP: "reload", signal.SIGUSR1: "reopen_logs"}
 STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+LEAVING = signal.SIGTTIN
+"""Exit at once and leave the supervisor and its workers serving, for a new broker to take
+over (broker/orphans.py): the broker upgrade. Never sent by accident: the broker reads no
+terminal."""
 
 
 class Broker:
@@ -197,7 +201,7 @@ class Broker:
         writer.setblocking(False)
         self._signal_pipe = (reader, writer)
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        for signum in (*STOPPING, *FORWARDED, signal.SIGCHLD):
+        for signum in (*STOPPING, *FORWARDED, LEAVING, signal.SIGCHLD):
             signal.signal(signum, _wake_only)
         self.selector.register(reader, selectors.EVENT_READ, self._on_signals)
 
@@ -213,6 +217,8 @@ class Broker:
             elif signum in STOPPING:
                 log.info("stop_requested", signal=signal.Signals(signum).name)
                 self._stop()
+            elif signum == LEAVING:
+                self._leave()
             elif signum in FORWARDED:
                 if signum == signal.SIGUSR1 and self.log_file is not None:
                     self.log_file.reopen()
@@ -404,6 +410,24 @@ class Broker:
             self.supervisor.send_signal(signal.SIGTERM)
         elif not self._children():
             self.exit_status = 0
+
+    def _leave(self) -> None:
+        """Exit now and leave the workers serving: the next broker on this config retires them.
+
+        The supervisor is killed (its logs would go to pipes nobody reads any
+        more): its workers keep serving on their copies of the listening
+        sockets, unmanaged until the next broker recovers the sockets from them
+        (broker/orphans.py). Unix socket files stay where they are.
+        """
+        log.info("broker_leaving", supervisor=self.supervisor.pid if self.supervisor else None)
+        if self.supervisor is not None:
+            self.supervisor.send_signal(signal.SIGKILL)
+        for bound in self.service.sockets.values():
+            if bound.path is not None:
+                bound.path.directory.close()
+            bound.sock.close()
+        self.service.sockets.clear()
+        self.exit_status = 0
 
     def _shutdown_requested(self) -> None:
         self.stopping = True

@@ -14,6 +14,8 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
+
 from chapiteau.supervisor.children.process_tree import descendants
 from integration.harness import (
     Chapiteau,
@@ -97,8 +99,20 @@ def _again(first: Chapiteau) -> Chapiteau:
     return second.start()
 
 
+def _leave(broker: Chapiteau, supervisor: int) -> None:
+    """The broker upgrade's first step: the old broker leaves (SIGTTIN), its workers serve on."""
+    broker.process.send_signal(signal.SIGTTIN)
+    assert broker.process.wait(15) == 0
+    wait_until(lambda: not is_alive(supervisor))
+
+
+@pytest.mark.parametrize(
+    "end",
+    [lambda broker, supervisor: _kill_together(broker.pid, supervisor), _leave],
+    ids=["kill -9 of broker and supervisor", "the broker leaves (upgrade)"],
+)
 def test_a_new_broker_recovers_the_socket_of_its_dead_predecessor_and_retires_its_workers(
-    chapiteau,
+    chapiteau, end
 ):
     port = free_port()
     first = chapiteau(CONFIG.format(port=port))
@@ -111,7 +125,7 @@ def test_a_new_broker_recovers_the_socket_of_its_dead_predecessor_and_retires_it
     client.start()
     second = None
     try:
-        _kill_together(first.pid, supervisor)
+        end(first, supervisor)
         assert all(is_alive(pid) for pid in orphans)
         second = _again(first)
         recovered = second.wait_for("socket_recovered")[0]
