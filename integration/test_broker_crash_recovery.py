@@ -42,7 +42,6 @@ port = {port}
 [watcher:web]
 cmd = python3 hello_wsgi.py --fd $(circus.sockets.web)
 numprocesses = 2
-copy_env = true
 """
 
 
