@@ -39,7 +39,9 @@ def open_all(
 
     ``passed``: the fds systemd passed; ``creators``: the uids of a socket a
     previous broker bound (root, the broker's account). Orphans are looked for
-    only as root, and only when a socket is still to be opened.
+    only as root, only when a socket is still to be opened, and kept (to be
+    retired) only when a socket was recovered from them: that their broker
+    is dead is proved by nobody else holding that socket (a live one would).
     """
     sockets = activated_sockets(config.sockets, passed, config.path)
     orphans: list[Orphan] = []
@@ -47,7 +49,11 @@ def open_all(
         rest = [spec for name, spec in config.sockets.items() if name not in sockets]
         if rest and running_as_root():
             orphans = find_orphans(instance_mark(config.path))
-            sockets |= recover_sockets(orphans, rest, creators)
+            recovered = recover_sockets(orphans, rest, creators)
+            if not recovered:
+                # Only a recovered socket proves their broker dead: a live one holds it.
+                orphans = _forget(orphans)
+            sockets |= recovered
         sockets |= bind_all((spec for spec in rest if spec.name not in sockets), user)
     except BaseException:
         close_all(sockets.values())
@@ -55,6 +61,15 @@ def open_all(
             orphan.close()
         raise
     return {name: sockets[name] for name in config.sockets}, orphans
+
+
+def _forget(orphans: list[Orphan]) -> list[Orphan]:
+    """Leave ``orphans`` alone (log them); the empty list that replaces them."""
+    if orphans:
+        log.info("orphans_left_alone", pids=[o.pid for o in orphans], reason="no socket recovered")
+    for orphan in orphans:
+        orphan.close()
+    return []
 
 
 def bind_all(specs: Iterable[SocketSpec], user: ServiceUser) -> dict[str, BoundSocket]:
