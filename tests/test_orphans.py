@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from chapiteau.broker.binding import BindError
+from chapiteau.broker.config import load_broker_config
 from chapiteau.broker.orphans import (
     MAX_ENVIRON_BYTES,
     Retirement,
@@ -19,7 +20,8 @@ from chapiteau.broker.orphans import (
     find_orphans,
     recover_sockets,
 )
-from tests.specs import socket_spec
+from chapiteau.broker.socket_table import close_all, open_all
+from tests.specs import USER, socket_spec
 
 INSTANCE = "/etc/chapiteau/circus.ini"
 MARK = f"CHAPITEAU_INSTANCE={INSTANCE}"
@@ -152,3 +154,14 @@ def test_retirement_terminates_then_kills(spawn):
     retirement.exited(orphan.pidfd)
     assert retirement.orphans == {} and retirement.kill_at is None
     assert process.wait(10) == -9
+
+
+@needs_root
+def test_marked_processes_nothing_was_recovered_from_are_left_alone(spawn, listening, tmp_path):
+    config = tmp_path / "circus.ini"
+    config.write_text("[socket:web]\nhost = 127.0.0.1\nport = 0\ntype = SOCK_DGRAM\n")
+    process = spawn(f"CHAPITEAU_INSTANCE={config}", fds=(listening.fileno(),))
+    sockets, orphans = open_all(load_broker_config(str(config)), USER, [], {os.geteuid()})
+    close_all(sockets.values())
+    assert orphans == []
+    assert process.poll() is None
