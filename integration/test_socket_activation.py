@@ -14,6 +14,8 @@ import socket
 import sys
 from pathlib import Path
 
+import pytest
+
 from integration.harness import free_port, http_get, proc_status, socket_inodes
 
 WRAPPER = str(Path(__file__).with_name("sd_listen_exec.py"))
@@ -74,22 +76,19 @@ def test_a_broker_given_its_privileged_socket_runs_without_root(chapiteau):
     assert "uid 65534" in http_get(port)
 
 
-def test_a_passed_socket_that_does_not_fit_its_section_is_a_start_error(chapiteau):
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("web", "chapiteau.ini:socket:web: the socket systemd passed as 'web' is bound to"),
+        ("api", "systemd passed a socket named 'api' but"),
+    ],
+    ids=["does not fit its section", "no section has its name"],
+)
+def test_a_passed_socket_that_is_not_the_config_s_is_a_start_error(chapiteau, name, error):
     other = socket.socket()
     other.bind(("127.0.0.1", 0))
     other.listen(1)
-    tree = chapiteau(CONFIG.format(web=free_port(), extra=free_port()), **_passing(other, "web"))
+    tree = chapiteau(CONFIG.format(web=free_port(), extra=free_port()), **_passing(other, name))
     other.close()
     assert tree.process.wait(15) == 1
-    error = tree.log_path.read_text()
-    assert "chapiteau.ini:socket:web: the socket systemd passed as 'web' is bound to" in error
-
-
-def test_a_passed_socket_no_section_names_is_a_start_error(chapiteau):
-    other = socket.socket()
-    other.bind(("127.0.0.1", 0))
-    other.listen(1)
-    tree = chapiteau(CONFIG.format(web=free_port(), extra=free_port()), **_passing(other, "api"))
-    other.close()
-    assert tree.process.wait(15) == 1
-    assert "systemd passed a socket named 'api' but" in tree.log_path.read_text()
+    assert error in tree.log_path.read_text()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,15 +15,6 @@ from chapiteau.broker.inherited import (
     take_listen_fds,
 )
 from tests.specs import socket_spec
-
-
-@pytest.fixture
-def listening() -> Iterator[socket.socket]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1)
-    yield sock
-    sock.close()
 
 
 def _spec_of(sock: socket.socket, name: str = "web", **changes: object):

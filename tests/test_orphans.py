@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import select
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -87,15 +86,6 @@ def test_processes_marked_with_the_config_are_found(spawn):
     other = spawn(f"{MARK}.bak")
     found = _found()
     assert ours.pid in found and other.pid not in found
-
-
-@pytest.fixture
-def listening() -> Iterator[socket.socket]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1)
-    yield sock
-    sock.close()
 
 
 def _recover(creators: set[int], port: int) -> dict:
