@@ -100,7 +100,7 @@ def bind_master(spec: SocketSpec, user: ServiceUser) -> BoundSocket:
     if spec.family == socket.AF_UNIX:
         return _bind(spec, lambda sock: _bind_socket_file(sock, spec, user))
     return _bind(
-        spec, lambda sock: _bind_inet(sock, spec, _resolve(spec)), listen=not spec.so_reuseport
+        spec, lambda sock: _bind_inet(sock, spec, resolve(spec)), listen=not spec.so_reuseport
     )
 
 
@@ -175,7 +175,7 @@ def abandon(sock: socket.socket, path: Entry | None) -> None:
     sock.close()
 
 
-def _resolve(spec: SocketSpec) -> tuple:
+def resolve(spec: SocketSpec) -> tuple:
     """The first address of the socket's family that ``host`` resolves to."""
     try:
         infos = socket.getaddrinfo(spec.host, spec.port, spec.family, spec.type)

@@ -27,15 +27,18 @@ import socket
 import struct
 import termios
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 
 import prctl
 
+from chapiteau.broker import fd_store
 from chapiteau.broker.binding import BindError, BoundSocket, abandon, bind_unix
 from chapiteau.broker.config import BrokerConfig, load_broker_config
 from chapiteau.broker.event_log import log
 from chapiteau.broker.launcher import Launcher
 from chapiteau.broker.logs import LogFile, LogSink
+from chapiteau.broker.orphans import Orphan, Retirement, instance_mark
 from chapiteau.broker.privileges import ServiceUser
 from chapiteau.broker.safe_paths import Entry, UnsafePathError, make_directory
 from chapiteau.broker.sd_notify import Notifier
@@ -73,6 +76,10 @@ MAX_FDS_IN_FLIGHT = 2 * MAX_FDS_PER_MESSAGE
 """Fds in replies that peers have not read yet, over all peers: every one is charged to root."""
 FORWARDED = {signal.SIGHUP: "reload", signal.SIGUSR1: "reopen_logs"}
 STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+LEAVING = signal.SIGTTIN
+"""Exit at once and leave the supervisor and its workers serving, for a new broker to take
+over (broker/orphans.py): the broker upgrade. Never sent by accident: the broker reads no
+terminal."""
 
 
 class Broker:
@@ -90,6 +97,7 @@ class Broker:
         log_sink: LogSink | None = None,
         log_file: LogFile | None = None,
         notifier: Notifier | None = None,
+        orphans: Iterable[Orphan] = (),
     ) -> None:
         self.config = config
         self.user = user
@@ -133,6 +141,10 @@ class Broker:
         self.recent = recent_lines()
         self.log_file = log_file
         """``--log-output``, reopened on USR1 (a rotation renamed it)."""
+        self.notifier = notifier or Notifier(None)
+        """systemd's notify socket (fd store); a no-op when not under systemd."""
+        self.retirement = Retirement(orphans)
+        """The orphaned workers of a previous broker, stopped once a supervisor is ready."""
 
     # -- the loop -------------------------------------------------------------
 
@@ -168,7 +180,12 @@ class Broker:
     def _timeout(self) -> float | None:
         """Until the nearest deadline; None (sleep until an event) when nothing is due."""
         hello_deadlines = [peer.hello_by for peer in self.peers.values() if not peer.greeted]
-        timers = (self.restart_at, self.kill_orphans_at, self.systemd.watchdog_at)
+        timers = (
+            self.restart_at,
+            self.kill_orphans_at,
+            self.systemd.watchdog_at,
+            self.retirement.kill_at,
+        )
         deadlines = [t for t in (*timers, *hello_deadlines) if t is not None]
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
@@ -185,6 +202,8 @@ class Broker:
         if self.kill_orphans_at is not None and now >= self.kill_orphans_at:
             self.kill_orphans_at = None
             self._signal_orphans(signal.SIGKILL)
+        if self.retirement.kill_at is not None and now >= self.retirement.kill_at:
+            self.retirement.kill()
 
     # -- signals --------------------------------------------------------------
 
@@ -194,7 +213,7 @@ class Broker:
         writer.setblocking(False)
         self._signal_pipe = (reader, writer)
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        for signum in (*STOPPING, *FORWARDED, signal.SIGCHLD):
+        for signum in (*STOPPING, *FORWARDED, LEAVING, signal.SIGCHLD):
             signal.signal(signum, _wake_only)
         self.selector.register(reader, selectors.EVENT_READ, self._on_signals)
 
@@ -210,6 +229,8 @@ class Broker:
             elif signum in STOPPING:
                 log.info("stop_requested", signal=signal.Signals(signum).name)
                 self._stop()
+            elif signum == LEAVING:
+                self._leave()
             elif signum in FORWARDED:
                 if signum == signal.SIGUSR1 and self.log_file is not None:
                     self.log_file.reopen()
@@ -228,7 +249,12 @@ class Broker:
         pipes = [os.pipe() for _ in self.output_sinks]
         argv = supervisor_argv(self.config, channel_fd, self.supervisor_options)
         env = supervisor_environment(
-            self.user, channel_fd, os.environ, self.config.supervisor_env, start=self.starts + 1
+            self.user,
+            channel_fd,
+            os.environ,
+            self.config.supervisor_env,
+            start=self.starts + 1,
+            instance=instance_mark(self.config.path),
         )
         try:
             self.supervisor = start_supervisor(
@@ -282,7 +308,11 @@ class Broker:
             self.outputs.remove(relay)
 
     def _supervisor_ready(self, peer: Peer) -> None:
-        """The supervisor we started says it serves: start-up is over."""
+        """The supervisor we started says it serves: start-up is over.
+
+        The orphans of a previous broker have served until now: they can go.
+        """
+        self._retire_orphans()
         if self.supervisor is None or self.peers.get(self.supervisor_channel) is not peer:
             return
         if not self.supervisor_was_ready:
@@ -299,6 +329,17 @@ class Broker:
         """The supervisor we started finished the reload a SIGHUP asked for."""
         if self.supervisor is not None and self.peers.get(self.supervisor_channel) is peer:
             self.systemd.reload_done(ok)
+
+    def _retire_orphans(self) -> None:
+        if self.retirement.started or not self.retirement.orphans:
+            return
+        for pidfd in self.retirement.orphans:
+            self.selector.register(pidfd, selectors.EVENT_READ, partial(self._orphan_exited, pidfd))
+        self.retirement.start(self.config.orphan_timeout)
+
+    def _orphan_exited(self, pidfd: int) -> None:
+        self.selector.unregister(pidfd)
+        self.retirement.exited(pidfd)
 
     def _start_up_failed(self, status: int, message: str) -> None:
         """The first supervisor never became ready: stop with ``status``, say why."""
@@ -398,6 +439,24 @@ class Broker:
         elif not self._children():
             self.exit_status = 0
 
+    def _leave(self) -> None:
+        """Exit now and leave the workers serving: the next broker on this config retires them.
+
+        The supervisor is killed (its logs would go to pipes nobody reads any
+        more): its workers keep serving on their copies of the listening
+        sockets, unmanaged until the next broker recovers the sockets from them
+        (broker/orphans.py). Unix socket files stay where they are.
+        """
+        log.info("broker_leaving", supervisor=self.supervisor.pid if self.supervisor else None)
+        if self.supervisor is not None:
+            self.supervisor.send_signal(signal.SIGKILL)
+        for bound in self.service.sockets.values():
+            if bound.path is not None:
+                bound.path.directory.close()
+            bound.sock.close()
+        self.service.sockets.clear()
+        self.exit_status = 0
+
     def _shutdown_requested(self) -> None:
         self.stopping = True
         self.systemd.stop()
@@ -410,7 +469,9 @@ class Broker:
             config = load_broker_config(self.config.path)
         except (ConfigError, OSError) as exc:
             raise ReloadError(str(exc)) from None
+        before = dict(self.service.sockets)
         result = apply_reload(self.service.sockets, config.sockets, self.user)
+        fd_store.update(self.notifier, before, self.service.sockets)
         self.config = config
         return result
 
@@ -537,6 +598,9 @@ class Broker:
             # Its file is removed by whoever made it (main), through a checked directory fd.
             self.listener.close()
         close_all(self.service.sockets.values())
+        for pidfd in self.retirement.orphans:
+            self.selector.unregister(pidfd)
+        self.retirement.close()
         if self.launcher is not None:
             self.launcher.close()
         log.info("broker_stopped", exit_status=self.exit_status)

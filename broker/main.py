@@ -21,11 +21,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import TextIO
 
+from chapiteau.broker import fd_store
 from chapiteau.broker.binding import BindError, BoundSocket, check_unix_path, release
 from chapiteau.broker.broker import Broker, listen_for_supervisors
 from chapiteau.broker.config import BrokerConfig, load_broker_config
 from chapiteau.broker.confinement import confine
 from chapiteau.broker.event_log import log
+from chapiteau.broker.inherited import InheritError, take_listen_fds
 from chapiteau.broker.launcher import fork_launcher
 from chapiteau.broker.logs import LogFile, configure_logging
 from chapiteau.broker.pidfile import (
@@ -49,7 +51,7 @@ from chapiteau.broker.safe_paths import (
     open_parent,
 )
 from chapiteau.broker.sd_notify import Notifier
-from chapiteau.broker.socket_table import bind_all, close_all
+from chapiteau.broker.socket_table import close_all, open_all
 from chapiteau.broker.startup import StartupReport, daemonize
 from chapiteau.protocol.constants import SYSTEMD_VARIABLES, VERSION
 from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
@@ -97,15 +99,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-STARTUP_ERRORS = (ConfigError, PrivilegeError, BindError, PidfileError, UnsafePathError, OSError)
+STARTUP_ERRORS = (
+    ConfigError,
+    PrivilegeError,
+    BindError,
+    InheritError,
+    PidfileError,
+    UnsafePathError,
+    OSError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     reserve_standard_fds()
     # The one notifier of the broker's life: made before anything is spawned.
     notifier = Notifier.from_environment()
-    for name in SYSTEMD_VARIABLES:
-        os.environ.pop(name, None)
+    systemd = {name: os.environ.pop(name) for name in SYSTEMD_VARIABLES if name in os.environ}
     args = parse_args(argv)
     if args.check_config:
         return check_config(args)
@@ -143,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             make_runtime_directory(config, user)
         if args.pidfile:
             check_pidfile(args.pidfile, user)
-        sockets = bind_all(config.sockets.values(), user)
+        creators = {os.geteuid(), *([broker_user.uid] if broker_user else [])}
+        sockets, orphans = open_all(config, user, take_listen_fds(systemd), creators)
+        fd_store.store(notifier, sockets)
         if config.socket_path:
             owner = broker_user.uid if broker_user else -1
             listener, listener_file = listen_for_supervisors(config.socket_path, user, owner)
@@ -187,7 +198,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         options = ["--log-level", args.log_level, "--log-format", args.log_format]
         broker = Broker(
-            config, sockets, user, launcher, options, listener, report, log_sink, log_file, notifier
+            config,
+            sockets,
+            user,
+            launcher,
+            options,
+            listener,
+            report,
+            log_sink,
+            log_file,
+            notifier,
+            orphans,
         )
         return broker.run()
     finally:

@@ -1,24 +1,72 @@
-"""The broker's table of bound sockets: bind them all, apply a reloaded config, close them.
+"""The broker's table of bound sockets: open them all, apply a reloaded config, close them.
 
-Binding is all or nothing: at start-up a failure closes what was already bound
-(nothing half-started), and a reload binds every new or changed socket before
-touching the old ones, so a reload that fails leaves the running table as it
-was.
+At start-up each socket comes from the first of: systemd (``LISTEN_FDS``,
+broker/inherited.py), the orphaned workers of a previous broker on the same
+config (broker/orphans.py, as root only), or a bind of its own.
+Opening is all or nothing: at start-up a failure closes what was already
+taken or bound (nothing half-started), and a reload binds every new or changed
+socket before touching the old ones, so a reload that fails leaves the running
+table as it was.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from chapiteau.broker.binding import LISTENING_TYPES, BindError, BoundSocket, bind_master
-from chapiteau.broker.config import SocketSpec
+from chapiteau.broker.config import BrokerConfig, SocketSpec
 from chapiteau.broker.event_log import log
-from chapiteau.broker.privileges import ServiceUser
+from chapiteau.broker.inherited import ListenFd, activated_sockets
+from chapiteau.broker.orphans import Orphan, find_orphans, instance_mark, recover_sockets
+from chapiteau.broker.privileges import ServiceUser, running_as_root
 from chapiteau.protocol.broker_messages import Reloaded
 
 
 class ReloadError(Exception):
     """The new configuration could not be applied; the old one stays in force."""
+
+
+def open_all(
+    config: BrokerConfig,
+    user: ServiceUser,
+    passed: Collection[ListenFd],
+    creators: Collection[int],
+) -> tuple[dict[str, BoundSocket], list[Orphan]]:
+    """Every socket of ``config`` (in its order), and the previous life's orphans found.
+
+    ``passed``: the fds systemd passed; ``creators``: the uids of a socket a
+    previous broker bound (root, the broker's account). Orphans are looked for
+    only as root, only when a socket is still to be opened, and kept (to be
+    retired) only when a socket was recovered from them: that their broker
+    is dead is proved by nobody else holding that socket (a live one would).
+    """
+    sockets = activated_sockets(config.sockets, passed, config.path)
+    orphans: list[Orphan] = []
+    try:
+        rest = [spec for name, spec in config.sockets.items() if name not in sockets]
+        if rest and running_as_root():
+            orphans = find_orphans(instance_mark(config.path))
+            recovered = recover_sockets(orphans, rest, creators)
+            if not recovered:
+                # Only a recovered socket proves their broker dead: a live one holds it.
+                orphans = _forget(orphans)
+            sockets |= recovered
+        sockets |= bind_all((spec for spec in rest if spec.name not in sockets), user)
+    except BaseException:
+        close_all(sockets.values())
+        for orphan in orphans:
+            orphan.close()
+        raise
+    return {name: sockets[name] for name in config.sockets}, orphans
+
+
+def _forget(orphans: list[Orphan]) -> list[Orphan]:
+    """Leave ``orphans`` alone (log them); the empty list that replaces them."""
+    if orphans:
+        log.info("orphans_left_alone", pids=[o.pid for o in orphans], reason="no socket recovered")
+    for orphan in orphans:
+        orphan.close()
+    return []
 
 
 def bind_all(specs: Iterable[SocketSpec], user: ServiceUser) -> dict[str, BoundSocket]:

@@ -23,7 +23,11 @@ from dataclasses import dataclass
 from chapiteau.broker.config import BrokerConfig
 from chapiteau.broker.launcher import Launcher, LaunchError
 from chapiteau.broker.privileges import ServiceUser
-from chapiteau.protocol.constants import BROKER_FD_VARIABLE, SUPERVISOR_START_VARIABLE
+from chapiteau.protocol.constants import (
+    BROKER_FD_VARIABLE,
+    INSTANCE_VARIABLE,
+    SUPERVISOR_START_VARIABLE,
+)
 
 PASSED_VARIABLES = ("PATH", "LANG", "LC_*", "TZ", "PYTHONPATH")
 """Copied from the broker's environment: where programs are, the locale, the time zone,
@@ -69,6 +73,7 @@ def supervisor_environment(
     base: Mapping[str, str],
     passed: Sequence[str] = (),
     start: int = 1,
+    instance: str | None = None,
 ) -> dict[str, str]:
     """The supervisor's environment: only the allow-listed variables of ``base``.
 
@@ -76,7 +81,9 @@ def supervisor_environment(
     (``[broker] supervisor_env``) are copied; HOME, USER, LOGNAME and SHELL
     describe the service user; CHAPITEAU_BROKER_FD names the channel and
     CHAPITEAU_SUPERVISOR_START says how many supervisors the broker has started,
-    this one included (``start``). Nothing
+    this one included (``start``); CHAPITEAU_INSTANCE is ``instance``, the real
+    path of the config, which the supervisor passes on to every worker (the
+    mark a later broker looks for: broker/orphans.py). Nothing
     else of root's environment (secrets, for one) reaches the supervisor, nor
     its ``copy_env`` workers.
     """
@@ -88,6 +95,8 @@ def supervisor_environment(
     }
     env[BROKER_FD_VARIABLE] = str(channel_fd)
     env[SUPERVISOR_START_VARIABLE] = str(start)
+    if instance is not None:
+        env[INSTANCE_VARIABLE] = instance
     try:
         entry = pwd.getpwuid(user.uid)
     except KeyError:

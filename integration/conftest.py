@@ -76,11 +76,9 @@ def chapiteau(workdir: Path) -> Iterator[Callable[..., Chapiteau]]:
     endpoints = Path(tempfile.mkdtemp(prefix="chapiteau-endpoints-"))
     endpoints.chmod(0o777)
 
-    def start(
-        config: str, *args: str, stdio_closed: bool = False, wrapper: tuple[str, ...] = ()
-    ) -> Chapiteau:
+    def start(config: str, *args: str, stdio_closed: bool = False, **launch: Any) -> Chapiteau:
         instance = Chapiteau(workdir, with_private_endpoints(config, endpoints), args)
-        instance.start(stdio_closed, wrapper)
+        instance.start(stdio_closed, **launch)
         started.append(instance)
         return instance
 

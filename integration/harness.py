@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +42,23 @@ class Chapiteau:
         self._offset = 0
         self.events: list[dict[str, Any]] = []
 
-    def start(self, stdio_closed: bool = False, wrapper: tuple[str, ...] = ()) -> Chapiteau:
+    def start(
+        self,
+        stdio_closed: bool = False,
+        prefix: Sequence[str] = (),
+        pass_fds: Sequence[int] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> Chapiteau:
         """Start the broker; with ``stdio_closed`` its fds 0-2 are closed (logs: --log-output).
 
-        ``wrapper`` runs it (``setpriv ...``, ``unshare ...``): then ``pid`` is the wrapper's.
+        ``prefix`` runs first and execs the broker (``setpriv ...``, ``unshare ...``, or a
+        stand-in for systemd that passes ``pass_fds``): then ``pid`` may be the prefix's.
+        ``env`` replaces the environment.
         """
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.process = subprocess.Popen(
             [
-                *wrapper,
+                *prefix,
                 sys.executable,
                 "-m",
                 "chapiteau.broker",
@@ -67,6 +75,8 @@ class Chapiteau:
             cwd=self.directory,
             start_new_session=True,
             preexec_fn=_close_stdio if stdio_closed else None,
+            pass_fds=pass_fds,
+            env=env,
         )
         log.close()
         self.seen.add(self.process.pid)

@@ -86,7 +86,7 @@ def in_namespace(chapiteau, workdir):
     if probe.returncode != 0:
         pytest.skip(f"no new PID namespace here (it needs CAP_SYS_ADMIN): {probe.stderr.strip()}")
     port = free_port()
-    tree = chapiteau(container_config(workdir, port), wrapper=UNSHARE)
+    tree = chapiteau(container_config(workdir, port), prefix=UNSHARE)
     init = namespace_init(tree)
     tree.wait_for("service_ready")
     return tree, init, port

@@ -6,6 +6,7 @@ same allow-list bounds it; ``[broker] supervisor_env`` passes more by name.
 
 from __future__ import annotations
 
+import os
 import pwd
 
 import pytest
@@ -66,8 +67,10 @@ def test_supervisor_and_copy_env_workers_see_only_the_allow_list(chapiteau, root
         "SHELL",
         "CHAPITEAU_BROKER_FD",
         "CHAPITEAU_SUPERVISOR_START",
+        "CHAPITEAU_INSTANCE",
     }
     assert supervisor["CHAPITEAU_SUPERVISOR_START"] == "1"
+    assert supervisor["CHAPITEAU_INSTANCE"] == os.path.realpath(tree.config_path)
     assert supervisor["LANG"] == "C.UTF-8" and supervisor["LC_TIME"] == "C"
     assert supervisor["HOME"] == nobody.pw_dir and supervisor["USER"] == "nobody"
     assert supervisor["SHELL"] == nobody.pw_shell

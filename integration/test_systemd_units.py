@@ -88,7 +88,7 @@ cmd = python3 hello_wsgi.py --fd $(circus.sockets.web)
 numprocesses = 2
 copy_env = true
 """,
-        wrapper=("setpriv", f"--bounding-set={bounding}", "--no-new-privs"),
+        prefix=("setpriv", f"--bounding-set={bounding}", "--no-new-privs"),
     )
     tree.worker_pids("web", 2)
     assert "hello" in http_get(port).lower()

@@ -100,7 +100,12 @@ cmd = sleep 1000
 GREETING = hello
 """)
     [worker] = tree.worker_pids("w", 1)
-    assert environ(worker) == {"GREETING": "hello", "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    assert environ(worker) == {
+        "GREETING": "hello",
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        # The mark by which a broker started again after a crash finds the worker.
+        "CHAPITEAU_INSTANCE": os.path.realpath(tree.config_path),
+    }
 
 
 def test_copy_env_passes_the_supervisor_environment(chapiteau):

@@ -25,6 +25,12 @@ SYSTEMD_VARIABLES = frozenset(
 or to find its sockets: the broker takes them out of its environment, and ``copy_env``
 never passes them on (a worker gets its own LISTEN_* from ``socket_protocol = systemd``)."""
 
+INSTANCE_VARIABLE = "CHAPITEAU_INSTANCE"
+"""The environment variable that marks a tree's processes with the real path of its config:
+the supervisor gets it from the broker and every worker from the supervisor, so that a
+broker started again on the same config finds the orphaned workers of its previous life.
+It only selects candidates: a process can put anything in its environment."""
+
 EX_CONFIG = 78
 """The supervisor's exit status when it refuses the configuration (sysexits.h)."""
 
