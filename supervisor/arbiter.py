@@ -1,7 +1,9 @@
 """The arbiter: the supervisor's event loop, its watchers and its signals.
 
 ``Arbiter.run`` reads top to bottom: become a subreaper, watch children
-through pidfds, start the watchers by priority, then wait until told to quit.
+through pidfds, adopt the workers the previous supervisor generation left
+(spawn mode, `chapiteau.supervisor.handover`), start the watchers by priority,
+then wait until told to quit, or to hand over to new code (``upgrade``).
 Nothing polls: a child's exit, a signal or a command wakes the loop, and an
 idle supervisor sleeps in epoll with no timer armed.
 """
@@ -15,7 +17,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
@@ -29,8 +31,10 @@ from chapiteau.supervisor.children.child_exit import (
     become_subreaper,
     quiet_signal_wakeup,
 )
+from chapiteau.supervisor.children.spawn import SpawnSpec, spawn
 from chapiteau.supervisor.commands import dispatch
 from chapiteau.supervisor.commands.base import CommandError
+from chapiteau.supervisor.commands.options import apply_options, parse_options
 from chapiteau.supervisor.config import (
     CURVE_CLIENTS,
     CURVE_SECRET_KEY,
@@ -43,14 +47,24 @@ from chapiteau.supervisor.endpoints.pubsub import PubSub
 from chapiteau.supervisor.endpoints.stats import ProcessSampler, start_stats
 from chapiteau.supervisor.endpoints.zmq_setup import Curve, EndpointError
 from chapiteau.supervisor.events import Events
+from chapiteau.supervisor.handover import Handover, claim, orphans, retire
+from chapiteau.supervisor.hooks import HookError
 from chapiteau.supervisor.io.redirector import Redirector
+from chapiteau.supervisor.io.streams import StreamConfigError
 from chapiteau.supervisor.socket_pool import SocketPool
+from chapiteau.supervisor.state import Snapshot, WatcherRecord
 from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
 
 if TYPE_CHECKING:
     from chapiteau.supervisor.endpoints.metrics import MetricsServer
 
 log = structlog.get_logger("chapiteau.supervisor")
+
+CHECK_FLAG = "--check"
+"""Appended to the supervisor's own command line: load everything, then exit (``upgrade``)."""
+CHECK_TIMEOUT = 60.0
+NOT_RESTARTED = ("stopped", "failed", "stopping")
+"""Phases of a recorded watcher that the next generation leaves stopped."""
 
 """Exit status for a configuration the supervisor cannot run (sysexits.h); the broker does
 not restart a first supervisor that exits with it."""
@@ -105,6 +119,13 @@ class Arbiter:
         self.controller: Controller | None = None
         self.pubsub: PubSub | None = None
         self._reload_lock = asyncio.Lock()
+        self.handover: Handover | None = None
+        """Spawn mode: what the broker keeps for the next supervisor generation."""
+        self.handing_over = False
+        """``upgrade`` passed its check: exit leaving the workers to the next generation."""
+        self._helpers: dict[int, asyncio.Future[int | None]] = {}
+        """Children that are no workers (the upgrade check), by pid: their exit codes."""
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
         """Start every autostart watcher and serve until ``quit``; return the exit status."""
@@ -113,11 +134,17 @@ class Arbiter:
         become_subreaper()
         if self.config.circus.umask is not None:
             os.umask(self.config.circus.umask)
+        if self.broker is not None and self.broker.broker_pid == os.getppid():
+            tag = str(self.supervisor_start or os.getpid())
+            self.handover = Handover(self.broker, loop, self._snapshot, tag)
         self.attach(loop)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.quit()))
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_on_hup()))
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
+        loop.add_signal_handler(
+            signal.SIGUSR2, lambda: asyncio.ensure_future(self._upgrade_on_signal())
+        )
         quiet_signal_wakeup()
         try:
             self._open_endpoints()
@@ -134,9 +161,15 @@ class Arbiter:
                 self.broker.ready()
             except BrokerError as exc:
                 log.warning("broker_ready_failed", error=str(exc))
-        await self.start_watchers(self.by_priority(), autostart_only=True)
+        wanted = await self._adopt() if self.handover is not None else {}
+        await self.start_watchers(
+            [w for w in self.by_priority() if wanted.get(w, w.config.autostart)],
+            autostart_only=False,
+        )
         await self._done
         stats.close()
+        if self.handing_over:
+            self._hand_over()
         await self._close_endpoints()
         self.detach()
         return 0
@@ -146,9 +179,12 @@ class Arbiter:
         the pid index) and the watchers of the configuration (stopped)."""
         children = ChildWatcher(loop, self._child_exited, self._orphan_reaped)
 
-        def adopt(pid: int, watcher: Watcher) -> None:
+        def adopt(pid: int, watcher: Watcher, pidfd: int | None) -> None:
             self.pids[pid] = watcher
-            children.watch(pid)
+            if pidfd is None:
+                children.watch(pid)
+            else:
+                children.watch_adopted(pid, pidfd)
 
         self._runtime = Runtime(
             loop=loop,
@@ -160,6 +196,7 @@ class Arbiter:
             workers=self.pids,
             adopt=adopt,
             flapping=self.config.flapping,
+            handover=self.handover,
         )
         for watcher_config in self.config.watchers:
             self.watchers[watcher_config.name.lower()] = self.watcher(watcher_config)
@@ -430,7 +467,11 @@ class Arbiter:
             watcher.reopen_streams()
         log.info("logs_reopened")
 
-    def _child_exited(self, pid: int, code: int) -> None:
+    def _child_exited(self, pid: int, code: int | None) -> None:
+        helper = self._helpers.pop(pid, None)
+        if helper is not None:
+            helper.set_result(code)
+            return
         self.sampler.forget(pid)
         watcher = self.pids.pop(pid, None)
         if watcher is not None:
@@ -438,6 +479,166 @@ class Arbiter:
 
     def _orphan_reaped(self, pid: int, code: int) -> None:
         log.debug("orphan_reaped", pid=pid, exit_code=code)
+
+    # -- generations: adoption and upgrade ---------------------------------------
+
+    def _snapshot(self) -> Iterator[tuple[WatcherRecord, list[bytes]]]:
+        return (watcher.record() for watcher in self.watchers.values())
+
+    async def _adopt(self) -> dict[Watcher, bool]:
+        """Take over what the previous supervisor generation left: adopt each recorded
+        process that runs on, stop gracefully those of watchers the config no longer has
+        and every unrecorded worker of ours. Returns whether to start each recorded
+        watcher (an operator may have stopped it)."""
+        assert self.handover is not None
+        try:
+            snapshot, pipes = self.handover.take()
+        except BrokerError as exc:
+            log.warning("adoption_failed", error=str(exc))
+            return {}
+        wanted: dict[Watcher, bool] = {}
+        known: set[int] = set()
+        adopted = retired = 0
+        for record in snapshot.watchers if snapshot is not None else ():
+            watcher = self.watchers.get(record.name.lower())
+            if watcher is not None:
+                await self._restore(watcher, record)
+                wanted[watcher] = record.phase not in NOT_RESTARTED
+            for process in record.processes:
+                known.add(process.pid)
+                pidfd = claim(process)
+                if pidfd is None:
+                    continue
+                if watcher is None:
+                    outputs = {key: pipes.pop(key) for key in process.keys if key in pipes}
+                    self._retire(
+                        process.pid, pidfd, record.stop_signal, record.graceful_timeout, outputs
+                    )
+                    retired += 1
+                    continue
+                watcher.adopt(process, pidfd, pipes, record.spawns.get(process.wid, 1))
+                adopted += 1
+        for pid, pidfd, name in orphans(known):
+            watcher = self.watchers.get(name.lower())
+            config = watcher.config if watcher is not None else None
+            signum = config.stop_signal if config else signal.SIGTERM
+            self._retire(pid, pidfd, signum, config.graceful_timeout if config else 30.0, {})
+            retired += 1
+        for fd in pipes.values():
+            os.close(fd)
+        self.handover.release(pipes)
+        for watcher, start in wanted.items():
+            if not start and watcher.processes:
+                await watcher.stop()
+        log.info(
+            "adopted",
+            processes=adopted,
+            stopped=retired,
+            watchers=sorted(w.name for w in wanted if w.processes),
+            snapshot=_serial(snapshot),
+        )
+        return wanted
+
+    async def _restore(self, watcher: Watcher, record: WatcherRecord) -> None:
+        """Apply again the options ``set``/``incr``/``decr`` changed in the last generation."""
+        watcher.lifecycle.restarts = record.restarts
+        if not record.overrides:
+            return
+        try:
+            changes = parse_options(record.overrides)
+            new = apply_options(watcher.config, changes, set(self.sockets.sockets))
+            await watcher.configure(new, reload=False, updated=0)
+        except (CommandError, StreamConfigError, HookError, ReloadError) as exc:
+            log.warning("overrides_dropped", watcher=watcher.name, error=str(exc))
+            return
+        watcher.overrides = dict(record.overrides)
+
+    def _retire(
+        self, pid: int, pidfd: int, signum: int, timeout: float, outputs: dict[str, int]
+    ) -> None:
+        """Stop a worker that no watcher manages, in the background; its output pipes
+        (read ends by broker key) stay open until it is gone, so that it gets no SIGPIPE
+        while it stops."""
+        assert self.handover is not None
+        handover = self.handover
+        log.info("orphan_stopping", pid=pid, signal=signum, graceful_timeout=timeout)
+
+        async def run() -> None:
+            try:
+                await retire(pid, pidfd, signum, timeout)
+            finally:
+                for fd in outputs.values():
+                    os.close(fd)
+                handover.release(outputs)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def upgrade(self) -> int:
+        """``upgrade``: check that the installed code starts on this config, then exit
+        leaving every worker to the supervisor the broker starts next (same pids).
+        CommandError, with the check's last line, when it would not start: nothing changes.
+        Returns this supervisor's pid."""
+        if self.handover is None:
+            raise CommandError(
+                "upgrade needs a supervisor started by the broker: in connect mode, restart "
+                "the supervisor's service instead"
+            )
+        if self.stopping or self.handing_over:
+            raise CommandError("the supervisor is already stopping")
+        await self._check_new_code()
+        if self.stopping or self.handing_over:
+            raise CommandError("the supervisor is already stopping")
+        self.handing_over = True
+        log.info("upgrade_checked", pid=os.getpid())
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+        return os.getpid()
+
+    async def _check_new_code(self) -> None:
+        """Run the installed supervisor with this one's command line and ``--check``."""
+        assert self._runtime is not None
+        output = os.memfd_create("upgrade-check", os.MFD_CLOEXEC)
+        try:
+            argv = (sys.executable, *sys.orig_argv[1:], CHECK_FLAG)
+            pid = spawn(SpawnSpec(argv=argv, env=dict(os.environ), stdout=output, stderr=output))
+            exited = asyncio.get_running_loop().create_future()
+            self._helpers[pid] = exited
+            self._runtime.children.watch(pid)
+            try:
+                code = await asyncio.wait_for(asyncio.shield(exited), CHECK_TIMEOUT)
+            except TimeoutError:
+                self._runtime.children.send_signal(pid, signal.SIGKILL)
+                await exited
+                raise CommandError(f"upgrade: the check did not end in {CHECK_TIMEOUT} s") from None
+            if code != 0:
+                lines = os.pread(output, 1 << 20, 0).decode(errors="replace").splitlines()
+                last = next((line for line in reversed(lines) if line.strip()), "no output")
+                raise CommandError(f"upgrade: the new supervisor would not start: {last}")
+        finally:
+            os.close(output)
+
+    async def _upgrade_on_signal(self) -> None:
+        """SIGUSR2 (the broker forwards its own): ``upgrade``, the outcome in the log."""
+        try:
+            await self.upgrade()
+        except CommandError as exc:
+            log.error("upgrade_failed", error=exc.reason)
+
+    def _hand_over(self) -> None:
+        """The last snapshot, then tell the broker: it starts the next generation at once."""
+        assert self.handover is not None and self.broker is not None
+        self.handover.write()
+        try:
+            self.broker.handover()
+        except BrokerError as exc:
+            log.warning("handover_failed", error=str(exc))
+        log.info("handed_over", processes=len(self.pids))
+
+
+def _serial(snapshot: Snapshot | None) -> int | None:
+    return snapshot.serial if snapshot is not None else None
 
 
 def _only_numprocesses_differs(old: WatcherConfig, new: WatcherConfig) -> bool:

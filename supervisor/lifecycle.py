@@ -14,6 +14,8 @@ The watcher's phases::
     WAITING_ON_DEMAND --connection--> STARTING  BACKING_OFF --timer--> ACTIVE
     any running phase --stop--> STOPPING --all gone--> STOPPED, or FAILED when the
     watcher gave up (spawn max_retry, crash-loop max_retry, a hook refused)
+    STOPPED --adopted--> ACTIVE: a process the previous supervisor generation left
+    runs on (no spawn); the start that follows tops the count up
 
 A process is RUNNING, then STOPPING once the watcher stops it on purpose (its
 exit is then no crash); once it exits it leaves the table.
@@ -403,6 +405,21 @@ class Lifecycle:
         self.spawn_failures = 0
         if self.config.max_age > 0:
             return [ArmExpiry(pid, now + self.config.max_age + jitter)]
+        return []
+
+    def adopted(self, pid: int, wid: int, born: float, spawns: int = 1) -> list[Action]:
+        """``pid``, spawned at loop time ``born`` by the previous supervisor generation,
+        runs on: it fills slot ``wid`` without a spawn, and the watcher is active (a
+        start then tops it up to ``numprocesses`` or stops the extra ones). ``spawns``:
+        the slot's count of spawns recorded by that generation."""
+        self.workers[pid] = Worker(pid, wid, born, self.failed_rounds)
+        slot = self.slots.setdefault(wid, Slot())
+        slot.spawns = max(slot.spawns, spawns, 1)
+        if self.phase in (Phase.STOPPED, Phase.FAILED, Phase.STARTING):
+            self.phase = Phase.ACTIVE
+            self.failure = None
+        if self.config.max_age > 0:
+            return [ArmExpiry(pid, born + self.config.max_age)]
         return []
 
     def spawn_failed(self, error: str, errno: int | None) -> list[Action]:

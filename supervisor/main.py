@@ -19,7 +19,7 @@ from chapiteau.protocol.constants import BROKER_FD_VARIABLE, EX_CONFIG, SUPERVIS
 from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
 from chapiteau.protocol.log_lines import LOG_FORMATS, fatal_line
 from chapiteau.protocol.standard_fds import reserve_standard_fds
-from chapiteau.supervisor.arbiter import Arbiter
+from chapiteau.supervisor.arbiter import CHECK_FLAG, Arbiter
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError
 from chapiteau.supervisor.children.spawn import trust_own_fds
 from chapiteau.supervisor.config import Config, load_config
@@ -44,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     channel.add_argument("--broker-socket", help="connect to a broker listening on this path")
     parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="console")
+    parser.add_argument(
+        CHECK_FLAG,
+        action="store_true",
+        help="load the code and the config, then exit: 0 when this supervisor would start "
+        "(what ``chapiteauctl upgrade`` runs first)",
+    )
     return parser.parse_args(argv)
 
 
@@ -57,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fatal(args, exc, EX_CONFIG)
     for warning in config.warnings:
         log.warning("config_warning", message=warning)
+    if args.check:
+        return 0
     try:
         broker = _connect(args)
         sockets = SocketPool(broker, _receive_sockets(broker, config))

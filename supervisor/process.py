@@ -22,6 +22,10 @@ class Process:
     started: float = field(default_factory=time.time)
     """Epoch seconds, as Circus reports it."""
     max_age_timer: asyncio.TimerHandle | None = None
+    held: tuple[str, ...] = ()
+    """The broker keys of its output pipes, released once it is gone."""
+    record: bytes = b""
+    """Its part of the snapshot for the next supervisor (`chapiteau.supervisor.state`)."""
 
     def cancel_timers(self) -> None:
         if self.max_age_timer is not None:

@@ -34,6 +34,7 @@ from chapiteau.supervisor.children.process_tree import ProcessTree
 from chapiteau.supervisor.children.spawn import SpawnError, SpawnSpec, spawn
 from chapiteau.supervisor.config import Flapping, WatcherConfig, worker_env
 from chapiteau.supervisor.events import Events, own_topic
+from chapiteau.supervisor.handover import Handover, Pipe, local_pipe, markers
 from chapiteau.supervisor.hooks import Hooks
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.io.streams import build_stream, close_stream, reopen_stream
@@ -58,6 +59,7 @@ from chapiteau.supervisor.lifecycle import (
 )
 from chapiteau.supervisor.process import Process
 from chapiteau.supervisor.socket_pool import SocketPool
+from chapiteau.supervisor.state import ProcessRecord, WatcherRecord, encode_process, start_time
 from chapiteau.supervisor.substitution import format_args
 
 log = structlog.get_logger("chapiteau.supervisor")
@@ -93,10 +95,13 @@ class Runtime:
     arbiter: Any
     workers: Mapping[int, Watcher]
     """Every live worker's pid, whichever watcher it belongs to (the arbiter's index)."""
-    adopt: Callable[[int, Watcher], None]
-    """The arbiter's: index a new worker's pid and watch for its exit."""
+    adopt: Callable[[int, Watcher, int | None], None]
+    """The arbiter's: index a worker's pid and watch for its exit (given a pidfd: a worker
+    of the previous supervisor generation, not our child)."""
     flapping: Flapping
     """The configuration's crash-loop policy (reloadconfig replaces it)."""
+    handover: Handover | None = None
+    """Spawn mode: holds the output pipes and the snapshot for the next supervisor."""
 
 
 class Watcher:
@@ -117,6 +122,9 @@ class Watcher:
         self._watched_fds: list[int] = []
         self._announced = Phase.STOPPED
         self._log = log.bind(watcher=config.name)
+        self.overrides: dict[str, Any] = {}
+        """Options as ``set``, ``incr`` and ``decr`` changed them since the config was
+        read: the next supervisor generation applies them again."""
 
     @property
     def config(self) -> WatcherConfig:
@@ -382,6 +390,51 @@ class Watcher:
         if self.lifecycle.phase is not self._announced:
             self._announced = self.lifecycle.phase
             self._log.info("watcher_state", **self.describe())
+            self.changed()
+
+    def changed(self) -> None:
+        """Something the next supervisor generation must know changed: snapshot it soon."""
+        if self.runtime.handover is not None:
+            self.runtime.handover.changed()
+
+    def record(self) -> tuple[WatcherRecord, list[bytes]]:
+        """This watcher in the snapshot for the next generation, and its processes' parts."""
+        lifecycle = self.lifecycle
+        record = WatcherRecord(
+            name=self.name,
+            phase=lifecycle.phase.value,
+            overrides=self.overrides,
+            stop_signal=self.config.stop_signal,
+            graceful_timeout=self.config.graceful_timeout,
+            spawns={wid: slot.spawns for wid, slot in lifecycle.slots.items()},
+            restarts=lifecycle.restarts,
+        )
+        return record, [process.record for process in self.processes.values()]
+
+    def adopt(
+        self, record: ProcessRecord, pidfd: int, pipes: dict[str, int], spawns: int = 1
+    ) -> None:
+        """Manage again a process of the previous supervisor generation (a lifecycle event:
+        the slot is filled by a running pid, nothing is spawned); ``pipes`` are its output
+        pipes' read ends by broker key (those it uses are taken), ``spawns`` its slot's
+        count of spawns."""
+        process = Process(
+            record.pid,
+            record.wid,
+            self.runtime.loop.create_future(),
+            started=record.started,
+            held=record.keys,
+            record=encode_process(record),
+        )
+        self.processes[record.pid] = process
+        self.runtime.adopt(record.pid, self, pidfd)
+        for name, key in (("stdout", record.stdout), ("stderr", record.stderr)):
+            if key in pipes:
+                stream = self._output_stream(name) or self._output_log
+                self.runtime.redirector.add(pipes.pop(key), record.pid, name, stream)
+        born = self._now() - max(0.0, time.time() - record.started)
+        self._effects(self.lifecycle.adopted(record.pid, record.wid, born, spawns))
+        self._log.info("process_adopted", pid=record.pid, wid=record.wid)
 
     # -- the life of the processes --------------------------------------------
 
@@ -497,42 +550,54 @@ class Watcher:
         config = self.config
         wid = self.lifecycle.next_wid()
         plan = self.runtime.sockets.plan(config)
-        stdout_stream, stderr_stream = self._output_stream("stdout"), self._output_stream("stderr")
-        stdout = _pipe() if stdout_stream else None
-        stderr = _pipe() if stderr_stream else None
+        streams = {name: self._output_stream(name) for name in ("stdout", "stderr")}
+        pipes = self._pipes([name for name, stream in streams.items() if stream])
+        stdout, stderr = pipes.get("stdout"), pipes.get("stderr")
         try:
             pid = spawn(_spec(config, wid, plan, stdout, stderr))
         except BaseException:
-            for pipe in (stdout, stderr):
-                if pipe:
-                    os.close(pipe[0])
+            for read, _, _ in pipes.values():
+                os.close(read)
+            self._release(pipes.values())
             raise
         finally:
             for fd in plan.owned:
                 os.close(fd)
-            for pipe in (stdout, stderr):
-                if pipe:
-                    os.close(pipe[1])
+            for _, write, _ in pipes.values():
+                os.close(write)
         process = Process(pid, wid, self.runtime.loop.create_future())
+        process.held = tuple(key for _, _, key in pipes.values() if key is not None)
+        process.record = encode_process(
+            ProcessRecord(
+                pid,
+                wid,
+                process.started,
+                start_time(pid) or 0,
+                *(pipes[name][2] if name in pipes else None for name in ("stdout", "stderr")),
+            )
+        )
         self.processes[pid] = process
-        self.runtime.adopt(pid, self)
-        if stdout and stdout_stream:
-            self.runtime.redirector.add(stdout[0], pid, "stdout", stdout_stream)
-        if stderr and stderr_stream:
-            self.runtime.redirector.add(stderr[0], pid, "stderr", stderr_stream)
+        self.runtime.adopt(pid, self, None)
+        for name, (read, _, _) in pipes.items():
+            self.runtime.redirector.add(read, pid, name, streams[name])
         jitter = random.randint(0, max(0, config.max_age_variance))
         self._effects(self.lifecycle.spawned(pid, wid, self._now(), jitter))
         self._log.info("process_spawned", pid=pid, wid=wid)
+        self.changed()
         self._publish("spawn", {"process_pid": pid, "time": process.started})
         return process
 
-    def process_exited(self, pid: int, code: int) -> None:
-        """The child watcher saw ``pid`` exit: forget it, report it, replace it if needed."""
+    def process_exited(self, pid: int, code: int | None) -> None:
+        """The child watcher saw ``pid`` exit: forget it, report it, replace it if needed.
+        ``code`` is None for an adopted process: the broker reaped it."""
         process = self.processes.pop(pid, None)
         if process is None:
             return
         process.cancel_timers()
         self.runtime.redirector.remove_pid(pid)
+        if self.runtime.handover is not None:
+            self.runtime.handover.release(process.held)
+        self.changed()
         if not process.exited.done():
             process.exited.set_result(code)
         now = time.time()
@@ -541,6 +606,19 @@ class Watcher:
         self._publish("reap", {"process_pid": pid, "time": now, "exit_code": code})
         self._hook("after_reap", process_pid=pid, time=now, exit_code=code, process_status=None)
         self._soon(self.lifecycle.exited(pid, self._now(), self.runtime.flapping, code))
+
+    def _pipes(self, names: list[str]) -> dict[str, Pipe]:
+        """The output pipes of a new process, by stream name: held by the broker in spawn
+        mode, so that the process outlives this supervisor."""
+        if not names:
+            return {}
+        if self.runtime.handover is None:
+            return {name: local_pipe() for name in names}
+        return self.runtime.handover.pipes(names)
+
+    def _release(self, pipes: Iterable[Pipe]) -> None:
+        if self.runtime.handover is not None:
+            self.runtime.handover.release(key for _, _, key in pipes if key is not None)
 
     def _set_respawn_timer(self, at: float | None) -> None:
         if self._respawn_timer is not None:
@@ -690,16 +768,12 @@ def _close_streams(streams: Iterable[Any]) -> None:
 
 
 def _spec(
-    config: WatcherConfig,
-    wid: int,
-    plan: Any,
-    stdout: tuple[int, int] | None,
-    stderr: tuple[int, int] | None,
+    config: WatcherConfig, wid: int, plan: Any, stdout: Pipe | None, stderr: Pipe | None
 ) -> SpawnSpec:
     """What to fork and exec for process ``wid`` of ``config`` with the sockets of ``plan``."""
     return SpawnSpec(
         argv=tuple(format_args(config, wid, plan.numbers)),
-        env=worker_env(config.env),
+        env={**worker_env(config.env), **markers(config.name)},
         executable=config.executable,
         working_dir=config.working_dir,
         uid=config.uid,
@@ -715,12 +789,6 @@ def _spec(
         close_stderr=config.close_child_stderr,
         listen_fds_names=plan.listen_fds_names,
     )
-
-
-def _pipe() -> tuple[int, int]:
-    read, write = os.pipe2(os.O_CLOEXEC)
-    os.set_blocking(read, False)
-    return read, write
 
 
 def _stream(config: WatcherConfig, name: str) -> Any:
