@@ -204,12 +204,12 @@ async def retire(pid: int, pidfd: int, signum: int, timeout: float) -> None:
     try:
         _signal_group(pid, pidfd, signum)
         try:
-            await asyncio.wait_for(gone, timeout)
+            await asyncio.wait_for(asyncio.shield(gone), timeout)
         except TimeoutError:
             log.warning("orphan_kill_escalated", pid=pid, after=timeout)
             _signal_group(pid, pidfd, signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(gone, timeout)
+                await asyncio.wait_for(asyncio.shield(gone), timeout)
     finally:
         loop.remove_reader(pidfd)
         os.close(pidfd)

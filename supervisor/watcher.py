@@ -242,7 +242,10 @@ class Watcher:
 
     async def change_numprocesses(self, delta: int) -> int:
         """incr/decr: move the target count by ``delta`` (not below 0) and reach it."""
-        return await self._resize(lambda current: current + delta)
+        count = await self._resize(lambda current: current + delta)
+        self.overrides["numprocesses"] = count
+        self.changed()
+        return count
 
     async def _resize(self, new_count: Callable[[int], int]) -> int:
         """Set the target count to ``new_count(current count)``, not below 0, and reach it."""
@@ -256,12 +259,14 @@ class Watcher:
         reload: bool,
         updated: int = 1,
         spawned: asyncio.Future[Any] | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> Awaitable[None]:
         """The ``set`` command: load ``config``'s hooks and streams now (errors raise here),
         and return the work that switches to it, reloading when only new processes can
         take the change; one ``updated`` event per changed key, as Circus. If the reload
         cannot start the new processes, the watcher goes back to its previous
-        configuration and `ReloadError` is raised (``spawned``: see `reload`).
+        configuration and `ReloadError` is raised (``spawned``: see `reload`). ``options``:
+        the ``set`` request's, kept for the next supervisor generation once applied.
         """
         hooks_changed = config.hooks != self.config.hooks
         if hooks_changed:
@@ -271,7 +276,13 @@ class Watcher:
             for name in ("stdout", "stderr")
             if getattr(config, f"{name}_stream") != getattr(self.config, f"{name}_stream")
         }
-        return self._configure(config, reload or bool(streams), streams, updated, spawned)
+        work = self._configure(config, reload or bool(streams), streams, updated, spawned)
+        return work if options is None else self._remember(work, options)
+
+    async def _remember(self, work: Awaitable[None], options: Mapping[str, Any]) -> None:
+        await work
+        self.overrides.update(options)
+        self.changed()
 
     async def _configure(
         self,
