@@ -10,7 +10,14 @@ once. What the successor needs is kept by the broker, which never reads it:
   SIGPIPE; the key is released when the worker is gone;
 * the snapshot (`chapiteau.supervisor.state`) is written into memfds the
   broker holds, once per burst of changes: `Handover.changed` schedules one
-  write with ``loop.call_soon``, no timer.
+  write with ``loop.call_soon``. A snapshot grows with the processes, so a
+  start of thousands would write one per spawn and cost O(n²); after a write
+  that took ``d`` seconds, the next waits until ``d / WRITE_SHARE`` after it
+  (a one-shot ``call_at``, armed only when something changed): snapshots never
+  take more than that share of the loop's time, and a start of n processes
+  stays O(n). What a killed supervisor did not write yet is at most that
+  delay old (milliseconds at 10,000 processes): its successor stops those
+  unrecorded workers gracefully and replaces them.
 
 At start, `Handover.take` gets back the snapshot and the pipes, `claim`
 checks that a recorded process is still the same one (a child of the broker
@@ -26,6 +33,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 import structlog
@@ -45,6 +53,9 @@ from chapiteau.supervisor.state import (
 )
 
 log = structlog.get_logger("chapiteau.supervisor")
+
+WRITE_SHARE = 0.1
+"""At most this share of the loop's time goes into writing snapshots."""
 
 WATCHER_VARIABLE = "CHAPITEAU_WATCHER"
 """Set in every worker's environment to its watcher's name: marks it as ours."""
@@ -87,7 +98,9 @@ class Handover:
         self._pipes_made = 0
         self._memfds: dict[str, int] = {}
         self._serial = 0
-        self._scheduled = False
+        self._scheduled: asyncio.Handle | None = None
+        self._next_write = 0.0
+        """Loop time before which no snapshot is written (see WRITE_SHARE)."""
         self.writes = 0
 
     def pipes(self, names: Iterable[str]) -> dict[str, Pipe]:
@@ -119,13 +132,18 @@ class Handover:
 
     def changed(self) -> None:
         """Something the snapshot shows changed: write it once the current burst is over."""
-        if not self._scheduled:
-            self._scheduled = True
-            self.loop.call_soon(self.write)
+        if self._scheduled is None:
+            if self.loop.time() >= self._next_write:
+                self._scheduled = self.loop.call_soon(self.write)
+            else:
+                self._scheduled = self.loop.call_at(self._next_write, self.write)
 
     def write(self) -> None:
         """Write the snapshot now, into the memfd that does not hold the newest one."""
-        self._scheduled = False
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+        began = time.perf_counter()
         self._serial += 1
         key = STATE_KEYS[self._serial % len(STATE_KEYS)]
         try:
@@ -139,6 +157,7 @@ class Handover:
             log.warning("state_not_written", error=str(exc))
             return
         self.writes += 1
+        self._next_write = self.loop.time() + (time.perf_counter() - began) / WRITE_SHARE
 
     def take(self) -> tuple[Snapshot | None, dict[str, int]]:
         """What the previous generation left: its newest snapshot, and the held pipes'
