@@ -100,7 +100,11 @@ cmd = sleep 1000
 GREETING = hello
 """)
     [worker] = tree.worker_pids("w", 1)
-    assert environ(worker) == {"GREETING": "hello", "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    assert environ(worker) == {
+        "GREETING": "hello",
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        **markers(tree, "w"),
+    }
 
 
 def test_copy_env_passes_the_supervisor_environment(chapiteau):
@@ -120,7 +124,16 @@ GREETING = hello
     # The broker's channel to the supervisor and its start number are the supervisor's alone.
     del supervisor_env["CHAPITEAU_BROKER_FD"]
     del supervisor_env["CHAPITEAU_SUPERVISOR_START"]
-    assert environ(worker) == {**supervisor_env, "GREETING": "hello"}
+    assert environ(worker) == {**supervisor_env, "GREETING": "hello", **markers(tree, "w")}
+
+
+def markers(tree, watcher: str) -> dict[str, str]:
+    """What marks every worker as ours (docs/zero-downtime.md): its watcher's name, and the
+    supervisor's CHAPITEAU_INSTANCE when it has one."""
+    instance = environ(tree.supervisor_pid()).get("CHAPITEAU_INSTANCE")
+    return {"CHAPITEAU_WATCHER": watcher} | (
+        {} if instance is None else {"CHAPITEAU_INSTANCE": instance}
+    )
 
 
 def test_working_dir_is_the_worker_cwd(chapiteau, workdir):

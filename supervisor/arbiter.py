@@ -271,6 +271,8 @@ class Arbiter:
         if self.stopping:
             return
         self.stopping = True
+        if self.handover is not None:
+            self.handover.freeze()
         log.info("supervisor_stopping", shutdown_broker=shutdown_broker)
         if shutdown_broker and self.broker is not None:
             try:

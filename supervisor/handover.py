@@ -102,6 +102,8 @@ class Handover:
         self._next_write = 0.0
         """Loop time before which no snapshot is written (see WRITE_SHARE)."""
         self.writes = 0
+        self.frozen = False
+        """No more writes: this supervisor quits (see `freeze`)."""
 
     def pipes(self, names: Iterable[str]) -> dict[str, Pipe]:
         """An output pipe per stream name, held by the broker (local ones if it refuses)."""
@@ -130,9 +132,17 @@ class Handover:
         except BrokerError as exc:
             log.warning("release_failed", keys=list(keys), error=str(exc))
 
+    def freeze(self) -> None:
+        """Keep the last snapshot as it is: the supervisor stops its watchers because it
+        quits, which is no operator's ``stop``, and the next generation starts them again."""
+        self.frozen = True
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+
     def changed(self) -> None:
         """Something the snapshot shows changed: write it once the current burst is over."""
-        if self._scheduled is None:
+        if self._scheduled is None and not self.frozen:
             if self.loop.time() >= self._next_write:
                 self._scheduled = self.loop.call_soon(self.write)
             else:
@@ -143,13 +153,14 @@ class Handover:
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
-        began = time.perf_counter()
         self._serial += 1
         key = STATE_KEYS[self._serial % len(STATE_KEYS)]
         try:
             fd = self._memfds.get(key)
             if fd is None:
                 fd = self._memfds[key] = self.broker.hold_memfd(key)
+            # CPU time: a busy machine that descheduled us must not space the writes out.
+            began = time.thread_time()
             data = encode(self._serial, self._snapshot())
             os.ftruncate(fd, 0)
             os.pwrite(fd, data, 0)
@@ -157,7 +168,7 @@ class Handover:
             log.warning("state_not_written", error=str(exc))
             return
         self.writes += 1
-        self._next_write = self.loop.time() + (time.perf_counter() - began) / WRITE_SHARE
+        self._next_write = self.loop.time() + (time.thread_time() - began) / WRITE_SHARE
 
     def take(self) -> tuple[Snapshot | None, dict[str, int]]:
         """What the previous generation left: its newest snapshot, and the held pipes'

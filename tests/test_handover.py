@@ -146,3 +146,15 @@ def test_an_orphan_that_ignores_its_stop_signal_is_killed_after_the_timeout() ->
     asyncio.run(retire(stubborn.pid, os.pidfd_open(stubborn.pid), signal.SIGTERM, 0.2))
     assert stubborn.wait(5) == -signal.SIGKILL
     stubborn.stdout.close()
+
+
+def test_a_quitting_supervisor_keeps_its_last_snapshot() -> None:
+    broker = FakeBroker()
+    loop = asyncio.new_event_loop()
+    handover = Handover(broker, loop, lambda: snapshot_of(1), "1")
+    handover.write()
+    handover.freeze()
+    handover.changed()
+    loop.run_until_complete(asyncio.sleep(0))
+    assert handover.writes == 1
+    loop.close()
