@@ -43,9 +43,9 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_ERROR_REPLY = 3
 EXIT_NOT_RUNNING = 3
-UPGRADE_CHECK_WAIT = 60.0
+UPGRADE_CHECK_WAIT = 75.0
 """How long ``upgrade`` waits for its reply at least: the supervisor first runs the new
-code on the config (``--check``)."""
+code on the config (``--check``), for at most 60 s."""
 UPGRADE_WAIT = 30.0
 """How long ``upgrade`` then waits for the next supervisor to answer."""
 UPGRADE_POLL = 0.05

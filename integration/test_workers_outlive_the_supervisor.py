@@ -129,6 +129,17 @@ def test_upgrade_hands_the_same_workers_to_a_new_supervisor(daemon, workdir):
     assert not web.tree.events_named("process_spawned", lambda e: e["pid"] not in workers)
 
 
+def test_usr2_to_the_broker_upgrades_the_supervisor(daemon, workdir):
+    web = daemon(watchers(workdir, extra=False))
+    workers = sorted(web.tree.worker_pids("web", 2))
+
+    os.kill(web.tree.pid, signal.SIGUSR2)
+
+    next_generation(web, 2)
+    assert web.tree.wait_for("supervisor_handed_over")
+    assert pids_of(web, "web") == workers
+
+
 def test_an_upgrade_whose_check_fails_changes_nothing(daemon, workdir):
     web = daemon(watchers(workdir, extra=False))
     workers = sorted(web.tree.worker_pids("web", 2))

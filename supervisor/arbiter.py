@@ -168,9 +168,9 @@ class Arbiter:
         )
         await self._done
         stats.close()
+        await self._close_endpoints()
         if self.handing_over:
             self._hand_over()
-        await self._close_endpoints()
         self.detach()
         return 0
 
