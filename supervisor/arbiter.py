@@ -134,8 +134,9 @@ class Arbiter:
         become_subreaper()
         if self.config.circus.umask is not None:
             os.umask(self.config.circus.umask)
-        if self.broker is not None and self.broker.broker_pid == os.getppid():
-            tag = str(self.supervisor_start or os.getpid())
+        if self.broker is not None and self.supervisor_start is not None:
+            # Spawn mode: the broker started us, and its children outlive us.
+            tag = str(self.supervisor_start)
             self.handover = Handover(self.broker, loop, self._snapshot, tag)
         self.attach(loop)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -492,7 +493,7 @@ class Arbiter:
         process that runs on, stop gracefully those of watchers the config no longer has
         and every unrecorded worker of ours. Returns whether to start each recorded
         watcher (an operator may have stopped it)."""
-        assert self.handover is not None
+        assert self.handover is not None and self.broker is not None
         try:
             snapshot, pipes = self.handover.take()
         except BrokerError as exc:
@@ -508,7 +509,7 @@ class Arbiter:
                 wanted[watcher] = record.phase not in NOT_RESTARTED
             for process in record.processes:
                 known.add(process.pid)
-                pidfd = claim(process)
+                pidfd = claim(process, self.broker.broker_pid)
                 if pidfd is None:
                     continue
                 if watcher is None:
@@ -520,7 +521,7 @@ class Arbiter:
                     continue
                 watcher.adopt(process, pidfd, pipes, record.spawns.get(process.wid, 1))
                 adopted += 1
-        for pid, pidfd, name in orphans(known):
+        for pid, pidfd, name in orphans(known, self.broker.broker_pid):
             watcher = self.watchers.get(name.lower())
             config = watcher.config if watcher is not None else None
             signum = config.stop_signal if config else signal.SIGTERM

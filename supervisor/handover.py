@@ -185,25 +185,25 @@ class Handover:
         return snapshot, held
 
 
-def claim(record: ProcessRecord) -> int | None:
-    """A pidfd on the recorded process if it still runs as a child of our broker (our
-    parent), with the recorded start time; None otherwise (it exited, or the pid is
+def claim(record: ProcessRecord, broker: int) -> int | None:
+    """A pidfd on the recorded process if it still runs as a child of the broker (pid
+    ``broker``), with the recorded start time; None otherwise (it exited, or the pid is
     another process now)."""
     try:
         pidfd = os.pidfd_open(record.pid)
     except OSError:
         return None
     # Checked after the pidfd is open: a pid recycled before that has another start time.
-    if parent_of(record.pid) != os.getppid() or start_time(record.pid) != record.starttime:
+    if parent_of(record.pid) != broker or start_time(record.pid) != record.starttime:
         os.close(pidfd)
         return None
     return pidfd
 
 
-def orphans(known: set[int]) -> Iterator[tuple[int, int, str]]:
-    """(pid, pidfd, watcher name) of each of the broker's children that is one of our
-    workers (it carries our markers) and is not in ``known``."""
-    broker, instance = os.getppid(), os.environ.get(INSTANCE_VARIABLE, "")
+def orphans(known: set[int], broker: int) -> Iterator[tuple[int, int, str]]:
+    """(pid, pidfd, watcher name) of each child of the broker (pid ``broker``) that is one
+    of our workers (it carries our markers) and is not in ``known``."""
+    instance = os.environ.get(INSTANCE_VARIABLE, "")
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in known or int(entry) == os.getpid():
             continue

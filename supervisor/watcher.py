@@ -569,24 +569,19 @@ class Watcher:
         except BaseException:
             for read, _, _ in pipes.values():
                 os.close(read)
-            self._release(pipes.values())
+            self._release(key for _, _, key in pipes.values() if key is not None)
             raise
         finally:
             for fd in plan.owned:
                 os.close(fd)
             for _, write, _ in pipes.values():
                 os.close(write)
-        process = Process(pid, wid, self.runtime.loop.create_future())
-        process.held = tuple(key for _, _, key in pipes.values() if key is not None)
-        process.record = encode_process(
-            ProcessRecord(
-                pid,
-                wid,
-                process.started,
-                start_time(pid) or 0,
-                *(pipes[name][2] if name in pipes else None for name in ("stdout", "stderr")),
-            )
+        keys = {name: key for name, (_, _, key) in pipes.items() if key is not None}
+        process = Process(pid, wid, self.runtime.loop.create_future(), held=tuple(keys.values()))
+        record = ProcessRecord(
+            pid, wid, process.started, start_time(pid) or 0, keys.get("stdout"), keys.get("stderr")
         )
+        process.record = encode_process(record)
         self.processes[pid] = process
         self.runtime.adopt(pid, self, None)
         for name, (read, _, _) in pipes.items():
@@ -606,8 +601,7 @@ class Watcher:
             return
         process.cancel_timers()
         self.runtime.redirector.remove_pid(pid)
-        if self.runtime.handover is not None:
-            self.runtime.handover.release(process.held)
+        self._release(process.held)
         self.changed()
         if not process.exited.done():
             process.exited.set_result(code)
@@ -627,9 +621,10 @@ class Watcher:
             return {name: local_pipe() for name in names}
         return self.runtime.handover.pipes(names)
 
-    def _release(self, pipes: Iterable[Pipe]) -> None:
+    def _release(self, keys: Iterable[str]) -> None:
+        """The broker may close these pipes: their process is gone, or never ran."""
         if self.runtime.handover is not None:
-            self.runtime.handover.release(key for _, _, key in pipes if key is not None)
+            self.runtime.handover.release(keys)
 
     def _set_respawn_timer(self, at: float | None) -> None:
         if self._respawn_timer is not None:

@@ -8,8 +8,6 @@ import os
 import signal
 import subprocess
 
-import pytest
-
 from chapiteau.supervisor.handover import Handover, claim, markers, orphans, retire
 from chapiteau.supervisor.state import (
     STATE_KEYS,
@@ -86,46 +84,47 @@ def test_output_pipes_are_held_under_keys_unique_to_the_generation() -> None:
     assert handover.pipes(["stdout"])["stdout"][2] == "out.7.3"
 
 
-@pytest.fixture
-def broker_is_us(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make this process play the broker: its children are "the broker's children"."""
-    monkeypatch.setattr(os, "getppid", os.getpid)
+BROKER = os.getpid()
+"""This process plays the broker: its children are "the broker's children"."""
 
 
 def child(env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
 
 
-def test_a_recorded_process_is_claimed_only_with_its_start_time(broker_is_us: None) -> None:
+def test_a_recorded_process_is_claimed_only_with_its_start_time() -> None:
     worker = child()
     try:
         record = ProcessRecord(worker.pid, 1, 0.0, start_time(worker.pid) or -1)
-        pidfd = claim(record)
+        pidfd = claim(record, BROKER)
         assert pidfd is not None
         os.close(pidfd)
-        assert claim(ProcessRecord(worker.pid, 1, 0.0, record.starttime + 1)) is None
+        assert claim(ProcessRecord(worker.pid, 1, 0.0, record.starttime + 1), BROKER) is None
     finally:
         worker.kill()
         worker.wait()
-    assert claim(record) is None
+    assert claim(record, BROKER) is None
 
 
 def test_a_process_of_another_parent_is_not_claimed() -> None:
     worker = child()
     try:
-        assert claim(ProcessRecord(worker.pid, 1, 0.0, start_time(worker.pid) or -1)) is None
+        record = ProcessRecord(worker.pid, 1, 0.0, start_time(worker.pid) or -1)
+        assert claim(record, os.getppid()) is None
     finally:
         worker.kill()
         worker.wait()
 
 
-def test_orphans_are_the_broker_children_that_carry_the_marker(broker_is_us: None) -> None:
+def test_orphans_are_the_broker_children_that_carry_the_marker() -> None:
     ours, other = child({"PATH": os.environ["PATH"], **markers("web")}), child()
     try:
-        found = {pid: name for pid, pidfd, name in orphans(set()) if os.close(pidfd) is None}
+        found = {
+            pid: name for pid, pidfd, name in orphans(set(), BROKER) if os.close(pidfd) is None
+        }
         assert found.get(ours.pid) == "web"
         assert other.pid not in found
-        assert ours.pid not in {pid for pid, pidfd, _ in orphans({ours.pid})}
+        assert ours.pid not in {pid for pid, pidfd, _ in orphans({ours.pid}, BROKER)}
     finally:
         for process in (ours, other):
             process.kill()
