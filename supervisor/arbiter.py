@@ -2,7 +2,7 @@
 
 ``Arbiter.run`` reads top to bottom: become a subreaper, watch children
 through pidfds, adopt the workers the previous supervisor generation left
-(spawn mode, `chapiteau.supervisor.handover`), start the watchers by priority,
+(spawn mode, `chapiteau.supervisor.adoption`), start the watchers by priority,
 then wait until told to quit, or to hand over to new code (``upgrade``).
 Nothing polls: a child's exit, a signal or a command wakes the loop, and an
 idle supervisor sleeps in epoll with no timer armed.
@@ -25,16 +25,15 @@ from typing import TYPE_CHECKING
 import structlog
 
 from chapiteau.protocol.constants import EX_CONFIG
+from chapiteau.supervisor.adoption import Adoption
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError, ReceivedSocket
 from chapiteau.supervisor.children.child_exit import (
     ChildWatcher,
     become_subreaper,
     quiet_signal_wakeup,
 )
-from chapiteau.supervisor.children.spawn import SpawnSpec, spawn
 from chapiteau.supervisor.commands import dispatch
 from chapiteau.supervisor.commands.base import CommandError
-from chapiteau.supervisor.commands.options import apply_options, parse_options
 from chapiteau.supervisor.config import (
     CURVE_CLIENTS,
     CURVE_SECRET_KEY,
@@ -47,12 +46,11 @@ from chapiteau.supervisor.endpoints.pubsub import PubSub
 from chapiteau.supervisor.endpoints.stats import ProcessSampler, start_stats
 from chapiteau.supervisor.endpoints.zmq_setup import Curve, EndpointError
 from chapiteau.supervisor.events import Events
-from chapiteau.supervisor.handover import Handover, claim, orphans, retire
-from chapiteau.supervisor.hooks import HookError
+from chapiteau.supervisor.handover import Handover
 from chapiteau.supervisor.io.redirector import Redirector
-from chapiteau.supervisor.io.streams import StreamConfigError
 from chapiteau.supervisor.socket_pool import SocketPool
-from chapiteau.supervisor.state import Snapshot, WatcherRecord
+from chapiteau.supervisor.state import WatcherRecord
+from chapiteau.supervisor.upgrade import UpgradeError, check_installed_code
 from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
 
 if TYPE_CHECKING:
@@ -60,11 +58,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("chapiteau.supervisor")
 
-CHECK_FLAG = "--check"
-"""Appended to the supervisor's own command line: load everything, then exit (``upgrade``)."""
-CHECK_TIMEOUT = 60.0
-NOT_RESTARTED = ("stopped", "failed", "stopping")
-"""Phases of a recorded watcher that the next generation leaves stopped."""
 
 """Exit status for a configuration the supervisor cannot run (sysexits.h); the broker does
 not restart a first supervisor that exits with it."""
@@ -125,7 +118,8 @@ class Arbiter:
         """``upgrade`` passed its check: exit leaving the workers to the next generation."""
         self._helpers: dict[int, asyncio.Future[int | None]] = {}
         """Children that are no workers (the upgrade check), by pid: their exit codes."""
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._adoption: Adoption | None = None
+        """Spawn mode: what this start adopted, and the orphans it still stops."""
 
     async def run(self) -> int:
         """Start every autostart watcher and serve until ``quit``; return the exit status."""
@@ -162,7 +156,10 @@ class Arbiter:
                 self.broker.ready()
             except BrokerError as exc:
                 log.warning("broker_ready_failed", error=str(exc))
-        wanted = await self._adopt() if self.handover is not None else {}
+        wanted: dict[Watcher, bool] = {}
+        if self.handover is not None and self.broker is not None:
+            self._adoption = Adoption(self.handover, self.broker.broker_pid)
+            wanted = await self._adoption.run(self.watchers, set(self.sockets.sockets))
         await self.start_watchers(
             [w for w in self.by_priority() if wanted.get(w, w.config.autostart)],
             autostart_only=False,
@@ -488,96 +485,6 @@ class Arbiter:
     def _snapshot(self) -> Iterator[tuple[WatcherRecord, list[bytes]]]:
         return (watcher.record() for watcher in self.watchers.values())
 
-    async def _adopt(self) -> dict[Watcher, bool]:
-        """Take over what the previous supervisor generation left: adopt each recorded
-        process that runs on, stop gracefully those of watchers the config no longer has
-        and every unrecorded worker of ours. Returns whether to start each recorded
-        watcher (an operator may have stopped it)."""
-        assert self.handover is not None and self.broker is not None
-        try:
-            snapshot, pipes = self.handover.take()
-        except BrokerError as exc:
-            log.warning("adoption_failed", error=str(exc))
-            return {}
-        wanted: dict[Watcher, bool] = {}
-        known: set[int] = set()
-        adopted = retired = 0
-        for record in snapshot.watchers if snapshot is not None else ():
-            watcher = self.watchers.get(record.name.lower())
-            if watcher is not None:
-                await self._restore(watcher, record)
-                wanted[watcher] = record.phase not in NOT_RESTARTED
-            for process in record.processes:
-                known.add(process.pid)
-                pidfd = claim(process, self.broker.broker_pid)
-                if pidfd is None:
-                    continue
-                if watcher is None:
-                    outputs = {key: pipes.pop(key) for key in process.keys if key in pipes}
-                    self._retire(
-                        process.pid, pidfd, record.stop_signal, record.graceful_timeout, outputs
-                    )
-                    retired += 1
-                    continue
-                watcher.adopt(process, pidfd, pipes, record.spawns.get(process.wid, 1))
-                adopted += 1
-        for pid, pidfd, name in orphans(known, self.broker.broker_pid):
-            watcher = self.watchers.get(name.lower())
-            config = watcher.config if watcher is not None else None
-            signum = config.stop_signal if config else signal.SIGTERM
-            self._retire(pid, pidfd, signum, config.graceful_timeout if config else 30.0, {})
-            retired += 1
-        for fd in pipes.values():
-            os.close(fd)
-        self.handover.release(pipes)
-        for watcher, start in wanted.items():
-            if not start and watcher.processes:
-                await watcher.stop()
-        log.info(
-            "adopted",
-            processes=adopted,
-            stopped=retired,
-            watchers=sorted(w.name for w in wanted if w.processes),
-            snapshot=_serial(snapshot),
-        )
-        return wanted
-
-    async def _restore(self, watcher: Watcher, record: WatcherRecord) -> None:
-        """Apply again the options ``set``/``incr``/``decr`` changed in the last generation."""
-        watcher.lifecycle.restarts = record.restarts
-        if not record.overrides:
-            return
-        try:
-            changes = parse_options(record.overrides)
-            new = apply_options(watcher.config, changes, set(self.sockets.sockets))
-            await watcher.configure(new, reload=False, updated=0)
-        except (CommandError, StreamConfigError, HookError, ReloadError) as exc:
-            log.warning("overrides_dropped", watcher=watcher.name, error=str(exc))
-            return
-        watcher.overrides = dict(record.overrides)
-
-    def _retire(
-        self, pid: int, pidfd: int, signum: int, timeout: float, outputs: dict[str, int]
-    ) -> None:
-        """Stop a worker that no watcher manages, in the background; its output pipes
-        (read ends by broker key) stay open until it is gone, so that it gets no SIGPIPE
-        while it stops."""
-        assert self.handover is not None
-        handover = self.handover
-        log.info("orphan_stopping", pid=pid, signal=signum, graceful_timeout=timeout)
-
-        async def run() -> None:
-            try:
-                await retire(pid, pidfd, signum, timeout)
-            finally:
-                for fd in outputs.values():
-                    os.close(fd)
-                handover.release(outputs)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
-
     async def upgrade(self) -> int:
         """``upgrade``: check that the installed code starts on this config, then exit
         leaving every worker to the supervisor the broker starts next (same pids).
@@ -590,7 +497,11 @@ class Arbiter:
             )
         if self.stopping or self.handing_over:
             raise CommandError("the supervisor is already stopping")
-        await self._check_new_code()
+        assert self._runtime is not None
+        try:
+            await check_installed_code(self._runtime.children, self._helpers)
+        except UpgradeError as exc:
+            raise CommandError(f"upgrade: {exc}") from None
         if self.stopping or self.handing_over:
             raise CommandError("the supervisor is already stopping")
         self.handing_over = True
@@ -598,29 +509,6 @@ class Arbiter:
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
         return os.getpid()
-
-    async def _check_new_code(self) -> None:
-        """Run the installed supervisor with this one's command line and ``--check``."""
-        assert self._runtime is not None
-        output = os.memfd_create("upgrade-check", os.MFD_CLOEXEC)
-        try:
-            argv = (sys.executable, *sys.orig_argv[1:], CHECK_FLAG)
-            pid = spawn(SpawnSpec(argv=argv, env=dict(os.environ), stdout=output, stderr=output))
-            exited = asyncio.get_running_loop().create_future()
-            self._helpers[pid] = exited
-            self._runtime.children.watch(pid)
-            try:
-                code = await asyncio.wait_for(asyncio.shield(exited), CHECK_TIMEOUT)
-            except TimeoutError:
-                self._runtime.children.send_signal(pid, signal.SIGKILL)
-                await exited
-                raise CommandError(f"upgrade: the check did not end in {CHECK_TIMEOUT} s") from None
-            if code != 0:
-                lines = os.pread(output, 1 << 20, 0).decode(errors="replace").splitlines()
-                last = next((line for line in reversed(lines) if line.strip()), "no output")
-                raise CommandError(f"upgrade: the new supervisor would not start: {last}")
-        finally:
-            os.close(output)
 
     async def _upgrade_on_signal(self) -> None:
         """SIGUSR2 (the broker forwards its own): ``upgrade``, the outcome in the log."""
@@ -638,10 +526,6 @@ class Arbiter:
         except BrokerError as exc:
             log.warning("handover_failed", error=str(exc))
         log.info("handed_over", processes=len(self.pids))
-
-
-def _serial(snapshot: Snapshot | None) -> int | None:
-    return snapshot.serial if snapshot is not None else None
 
 
 def _only_numprocesses_differs(old: WatcherConfig, new: WatcherConfig) -> bool:

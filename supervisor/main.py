@@ -19,7 +19,7 @@ from chapiteau.protocol.constants import BROKER_FD_VARIABLE, EX_CONFIG, SUPERVIS
 from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
 from chapiteau.protocol.log_lines import LOG_FORMATS, fatal_line
 from chapiteau.protocol.standard_fds import reserve_standard_fds
-from chapiteau.supervisor.arbiter import CHECK_FLAG, Arbiter
+from chapiteau.supervisor.arbiter import Arbiter
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError
 from chapiteau.supervisor.children.spawn import trust_own_fds
 from chapiteau.supervisor.config import Config, load_config
@@ -27,6 +27,7 @@ from chapiteau.supervisor.hooks import HookError
 from chapiteau.supervisor.io.streams import StreamConfigError
 from chapiteau.supervisor.logs import configure_logging
 from chapiteau.supervisor.socket_pool import SocketPool
+from chapiteau.supervisor.upgrade import CHECK_FLAG
 
 EX_UNAVAILABLE = 69
 log = structlog.get_logger("chapiteau.supervisor")
