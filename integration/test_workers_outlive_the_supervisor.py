@@ -94,6 +94,19 @@ def test_an_adopted_worker_that_dies_is_respawned_and_stop_stops_them(daemon, wo
     wait_until(lambda: not any(is_alive(pid) for pid in running))
 
 
+def test_run_time_changes_and_an_operator_stop_survive_a_kill_9(daemon, workdir):
+    web = daemon(watchers(workdir))
+    assert web.call("incr", name="web", waiting=True)["numprocesses"] == 3
+    assert web.call("stop", name="extra", waiting=True)["status"] == "ok"
+    three = sorted(web.tree.worker_pids("web", 3))
+    os.kill(web.tree.supervisor_pid(), signal.SIGKILL)
+    next_generation(web, 2)
+
+    assert pids_of(web, "web") == three
+    assert web.call("status", name="extra")["status"] == "stopped"
+    assert pids_of(web, "extra") == []
+
+
 def test_workers_of_a_watcher_removed_while_the_supervisor_was_dead_are_stopped(daemon, workdir):
     web = daemon(watchers(workdir))
     extra = web.tree.worker_pids("extra", 1)
