@@ -33,6 +33,8 @@ class HeldFds:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._fds: dict[str, int] = {}
+        self._sorted: list[str] | None = []
+        """The keys in order, kept between pages (None: to sort again)."""
 
     def __len__(self) -> int:
         return len(self._fds)
@@ -68,12 +70,17 @@ class HeldFds:
         return fd
 
     def release(self, keys: Iterable[str]) -> None:
-        _close(fd for fd in (self._fds.pop(key, None) for key in keys) if fd is not None)
+        closed = [fd for fd in (self._fds.pop(key, None) for key in keys) if fd is not None]
+        if closed:
+            self._sorted = None
+        _close(closed)
 
     def page(self, after: str) -> tuple[list[tuple[str, int]], bool]:
         """The (key, fd) pairs after ``after`` in key order, one reply's worth, and whether
         more follow. The broker keeps holding them: sending copies them."""
-        keys = sorted(self._fds)
+        if self._sorted is None:
+            self._sorted = sorted(self._fds)
+        keys = self._sorted
         start = bisect.bisect_right(keys, after)
         chosen = keys[start : start + MAX_HELD_PER_REPLY]
         return [(key, self._fds[key]) for key in chosen], start + len(chosen) < len(keys)
@@ -91,6 +98,7 @@ class HeldFds:
             )
 
     def _keep(self, key: str, fd: int) -> None:
+        self._sorted = None
         old = self._fds.get(key)
         self._fds[key] = fd
         if old is not None:

@@ -40,7 +40,7 @@ import structlog
 
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError
 from chapiteau.supervisor.children.child_exit import kill_process_group
-from chapiteau.supervisor.children.process_tree import read_proc
+from chapiteau.supervisor.children.process_tree import group_and_session, read_proc
 from chapiteau.supervisor.state import (
     STATE_KEYS,
     ProcessRecord,
@@ -247,10 +247,15 @@ async def retire(pid: int, pidfd: int, signum: int, timeout: float) -> None:
 
 
 def _signal_group(pid: int, pidfd: int, signum: int) -> None:
-    """The group the worker leads, while the worker lives (its pid is then not recycled)."""
+    """The group the process leads, while it lives (its pid is then not recycled); the
+    process alone when it leads none (a worker's orphaned descendant). Once each."""
     with contextlib.suppress(ProcessLookupError):
         signal.pidfd_send_signal(pidfd, 0)
-        kill_process_group(pid, signum)
+        ids = group_and_session(pid)
+        if ids is not None and ids[0] == pid:
+            kill_process_group(pid, signum)
+        else:
+            signal.pidfd_send_signal(pidfd, signum)
 
 
 def _environ(pid: int) -> dict[str, str]:

@@ -157,3 +157,13 @@ def test_a_quitting_supervisor_keeps_its_last_snapshot() -> None:
     loop.run_until_complete(asyncio.sleep(0))
     assert handover.writes == 1
     loop.close()
+
+
+def test_an_orphan_that_leads_no_group_is_signalled_itself() -> None:
+    member = subprocess.Popen(["sleep", "60"])  # in this test's process group
+    try:
+        asyncio.run(retire(member.pid, os.pidfd_open(member.pid), signal.SIGTERM, 5.0))
+        assert member.wait(5) == -signal.SIGTERM
+    finally:
+        member.kill()
+        member.wait()
