@@ -7,15 +7,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import signal
 import socket
 import stat
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chapiteau.broker.broker import Broker
 from chapiteau.broker.config import load_broker_config
@@ -318,3 +323,51 @@ def test_what_the_broker_holds_is_closed_when_it_stops(
         os.write(write_end, b"x")
     assert failure.value.errno == errno.EPIPE
     os.close(write_end)
+
+
+keys = st.sampled_from(["a", "b", "c", "out.1.1", "state.0", "x" * 200])
+requests = st.one_of(
+    st.builds(HoldPipes, st.lists(keys, max_size=4).map(tuple)),
+    st.builds(HoldMemfd, keys),
+    st.builds(Release, st.lists(keys, max_size=4).map(tuple)),
+    st.builds(TakeHeld, st.just("") | keys),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(requests, max_size=25))
+def test_any_sequence_of_hold_requests_stays_within_the_limit_and_leaks_nothing(
+    sequence: list[Message],
+) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        broker = make_broker(Path(directory), "max_held_fds = 3\n")
+    fds_before = len(os.listdir("/proc/self/fd"))
+    broker_end, client = channel_pair()
+    broker._add_peer(broker_end, "supervisor")
+    ask(broker, client, Hello())
+    for request in sequence:
+        received = ask(broker, client, request)
+        close_fds(received.fds)
+        assert isinstance(received.message, Held | Ok) or error_code(received) == "too_many"
+        assert len(broker.service.held) <= 3
+    broker._drop_peer(broker_end)
+    client.close()
+    broker.service.held.close()
+    broker.selector.close()
+    assert len(os.listdir("/proc/self/fd")) <= fds_before
+
+
+def test_the_broker_raises_its_soft_fd_limit_to_the_hard_one() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    script = (
+        "import resource; from chapiteau.broker.broker import raise_fd_limit; "
+        "raise_fd_limit(); print(*resource.getrlimit(resource.RLIMIT_NOFILE))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.split() == [str(hard), str(hard)]
