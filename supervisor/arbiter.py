@@ -160,6 +160,8 @@ class Arbiter:
         if self.handover is not None and self.broker is not None:
             self._adoption = Adoption(self.handover, self.broker.broker_pid)
             wanted = await self._adoption.run(self.watchers, set(self.sockets.sockets))
+            # The previous snapshot stays whole until every process in it is adopted.
+            self.handover.resume()
         await self.start_watchers(
             [w for w in self.by_priority() if wanted.get(w, w.config.autostart)],
             autostart_only=False,
@@ -270,7 +272,7 @@ class Arbiter:
             return
         self.stopping = True
         if self.handover is not None:
-            self.handover.freeze()
+            self.handover.pause()
         log.info("supervisor_stopping", shutdown_broker=shutdown_broker)
         if shutdown_broker and self.broker is not None:
             try:

@@ -17,7 +17,10 @@ once. What the successor needs is kept by the broker, which never reads it:
   take more than that share of the loop's time, and a start of n processes
   stays O(n). What a killed supervisor did not write yet is at most that
   delay old (milliseconds at 10,000 processes): its successor stops those
-  unrecorded workers gracefully and replaces them.
+  unrecorded workers gracefully and replaces them. Nothing is written while
+  the previous generation's snapshot is being adopted (it stays whole should
+  this supervisor die meanwhile), nor once the supervisor quits (its own
+  stop of the watchers is no operator's).
 
 At start, `Handover.take` gets back the snapshot and the pipes, `claim`
 checks that a recorded process is still the same one (a child of the broker
@@ -102,8 +105,10 @@ class Handover:
         self._next_write = 0.0
         """Loop time before which no snapshot is written (see WRITE_SHARE)."""
         self.writes = 0
-        self.frozen = False
-        """No more writes: this supervisor quits (see `freeze`)."""
+        self.paused = True
+        """No writes: the snapshot of the previous generation is being adopted (until
+        `resume`), or this supervisor quits (`pause`)."""
+        self._missed = False
 
     def pipes(self, names: Iterable[str]) -> dict[str, Pipe]:
         """An output pipe per stream name, held by the broker (local ones if it refuses)."""
@@ -132,17 +137,26 @@ class Handover:
         except BrokerError as exc:
             log.warning("release_failed", keys=list(keys), error=str(exc))
 
-    def freeze(self) -> None:
+    def resume(self) -> None:
+        """Adoption is over: from now on each change is written (one is due if any came)."""
+        self.paused = False
+        if self._missed:
+            self._missed = False
+            self.changed()
+
+    def pause(self) -> None:
         """Keep the last snapshot as it is: the supervisor stops its watchers because it
         quits, which is no operator's ``stop``, and the next generation starts them again."""
-        self.frozen = True
+        self.paused = True
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
 
     def changed(self) -> None:
         """Something the snapshot shows changed: write it once the current burst is over."""
-        if self._scheduled is None and not self.frozen:
+        if self.paused:
+            self._missed = True
+        elif self._scheduled is None:
             if self.loop.time() >= self._next_write:
                 self._scheduled = self.loop.call_soon(self.write)
             else:

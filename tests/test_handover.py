@@ -51,6 +51,7 @@ def snapshot_of(count: int) -> list[tuple[WatcherRecord, list[bytes]]]:
 def test_a_burst_of_changes_is_written_once() -> None:
     async def burst() -> Handover:
         handover = Handover(broker, asyncio.get_running_loop(), lambda: snapshot_of(1000), "1")
+        handover.resume()
         for _ in range(1000):  # a start of 1,000 processes in one loop turn
             handover.changed()
         await asyncio.sleep(0)
@@ -152,7 +153,7 @@ def test_a_quitting_supervisor_keeps_its_last_snapshot() -> None:
     loop = asyncio.new_event_loop()
     handover = Handover(broker, loop, lambda: snapshot_of(1), "1")
     handover.write()
-    handover.freeze()
+    handover.pause()
     handover.changed()
     loop.run_until_complete(asyncio.sleep(0))
     assert handover.writes == 1
@@ -167,3 +168,16 @@ def test_an_orphan_that_leads_no_group_is_signalled_itself() -> None:
     finally:
         member.kill()
         member.wait()
+
+
+def test_nothing_is_written_while_the_previous_snapshot_is_adopted() -> None:
+    broker = FakeBroker()
+    loop = asyncio.new_event_loop()
+    handover = Handover(broker, loop, lambda: snapshot_of(1), "1")
+    handover.changed()  # a process adopted
+    loop.run_until_complete(asyncio.sleep(0))
+    assert handover.writes == 0
+    handover.resume()
+    loop.run_until_complete(asyncio.sleep(0))
+    assert handover.writes == 1
+    loop.close()
