@@ -51,8 +51,9 @@ class Adoption:
         try:
             snapshot, pipes = self.handover.take()
         except BrokerError as exc:
-            log.warning("adoption_failed", error=str(exc))
-            return {}
+            # Without the snapshot nothing can be adopted: every worker left is stopped.
+            log.error("adoption_failed", error=str(exc))
+            snapshot, pipes = None, {}
         wanted: dict[Watcher, bool] = {}
         known: set[int] = set()
         adopted = retired = 0
