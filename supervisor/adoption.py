@@ -42,7 +42,8 @@ class Adoption:
     def __init__(self, handover: Handover, broker_pid: int) -> None:
         self.handover = handover
         self.broker_pid = broker_pid
-        self._retiring: set[asyncio.Task[None]] = set()
+        self.retiring: set[asyncio.Task[None]] = set()
+        """The graceful stops of unmanaged workers still under way."""
 
     async def run(self, watchers: Mapping[str, Watcher], sockets: set[str]) -> dict[Watcher, bool]:
         """Adopt what runs on into ``watchers`` (by lower-cased name; ``sockets``: the
@@ -114,8 +115,8 @@ class Adoption:
                 self.handover.release(outputs)
 
         task = asyncio.get_running_loop().create_task(run())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self.retiring.add(task)
+        task.add_done_callback(self.retiring.discard)
 
 
 async def _restore(watcher: Watcher, record: WatcherRecord, sockets: set[str]) -> None:
