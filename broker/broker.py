@@ -5,12 +5,15 @@ timer), act, repeat. It sleeps in select() with no timeout when there is
 nothing to do, so an idle broker costs nothing.
 
 What happens when the supervisor dies: the broker is a child subreaper, so the
-supervisor's workers become the broker's children. They get their stop signal
-(SIGTERM to each process group) at once and SIGKILL after ``orphan_timeout``,
-while a new supervisor starts after a capped exponential backoff and receives
-the very same listening sockets, which the kernel kept queueing meanwhile.
-Until a supervisor has said ``ready`` once, though, its death is a failed
-start-up: the broker reports it (`StartupReport`) and stops.
+supervisor's workers become the broker's children, and they keep serving. A
+new supervisor starts at once (after a capped exponential backoff only when
+it crash-loops, and with no delay at all after a ``handover``, an upgrade),
+receives the very same listening sockets, which the kernel kept queueing
+meanwhile, and the pipes and memfds the broker held for it (`HeldFds`), with
+which it adopts the workers. Orphans get their stop signal (SIGTERM to each
+process group) and SIGKILL after ``orphan_timeout`` only when the broker
+itself stops. Until a supervisor has said ``ready`` once, though, its death
+is a failed start-up: the broker reports it (`StartupReport`) and stops.
 
 The supervisor's stdout and stderr are pipes that the loop reads too
 (`OutputRelay`), copying each line to the broker's own output (`LogSink`).
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -36,6 +40,7 @@ from chapiteau.broker import fd_store
 from chapiteau.broker.binding import BindError, BoundSocket, abandon, bind_unix
 from chapiteau.broker.config import BrokerConfig, load_broker_config
 from chapiteau.broker.event_log import log
+from chapiteau.broker.held import HeldFds
 from chapiteau.broker.launcher import Launcher
 from chapiteau.broker.logs import LogFile, LogSink
 from chapiteau.broker.orphans import Orphan, Retirement, instance_mark
@@ -60,11 +65,13 @@ from chapiteau.protocol.broker_messages import (
     ProtocolError,
     Reloaded,
 )
-from chapiteau.protocol.channel import channel_pair, receive, refuse_fds, send
+from chapiteau.protocol.channel import channel_pair, close_fds, receive, refuse_fds, send
 from chapiteau.protocol.constants import EX_CONFIG
 from chapiteau.protocol.ini import ConfigError
 
 BACKOFF_FIRST = 0.1
+"""The delay before the second restart in a row of a supervisor that crash-loops (the
+first is immediate: its workers wait to be adopted)."""
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 10.0
 """A supervisor that ran this long is healthy: the next restart starts the backoff anew."""
@@ -74,7 +81,7 @@ HELLO_DEADLINE = 5.0
 """Seconds an accepted connection has to say hello; then it is dropped (its only idle limit)."""
 MAX_FDS_IN_FLIGHT = 2 * MAX_FDS_PER_MESSAGE
 """Fds in replies that peers have not read yet, over all peers: every one is charged to root."""
-FORWARDED = {signal.SIGHUP: "reload", signal.SIGUSR1: "reopen_logs"}
+FORWARDED = {signal.SIGHUP: "reload", signal.SIGUSR1: "reopen_logs", signal.SIGUSR2: "upgrade"}
 STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 LEAVING = signal.SIGTTIN
 """Exit at once and leave the supervisor and its workers serving, for a new broker to take
@@ -110,6 +117,8 @@ class Broker:
             self._shutdown_requested,
             self._supervisor_ready,
             self._reload_done,
+            HeldFds(config.max_held_fds),
+            self._supervisor_handing_over,
         )
         self.systemd = ServiceManager(notifier or Notifier(None))
         """What systemd hears of the service (nothing without ``NOTIFY_SOCKET``)."""
@@ -119,7 +128,9 @@ class Broker:
         self.supervisor_channel: socket.socket | None = None
         self.supervisor_started = 0.0
         self.starts = 0
-        self.backoff = BACKOFF_FIRST
+        self.backoff = 0.0
+        self.handing_over = False
+        """The current supervisor said ``handover``: its exit is an upgrade, not a crash."""
         self.restart_at: float | None = None
         self.kill_orphans_at: float | None = None
         self.stopping = False
@@ -151,6 +162,7 @@ class Broker:
     def run(self) -> int:
         """Serve until told to stop; return the exit status."""
         prctl.set_child_subreaper(1)
+        raise_fd_limit()
         self._install_signals()
         if self.config.socket_path:
             self._listen()
@@ -353,12 +365,19 @@ class Broker:
         if self.supervisor is None and not self._children():
             self.exit_status = status
 
+    def _supervisor_handing_over(self, peer: Peer) -> None:
+        """The supervisor we started exits for an upgrade: its successor starts at once."""
+        if self.supervisor is not None and self.peers.get(self.supervisor_channel) is peer:
+            self.handing_over = True
+            log.info("supervisor_handing_over", pid=self.supervisor.pid)
+
     def _schedule_restart(self) -> None:
-        if time.monotonic() - self.supervisor_started >= STABLE_AFTER:
-            self.backoff = BACKOFF_FIRST
+        """Restart now, unless the supervisor crash-loops: then after a growing delay."""
+        if self.handing_over or time.monotonic() - self.supervisor_started >= STABLE_AFTER:
+            self.backoff = 0.0
         self.restart_at = time.monotonic() + self.backoff
         log.info("supervisor_restart_scheduled", delay=round(self.backoff, 3))
-        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+        self.backoff = min(max(self.backoff * 2, BACKOFF_FIRST), BACKOFF_MAX)
 
     def _reap(self) -> None:
         while True:
@@ -388,9 +407,13 @@ class Broker:
         if self.supervisor_channel is not None:
             self._drop_peer(self.supervisor_channel)
             self.supervisor_channel = None
-        if self._children():
-            self._signal_orphans(signal.SIGTERM)
-            self.kill_orphans_at = time.monotonic() + self.config.orphan_timeout
+        self._after_supervisor(pid, code)
+        if self.stopping:
+            self._stop_orphans()
+        self.handing_over = False
+
+    def _after_supervisor(self, pid: int, code: int) -> None:
+        """Report the end of supervisor ``pid``; restart one unless the broker stops."""
         if self.stopping:
             log.info("supervisor_stopped", pid=pid, exit_code=code)
             return
@@ -402,12 +425,20 @@ class Broker:
             reason = f"the supervisor (pid {pid}) {_ended(code)} before it was ready"
             self._start_up_failed(1, reason)
             return
-        if code == 0:
+        if self.handing_over:
+            log.info("supervisor_handed_over", pid=pid, exit_code=code)
+        elif code == 0:
             log.info("supervisor_exited", pid=pid)
         else:
             log.error("supervisor_died", pid=pid, exit_code=code)
         self.systemd.status(f"the supervisor (pid {pid}) {_ended(code)}; restarting it")
         self._schedule_restart()
+
+    def _stop_orphans(self) -> None:
+        """The broker stops: SIGTERM to the orphans now, SIGKILL after ``orphan_timeout``."""
+        if self._children() and self.kill_orphans_at is None:
+            self._signal_orphans(signal.SIGTERM)
+            self.kill_orphans_at = time.monotonic() + self.config.orphan_timeout
 
     def _signal_orphans(self, signum: int) -> None:
         """Signal the process group of every child that is not the current supervisor."""
@@ -436,7 +467,9 @@ class Broker:
         self.restart_at = None
         if self.supervisor is not None:
             self.supervisor.send_signal(signal.SIGTERM)
-        elif not self._children():
+        elif self._children():
+            self._stop_orphans()
+        else:
             self.exit_status = 0
 
     def _leave(self) -> None:
@@ -560,6 +593,7 @@ class Broker:
             self._drop_peer(conn)
         finally:
             close_all(reply.close_after)
+            close_fds(reply.discard)
 
     def _fds_refusal(self, conn: socket.socket, count: int) -> Error | None:
         """Why ``count`` fds must not be sent to this peer now, or None.
@@ -601,9 +635,18 @@ class Broker:
         for pidfd in self.retirement.orphans:
             self.selector.unregister(pidfd)
         self.retirement.close()
+        self.service.held.close()
         if self.launcher is not None:
             self.launcher.close()
         log.info("broker_stopped", exit_status=self.exit_status)
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard one: the broker may hold an fd per worker
+    pipe (``[broker] max_held_fds``)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _ended(code: int) -> str:

@@ -69,11 +69,14 @@ BROKER_KEYS = frozenset(
         "supervisor_env",
         "socket_path",
         "orphan_timeout",
+        "max_held_fds",
         "runtime_directory",
         "runtime_directory_mode",
     }
 )
 DEFAULT_RUNTIME_DIRECTORY_MODE = 0o750
+DEFAULT_MAX_HELD_FDS = 20_100
+"""Two output pipes for each of 10,000 workers, and the supervisor's state."""
 VARIABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?\Z")
 
 
@@ -138,6 +141,8 @@ class BrokerConfig:
     orphan_timeout: float
     sockets: dict[str, SocketSpec]
     files: tuple[str, ...]
+    max_held_fds: int = DEFAULT_MAX_HELD_FDS
+    """Fds the broker keeps for the supervisor's next generation (pipes, memfds), at most."""
     loglevel: str | None = None
     """``[circus] loglevel``, used when the command line gives none (as circusd)."""
     logoutput: str | None = None
@@ -218,6 +223,9 @@ def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec
     orphan_timeout = section.get_float("orphan_timeout", 30.0)
     if orphan_timeout is None or orphan_timeout < 0:
         raise section.error("orphan_timeout", "must be a number of seconds >= 0")
+    max_held_fds = section.get_int("max_held_fds", DEFAULT_MAX_HELD_FDS)
+    if max_held_fds is None or not 0 <= max_held_fds <= 1_000_000:
+        raise section.error("max_held_fds", "must be a whole number from 0 to 1000000")
     runtime_directory = section.get_str("runtime_directory") or None
     if runtime_directory is not None and (
         not os.path.isabs(runtime_directory) or not runtime_directory.strip("/")
@@ -236,6 +244,7 @@ def _broker_config(ini: IniFile, section: Section, sockets: dict[str, SocketSpec
         supervisor_command=argv,
         socket_path=socket_path,
         orphan_timeout=orphan_timeout,
+        max_held_fds=max_held_fds,
         sockets=sockets,
         runtime_directory=runtime_directory,
         runtime_directory_mode=runtime_mode,

@@ -85,6 +85,7 @@ ALLOWED = (
     "fchmodat",
     "umask",
     "pipe2",
+    "memfd_create",
     # reading ACLs: broker/safe_paths.py checks who can write a directory on reload
     "getxattr",
     "lgetxattr",

@@ -15,23 +15,31 @@ from dataclasses import dataclass, field
 
 from chapiteau.broker.binding import BindError, BoundSocket, bind_reuseport_sibling
 from chapiteau.broker.event_log import log
+from chapiteau.broker.held import PIPE, HeldFds
 from chapiteau.broker.socket_table import ReloadError
 from chapiteau.protocol.broker_messages import (
     PROTOCOL_VERSION,
     BindReuseport,
     Error,
     GetSockets,
+    Handover,
+    Held,
     Hello,
+    HoldMemfd,
+    HoldPipes,
     ListSockets,
     Message,
     Ok,
+    ProtocolError,
     Ready,
+    Release,
     ReloadConfig,
     ReloadDone,
     Reloaded,
     Shutdown,
     SocketList,
     Sockets,
+    TakeHeld,
     Welcome,
 )
 from chapiteau.protocol.channel import Received, close_fds
@@ -56,6 +64,8 @@ class Reply:
     message: Message
     fds: list[int] = field(default_factory=list)
     close_after: list[BoundSocket] = field(default_factory=list)
+    discard: list[int] = field(default_factory=list)
+    """Fds made for this reply only (a new pipe's write end): closed once sent."""
 
 
 class Service:
@@ -68,12 +78,17 @@ class Service:
         shutdown: Callable[[], None],
         ready: Callable[[Peer], None],
         reload_done: Callable[[Peer, bool], None],
+        held: HeldFds,
+        handover: Callable[[Peer], None],
     ) -> None:
         self.sockets = sockets
         self._reload = reload
         self._shutdown = shutdown
         self._ready = ready
         self._reload_done = reload_done
+        self.held = held
+        """Pipes and memfds kept for the supervisor's next generation (broker/held.py)."""
+        self._handover = handover
 
     def handle(self, peer: Peer, received: Received) -> Reply:
         """Answer one request; never raises for anything the peer sent."""
@@ -145,6 +160,33 @@ class Service:
         self._reload_done(peer, message.ok)
         return Reply(Ok())
 
+    def _hold_pipes(self, peer: Peer, message: HoldPipes) -> Reply:
+        try:
+            fds = self.held.hold_pipes(message.keys)
+        except ProtocolError as exc:
+            return self._refuse(peer, exc.code, exc.reason)
+        keys = list(dict.fromkeys(message.keys))
+        return Reply(Held(tuple((key, PIPE) for key in keys)), fds, discard=fds[1::PIPE])
+
+    def _hold_memfd(self, peer: Peer, message: HoldMemfd) -> Reply:
+        try:
+            fd = self.held.hold_memfd(message.key)
+        except ProtocolError as exc:
+            return self._refuse(peer, exc.code, exc.reason)
+        return Reply(Held(((message.key, 1),)), [fd])
+
+    def _release(self, peer: Peer, message: Release) -> Reply:
+        self.held.release(message.keys)
+        return Reply(Ok())
+
+    def _take_held(self, peer: Peer, message: TakeHeld) -> Reply:
+        page, more = self.held.page(message.after)
+        return Reply(Held(tuple((key, 1) for key, _ in page), more), [fd for _, fd in page])
+
+    def _handover_request(self, peer: Peer, message: Handover) -> Reply:
+        self._handover(peer)
+        return Reply(Ok())
+
     _handlers: dict[type, Callable[..., Reply]] = {
         ListSockets: _list_sockets,
         GetSockets: _get_sockets,
@@ -153,4 +195,9 @@ class Service:
         Shutdown: _shutdown_request,
         Ready: _ready_request,
         ReloadDone: _reload_done_request,
+        HoldPipes: _hold_pipes,
+        HoldMemfd: _hold_memfd,
+        Release: _release,
+        TakeHeld: _take_held,
+        Handover: _handover_request,
     }

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,12 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_ERROR_REPLY = 3
 EXIT_NOT_RUNNING = 3
+UPGRADE_CHECK_WAIT = 75.0
+"""How long ``upgrade`` waits for its reply at least: the supervisor first runs the new
+code on the config (``--check``), for at most 60 s."""
+UPGRADE_WAIT = 30.0
+"""How long ``upgrade`` then waits for the next supervisor to answer."""
+UPGRADE_POLL = 0.05
 """``status -v``: some watcher is not active (as ``systemctl status``)."""
 
 TIMEOUT_HELP = """
@@ -183,7 +190,12 @@ class Session:
         return ok_status
 
     def run_local(self, name: str, words: list[str], opts: dict[str, Any]) -> int:
-        """The commands chapiteauctl runs itself: listen, help, completion, tail."""
+        """The commands chapiteauctl runs itself: listen, help, completion, tail, and
+        upgrade (which waits for the next supervisor)."""
+        if name == "upgrade":
+            if words:
+                raise ArgumentError("upgrade takes no arguments")
+            return self.upgrade()
         if name == "listen":
             endpoint = self.args.endpoint or DEFAULT_PUBSUB_ENDPOINT
             return listen(endpoint, words or [""], self.curve)
@@ -207,6 +219,31 @@ class Session:
         if not str(lines).isdigit():
             raise ArgumentError(f"-n must be a number of lines, not {lines!r}")
         return tail(path, int(lines), opts["follow"])
+
+    def upgrade(self) -> int:
+        """``upgrade``, then wait (at most UPGRADE_WAIT s) until a new supervisor answers."""
+        timeout = self.client.timeout
+        self.client.timeout = max(timeout, UPGRADE_CHECK_WAIT)
+        try:
+            reply = self.client.call("upgrade", {})
+        finally:
+            self.client.timeout = min(timeout, 1.0)
+        if reply.get("status") != "ok":
+            sys.stderr.write(f"error: {reply.get('reason')}\n")
+            return EXIT_ERROR_REPLY
+        old = reply.get("pid")
+        deadline = time.monotonic() + UPGRADE_WAIT
+        while time.monotonic() < deadline:
+            try:
+                info = self.client.call("dstats", {}).get("info")
+            except CallError:
+                continue  # no supervisor between the two generations
+            if isinstance(info, dict) and info.get("pid") not in (None, old):
+                print(f"upgraded: supervisor {info['pid']} (was {old})")
+                return EXIT_OK
+            time.sleep(UPGRADE_POLL)
+        sys.stderr.write(f"error: no new supervisor answered within {UPGRADE_WAIT:g} s\n")
+        return EXIT_FAILURE
 
     def close(self) -> None:
         self.client.close()

@@ -440,6 +440,7 @@ NO_NAME_COMMANDS = frozenset(
         "numwatchers",
         "quit",
         "reloadconfig",
+        "upgrade",
     }
 )
 """Commands whose first argument is not an existing watcher's name (completion)."""
@@ -565,6 +566,12 @@ CTL_COMMANDS: dict[str, CtlCommand] = {
                 Option("sequential", False, "sequential reload"),
                 Option("terminate", False, "stop immediately"),
             ),
+        ),
+        CtlCommand(
+            "upgrade",
+            "upgrade",
+            "Run the installed supervisor code, keeping every worker (same pids)",
+            None,
         ),
         CtlCommand(
             "reloadconfig",

@@ -105,6 +105,7 @@ GREETING = hello
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         # The mark by which a broker started again after a crash finds the worker.
         "CHAPITEAU_INSTANCE": os.path.realpath(tree.config_path),
+        **markers(tree, "w"),
     }
 
 
@@ -125,7 +126,16 @@ GREETING = hello
     # The broker's channel to the supervisor and its start number are the supervisor's alone.
     del supervisor_env["CHAPITEAU_BROKER_FD"]
     del supervisor_env["CHAPITEAU_SUPERVISOR_START"]
-    assert environ(worker) == {**supervisor_env, "GREETING": "hello"}
+    assert environ(worker) == {**supervisor_env, "GREETING": "hello", **markers(tree, "w")}
+
+
+def markers(tree, watcher: str) -> dict[str, str]:
+    """What marks every worker as ours (docs/zero-downtime.md): its watcher's name, and the
+    supervisor's CHAPITEAU_INSTANCE when it has one."""
+    instance = environ(tree.supervisor_pid()).get("CHAPITEAU_INSTANCE")
+    return {"CHAPITEAU_WATCHER": watcher} | (
+        {} if instance is None else {"CHAPITEAU_INSTANCE": instance}
+    )
 
 
 def test_working_dir_is_the_worker_cwd(chapiteau, workdir):

@@ -8,8 +8,10 @@ descriptor attached to it cannot drift to another frame. A frame is
 
 with optional fds attached as SCM_RIGHTS. The JSON object always has ``type``
 (a message name below) and ``id`` (an integer chosen by the requester and
-echoed in the reply). Only a ``sockets`` reply may carry fds, exactly one per
-socket described, in the same order.
+echoed in the reply). Only two replies carry fds: ``sockets``, exactly one per
+socket described, in the same order, and ``held``, as many per entry as the
+entry announces, in the same order. No request carries fds: the broker makes
+every fd it holds for the supervisor itself (``hold_pipes``, ``hold_memfd``).
 
 Nothing here does I/O: ``encode`` turns a message into bytes, ``decode`` turns
 bytes and a count of received fds into a message or raises ``ProtocolError``.
@@ -53,7 +55,10 @@ ERROR_CODES = (
     "reload_failed",
     "too_many",
     "fds_in_flight",
+    "hold_failed",
 )
+MAX_HELD_PER_REPLY = MAX_FDS_PER_MESSAGE // 2
+"""Entries in one ``held`` reply: each carries one fd, or two for a new pipe."""
 
 
 class ProtocolError(Exception):
@@ -198,6 +203,58 @@ class ReloadDone:
     ok: bool = True
 
 
+class HoldPipes:
+    """Supervisor → broker: make one pipe per key and keep its read end under that key."""
+
+    TYPE: ClassVar[str] = "hold_pipes"
+    keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HoldMemfd:
+    """Supervisor → broker: make an empty memfd and keep it under ``key``."""
+
+    TYPE: ClassVar[str] = "hold_memfd"
+    key: str
+
+
+@dataclass(frozen=True)
+class Release:
+    """Supervisor → broker: close what is held under these keys (unknown keys are ignored)."""
+
+    TYPE: ClassVar[str] = "release"
+    keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TakeHeld:
+    """Supervisor → broker: a copy of what is held under the keys after ``after``, in order."""
+
+    TYPE: ClassVar[str] = "take_held"
+    after: str = ""
+
+
+@dataclass(frozen=True)
+class Held:
+    """Broker → supervisor: (key, fd count) entries with their fds attached, in order.
+
+    The answer to ``hold_pipes`` (two fds a key: the read end, then the write
+    end), ``hold_memfd`` (one) and ``take_held`` (one a key, ``more`` when a
+    next page starts after the last key).
+    """
+
+    TYPE: ClassVar[str] = "held"
+    entries: tuple[tuple[str, int], ...] = ()
+    more: bool = False
+
+
+@dataclass(frozen=True)
+class Handover:
+    """Supervisor → broker: I exit for an upgrade; start my successor at once."""
+
+    TYPE: ClassVar[str] = "handover"
+
+
 @dataclass(frozen=True)
 class Ok:
     """Broker → supervisor: done."""
@@ -232,6 +289,12 @@ Message = (
     | Shutdown
     | Ready
     | ReloadDone
+    | HoldPipes
+    | HoldMemfd
+    | Release
+    | TakeHeld
+    | Held
+    | Handover
     | Ok
     | Error
 )
@@ -251,6 +314,12 @@ MESSAGE_TYPES: dict[str, type] = {
         Shutdown,
         Ready,
         ReloadDone,
+        HoldPipes,
+        HoldMemfd,
+        Release,
+        TakeHeld,
+        Held,
+        Handover,
         Ok,
         Error,
     )
@@ -259,7 +328,11 @@ MESSAGE_TYPES: dict[str, type] = {
 
 def fd_count(message: Message) -> int:
     """How many fds must travel with this message."""
-    return len(message.sockets) if isinstance(message, Sockets) else 0
+    if isinstance(message, Sockets):
+        return len(message.sockets)
+    if isinstance(message, Held):
+        return sum(count for _, count in message.entries)
+    return 0
 
 
 def encode(message: Message, request_id: int) -> bytes:
@@ -375,6 +448,36 @@ def _parse_reloaded(fields: dict[str, Any]) -> Reloaded:
     )
 
 
+def _parse_keys(cls: type) -> Any:
+    def parse(fields: dict[str, Any]) -> Message:
+        _only(fields, ("keys",))
+        keys = _list(fields.get("keys"), "keys", MAX_HELD_PER_REPLY)
+        return cls(tuple(_name(key) for key in keys))
+
+    return parse
+
+
+def _parse_hold_memfd(fields: dict[str, Any]) -> HoldMemfd:
+    _only(fields, ("key",))
+    return HoldMemfd(_name(fields.get("key")))
+
+
+def _parse_take_held(fields: dict[str, Any]) -> TakeHeld:
+    _only(fields, ("after",))
+    after = fields.get("after", "")
+    return TakeHeld(after if after == "" else _name(after))
+
+
+def _parse_held(fields: dict[str, Any]) -> Held:
+    _only(fields, ("entries", "more"))
+    entries = []
+    for entry in _list(fields.get("entries"), "entries", MAX_HELD_PER_REPLY):
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise ProtocolError("bad_message", "a held entry is [key, fd count]")
+        entries.append((_name(entry[0]), _int(entry[1], "fd count", 1, 2)))
+    return Held(tuple(entries), _bool(fields.get("more", False), "more"))
+
+
 def _parse_error(fields: dict[str, Any]) -> Error:
     _only(fields, ("code", "reason"))
     reason = fields.get("reason", "")
@@ -401,6 +504,12 @@ _PARSERS: dict[type, Any] = {
     Shutdown: _no_fields(Shutdown),
     Ready: _no_fields(Ready),
     ReloadDone: _parse_reload_done,
+    HoldPipes: _parse_keys(HoldPipes),
+    HoldMemfd: _parse_hold_memfd,
+    Release: _parse_keys(Release),
+    TakeHeld: _parse_take_held,
+    Held: _parse_held,
+    Handover: _no_fields(Handover),
     Ok: _no_fields(Ok),
     Error: _parse_error,
 }
@@ -464,6 +573,6 @@ def _name(value: Any) -> str:
     ):
         raise ProtocolError(
             "bad_message",
-            f"a socket name is 1 to {MAX_NAME_BYTES} characters of letters, digits, '_', '.', '-'",
+            f"a name is 1 to {MAX_NAME_BYTES} characters of letters, digits, '_', '.', '-'",
         )
     return value

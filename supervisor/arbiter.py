@@ -1,7 +1,9 @@
 """The arbiter: the supervisor's event loop, its watchers and its signals.
 
 ``Arbiter.run`` reads top to bottom: become a subreaper, watch children
-through pidfds, start the watchers by priority, then wait until told to quit.
+through pidfds, adopt the workers the previous supervisor generation left
+(spawn mode, `chapiteau.supervisor.adoption`), start the watchers by priority,
+then wait until told to quit, or to hand over to new code (``upgrade``).
 Nothing polls: a child's exit, a signal or a command wakes the loop, and an
 idle supervisor sleeps in epoll with no timer armed.
 """
@@ -15,7 +17,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from chapiteau.protocol.constants import EX_CONFIG
+from chapiteau.supervisor.adoption import Adoption
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError, ReceivedSocket
 from chapiteau.supervisor.children.child_exit import (
     ChildWatcher,
@@ -43,15 +46,19 @@ from chapiteau.supervisor.endpoints.pubsub import PubSub
 from chapiteau.supervisor.endpoints.stats import ProcessSampler, start_stats
 from chapiteau.supervisor.endpoints.zmq_setup import Curve, EndpointError
 from chapiteau.supervisor.events import Events
+from chapiteau.supervisor.handover import Handover
 from chapiteau.supervisor.io.notify import NotifySocket
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
+from chapiteau.supervisor.state import WatcherRecord
+from chapiteau.supervisor.upgrade import UpgradeError, check_installed_code
 from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
 
 if TYPE_CHECKING:
     from chapiteau.supervisor.endpoints.metrics import MetricsServer
 
 log = structlog.get_logger("chapiteau.supervisor")
+
 
 """Exit status for a configuration the supervisor cannot run (sysexits.h); the broker does
 not restart a first supervisor that exits with it."""
@@ -112,6 +119,14 @@ class Arbiter:
         self.controller: Controller | None = None
         self.pubsub: PubSub | None = None
         self._reload_lock = asyncio.Lock()
+        self.handover: Handover | None = None
+        """Spawn mode: what the broker keeps for the next supervisor generation."""
+        self.handing_over = False
+        """``upgrade`` passed its check: exit leaving the workers to the next generation."""
+        self._helpers: dict[int, asyncio.Future[int | None]] = {}
+        """Children that are no workers (the upgrade check), by pid: their exit codes."""
+        self._adoption: Adoption | None = None
+        """Spawn mode: what this start adopted, and the orphans it still stops."""
 
     async def run(self) -> int:
         """Start every autostart watcher and serve until ``quit``; return the exit status."""
@@ -120,11 +135,18 @@ class Arbiter:
         become_subreaper()
         if self.config.circus.umask is not None:
             os.umask(self.config.circus.umask)
+        if self.broker is not None and self.supervisor_start is not None:
+            # Spawn mode: the broker started us, and its children outlive us.
+            tag = str(self.supervisor_start)
+            self.handover = Handover(self.broker, loop, self._snapshot, tag)
         self.attach(loop)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.quit()))
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_on_hup()))
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
+        loop.add_signal_handler(
+            signal.SIGUSR2, lambda: asyncio.ensure_future(self._upgrade_on_signal())
+        )
         quiet_signal_wakeup()
         try:
             self._open_endpoints()
@@ -141,10 +163,21 @@ class Arbiter:
                 self.broker.ready()
             except BrokerError as exc:
                 log.warning("broker_ready_failed", error=str(exc))
-        await self.start_watchers(self.by_priority(), autostart_only=True)
+        wanted: dict[Watcher, bool] = {}
+        if self.handover is not None and self.broker is not None:
+            self._adoption = Adoption(self.handover, self.broker.broker_pid)
+            wanted = await self._adoption.run(self.watchers, set(self.sockets.sockets))
+            # The previous snapshot stays whole until every process in it is adopted.
+            self.handover.resume()
+        await self.start_watchers(
+            [w for w in self.by_priority() if wanted.get(w, w.config.autostart)],
+            autostart_only=False,
+        )
         await self._done
         stats.close()
         await self._close_endpoints()
+        if self.handing_over:
+            self._hand_over()
         self.detach()
         return 0
 
@@ -153,9 +186,12 @@ class Arbiter:
         the pid index) and the watchers of the configuration (stopped)."""
         children = ChildWatcher(loop, self._child_exited, self._orphan_reaped)
 
-        def adopt(pid: int, watcher: Watcher) -> None:
+        def adopt(pid: int, watcher: Watcher, pidfd: int | None) -> None:
             self.pids[pid] = watcher
-            children.watch(pid)
+            if pidfd is None:
+                children.watch(pid)
+            else:
+                children.watch_adopted(pid, pidfd)
 
         self._runtime = Runtime(
             loop=loop,
@@ -168,6 +204,7 @@ class Arbiter:
             adopt=adopt,
             notify_socket=self._notify_socket,
             flapping=self.config.flapping,
+            handover=self.handover,
         )
         for watcher_config in self.config.watchers:
             self.watchers[watcher_config.name.lower()] = self.watcher(watcher_config)
@@ -259,6 +296,8 @@ class Arbiter:
         if self.stopping:
             return
         self.stopping = True
+        if self.handover is not None:
+            self.handover.pause()
         log.info("supervisor_stopping", shutdown_broker=shutdown_broker)
         if shutdown_broker and self.broker is not None:
             try:
@@ -474,7 +513,11 @@ class Arbiter:
             watcher.reopen_streams()
         log.info("logs_reopened")
 
-    def _child_exited(self, pid: int, code: int) -> None:
+    def _child_exited(self, pid: int, code: int | None) -> None:
+        helper = self._helpers.pop(pid, None)
+        if helper is not None:
+            helper.set_result(code)
+            return
         self.sampler.forget(pid)
         watcher = self.pids.pop(pid, None)
         if watcher is not None:
@@ -482,6 +525,53 @@ class Arbiter:
 
     def _orphan_reaped(self, pid: int, code: int) -> None:
         log.debug("orphan_reaped", pid=pid, exit_code=code)
+
+    # -- generations: adoption and upgrade ---------------------------------------
+
+    def _snapshot(self) -> Iterator[tuple[WatcherRecord, list[bytes]]]:
+        return (watcher.record() for watcher in self.watchers.values())
+
+    async def upgrade(self) -> int:
+        """``upgrade``: check that the installed code starts on this config, then exit
+        leaving every worker to the supervisor the broker starts next (same pids).
+        CommandError, with the check's last line, when it would not start: nothing changes.
+        Returns this supervisor's pid."""
+        if self.handover is None:
+            raise CommandError(
+                "upgrade needs a supervisor started by the broker: in connect mode, restart "
+                "the supervisor's service instead"
+            )
+        if self.stopping or self.handing_over:
+            raise CommandError("the supervisor is already stopping")
+        assert self._runtime is not None
+        try:
+            await check_installed_code(self._runtime.children, self._helpers)
+        except UpgradeError as exc:
+            raise CommandError(f"upgrade: {exc}") from None
+        if self.stopping or self.handing_over:
+            raise CommandError("the supervisor is already stopping")
+        self.handing_over = True
+        log.info("upgrade_checked", pid=os.getpid())
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+        return os.getpid()
+
+    async def _upgrade_on_signal(self) -> None:
+        """SIGUSR2 (the broker forwards its own): ``upgrade``, the outcome in the log."""
+        try:
+            await self.upgrade()
+        except CommandError as exc:
+            log.error("upgrade_failed", error=exc.reason)
+
+    def _hand_over(self) -> None:
+        """The last snapshot, then tell the broker: it starts the next generation at once."""
+        assert self.handover is not None and self.broker is not None
+        self.handover.write()
+        try:
+            self.broker.handover()
+        except BrokerError as exc:
+            log.warning("handover_failed", error=str(exc))
+        log.info("handed_over", processes=len(self.pids))
 
 
 def _only_numprocesses_differs(old: WatcherConfig, new: WatcherConfig) -> bool:

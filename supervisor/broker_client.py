@@ -17,12 +17,17 @@ from chapiteau.protocol.broker_messages import (
     BindReuseport,
     Error,
     GetSockets,
+    Handover,
+    Held,
     Hello,
+    HoldMemfd,
+    HoldPipes,
     ListSockets,
     Message,
     Ok,
     ProtocolError,
     Ready,
+    Release,
     ReloadConfig,
     ReloadDone,
     Reloaded,
@@ -30,6 +35,7 @@ from chapiteau.protocol.broker_messages import (
     SocketInfo,
     SocketList,
     Sockets,
+    TakeHeld,
     Welcome,
 )
 from chapiteau.protocol.channel import close_fds, receive, send
@@ -112,6 +118,43 @@ class BrokerClient:
     def reload_done(self, ok: bool) -> None:
         """Tell the broker that the reload a SIGHUP started is over (systemd waits for it)."""
         self._call(ReloadDone(ok), Ok)
+
+    def hold_pipes(self, keys: list[str]) -> list[tuple[int, int]]:
+        """A new pipe per key, whose read end the broker keeps: (read, write) per key."""
+        reply, fds = self._request(HoldPipes(tuple(keys)), Held)
+        if [key for key, _ in reply.entries] != keys or len(fds) != 2 * len(keys):
+            close_fds(fds)
+            raise BrokerError(f"broker answered hold_pipes with {len(fds)} fds for {len(keys)}")
+        return list(zip(fds[::2], fds[1::2], strict=True))
+
+    def hold_memfd(self, key: str) -> int:
+        """A new empty memfd that the broker keeps under ``key``."""
+        _, fds = self._request(HoldMemfd(key), Held)
+        if len(fds) != 1:
+            close_fds(fds)
+            raise BrokerError(f"broker answered hold_memfd with {len(fds)} fds")
+        return fds[0]
+
+    def release(self, keys: tuple[str, ...]) -> None:
+        self._call(Release(keys), Ok)
+
+    def take_held(self) -> dict[str, int]:
+        """A copy of everything the broker holds, by key (every page)."""
+        held: dict[str, int] = {}
+        after = ""
+        while True:
+            reply, fds = self._request(TakeHeld(after), Held)
+            if any(count != 1 for _, count in reply.entries) or len(fds) != len(reply.entries):
+                close_fds([*fds, *held.values()])
+                raise BrokerError("broker answered take_held with a malformed page")
+            held.update((key, fd) for (key, _), fd in zip(reply.entries, fds, strict=True))
+            if not reply.more or not reply.entries:
+                return held
+            after = reply.entries[-1][0]
+
+    def handover(self) -> None:
+        """Tell the broker this supervisor exits for an upgrade: no backoff for the next."""
+        self._call(Handover(), Ok)
 
     def close(self) -> None:
         self.sock.close()

@@ -14,6 +14,8 @@ The watcher's phases::
     WAITING_ON_DEMAND --connection--> STARTING  BACKING_OFF --timer--> ACTIVE
     any running phase --stop--> STOPPING --all gone--> STOPPED, or FAILED when the
     watcher gave up (spawn max_retry, crash-loop max_retry, a hook refused)
+    STOPPED --adopted--> ACTIVE: a process the previous supervisor generation left
+    runs on (no spawn); the start that follows tops the count up
 
 A process's states; once it exits it leaves the table::
 
@@ -581,6 +583,26 @@ class Lifecycle:
         payload = {"pid": worker.pid, "wid": worker.wid, "after": after}
         why_not = f"process {worker.pid}: {_FAILURE_REASONS[timer]} ({timer.value} = {after})"
         return [Publish(event, payload), Readiness(worker.pid, why_not), StopFailed(worker.pid)]
+
+    def adopted(
+        self, pid: int, wid: int, born: float, spawns: int = 1, now: float | None = None
+    ) -> list[Action]:
+        """``pid``, spawned at loop time ``born`` by the previous supervisor generation,
+        runs on: it fills slot ``wid`` without a spawn, and the watcher is active (a
+        start then tops it up to ``numprocesses`` or stops the extra ones). ``spawns``:
+        the slot's count of spawns recorded by that generation. It served until now, so
+        it is ready: its watchdog, if any, runs from ``now`` (default ``born``)."""
+        worker = Worker(pid, wid, born, self.failed_rounds)
+        self.workers[pid] = worker
+        slot = self.slots.setdefault(wid, Slot())
+        slot.spawns = max(slot.spawns, spawns, 1)
+        if self.phase in (Phase.STOPPED, Phase.FAILED, Phase.STARTING):
+            self.phase = Phase.ACTIVE
+            self.failure = None
+        actions = self._ready(worker, born if now is None else now)
+        if self.config.max_age > 0:
+            actions.append(ArmExpiry(pid, born + self.config.max_age))
+        return actions
 
     def spawn_failed(self, error: str, errno: int | None) -> list[Action]:
         """A process could not be spawned (any flow): count it and say so."""

@@ -27,6 +27,7 @@ from chapiteau.supervisor.hooks import HookError
 from chapiteau.supervisor.io.streams import StreamConfigError
 from chapiteau.supervisor.logs import configure_logging
 from chapiteau.supervisor.socket_pool import SocketPool
+from chapiteau.supervisor.upgrade import CHECK_FLAG
 
 EX_UNAVAILABLE = 69
 log = structlog.get_logger("chapiteau.supervisor")
@@ -44,6 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     channel.add_argument("--broker-socket", help="connect to a broker listening on this path")
     parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="console")
+    parser.add_argument(
+        CHECK_FLAG,
+        action="store_true",
+        help="load the code and the config, then exit: 0 when this supervisor would start "
+        "(what ``chapiteauctl upgrade`` runs first)",
+    )
     return parser.parse_args(argv)
 
 
@@ -57,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fatal(args, exc, EX_CONFIG)
     for warning in config.warnings:
         log.warning("config_warning", message=warning)
+    if args.check:
+        return 0
     try:
         broker = _connect(args)
         sockets = SocketPool(broker, _receive_sockets(broker, config))

@@ -19,8 +19,9 @@ class Process:
 
     pid: int
     wid: int
-    exited: asyncio.Future[int]
-    """Resolved with the exit code (-signum when killed) when the process is reaped."""
+    exited: asyncio.Future[int | None]
+    """Resolved with the exit code (-signum when killed) when the process is reaped; None
+    for an adopted process, which the broker reaps."""
     ready: asyncio.Future[str | None]
     """Resolved with None once the process is ready, or with why it never will be."""
     started: float = field(default_factory=time.time)
@@ -30,6 +31,10 @@ class Process:
     """The readiness timers, by `chapiteau.supervisor.lifecycle.Timer`."""
     failed_stop: asyncio.Task[None] | None = None
     """The stop of a process that missed its ready_timeout or watchdog, under way."""
+    held: tuple[str, ...] = ()
+    """The broker keys of its output pipes, released once it is gone."""
+    record: bytes = b""
+    """Its part of the snapshot for the next supervisor (`chapiteau.supervisor.state`)."""
 
     def cancel_timers(self) -> None:
         if self.max_age_timer is not None:

@@ -34,6 +34,7 @@ from chapiteau.supervisor.children.process_tree import ProcessTree
 from chapiteau.supervisor.children.spawn import SpawnError, SpawnSpec, spawn
 from chapiteau.supervisor.config import Flapping, WatcherConfig, worker_env
 from chapiteau.supervisor.events import Events, own_topic
+from chapiteau.supervisor.handover import Handover, Pipe, local_pipe, markers
 from chapiteau.supervisor.hooks import Hooks
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.io.streams import build_stream, close_stream, reopen_stream
@@ -63,6 +64,7 @@ from chapiteau.supervisor.lifecycle import (
 )
 from chapiteau.supervisor.process import Process
 from chapiteau.supervisor.socket_pool import SocketPool
+from chapiteau.supervisor.state import ProcessRecord, WatcherRecord, encode_process, start_time
 from chapiteau.supervisor.substitution import format_args
 
 log = structlog.get_logger("chapiteau.supervisor")
@@ -105,12 +107,15 @@ class Runtime:
     arbiter: Any
     workers: Mapping[int, Watcher]
     """Every live worker's pid, whichever watcher it belongs to (the arbiter's index)."""
-    adopt: Callable[[int, Watcher], None]
-    """The arbiter's: index a new worker's pid and watch for its exit."""
+    adopt: Callable[[int, Watcher, int | None], None]
+    """The arbiter's: index a worker's pid and watch for its exit (given a pidfd: a worker
+    of the previous supervisor generation, not our child)."""
     notify_socket: Callable[[], str]
     """The arbiter's: the address of the supervisor's NOTIFY_SOCKET (opened at first use)."""
     flapping: Flapping
     """The configuration's crash-loop policy (reloadconfig replaces it)."""
+    handover: Handover | None = None
+    """Spawn mode: holds the output pipes and the snapshot for the next supervisor."""
 
 
 class Watcher:
@@ -131,6 +136,9 @@ class Watcher:
         self._watched_fds: list[int] = []
         self._announced = Phase.STOPPED
         self._log = log.bind(watcher=config.name)
+        self.overrides: dict[str, Any] = {}
+        """Options as ``set``, ``incr`` and ``decr`` changed them since the config was
+        read: the next supervisor generation applies them again."""
 
     @property
     def config(self) -> WatcherConfig:
@@ -250,7 +258,10 @@ class Watcher:
 
     async def change_numprocesses(self, delta: int) -> int:
         """incr/decr: move the target count by ``delta`` (not below 0) and reach it."""
-        return await self._resize(lambda current: current + delta)
+        count = await self._resize(lambda current: current + delta)
+        self.overrides["numprocesses"] = count
+        self.changed()
+        return count
 
     async def _resize(self, new_count: Callable[[int], int]) -> int:
         """Set the target count to ``new_count(current count)``, not below 0, and reach it."""
@@ -264,12 +275,14 @@ class Watcher:
         reload: bool,
         updated: int = 1,
         spawned: asyncio.Future[Any] | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> Awaitable[None]:
         """The ``set`` command: load ``config``'s hooks and streams now (errors raise here),
         and return the work that switches to it, reloading when only new processes can
         take the change; one ``updated`` event per changed key, as Circus. If the reload
         cannot start the new processes, the watcher goes back to its previous
-        configuration and `ReloadError` is raised (``spawned``: see `reload`).
+        configuration and `ReloadError` is raised (``spawned``: see `reload`). ``options``:
+        the ``set`` request's, kept for the next supervisor generation once applied.
         """
         hooks_changed = config.hooks != self.config.hooks
         if hooks_changed:
@@ -279,7 +292,13 @@ class Watcher:
             for name in ("stdout", "stderr")
             if getattr(config, f"{name}_stream") != getattr(self.config, f"{name}_stream")
         }
-        return self._configure(config, reload or bool(streams), streams, updated, spawned)
+        work = self._configure(config, reload or bool(streams), streams, updated, spawned)
+        return work if options is None else self._remember(work, options)
+
+    async def _remember(self, work: Awaitable[None], options: Mapping[str, Any]) -> None:
+        await work
+        self.overrides.update(options)
+        self.changed()
 
     async def _configure(
         self,
@@ -400,6 +419,53 @@ class Watcher:
         if self.lifecycle.phase is not self._announced:
             self._announced = self.lifecycle.phase
             self._log.info("watcher_state", **self.describe())
+            self.changed()
+
+    def changed(self) -> None:
+        """Something the next supervisor generation must know changed: snapshot it soon."""
+        if self.runtime.handover is not None:
+            self.runtime.handover.changed()
+
+    def record(self) -> tuple[WatcherRecord, list[bytes]]:
+        """This watcher in the snapshot for the next generation, and its processes' parts."""
+        lifecycle = self.lifecycle
+        record = WatcherRecord(
+            name=self.name,
+            phase=lifecycle.phase.value,
+            overrides=self.overrides,
+            stop_signal=self.config.stop_signal,
+            graceful_timeout=self.config.graceful_timeout,
+            spawns={wid: slot.spawns for wid, slot in lifecycle.slots.items()},
+            restarts=lifecycle.restarts,
+        )
+        return record, [process.record for process in self.processes.values()]
+
+    def adopt(
+        self, record: ProcessRecord, pidfd: int, pipes: dict[str, int], spawns: int = 1
+    ) -> None:
+        """Manage again a process of the previous supervisor generation (a lifecycle event:
+        the slot is filled by a running pid, nothing is spawned); ``pipes`` are its output
+        pipes' read ends by broker key (those it uses are taken), ``spawns`` its slot's
+        count of spawns."""
+        loop = self.runtime.loop
+        process = Process(
+            record.pid,
+            record.wid,
+            loop.create_future(),
+            loop.create_future(),
+            started=record.started,
+            held=record.keys,
+            record=encode_process(record),
+        )
+        self.processes[record.pid] = process
+        self.runtime.adopt(record.pid, self, pidfd)
+        for name, key in (("stdout", record.stdout), ("stderr", record.stderr)):
+            if key in pipes:
+                stream = self._output_stream(name) or self._output_log
+                self.runtime.redirector.add(pipes.pop(key), record.pid, name, stream)
+        born = self._now() - max(0.0, time.time() - record.started)
+        self._effects(self.lifecycle.adopted(record.pid, record.wid, born, spawns, self._now()))
+        self._log.info("process_adopted", pid=record.pid, wid=record.wid)
 
     # -- the life of the processes --------------------------------------------
 
@@ -515,33 +581,38 @@ class Watcher:
         config = self.config
         wid = self.lifecycle.next_wid()
         plan = self.runtime.sockets.plan(config)
-        stdout_stream, stderr_stream = self._output_stream("stdout"), self._output_stream("stderr")
-        stdout = _pipe() if stdout_stream else None
-        stderr = _pipe() if stderr_stream else None
+        streams = {name: self._output_stream(name) for name in ("stdout", "stderr")}
+        pipes = self._pipes([name for name, stream in streams.items() if stream])
+        stdout, stderr = pipes.get("stdout"), pipes.get("stderr")
         try:
             pid = spawn(_spec(config, wid, plan, stdout, stderr, self._notify_env()))
         except BaseException:
-            for pipe in (stdout, stderr):
-                if pipe:
-                    os.close(pipe[0])
+            for read, _, _ in pipes.values():
+                os.close(read)
+            self._release(key for _, _, key in pipes.values() if key is not None)
             raise
         finally:
             for fd in plan.owned:
                 os.close(fd)
-            for pipe in (stdout, stderr):
-                if pipe:
-                    os.close(pipe[1])
+            for _, write, _ in pipes.values():
+                os.close(write)
+        keys = {name: key for name, (_, _, key) in pipes.items() if key is not None}
         loop = self.runtime.loop
-        process = Process(pid, wid, loop.create_future(), loop.create_future())
+        process = Process(
+            pid, wid, loop.create_future(), loop.create_future(), held=tuple(keys.values())
+        )
+        record = ProcessRecord(
+            pid, wid, process.started, start_time(pid) or 0, keys.get("stdout"), keys.get("stderr")
+        )
+        process.record = encode_process(record)
         self.processes[pid] = process
-        self.runtime.adopt(pid, self)
-        if stdout and stdout_stream:
-            self.runtime.redirector.add(stdout[0], pid, "stdout", stdout_stream)
-        if stderr and stderr_stream:
-            self.runtime.redirector.add(stderr[0], pid, "stderr", stderr_stream)
+        self.runtime.adopt(pid, self, None)
+        for name, (read, _, _) in pipes.items():
+            self.runtime.redirector.add(read, pid, name, streams[name])
         jitter = random.randint(0, max(0, config.max_age_variance))
         self._effects(self.lifecycle.spawned(pid, wid, self._now(), jitter))
         self._log.info("process_spawned", pid=pid, wid=wid)
+        self.changed()
         self._publish("spawn", {"process_pid": pid, "time": process.started})
         return process
 
@@ -555,14 +626,17 @@ class Watcher:
             env["WATCHDOG_USEC"] = str(round(self.config.watchdog_sec * 1_000_000))
         return env
 
-    def process_exited(self, pid: int, code: int) -> None:
-        """The child watcher saw ``pid`` exit: forget it, report it, replace it if needed."""
+    def process_exited(self, pid: int, code: int | None) -> None:
+        """The child watcher saw ``pid`` exit: forget it, report it, replace it if needed.
+        ``code`` is None for an adopted process: the broker reaped it."""
         process = self.processes.pop(pid, None)
         if process is None:
             return
         process.cancel_timers()
         process.resolve_ready(f"process {pid} exited with code {code} before it was ready")
         self.runtime.redirector.remove_pid(pid)
+        self._release(process.held)
+        self.changed()
         if not process.exited.done():
             process.exited.set_result(code)
         now = time.time()
@@ -571,6 +645,20 @@ class Watcher:
         self._publish("reap", {"process_pid": pid, "time": now, "exit_code": code})
         self._hook("after_reap", process_pid=pid, time=now, exit_code=code, process_status=None)
         self._soon(self.lifecycle.exited(pid, self._now(), self.runtime.flapping, code))
+
+    def _pipes(self, names: list[str]) -> dict[str, Pipe]:
+        """The output pipes of a new process, by stream name: held by the broker in spawn
+        mode, so that the process outlives this supervisor."""
+        if not names:
+            return {}
+        if self.runtime.handover is None:
+            return {name: local_pipe() for name in names}
+        return self.runtime.handover.pipes(names)
+
+    def _release(self, keys: Iterable[str]) -> None:
+        """The broker may close these pipes: their process is gone, or never ran."""
+        if self.runtime.handover is not None:
+            self.runtime.handover.release(keys)
 
     def _set_respawn_timer(self, at: float | None) -> None:
         if self._respawn_timer is not None:
@@ -766,15 +854,15 @@ def _spec(
     config: WatcherConfig,
     wid: int,
     plan: Any,
-    stdout: tuple[int, int] | None,
-    stderr: tuple[int, int] | None,
+    stdout: Pipe | None,
+    stderr: Pipe | None,
     notify_env: Mapping[str, str],
 ) -> SpawnSpec:
     """What to fork and exec for process ``wid`` of ``config`` with the sockets of ``plan``
     (``notify_env``: NOTIFY_SOCKET and WATCHDOG_USEC, with WATCHDOG_PID set in the child)."""
     return SpawnSpec(
         argv=tuple(format_args(config, wid, plan.numbers)),
-        env={**worker_env(config.env), **notify_env},
+        env={**worker_env(config.env), **markers(config.name), **notify_env},
         executable=config.executable,
         working_dir=config.working_dir,
         uid=config.uid,
@@ -791,12 +879,6 @@ def _spec(
         listen_fds_names=plan.listen_fds_names,
         own_pid_variables=("WATCHDOG_PID",) if "WATCHDOG_USEC" in notify_env else (),
     )
-
-
-def _pipe() -> tuple[int, int]:
-    read, write = os.pipe2(os.O_CLOEXEC)
-    os.set_blocking(read, False)
-    return read, write
 
 
 def _stream(config: WatcherConfig, name: str) -> Any:

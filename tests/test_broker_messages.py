@@ -25,12 +25,17 @@ from chapiteau.protocol.broker_messages import (
     BindReuseport,
     Error,
     GetSockets,
+    Handover,
+    Held,
     Hello,
+    HoldMemfd,
+    HoldPipes,
     ListSockets,
     Message,
     Ok,
     ProtocolError,
     Ready,
+    Release,
     ReloadConfig,
     ReloadDone,
     Reloaded,
@@ -38,6 +43,7 @@ from chapiteau.protocol.broker_messages import (
     SocketInfo,
     SocketList,
     Sockets,
+    TakeHeld,
     Welcome,
     decode,
     encode,
@@ -73,6 +79,16 @@ strategies_by_type: dict[type, st.SearchStrategy[Any]] = {
     Shutdown: st.just(Shutdown()),
     Ready: st.just(Ready()),
     ReloadDone: st.builds(ReloadDone, st.booleans()),
+    HoldPipes: st.builds(HoldPipes, name_tuples),
+    HoldMemfd: st.builds(HoldMemfd, names),
+    Release: st.builds(Release, name_tuples),
+    TakeHeld: st.builds(TakeHeld, st.just("") | names),
+    Held: st.builds(
+        Held,
+        st.lists(st.tuples(names, st.integers(1, 2)), max_size=5).map(tuple),
+        st.booleans(),
+    ),
+    Handover: st.just(Handover()),
     Ok: st.just(Ok()),
     Error: st.builds(Error, st.sampled_from(ERROR_CODES), st.text(max_size=MAX_REASON_BYTES)),
 }
@@ -458,3 +474,14 @@ def test_every_protocol_error_fits_in_an_error_reply(payload: bytes) -> None:
     except ProtocolError as exc:
         reply = Error(exc.code, exc.reason)
         assert decode(encode(reply, 0)) == (0, reply)
+
+
+def test_a_held_reply_carries_the_fds_its_entries_announce() -> None:
+    held = Held((("out.1", 2), ("state.0", 1)))
+    assert fd_count(held) == 3
+    assert error_code(encode(held, 1), 1) == "unexpected_fds"
+
+
+def test_a_held_entry_carries_one_or_two_fds() -> None:
+    frame = frame_json({"type": "held", "id": 1, "entries": [["a", 3]]})
+    assert error_code(frame, 3) == "bad_message"

@@ -405,12 +405,35 @@ def test_endpoint_defaults_to_circusctl_variable(daemon: FakeDaemon, monkeypatch
     assert capsys.readouterr().out == "web\n"
 
 
+def test_upgrade_waits_for_the_new_supervisor_and_prints_its_pid(
+    daemon: FakeDaemon, capsys
+) -> None:
+    pids = iter([100, 100, 200])
+
+    def reply(request: dict[str, Any]) -> list[dict[str, Any]]:
+        if request["command"] == "upgrade":
+            return [{"status": "ok", "pid": 100, "id": request["id"]}]
+        return [{"status": "ok", "info": {"pid": next(pids)}, "id": request["id"]}]
+
+    daemon.reply = reply
+    assert run(daemon, "upgrade") == 0
+    assert capsys.readouterr().out == "upgraded: supervisor 200 (was 100)\n"
+    assert [r["command"] for r in daemon.requests] == ["upgrade", "dstats", "dstats", "dstats"]
+
+
+def test_an_upgrade_whose_check_fails_is_an_error_reply(daemon: FakeDaemon, capsys) -> None:
+    daemon.reply = {"status": "error", "reason": "upgrade: the new supervisor would not start: x"}
+    assert run(daemon, "upgrade") == 3
+    assert capsys.readouterr().err == "error: upgrade: the new supervisor would not start: x\n"
+    assert len(daemon.requests) == 1
+
+
 def test_every_circusctl_command_exists() -> None:
     circusctl = {"add", "decr", "dstats", "get", "globaloptions", "incr", "kill", "list", "listen",
                  "listsockets", "numprocesses", "numwatchers", "options", "quit", "reload",
                  "reloadconfig", "restart", "rm", "set", "signal", "start", "stats", "status",
                  "stop"}  # fmt: skip
-    chapiteauctl_only = {"completion", "help", "tail"}
+    chapiteauctl_only = {"completion", "help", "tail", "upgrade"}
     assert set(ctl.CTL_COMMANDS) == circusctl | chapiteauctl_only
 
 

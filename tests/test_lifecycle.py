@@ -571,3 +571,44 @@ def test_a_reload_replaces_the_processes_not_yet_ready_too() -> None:
     driver = Driver(Lifecycle(config(2, readiness="notify")))
     pids = driver.start()
     assert driver.lifecycle.reload(sequential=False) == [Replace(tuple(pids), 2)]
+
+
+# -- adoption: processes the previous supervisor generation left --------------------------
+
+
+def test_an_adopted_process_fills_its_slot_without_a_spawn() -> None:
+    lifecycle = Lifecycle(config(numprocesses=2))
+    assert lifecycle.adopted(500, 2, born=-40.0, spawns=3) == []
+    assert lifecycle.phase is Phase.ACTIVE
+    assert lifecycle.running == [500]
+    assert lifecycle.missing() == 1
+    assert lifecycle.next_wid() == 1
+    entry = lifecycle.processes(0.0)[1]
+    assert (entry["pid"], entry["uptime"], entry["restarts"]) == (500, 40.0, 2)
+
+
+def test_the_start_after_an_adoption_tops_up_without_hooks_or_a_new_round() -> None:
+    lifecycle = Lifecycle(config(numprocesses=3))
+    lifecycle.adopted(500, 1, born=0.0)
+    assert lifecycle.start() == [Reconcile()]
+    assert lifecycle.phase is Phase.ACTIVE
+    assert lifecycle.missing() == 2
+
+
+def test_adopted_processes_beyond_the_target_count_are_the_extra_ones() -> None:
+    lifecycle = Lifecycle(config(numprocesses=1))
+    lifecycle.adopted(500, 1, born=-10.0)
+    lifecycle.adopted(501, 2, born=-5.0)
+    assert lifecycle.extra() == [500]
+
+
+def test_an_adopted_process_that_exits_with_an_unknown_status_is_respawned() -> None:
+    lifecycle = Lifecycle(config(numprocesses=1))
+    lifecycle.adopted(500, 1, born=-100.0)
+    assert lifecycle.exited(500, 0.0, FLAPPING, code=None) == [Reconcile()]
+    assert lifecycle.slots[1].last_exit == {"code": None, "reason": "exited"}
+
+
+def test_an_adopted_process_keeps_its_max_age_from_its_spawn() -> None:
+    lifecycle = Lifecycle(config(numprocesses=1, max_age=60))
+    assert lifecycle.adopted(500, 1, born=-50.0) == [ArmExpiry(500, 10.0)]

@@ -65,7 +65,7 @@ async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher,
     spawned: set[int] = set()
     recorder = Recorder()
 
-    def exited(pid: int, code: int) -> None:
+    def exited(pid: int, code: int | None) -> None:
         owner = workers.pop(pid, None)
         if owner is not None:
             owner.process_exited(pid, code)
@@ -80,7 +80,7 @@ async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher,
         )
     )
 
-    def adopt(pid: int, watcher: Watcher) -> None:
+    def adopt(pid: int, watcher: Watcher, pidfd: int | None) -> None:
         workers[pid] = watcher
         children.watch(pid)
 

@@ -16,6 +16,10 @@ process; every child of the supervisor must therefore be started with
 `chapiteau.supervisor.children.spawn.spawn` and registered with `ChildWatcher.watch`
 before the loop runs again.
 
+An adopted worker (`watch_adopted`: a worker of the previous supervisor
+generation, now the broker's child) wakes the loop through its pidfd too, but
+the broker reaps it: its exit is reported with the code None (unknown).
+
 Signals go through the pidfd (``pidfd_send_signal``), so a pid that has been
 reaped and recycled is never hit. `kill_process_group` signals a worker's
 process group (each worker leads its own, after setpgid): the
@@ -80,13 +84,15 @@ class ChildWatcher:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        on_exit: Callable[[int, int], None],
+        on_exit: Callable[[int, int | None], None],
         on_orphan: Callable[[int, int], None] | None = None,
     ) -> None:
         self._loop = loop
         self._on_exit = on_exit
         self._on_orphan = on_orphan
         self._pidfds: dict[int, int] = {}
+        self._adopted: set[int] = set()
+        """Watched pids that are not our children (their exit code is not ours to read)."""
         loop.add_signal_handler(signal.SIGCHLD, self.reap)
 
     def watch(self, pid: int) -> None:
@@ -104,6 +110,12 @@ class ChildWatcher:
         self._pidfds[pid] = pidfd
         self._loop.add_reader(pidfd, self._pidfd_readable, pid)
 
+    def watch_adopted(self, pid: int, pidfd: int) -> None:
+        """Report the exit of ``pid``, not our child, through ``pidfd`` (now owned here)."""
+        self._pidfds[pid] = pidfd
+        self._adopted.add(pid)
+        self._loop.add_reader(pidfd, self._pidfd_readable, pid)
+
     def watched(self) -> frozenset[int]:
         """The pids whose exit has not been reported yet."""
         return frozenset(self._pidfds)
@@ -113,7 +125,10 @@ class ChildWatcher:
         pidfd = self._pidfds.get(pid)
         if pidfd is None:
             return False
-        if os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+        if (
+            pid not in self._adopted
+            and os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        ):
             return False
         try:
             signal.pidfd_send_signal(pidfd, signum)
@@ -144,6 +159,9 @@ class ChildWatcher:
             self._forget(pid)
 
     def _pidfd_readable(self, pid: int) -> None:
+        if pid in self._adopted:
+            self._finish(pid, None)
+            return
         try:
             result = os.waitid(os.P_PIDFD, self._pidfds[pid], os.WEXITED | os.WNOHANG)
         except ChildProcessError:
@@ -157,11 +175,12 @@ class ChildWatcher:
         else:
             self._finish(pid, -result.si_status)
 
-    def _finish(self, pid: int, code: int) -> None:
+    def _finish(self, pid: int, code: int | None) -> None:
         self._forget(pid)
         self._loop.call_soon(self._on_exit, pid, code)
 
     def _forget(self, pid: int) -> None:
         pidfd = self._pidfds.pop(pid)
+        self._adopted.discard(pid)
         self._loop.remove_reader(pidfd)
         os.close(pidfd)

@@ -1,4 +1,5 @@
-"""Commands about the supervisor as a whole: stats, sockets, global options, quit, reload."""
+"""Commands about the supervisor as a whole: stats, sockets, global options, quit, reload,
+upgrade."""
 
 from __future__ import annotations
 
@@ -117,6 +118,13 @@ async def listen(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
 @command("quit")
 async def quit_(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     return Deferred(arbiter.quit(shutdown_broker=True))
+
+
+@command("upgrade")
+async def upgrade(arbiter: Supervisor, props: dict[str, Any]) -> Fields:
+    """chapiteau's own: hand the workers over to the installed supervisor code (same pids);
+    the reply comes once that code passed its check, with this supervisor's pid."""
+    return {"pid": await arbiter.upgrade()}
 
 
 @command("reloadconfig")

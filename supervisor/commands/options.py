@@ -215,13 +215,16 @@ async def set_(arbiter: Supervisor, props: dict[str, Any]) -> Fields | Deferred:
     changes = props["options"]
     if not isinstance(changes, dict):
         raise CommandError("'options' isn't a valid object")
+    given = dict(changes)
     changes = parse_options(changes)
     check_owner(arbiter, changes, watcher.config)
     new = apply_options(watcher.config, changes, set(arbiter.sockets.sockets))
     if not any(watcher_option(key).reloads for key in changes):
-        return Deferred(watcher.configure(new, reload=False, updated=len(changes)))
+        return Deferred(watcher.configure(new, reload=False, updated=len(changes), options=given))
     return replacing(
-        lambda spawned: watcher.configure(new, reload=True, updated=len(changes), spawned=spawned),
+        lambda spawned: watcher.configure(
+            new, reload=True, updated=len(changes), spawned=spawned, options=given
+        ),
         f"set {watcher.name} {' '.join(changes)}",
     )
 

@@ -1,0 +1,64 @@
+"""Tests for chapiteau.supervisor.adoption: nothing the previous generation left is left
+unmanaged."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+
+from chapiteau.supervisor.adoption import Adoption
+from chapiteau.supervisor.broker_client import BrokerError
+from chapiteau.supervisor.handover import Handover, markers
+from chapiteau.supervisor.state import ProcessRecord, WatcherRecord, encode, encode_process
+from chapiteau.supervisor.state import start_time as proc_start_time
+from tests.test_handover import FakeBroker
+
+
+class LostState(FakeBroker):
+    def take_held(self) -> dict[str, int]:
+        raise BrokerError("broker channel failed during take_held")
+
+
+def marked_orphan() -> subprocess.Popen:
+    """A worker of ours whose supervisor died: a child of "the broker" (this process)."""
+    return subprocess.Popen(
+        ["sleep", "60"], env={"PATH": os.environ["PATH"], **markers("web")}, start_new_session=True
+    )
+
+
+def adopt(broker: FakeBroker) -> dict:
+    async def run() -> dict:
+        adoption = Adoption(Handover(broker, asyncio.get_running_loop(), list, "2"), os.getpid())
+        wanted = await adoption.run({}, set())
+        await asyncio.gather(*adoption.retiring)
+        return wanted
+
+    return asyncio.run(run())
+
+
+def test_when_the_state_is_lost_every_worker_left_is_stopped() -> None:
+    orphan = marked_orphan()
+    try:
+        assert adopt(LostState()) == {}
+        assert orphan.wait(5) == -signal.SIGTERM
+    finally:
+        orphan.kill()
+        orphan.wait()
+
+
+def test_workers_of_a_watcher_the_config_no_longer_has_are_stopped_with_its_stop_signal() -> None:
+    orphan = marked_orphan()
+    broker = FakeBroker()
+    record = ProcessRecord(orphan.pid, 1, 0.0, proc_start_time(orphan.pid) or -1)
+    removed = WatcherRecord("gone", "active", stop_signal=signal.SIGINT)
+    fd = broker.hold_memfd("state.1")
+    os.write(fd, encode(1, [(removed, [encode_process(record)])]))
+    os.close(fd)
+    try:
+        assert adopt(broker) == {}
+        assert orphan.wait(5) == -signal.SIGINT
+    finally:
+        orphan.kill()
+        orphan.wait()

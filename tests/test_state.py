@@ -1,0 +1,67 @@
+"""Tests for chapiteau.supervisor.state: the snapshot one supervisor generation leaves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from chapiteau.supervisor.state import (
+    ProcessRecord,
+    Snapshot,
+    WatcherRecord,
+    decode,
+    encode,
+    encode_process,
+    newest,
+    parent_of,
+    start_time,
+)
+
+PROCESS = ProcessRecord(1234, 2, 1700000000.5, 987654, "out.1.7", None)
+WATCHER = WatcherRecord(
+    name="web",
+    phase="active",
+    overrides={"numprocesses": 3, "env": {"A": "b"}},
+    stop_signal=2,
+    graceful_timeout=5.0,
+    spawns={2: 4},
+    restarts=3,
+)
+
+
+def test_a_snapshot_round_trips() -> None:
+    data = encode(7, [(WATCHER, [encode_process(PROCESS)])])
+    expected = WatcherRecord(**{**vars(WATCHER), "processes": (PROCESS,)})
+    assert decode(data) == Snapshot(7, (expected,))
+
+
+def test_a_snapshot_cut_short_is_no_snapshot() -> None:
+    data = encode(7, [(WATCHER, [encode_process(PROCESS)])])
+    assert all(decode(data[:cut]) is None for cut in range(len(data)))
+
+
+def test_anything_else_is_no_snapshot() -> None:
+    for data in (b"", b"\0" * 10, b"[]", b'{"version": 2, "serial": 1, "watchers": []}',
+                 b'{"version": 1, "serial": 1, "watchers": [{"name": "web"}]}'):  # fmt: skip
+        assert decode(data) is None
+
+
+def test_the_newest_whole_snapshot_wins() -> None:
+    older = encode(4, [(WATCHER, [])])
+    newer = encode(5, [(WATCHER, [encode_process(PROCESS)])])
+    assert newest([older, newer]).serial == 5
+    assert newest([newer[:-3], older]).serial == 4  # killed while writing the newer one
+    assert newest([b"", b""]) is None
+
+
+def test_start_time_and_parent_come_from_proc() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        with open(f"/proc/{child.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        assert start_time(child.pid) == int(fields[19])
+        assert parent_of(child.pid) == os.getpid()
+    finally:
+        child.kill()
+        child.wait()
+    assert start_time(child.pid) is None and parent_of(child.pid) is None
