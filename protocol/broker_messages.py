@@ -203,6 +203,7 @@ class ReloadDone:
     ok: bool = True
 
 
+@dataclass(frozen=True)
 class HoldPipes:
     """Supervisor → broker: make one pipe per key and keep its read end under that key."""
 

@@ -578,7 +578,7 @@ def test_a_reload_replaces_the_processes_not_yet_ready_too() -> None:
 
 def test_an_adopted_process_fills_its_slot_without_a_spawn() -> None:
     lifecycle = Lifecycle(config(numprocesses=2))
-    assert lifecycle.adopted(500, 2, born=-40.0, spawns=3) == []
+    assert lifecycle.adopted(500, 2, born=-40.0, spawns=3) == [Readiness(500)]
     assert lifecycle.phase is Phase.ACTIVE
     assert lifecycle.running == [500]
     assert lifecycle.missing() == 1
@@ -609,6 +609,16 @@ def test_an_adopted_process_that_exits_with_an_unknown_status_is_respawned() -> 
     assert lifecycle.slots[1].last_exit == {"code": None, "reason": "exited"}
 
 
+def test_an_adopted_process_is_ready_and_its_watchdog_runs_from_the_adoption() -> None:
+    # It served under the previous supervisor: a reload must not wait for a READY=1 it
+    # already sent, and its keep-alives are expected from now on.
+    lifecycle = Lifecycle(config(numprocesses=1, readiness="notify", watchdog_sec=5))
+    actions = lifecycle.adopted(500, 1, born=-50.0, now=2.0)
+    assert Readiness(500) in actions
+    assert ArmTimer(500, Timer.WATCHDOG, 7.0) in actions
+    assert lifecycle.workers[500].state is ProcessState.RUNNING
+
+
 def test_an_adopted_process_keeps_its_max_age_from_its_spawn() -> None:
     lifecycle = Lifecycle(config(numprocesses=1, max_age=60))
-    assert lifecycle.adopted(500, 1, born=-50.0) == [ArmExpiry(500, 10.0)]
+    assert lifecycle.adopted(500, 1, born=-50.0) == [Readiness(500), ArmExpiry(500, 10.0)]
