@@ -1,7 +1,8 @@
 """The ``chapiteau`` command: read the config, bind, drop privileges, run the broker.
 
 The order is the trust model: everything that can fail for a reason the
-operator must fix (config, user, file access, binding) happens first, in the
+operator must fix (config, user, file access, the sockets: taken from systemd,
+recovered from a crashed broker's workers or bound) happens first, in the
 foreground, with a one-line error and a non-zero exit, before anything is
 started. Only then does the broker daemonize (if asked), fork the launcher
 that will start each supervisor as the service user, and confine itself for

@@ -11,9 +11,10 @@ Started as root, before binding, the new broker instead:
    /proc/PID/environ is read (a bounded read, one entry matched exactly) and
    found alive after, so a pid reused meanwhile is never taken for an orphan.
    The mark only selects candidates: any process can write its environment.
-2. copies their sockets (`recover_sockets`, pidfd_getfd(2): CAP_SYS_PTRACE,
-   which the broker has only as root, before confinement drops it for good)
-   and keeps, for each inet section without ``so_reuseport``, the first socket
+2. copies those of their sockets that the kernel's tables (/proc/self/net)
+   list on a configured port (`recover_sockets`, pidfd_getfd(2):
+   CAP_SYS_PTRACE, which the broker has only as root, before confinement
+   drops it for good) and keeps, for each inet section without ``so_reuseport``, the first socket
    that a broker created (its owner is root or the broker's account: no
    worker can create such a socket), in this network namespace, that fits the
    section (broker/inherited.py: listening, family, type, address). So the
@@ -132,11 +133,13 @@ def recover_sockets(
         spec.name: spec for spec in specs if spec.family != socket.AF_UNIX and not spec.so_reuseport
     }
     found: dict[str, tuple[Orphan, socket.socket]] = {}
+    ports = {spec.port for spec in wanted.values()}
+    inodes = inet_sockets(set() if 0 in ports else ports) if wanted else set()
     try:
         for orphan in orphans:
             if len(found) == len(wanted):
                 break
-            for sock in _sockets_of(orphan):
+            for sock in _sockets_of(orphan, inodes):
                 name = _fitting(sock, wanted, found, creators)
                 if name is None:
                     sock.close()
@@ -155,9 +158,13 @@ def recover_sockets(
     return recovered
 
 
-def _sockets_of(orphan: Orphan) -> Iterator[socket.socket]:
-    """A copy of each socket ``orphan`` holds (pidfd_getfd: the same open socket)."""
-    for fd in _socket_fds(orphan.pid)[:MAX_FDS_EXAMINED]:
+def _sockets_of(orphan: Orphan, inodes: Collection[str]) -> Iterator[socket.socket]:
+    """A copy of each socket of ``orphan`` among ``inodes`` (pidfd_getfd: the same socket).
+
+    Only those: a copy of any other socket the process chose could block the
+    broker when it closes it (SO_LINGER with unsent data).
+    """
+    for fd in _socket_fds(orphan.pid, inodes)[:MAX_FDS_EXAMINED]:
         try:
             copy = pidfd_getfd(orphan.pidfd, fd)
         except OSError:
@@ -168,8 +175,29 @@ def _sockets_of(orphan: Orphan) -> Iterator[socket.socket]:
             os.close(copy)  # its fd number now holds something else
 
 
-def _socket_fds(pid: int) -> list[int]:
-    return [fd for fd, target in _fd_links(pid) if target.startswith("socket:[")]
+def _socket_fds(pid: int, inodes: Collection[str]) -> list[int]:
+    return [fd for fd, target in _fd_links(pid) if target in inodes]
+
+
+def inet_sockets(ports: Collection[int], proc_net: str = "/proc/self/net") -> set[str]:
+    """``socket:[INODE]`` of each TCP and UDP socket of this network namespace on ``ports``.
+
+    Empty ``ports``: on any port. From the kernel's tables, which no process can
+    write: the candidates for recovery, before any socket is copied.
+    """
+    found = set()
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            with open(f"{proc_net}/{table}") as lines:
+                rows = [line.split() for line in lines.readlines()[1:]]
+        except OSError:
+            continue  # no IPv6, say
+        for row in rows:
+            with contextlib.suppress(IndexError, ValueError):
+                port = int(row[1].rsplit(":", 1)[1], 16)
+                if not ports or port in ports:
+                    found.add(f"socket:[{int(row[9])}]")
+    return found
 
 
 def _fd_links(pid: int) -> list[tuple[int, str]]:

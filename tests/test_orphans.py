@@ -17,6 +17,7 @@ from chapiteau.broker.orphans import (
     Retirement,
     _marked,
     find_orphans,
+    inet_sockets,
     recover_sockets,
 )
 from chapiteau.broker.socket_table import close_all, open_all
@@ -155,3 +156,11 @@ def test_marked_processes_nothing_was_recovered_from_are_left_alone(spawn, liste
     close_all(sockets.values())
     assert orphans == []
     assert process.poll() is None
+
+
+def test_the_kernel_tables_list_the_sockets_on_a_port(listening):
+    inode = f"socket:[{os.fstat(listening.fileno()).st_ino}]"
+    port = listening.getsockname()[1]
+    assert inode in inet_sockets({port})
+    assert inode in inet_sockets(set())
+    assert inode not in inet_sockets({port + 1 if port < 65535 else port - 1})
