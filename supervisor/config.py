@@ -41,7 +41,6 @@ from chapiteau.protocol.constants import (
     DEFAULT_ENDPOINT,
     DEFAULT_PUBSUB_ENDPOINT,
     DEFAULT_STATS_ENDPOINT,
-    INSTANCE_VARIABLE,
     SUPERVISOR_START_VARIABLE,
     SYSTEMD_VARIABLES,
 )
@@ -693,17 +692,8 @@ def _watcher_env(section: Section, name: str, context: _Context, copy_env: bool)
 
 
 def worker_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The environment a worker of ``env`` starts with: DEFAULT_PATH if it has no PATH.
-
-    It also carries the broker's CHAPITEAU_INSTANCE mark (this supervisor's), by
-    which a broker started again after a crash finds it (docs/zero-downtime.md).
-    """
-    mark = os.environ.get(INSTANCE_VARIABLE)
-    return {
-        **({"PATH": DEFAULT_PATH} if "PATH" not in env else {}),
-        **env,
-        **({INSTANCE_VARIABLE: mark} if mark else {}),
-    }
+    """The environment a worker of ``env`` starts with: DEFAULT_PATH if it has no PATH."""
+    return {**({"PATH": DEFAULT_PATH} if "PATH" not in env else {}), **env}
 
 
 def copied_env(environ: Mapping[str, str]) -> dict[str, str]:

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import structlog
 
+from chapiteau.protocol.constants import INSTANCE_VARIABLE
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError
 from chapiteau.supervisor.children.child_exit import kill_process_group
 from chapiteau.supervisor.children.process_tree import group_and_session, read_proc
@@ -62,8 +63,6 @@ WRITE_SHARE = 0.1
 
 WATCHER_VARIABLE = "CHAPITEAU_WATCHER"
 """Set in every worker's environment to its watcher's name: marks it as ours."""
-INSTANCE_VARIABLE = "CHAPITEAU_INSTANCE"
-"""The supervisor's own value, copied into every worker's environment."""
 
 Pipe = tuple[int, int, str | None]
 """A worker's output pipe: (read end, write end, the broker's key or None)."""
@@ -77,7 +76,9 @@ def local_pipe() -> Pipe:
 
 
 def markers(name: str) -> dict[str, str]:
-    """The variables that mark a worker of watcher ``name`` (see `orphans`)."""
+    """The variables that mark a worker of watcher ``name`` (see `orphans`): its name, and
+    the broker's CHAPITEAU_INSTANCE (this supervisor's), by which a broker started again
+    after a crash finds it (docs/zero-downtime.md)."""
     instance = os.environ.get(INSTANCE_VARIABLE)
     return {WATCHER_VARIABLE: name} | ({} if instance is None else {INSTANCE_VARIABLE: instance})
 
