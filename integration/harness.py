@@ -172,6 +172,13 @@ class Chapiteau:
                 self.stop(timeout=grace)
         self.kill_everything()
 
+    def again(self) -> Chapiteau:
+        """Start a second chapiteau on this one's config file, logging to its own file (a
+        broker started again after a crash or to upgrade it)."""
+        second = Chapiteau(self.directory, self.config_path.read_text(), self.args)
+        second.log_path = self.directory / "second.log"
+        return second.start()
+
     def kill_everything(self) -> None:
         """Last-resort cleanup: SIGKILL every process of the tree this test saw."""
         self.track_tree()
@@ -180,6 +187,15 @@ class Chapiteau:
         if self.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(5)
+
+
+def kill_together(*pids: int) -> None:
+    """SIGKILL ``pids`` at once: stopped first, so that none sees another die."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not any(is_alive(pid) for pid in pids))
 
 
 def _close_stdio() -> None:

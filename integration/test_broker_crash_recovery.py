@@ -23,6 +23,7 @@ from integration.harness import (
     free_port,
     http_get,
     is_alive,
+    kill_together,
     proc_status,
     socket_inodes,
     wait_until,
@@ -69,15 +70,6 @@ class Connecting(threading.Thread):
         self.join(10)
 
 
-def _kill_together(*pids: int) -> None:
-    """SIGKILL ``pids`` at once: stopped first, so that none sees another die."""
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not any(is_alive(pid) for pid in pids))
-
-
 def _marked(instance: str) -> set[int]:
     """Every live process whose environment carries this config's mark."""
     found = set()
@@ -91,13 +83,6 @@ def _marked(instance: str) -> set[int]:
     return found
 
 
-def _again(first: Chapiteau) -> Chapiteau:
-    """A second chapiteau on the very same config file, logging to its own file."""
-    second = Chapiteau(first.directory, first.config_path.read_text(), first.args)
-    second.log_path = first.directory / "second.log"
-    return second.start()
-
-
 def _leave(broker: Chapiteau, supervisor: int) -> None:
     """The broker upgrade's first step: the old broker leaves (SIGTTIN), its workers serve on."""
     broker.process.send_signal(signal.SIGTTIN)
@@ -107,7 +92,7 @@ def _leave(broker: Chapiteau, supervisor: int) -> None:
 
 @pytest.mark.parametrize(
     "end",
-    [lambda broker, supervisor: _kill_together(broker.pid, supervisor), _leave],
+    [lambda broker, supervisor: kill_together(broker.pid, supervisor), _leave],
     ids=["kill -9 of broker and supervisor", "the broker leaves (upgrade)"],
 )
 def test_a_new_broker_recovers_the_socket_of_its_dead_predecessor_and_retires_its_workers(
@@ -126,7 +111,7 @@ def test_a_new_broker_recovers_the_socket_of_its_dead_predecessor_and_retires_it
     try:
         end(first, supervisor)
         assert all(is_alive(pid) for pid in orphans)
-        second = _again(first)
+        second = first.again()
         recovered = second.wait_for("socket_recovered")[0]
         second.wait_for("orphans_retired", timeout=30)
         new_supervisor = second.supervisor_pid()
@@ -155,7 +140,7 @@ def test_a_running_chapiteau_is_not_robbed_by_a_second_one_on_its_config(chapite
     first = chapiteau(CONFIG.format(port=free_port()))
     first.wait_for("supervisor_ready")
     workers = first.worker_pids("web", 2)
-    second = _again(first)
+    second = first.again()
     try:
         assert second.process.wait(15) == 1
     finally:

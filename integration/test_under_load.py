@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -32,11 +33,12 @@ from pathlib import Path
 import pytest
 
 from integration.conftest import Daemon
-from integration.harness import free_port
+from integration.harness import Chapiteau, free_port, is_alive, kill_together, wait_until
 from integration.load import Load
 from integration.managed import MARK, assert_all_managed, marked
 
 APPS = Path(__file__).resolve().parent / "apps"
+CTL = Path(sys.executable).parent / "chapiteauctl"
 PYTHON = sys.executable
 SERVERS = {
     "gunicorn": (
@@ -112,19 +114,13 @@ def loaded(served: Served, operation: Callable[[], object]) -> None:
     assert load.result.requests > 0, f"{load.result}"
 
 
-UVICORN_RESETS = pytest.mark.xfail(
-    reason="uvicorn's graceful shutdown (Server.shutdown, then H11Protocol.shutdown) closes "
-    "every connection whose request it has not parsed yet, including those it accepted in "
-    "the same loop iteration, request unread: the client gets a reset. Shown with uvicorn "
-    "0.54 and no manager at all (4 uvicorn --fd on one socket, 4 new ones, SIGTERM to the "
-    "old). Upstream: uvicorn issue 2757, discussion 2315.",
-    strict=False,
-)
+# uvicorn is left out of the cases that stop a server: its own graceful shutdown closes the
+# connections it accepted but has not read yet, under any manager (docs/zero-downtime.md).
+STOPPABLE = ["gunicorn", "sd_listen_fds"]
+ALL_SERVERS = [*STOPPABLE, "uvicorn"]
 
 
-@pytest.mark.parametrize(
-    "server", ["gunicorn", "sd_listen_fds", pytest.param("uvicorn", marks=UVICORN_RESETS)]
-)
+@pytest.mark.parametrize("server", STOPPABLE)
 def test_graceful_reload(serve, server: str):
     served = serve(server)
     before = served.pids()
@@ -199,6 +195,87 @@ def test_kill_9_of_one_worker(serve):
 
     loaded(served, kill)
     assert victim not in served.all_managed(4)
+
+
+def _next_supervisor(served: Served, generation: int) -> None:
+    """Wait until supervisor number ``generation`` has adopted the workers and answers."""
+    tree = served.daemon.tree
+    started = tree.wait_for("supervisor_started", where=lambda e: e["start"] == generation)
+    tree.wait_for("adopted", count=generation - 1)
+    pid = started[-1]["pid"]
+    wait_until(lambda: served.call("dstats").get("info", {}).get("pid") == pid)
+
+
+@pytest.mark.parametrize("server", ALL_SERVERS)
+def test_kill_9_of_the_supervisor(serve, server: str):
+    """The workers serve on, and the next supervisor manages the very same processes."""
+    served = serve(server)
+    before = sorted(served.pids())
+
+    def kill() -> None:
+        os.kill(served.daemon.tree.supervisor_pid(), signal.SIGKILL)
+        _next_supervisor(served, 2)
+
+    loaded(served, kill)
+    assert sorted(served.all_managed(4)) == before
+
+
+@pytest.mark.parametrize("server", ALL_SERVERS)
+def test_upgrade_of_the_supervisor(serve, server: str):
+    """``chapiteauctl upgrade``: new supervisor code, not one worker restarted."""
+    served = serve(server)
+    before = sorted(served.pids())
+    supervisor = served.daemon.tree.supervisor_pid()
+
+    def upgrade() -> None:
+        subprocess.run(
+            [CTL, "--endpoint", served.daemon.endpoint, "upgrade"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        _next_supervisor(served, 2)
+
+    loaded(served, upgrade)
+    assert sorted(served.all_managed(4)) == before
+    assert not is_alive(supervisor)
+
+
+def _broker_gone(tree: Chapiteau) -> None:
+    kill_together(tree.pid, tree.supervisor_pid())
+
+
+def _broker_leaves(tree: Chapiteau) -> None:
+    supervisor = tree.supervisor_pid()
+    tree.process.send_signal(signal.SIGTTIN)
+    assert tree.process.wait(15) == 0
+    wait_until(lambda: not is_alive(supervisor))
+
+
+@pytest.mark.parametrize(
+    "end",
+    [_broker_gone, _broker_leaves],
+    ids=["kill -9 of broker and supervisor", "broker upgrade (TTIN)"],
+)
+def test_a_new_chapiteau_after_the_broker_ended(serve, end: Callable[[Chapiteau], None]):
+    """The old workers serve until a new chapiteau on the same config has recovered the
+    socket and started its own; then they are retired, and nothing runs unmanaged."""
+    served = serve("gunicorn")
+    before = set(served.pids())
+    first = served.daemon.tree
+    second: list[Chapiteau] = []
+
+    def restart() -> None:
+        end(first)
+        second.append(first.again())
+        second[0].wait_for("orphans_retired", timeout=60)
+
+    try:
+        loaded(served, restart)
+        assert not served.all_managed(4) & before
+    finally:
+        for tree in second:
+            tree.shut_down()
 
 
 def _environ_has(pid: int, pair: str) -> bool:
