@@ -583,11 +583,9 @@ class Arbiter:
             log.error("upgrade_failed", error=exc.reason)
 
     def _hand_over(self) -> None:
-        """The last snapshot, then tell the broker: it starts the next generation at once.
-        The NOTIFY_SOCKET is closed first: the next one binds its address again."""
+        """The last snapshot, then tell the broker: it starts the next generation at once."""
         assert self.handover is not None and self.broker is not None
         self.handover.write()
-        self._close_notify_socket()
         try:
             self.broker.handover()
         except BrokerError as exc:
