@@ -14,29 +14,10 @@ import time
 from pathlib import Path
 
 from integration.harness import is_alive, wait_until
-from integration.test_readiness import status_verbose, watcher
+from integration.test_readiness import notify_worker, status_verbose, watcher
 from integration.test_workers_outlive_the_supervisor import ctl, next_generation, pids_of
 
 WATCHDOG_SEC = 2
-KEEP_ALIVE = """\
-import os, signal, socket, time
-
-def send(message):
-    address = os.environ["NOTIFY_SOCKET"]
-    if address.startswith("@"):
-        address = "\\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.sendto(message.encode(), address)
-        except OSError:
-            pass  # nobody listens between two supervisors; sd_notify ignores it too
-
-signal.signal(signal.SIGUSR1, lambda *_: send(f"STATUS=still {os.getpid()}"))
-send("READY=1")
-while True:
-    send("WATCHDOG=1")
-    time.sleep(0.5)
-"""
 
 
 def outlives_its_watchdog(app, worker: int) -> None:
@@ -47,10 +28,9 @@ def outlives_its_watchdog(app, worker: int) -> None:
 
 
 def test_an_adopted_workers_keep_alives_reach_the_next_supervisor(daemon, workdir: Path):
-    (workdir / "keep_alive.py").write_text(KEEP_ALIVE)
-    (workdir / "keep_alive.py").chmod(0o644)
     options = {"readiness": "notify", "watchdog_sec": WATCHDOG_SEC, "graceful_timeout": 5}
-    app = daemon(watcher("python3 keep_alive.py", **options))
+    # READY=1 at once, then WATCHDOG=1 every watchdog_sec / 4.
+    app = daemon(watcher(notify_worker(workdir, "0"), **options))
     [ready] = app.tree.wait_for("ready")
     worker = ready["pid"]
 
@@ -64,5 +44,5 @@ def test_an_adopted_workers_keep_alives_reach_the_next_supervisor(daemon, workdi
     outlives_its_watchdog(app, worker)
 
     os.kill(worker, signal.SIGUSR1)
-    wait_until(lambda: f"still {worker}" in status_verbose(app))
+    wait_until(lambda: f"told by {worker}" in status_verbose(app))
     assert len(app.tree.events_named("notify_socket_reopened")) == 2
