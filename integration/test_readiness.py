@@ -21,17 +21,22 @@ from integration.harness import environ, free_port, http_get, is_alive, wait_unt
 CTL = Path(sys.executable).parent / "chapiteauctl"
 
 NOTIFY_WORKER = """\
-import os, socket, sys, time
+import os, signal, socket, sys, time
 
 def send(message):
     address = os.environ["NOTIFY_SOCKET"]
     if address.startswith("@"):
         address = "\\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(message.encode(), address)
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError:
+            pass  # nobody listens (between two supervisors): sd_notify ignores it too
+
+signal.signal(signal.SIGUSR1, lambda *_: send(f"STATUS=told by {os.getpid()}"))
 
 # argv: milliseconds before READY=1 ("never"; "file": what the file "mode" says),
-# then how many keep-alives to send ("always" by default)
+# then how many keep-alives to send ("always" by default); SIGUSR1: one STATUS=
 delay, keep_alives = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "always"
 if delay == "file":
     with open("mode") as mode:

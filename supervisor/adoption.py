@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import structlog
 
@@ -39,9 +39,12 @@ DEFAULT_STOP = (signal.SIGTERM, 30.0)
 class Adoption:
     """What one supervisor start takes over, and the workers it is still stopping."""
 
-    def __init__(self, handover: Handover, broker_pid: int) -> None:
+    def __init__(self, handover: Handover, broker_pid: int, listen: Callable[[str], None]) -> None:
+        """``listen`` opens the NOTIFY_SOCKET on the previous generation's address (OSError
+        when it cannot)."""
         self.handover = handover
         self.broker_pid = broker_pid
+        self.listen = listen
         self.retiring: set[asyncio.Task[None]] = set()
         """The graceful stops of unmanaged workers still under way."""
 
@@ -55,6 +58,14 @@ class Adoption:
             # Without the snapshot nothing can be adopted: every worker left is stopped.
             log.error("adoption_failed", error=str(exc))
             snapshot, pipes = None, {}
+        # Before any adopted worker's watchdog runs: its WATCHDOG=1 goes to this address.
+        address = snapshot.notify_socket if snapshot is not None else None
+        unheard = None
+        if address is not None:
+            try:
+                self.listen(address)
+            except OSError as exc:
+                unheard = exc.strerror
         wanted: dict[Watcher, bool] = {}
         known: set[int] = set()
         adopted = retired = 0
@@ -85,6 +96,15 @@ class Adoption:
         for fd in pipes.values():
             os.close(fd)
         self.handover.release(pipes)
+        if unheard is not None:
+            log.warning(
+                "adopted_workers_unheard",
+                address=address,
+                error=unheard,
+                watchers=sorted(w.name for w in wanted if w.processes and w.notified_workers),
+                consequence="the notify socket's name was taken: these watchers' adopted "
+                "workers can no longer send sd_notify messages, a watchdog restarts them",
+            )
         for watcher, start in wanted.items():
             if not start and watcher.processes:
                 await watcher.stop()

@@ -138,7 +138,7 @@ class Arbiter:
         if self.broker is not None and self.supervisor_start is not None:
             # Spawn mode: the broker started us, and its children outlive us.
             tag = str(self.supervisor_start)
-            self.handover = Handover(self.broker, loop, self._snapshot, tag)
+            self.handover = Handover(self.broker, loop, self._snapshot, tag, self._notify_address)
         self.attach(loop)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.quit()))
@@ -165,7 +165,9 @@ class Arbiter:
                 log.warning("broker_ready_failed", error=str(exc))
         wanted: dict[Watcher, bool] = {}
         if self.handover is not None and self.broker is not None:
-            self._adoption = Adoption(self.handover, self.broker.broker_pid)
+            self._adoption = Adoption(
+                self.handover, self.broker.broker_pid, self._reopen_notify_socket
+            )
             wanted = await self._adoption.run(self.watchers, set(self.sockets.sockets))
             # The previous snapshot stays whole until every process in it is adopted.
             self.handover.resume()
@@ -214,9 +216,7 @@ class Arbiter:
         if self._runtime is not None:
             self._runtime.children.close()
             self._runtime.redirector.close()
-        if self._notify is not None:
-            self._notify.close()
-            self._notify = None
+        self._close_notify_socket()
         for watcher in self.watchers.values():
             watcher.close_streams()
 
@@ -224,10 +224,29 @@ class Arbiter:
         """The NOTIFY_SOCKET of the workers that tell their readiness, opened at first use
         (a supervisor whose watchers need none has none)."""
         if self._notify is None:
-            assert self._runtime is not None
-            self._notify = NotifySocket(self._runtime.loop, self.pids.__contains__, self._notified)
+            self._notify = self._open_notify_socket(None)
             log.info("notify_socket_opened", address=self._notify.address)
         return self._notify.address
+
+    def _reopen_notify_socket(self, address: str) -> None:
+        """Listen on ``address``, the previous generation's NOTIFY_SOCKET, which its workers
+        keep in their environment. OSError when that name is taken: the next worker that
+        needs a NOTIFY_SOCKET gets a new one."""
+        assert self._notify is None
+        self._notify = self._open_notify_socket(address)
+        log.info("notify_socket_reopened", address=address)
+
+    def _open_notify_socket(self, address: str | None) -> NotifySocket:
+        assert self._runtime is not None
+        return NotifySocket(self._runtime.loop, self.pids.__contains__, self._notified, address)
+
+    def _notify_address(self) -> str | None:
+        return None if self._notify is None else self._notify.address
+
+    def _close_notify_socket(self) -> None:
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
 
     def _notified(self, pid: int, fields: Mapping[str, str]) -> None:
         watcher = self.pids.get(pid)

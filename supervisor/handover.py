@@ -8,7 +8,8 @@ once. What the successor needs is kept by the broker, which never reads it:
   which keeps a copy of the read end under a key, so that a worker writing
   while no supervisor exists blocks on a full pipe at worst, never gets
   SIGPIPE; the key is released when the worker is gone;
-* the snapshot (`chapiteau.supervisor.state`) is written into memfds the
+* the snapshot (`chapiteau.supervisor.state`), with the NOTIFY_SOCKET's
+  address that the workers keep in their environment, is written into memfds the
   broker holds, once per burst of changes: `Handover.changed` schedules one
   write with ``loop.call_soon``. A snapshot grows with the processes, so a
   start of thousands would write one per spawn and cost O(n²); after a write
@@ -92,12 +93,15 @@ class Handover:
         loop: asyncio.AbstractEventLoop,
         snapshot: Callable[[], Iterable[tuple[WatcherRecord, Iterable[bytes]]]],
         tag: str,
+        notify_socket: Callable[[], str | None] = lambda: None,
     ) -> None:
         """``snapshot`` lists each watcher with its processes' encoded parts; ``tag`` makes
-        this generation's pipe keys unique (the broker's count of supervisor starts)."""
+        this generation's pipe keys unique (the broker's count of supervisor starts);
+        ``notify_socket`` gives the address of the open NOTIFY_SOCKET, if any."""
         self.broker = broker
         self.loop = loop
         self._snapshot = snapshot
+        self._notify_socket = notify_socket
         self._tag = tag
         self._pipes_made = 0
         self._memfds: dict[str, int] = {}
@@ -176,7 +180,7 @@ class Handover:
                 fd = self._memfds[key] = self.broker.hold_memfd(key)
             # CPU time: a busy machine that descheduled us must not space the writes out.
             began = time.thread_time()
-            data = encode(self._serial, self._snapshot())
+            data = encode(self._serial, self._snapshot(), self._notify_socket())
             os.ftruncate(fd, 0)
             os.pwrite(fd, data, 0)
         except (BrokerError, OSError) as exc:

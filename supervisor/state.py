@@ -6,8 +6,11 @@ operator stop it), the options changed at run time by ``set``/``incr``/``decr``,
 how to stop it, its restart counts; per process, its pid, wid, start time
 (epoch, as ``status`` shows it, and the kernel's ``starttime`` from
 /proc/PID/stat, which tells a recycled pid apart) and the keys under which the
-broker holds its output pipes. The broker holds the snapshot in a memfd it
-never reads (`chapiteau.supervisor.handover`).
+broker holds its output pipes; and the address of the supervisor's
+NOTIFY_SOCKET, which the workers keep in their environment, so that the next
+generation listens on the same one (`chapiteau.supervisor.io.notify`). The
+broker holds the snapshot in a memfd it never reads
+(`chapiteau.supervisor.handover`).
 
 Two memfds (``STATE_KEYS``) are written in turn, each snapshot with a serial
 one above the last: a supervisor killed in the middle of a write leaves the
@@ -72,6 +75,8 @@ class WatcherRecord:
 class Snapshot:
     serial: int
     watchers: tuple[WatcherRecord, ...] = ()
+    notify_socket: str | None = None
+    """The NOTIFY_SOCKET address (an abstract name, "@..."); None when none was open."""
 
 
 def encode_process(record: ProcessRecord) -> bytes:
@@ -79,16 +84,24 @@ def encode_process(record: ProcessRecord) -> bytes:
     return _json(vars(record))
 
 
-def encode(serial: int, watchers: Iterable[tuple[WatcherRecord, Iterable[bytes]]]) -> bytes:
+def encode(
+    serial: int,
+    watchers: Iterable[tuple[WatcherRecord, Iterable[bytes]]],
+    notify_socket: str | None = None,
+) -> bytes:
     """A snapshot of ``watchers``: each a record (its ``processes`` ignored) with the
-    encoded parts of its processes."""
+    encoded parts of its processes; ``notify_socket``: the open NOTIFY_SOCKET's address."""
     parts = []
     for record, processes in watchers:
         head = {key: value for key, value in vars(record).items() if key != "processes"}
         head["spawns"] = {str(wid): count for wid, count in record.spawns.items()}
         parts.append(_json(head)[:-1] + b',"processes":[' + b",".join(processes) + b"]}")
-    body = b'{"version":%d,"serial":%d,"watchers":[' % (STATE_VERSION, serial)
-    return body + b",".join(parts) + b"]}"
+    head = b'{"version":%d,"serial":%d,"notify_socket":%s,"watchers":[' % (
+        STATE_VERSION,
+        serial,
+        _json(notify_socket),
+    )
+    return head + b",".join(parts) + b"]}"
 
 
 def decode(data: bytes) -> Snapshot | None:
@@ -97,7 +110,11 @@ def decode(data: bytes) -> Snapshot | None:
         body = json.loads(data)
         if body["version"] != STATE_VERSION:
             return None
-        return Snapshot(int(body["serial"]), tuple(_watcher(w) for w in body["watchers"]))
+        return Snapshot(
+            int(body["serial"]),
+            tuple(_watcher(w) for w in body["watchers"]),
+            _abstract_name(body.get("notify_socket")),
+        )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -149,6 +166,12 @@ def _process(obj: dict[str, Any]) -> ProcessRecord:
         stdout=_optional_str(obj["stdout"]),
         stderr=_optional_str(obj["stderr"]),
     )
+
+
+def _abstract_name(value: Any) -> str | None:
+    """An abstract socket name ("@..."); None for anything else (a snapshot written before
+    the address was recorded has none)."""
+    return value if isinstance(value, str) and value.startswith("@") and len(value) > 1 else None
 
 
 def _optional_str(value: Any) -> str | None:

@@ -616,11 +616,16 @@ class Watcher:
         self._publish("spawn", {"process_pid": pid, "time": process.started})
         return process
 
+    @property
+    def notified_workers(self) -> bool:
+        """Whether its workers get NOTIFY_SOCKET (``readiness = notify`` or a watchdog)."""
+        return self.config.readiness == "notify" or self.config.watchdog_sec > 0
+
     def _notify_env(self) -> dict[str, str]:
         """NOTIFY_SOCKET and WATCHDOG_USEC for a watcher that tracks them; else nothing, so
         that the environment is Circus's."""
         env = {}
-        if self.config.readiness == "notify" or self.config.watchdog_sec > 0:
+        if self.notified_workers:
             env["NOTIFY_SOCKET"] = self.runtime.notify_socket()
         if self.config.watchdog_sec > 0:
             env["WATCHDOG_USEC"] = str(round(self.config.watchdog_sec * 1_000_000))

@@ -7,6 +7,9 @@ import asyncio
 import os
 import signal
 import subprocess
+from collections.abc import Callable
+
+from structlog.testing import capture_logs
 
 from chapiteau.supervisor.adoption import Adoption
 from chapiteau.supervisor.broker_client import BrokerError
@@ -28,9 +31,14 @@ def marked_orphan() -> subprocess.Popen:
     )
 
 
-def adopt(broker: FakeBroker) -> dict:
+def refuse(address: str) -> None:
+    raise AssertionError(f"no notify socket was recorded, yet {address} is opened")
+
+
+def adopt(broker: FakeBroker, listen: Callable[[str], None] = refuse) -> dict:
     async def run() -> dict:
-        adoption = Adoption(Handover(broker, asyncio.get_running_loop(), list, "2"), os.getpid())
+        handover = Handover(broker, asyncio.get_running_loop(), list, "2")
+        adoption = Adoption(handover, os.getpid(), listen)
         wanted = await adoption.run({}, set())
         await asyncio.gather(*adoption.retiring)
         return wanted
@@ -62,3 +70,30 @@ def test_workers_of_a_watcher_the_config_no_longer_has_are_stopped_with_its_stop
     finally:
         orphan.kill()
         orphan.wait()
+
+
+ADDRESS = "@chapiteau-notify/1/0123456789abcdef"
+
+
+def broker_with_notify_socket() -> FakeBroker:
+    broker = FakeBroker()
+    fd = broker.hold_memfd("state.1")
+    os.write(fd, encode(1, [], ADDRESS))
+    os.close(fd)
+    return broker
+
+
+def test_the_previous_notify_socket_address_is_listened_on_again() -> None:
+    opened: list[str] = []
+    adopt(broker_with_notify_socket(), opened.append)
+    assert opened == [ADDRESS]
+
+
+def test_a_notify_socket_address_taken_meanwhile_is_reported() -> None:
+    def taken(address: str) -> None:
+        raise OSError(98, "Address already in use")
+
+    with capture_logs() as logs:
+        adopt(broker_with_notify_socket(), taken)
+    [warning] = [entry for entry in logs if entry["event"] == "adopted_workers_unheard"]
+    assert warning["address"] == ADDRESS and warning["watchers"] == []

@@ -77,6 +77,16 @@ def test_the_next_generation_reads_the_newest_snapshot_and_writes_after_it() -> 
     loop.close()
 
 
+def test_the_next_generation_gets_the_notify_sockets_address() -> None:
+    broker = FakeBroker()
+    loop = asyncio.new_event_loop()
+    address = "@chapiteau-notify/1/0123456789abcdef"
+    Handover(broker, loop, lambda: snapshot_of(1), "1", lambda: address).write()
+    snapshot, _ = Handover(broker, loop, lambda: snapshot_of(1), "2").take()
+    assert snapshot is not None and snapshot.notify_socket == address
+    loop.close()
+
+
 def test_output_pipes_are_held_under_keys_unique_to_the_generation() -> None:
     broker = FakeBroker()
     handover = Handover(broker, asyncio.new_event_loop(), list, "7")

@@ -164,3 +164,19 @@ def test_fds_sent_along_are_closed() -> None:
         listening.socket.close()
 
     run(test)
+
+
+def test_a_given_address_is_bound_and_refused_once_taken() -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        first = NotifySocket(loop, set().__contains__, print)
+        try:
+            with pytest.raises(OSError):
+                NotifySocket(loop, set().__contains__, print, first.address)
+        finally:
+            first.close()
+        again = NotifySocket(loop, set().__contains__, print, first.address)
+        assert again.address == first.address
+        again.close()
+
+    asyncio.run(run())

@@ -35,6 +35,19 @@ def test_a_snapshot_round_trips() -> None:
     assert decode(data) == Snapshot(7, (expected,))
 
 
+def test_a_snapshot_keeps_the_notify_sockets_address() -> None:
+    address = "@chapiteau-notify/4321/00ff00ff00ff00ff"
+    assert decode(encode(7, [(WATCHER, [])], address)) == Snapshot(7, (WATCHER,), address)
+    assert decode(encode(7, [(WATCHER, [])])) == Snapshot(7, (WATCHER,), None)
+
+
+def test_only_an_abstract_name_is_taken_as_the_notify_sockets_address() -> None:
+    for value in (b'"/run/notify"', b'"@"', b"3", b'["@x"]'):
+        data = b'{"version":1,"serial":1,"notify_socket":%s,"watchers":[]}' % value
+        assert decode(data) == Snapshot(1)
+    assert decode(b'{"version":1,"serial":1,"watchers":[]}') == Snapshot(1)
+
+
 def test_a_snapshot_cut_short_is_no_snapshot() -> None:
     data = encode(7, [(WATCHER, [encode_process(PROCESS)])])
     assert all(decode(data[:cut]) is None for cut in range(len(data)))

@@ -6,7 +6,14 @@ it (``READY=1``, ``STATUS=...``, ``WATCHDOG=1``, ...): one datagram per
 message, newline-separated ``KEY=VALUE`` assignments.
 
 The address is an abstract UNIX name with a random part,
-``@chapiteau-notify/PID/RANDOM``, made once per supervisor. Why not a path:
+``@chapiteau-notify/PID/RANDOM``, made by the first supervisor that needs one
+(PID is its pid). Workers keep it in their environment for life, so the
+supervisor records it in the snapshot it leaves to its next generation
+(`chapiteau.supervisor.state`), which binds the same name again (the previous
+one is dead, so the name is free): adopted workers go on being heard. Should
+another process have taken the name in the gap, the next generation makes a
+new one, and the adopted workers that can no longer report are restarted by
+their watchdog. Why not a path:
 workers may run as any user (``uid``), and a path they can all send to would
 need a directory writable or searchable by all of them; an abstract name needs
 no file and vanishes with the supervisor. Who else can send: any process of
@@ -120,7 +127,10 @@ class NotifySocket:
         loop: asyncio.AbstractEventLoop,
         is_worker: Callable[[int], bool],
         deliver: Deliver,
+        address: str | None = None,
     ) -> None:
+        """Bound to ``address`` (an abstract name, "@...", as `address` gives it) when
+        given, else to a new name; OSError when it cannot be bound (EADDRINUSE: taken)."""
         self._loop = loop
         self._is_worker = is_worker
         self._deliver = deliver
@@ -131,12 +141,13 @@ class NotifySocket:
         )
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            name = f"chapiteau-notify/{os.getpid()}/{secrets.token_hex(8)}"
-            self._sock.bind(b"\0" + name.encode())
+            if address is None:
+                address = f"@chapiteau-notify/{os.getpid()}/{secrets.token_hex(8)}"
+            self._sock.bind(b"\0" + address[1:].encode())
         except OSError:
             self._sock.close()
             raise
-        self.address = "@" + name
+        self.address = address
         """The value of NOTIFY_SOCKET ("@": an abstract name, as systemd writes it)."""
         loop.add_reader(self._sock.fileno(), self._readable)
 
