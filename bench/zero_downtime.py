@@ -80,14 +80,18 @@ class Case:
         return self.call("list", timeout, name="web")["pids"]
 
 
-def body(port: int, mark: str) -> str:
+def body(port: int, mark: str, kind: str) -> str:
+    """The config: the same for both, but for chapiteau's ``readiness = notify`` (gunicorn's
+    master says READY=1 once it serves: a reload stops an old worker only then)."""
+    readiness = "readiness = notify\n" if kind == "chapiteau" else ""
     gunicorn = (
         f"{BENCH_BIN / 'gunicorn'} --chdir {APP.parent} -k sync -w 1 --log-level warning "
         "--bind fd://$(circus.sockets.web) hello_app:app"
     )
     return (
         f"[socket:web]\nhost = 127.0.0.1\nport = {port}\n\n"
-        f"[watcher:web]\ncmd = {gunicorn}\nuse_sockets = true\nnumprocesses = {WORKERS}\n\n"
+        f"[watcher:web]\ncmd = {gunicorn}\nuse_sockets = true\nnumprocesses = {WORKERS}\n"
+        f"{readiness}\n"
         f"[env:web]\n{MARK} = {mark}\n"
     )
 
@@ -205,7 +209,7 @@ class Sample:
 
 def run_case(kind: str, operation: Operation) -> Sample:
     port, mark = free_port(), uuid.uuid4().hex
-    manager = Manager(kind, body(port, mark))
+    manager = Manager(kind, body(port, mark, kind))
     case = Case(manager, port, mark)
     try:
         wait_serving(case)
