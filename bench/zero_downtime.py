@@ -99,6 +99,11 @@ def body(port: int, mark: str, kind: str) -> str:
 # -- the operations: each returns a note (or None), or raises NotAvailable ----------------
 
 
+def nothing(case: Case) -> str | None:
+    """The baseline: the same load with no operation, the max latency the machine gives."""
+    return None
+
+
 def reload(case: Case) -> str | None:
     case.call("reload", name="web", graceful=True, waiting=True)
     return None
@@ -173,6 +178,7 @@ class Operation:
 
 
 OPERATIONS = [
+    Operation("nothing (the load alone: this machine's noise)", nothing, "-"),
     Operation("`reload web` (graceful)", reload, "< 50 ms"),
     Operation("`restart web`", restart, "worker boot time + < 20 ms"),
     Operation("`reload --sequential`", reload_sequential, "< 20 ms"),
