@@ -162,10 +162,9 @@ class Handover:
         if self.paused:
             self._missed = True
         elif self._scheduled is None:
-            if self.loop.time() >= self._next_write:
-                self._scheduled = self.loop.call_soon(self.write)
-            else:
-                self._scheduled = self.loop.call_at(self._next_write, self.write)
+            # A timer even when due now: it runs after what is ready already, so that a
+            # respawn the same exit scheduled is not kept waiting by the write.
+            self._scheduled = self.loop.call_at(max(self._next_write, self.loop.time()), self.write)
 
     def write(self) -> None:
         """Write the snapshot now, into the memfd that does not hold the newest one."""

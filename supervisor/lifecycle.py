@@ -61,7 +61,9 @@ first and a replacement that cannot start is retried after a backoff.
 from __future__ import annotations
 
 import enum
+import heapq
 import signal
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -322,6 +324,34 @@ Action = (
 )
 
 
+class WidPool:
+    """The wids in use and the lowest free one, from 1 (as in Circus), in O(log n) a spawn."""
+
+    def __init__(self) -> None:
+        self._used: Counter[int] = Counter()
+        self._free: list[int] = []
+        """A heap of wids that were free when pushed (those taken since are popped lazily)."""
+        self._high = 0
+        """Every wid up to this one has been taken once or is in ``_free``."""
+
+    def lowest_free(self) -> int:
+        while self._free and self._used[self._free[0]]:
+            heapq.heappop(self._free)
+        return self._free[0] if self._free else self._high + 1
+
+    def take(self, wid: int) -> None:
+        for skipped in range(self._high + 1, wid):
+            heapq.heappush(self._free, skipped)
+        self._high = max(self._high, wid)
+        self._used[wid] += 1
+
+    def give_back(self, wid: int) -> None:
+        self._used[wid] -= 1
+        if self._used[wid] <= 0:
+            del self._used[wid]
+            heapq.heappush(self._free, wid)
+
+
 class Lifecycle:
     """One watcher's phase, its processes and its failure counts; events in, actions out."""
 
@@ -329,6 +359,8 @@ class Lifecycle:
         self.config = config
         self.phase = Phase.STOPPED
         self.workers: dict[int, Worker] = {}
+        self.wids = WidPool()
+        """The wids of ``workers``: the lowest free one without a pass over them all."""
         self.failed_rounds = 0
         """Consecutive failed rounds of spawns; a process spawned now belongs to this round."""
         self.spawn_failures = 0
@@ -379,8 +411,7 @@ class Lifecycle:
 
     def next_wid(self) -> int:
         """The lowest wid in use by nobody, from 1 (as in Circus)."""
-        used = {w.wid for w in self.workers.values()}
-        return next(wid for wid in range(1, len(used) + 2) if wid not in used)
+        return self.wids.lowest_free()
 
     def describe(self, now: float) -> dict[str, Any]:
         """The phase and what goes with it (``status`` verbose, the ``watcher_state`` log)."""
@@ -493,6 +524,7 @@ class Lifecycle:
     def spawned(self, pid: int, wid: int, now: float, jitter: int = 0) -> list[Action]:
         """``pid`` runs; ``jitter`` is the random part of its max_age (0..max_age_variance)."""
         worker = self.workers[pid] = Worker(pid, wid, now, self.failed_rounds)
+        self.wids.take(wid)
         self.slots.setdefault(wid, Slot()).spawns += 1
         self.spawn_failures = 0
         config = self.config
@@ -594,6 +626,7 @@ class Lifecycle:
         it is ready: its watchdog, if any, runs from ``now`` (default ``born``)."""
         worker = Worker(pid, wid, born, self.failed_rounds)
         self.workers[pid] = worker
+        self.wids.take(wid)
         slot = self.slots.setdefault(wid, Slot())
         slot.spawns = max(slot.spawns, spawns, 1)
         if self.phase in (Phase.STOPPED, Phase.FAILED, Phase.STARTING):
@@ -630,6 +663,7 @@ class Lifecycle:
         worker = self.workers.pop(pid, None)
         if worker is None:
             return []
+        self.wids.give_back(worker.wid)
         was = worker.state
         quick = now - worker.born < flapping.window or worker.failure is Timer.READY_TIMEOUT
         if was is ProcessState.STOPPING:

@@ -34,6 +34,7 @@ from chapiteau.supervisor.lifecycle import (
     Timer,
     UnwatchSockets,
     WatchSockets,
+    WidPool,
     backoff,
 )
 
@@ -622,3 +623,23 @@ def test_an_adopted_process_is_ready_and_its_watchdog_runs_from_the_adoption() -
 def test_an_adopted_process_keeps_its_max_age_from_its_spawn() -> None:
     lifecycle = Lifecycle(config(numprocesses=1, max_age=60))
     assert lifecycle.adopted(500, 1, born=-50.0) == [Readiness(500), ArmExpiry(500, 10.0)]
+
+
+def test_the_next_wid_is_the_lowest_free_one_whatever_the_order() -> None:
+    pool = WidPool()
+    assert pool.lowest_free() == 1
+    for wid in (1, 2, 3):
+        pool.take(wid)
+    assert pool.lowest_free() == 4
+    pool.give_back(2)
+    pool.give_back(1)
+    assert pool.lowest_free() == 1
+    pool.take(1)
+    assert pool.lowest_free() == 2
+    pool.take(7)  # adopted: wids 4 to 6 were never used
+    assert pool.lowest_free() == 2
+    pool.take(2)
+    assert pool.lowest_free() == 4
+    pool.take(3)  # a reload runs two processes in one wid for a while
+    pool.give_back(3)
+    assert pool.lowest_free() == 4

@@ -73,6 +73,8 @@ class Redirector:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pipes: dict[int, _Pipe] = {}
+        self._fds_of: dict[int, set[int]] = {}
+        """The fds of each pid: an exit among thousands of workers finds its own at once."""
 
     def add(self, fd: int, pid: int, name: str, stream: Callable[[Chunk], None]) -> None:
         """Read the pipe ``fd`` of process ``pid`` into ``stream``; the redirector now owns fd.
@@ -85,11 +87,12 @@ class Redirector:
         os.set_blocking(fd, False)
         os.set_inheritable(fd, False)
         self._pipes[fd] = _Pipe(pid, name, stream)
+        self._fds_of.setdefault(pid, set()).add(fd)
         self._loop.add_reader(fd, self._read, fd)
 
     def remove_pid(self, pid: int) -> None:
         """Deliver what the process ``pid`` has left in its pipes, then close them."""
-        for fd in [fd for fd, pipe in self._pipes.items() if pipe.pid == pid]:
+        for fd in sorted(self._fds_of.get(pid, ())):
             self._drain(fd)
 
     def close(self) -> None:
@@ -128,6 +131,10 @@ class Redirector:
 
     def _forget(self, fd: int) -> None:
         pipe = self._pipes.pop(fd)
+        fds = self._fds_of[pipe.pid]
+        fds.discard(fd)
+        if not fds:
+            del self._fds_of[pipe.pid]
         self._loop.remove_reader(fd)
         os.close(fd)
         if pipe.pending:
