@@ -5,9 +5,9 @@ crash), their workers keep running and keep the listening sockets open: a new
 broker on the same config would fail on EADDRINUSE while they serve unmanaged.
 Started as root, before binding, the new broker instead:
 
-1. finds the candidates (`find_orphans`): processes whose environment holds
-   ``CHAPITEAU_INSTANCE=<real path of this config>``, which the supervisor and
-   every worker get. Each process is pinned by a pidfd *before* its
+1. finds the candidates (`find_orphans`): processes of the service user whose
+   environment holds ``CHAPITEAU_INSTANCE=<real path of this config>``, which
+   the supervisor and every worker get. Each process is pinned by a pidfd *before* its
    /proc/PID/environ is read (a bounded read, one entry matched exactly) and
    found alive after, so a pid reused meanwhile is never taken for an orphan.
    The mark only selects candidates: any process can write its environment.
@@ -82,11 +82,18 @@ class Orphan:
         os.close(self.pidfd)
 
 
-def find_orphans(instance: str, proc: str = "/proc") -> list[Orphan]:
-    """Every live process but this one whose environment marks it as of ``instance``."""
+def find_orphans(instance: str, uid: int | None = None, proc: str = "/proc") -> list[Orphan]:
+    """Every live process but this one whose environment marks it as of ``instance``.
+
+    ``uid``: only processes of that user are looked at (the service user's: the
+    supervisor and its workers run as nobody else), so that root neither reads
+    the memory of every process on the machine nor spends a start-up doing it.
+    """
     mark = f"{INSTANCE_VARIABLE}={instance}".encode()
     found = []
     for pid in _pids(proc):
+        if uid is not None and _owner(f"{proc}/{pid}") != uid:
+            continue
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:
@@ -97,6 +104,14 @@ def find_orphans(instance: str, proc: str = "/proc") -> list[Orphan]:
         else:
             orphan.close()
     return found
+
+
+def _owner(path: str) -> int | None:
+    """The uid a /proc/PID directory belongs to (the process's effective uid)."""
+    try:
+        return os.stat(path).st_uid
+    except OSError:
+        return None
 
 
 def _pids(proc: str) -> Iterator[int]:

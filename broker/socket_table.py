@@ -45,7 +45,9 @@ def open_all(
     try:
         rest = [spec for name, spec in config.sockets.items() if name not in sockets]
         if rest and running_as_root():
-            orphans = find_orphans(instance_mark(config.path))
+            # Started as root, the supervisor could give its workers any uid.
+            owner = None if user.uid == 0 else user.uid
+            orphans = find_orphans(instance_mark(config.path), owner)
             recovered = recover_sockets(orphans, rest, creators)
             if not recovered:
                 # Only a recovered socket proves their broker dead: a live one holds it.

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable
 MARK = "CHAPITEAU_TEST_MARK"
 
 
-def marked(value: str) -> dict[int, int]:
-    """pid → parent pid of every live process whose environment has ``MARK=value``."""
-    wanted = f"{MARK}={value}".encode()
+def marked(value: str, variable: str = MARK) -> dict[int, int]:
+    """pid → parent pid of every live process whose environment has ``variable=value``."""
+    wanted = f"{variable}={value}".encode()
     found = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():

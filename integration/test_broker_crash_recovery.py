@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from chapiteau.protocol.constants import INSTANCE_VARIABLE
 from chapiteau.supervisor.children.process_tree import descendants
 from integration.harness import (
     Chapiteau,
-    environ,
     free_port,
     http_get,
     is_alive,
@@ -28,6 +28,7 @@ from integration.harness import (
     socket_inodes,
     wait_until,
 )
+from integration.managed import marked
 
 CAP_SYS_PTRACE = 19
 
@@ -68,19 +69,6 @@ class Connecting(threading.Thread):
     def stop(self) -> None:
         self.done.set()
         self.join(10)
-
-
-def _marked(instance: str) -> set[int]:
-    """Every live process whose environment carries this config's mark."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and is_alive(int(entry)):
-            try:
-                if environ(int(entry)).get("CHAPITEAU_INSTANCE") == instance:
-                    found.add(int(entry))
-            except OSError:
-                continue
-    return found
 
 
 def _leave(broker: Chapiteau, supervisor: int) -> None:
@@ -129,7 +117,7 @@ def test_a_new_broker_recovers_the_socket_of_its_dead_predecessor_and_retires_it
         assert not any(is_alive(pid) for pid in orphans)
         assert client.errors == [] and client.connects > 0
         managed = {second.pid, *descendants(second.pid)}
-        assert _marked(instance) <= managed
+        assert set(marked(instance, INSTANCE_VARIABLE)) <= managed
         # pidfd_getfd needed CAP_SYS_PTRACE: gone for good once the broker is confined.
         assert not int(proc_status(second.pid)["CapBnd"], 16) & 1 << CAP_SYS_PTRACE
     finally:

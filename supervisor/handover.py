@@ -42,10 +42,16 @@ from collections.abc import Callable, Iterable, Iterator
 
 import structlog
 
+from chapiteau.protocol.broker_messages import MAX_HELD_PER_REPLY
 from chapiteau.protocol.constants import INSTANCE_VARIABLE
 from chapiteau.supervisor.broker_client import BrokerClient, BrokerError
 from chapiteau.supervisor.children.child_exit import kill_process_group
-from chapiteau.supervisor.children.process_tree import group_and_session, read_proc
+from chapiteau.supervisor.children.process_tree import (
+    group_and_session,
+    parent_of,
+    read_proc,
+    start_time,
+)
 from chapiteau.supervisor.state import (
     STATE_KEYS,
     ProcessRecord,
@@ -53,8 +59,6 @@ from chapiteau.supervisor.state import (
     WatcherRecord,
     encode,
     newest,
-    parent_of,
-    start_time,
 )
 
 log = structlog.get_logger("chapiteau.supervisor")
@@ -104,6 +108,9 @@ class Handover:
         self._notify_socket = notify_socket
         self._tag = tag
         self._pipes_made = 0
+        self._releasing: list[str] = []
+        """Keys to release, sent together (see `release`)."""
+        self._release_scheduled: asyncio.Handle | None = None
         self._memfds: dict[str, int] = {}
         self._serial = 0
         self._scheduled: asyncio.Handle | None = None
@@ -134,13 +141,22 @@ class Handover:
         return pipes
 
     def release(self, keys: Iterable[str]) -> None:
-        keys = tuple(keys)
-        if not keys:
-            return
-        try:
-            self.broker.release(keys)
-        except BrokerError as exc:
-            log.warning("release_failed", keys=list(keys), error=str(exc))
+        """Let the broker close these pipes. Sent once what is ready has run (an exit's
+        respawn does not wait for the broker), all the keys of a burst together, in
+        requests of at most MAX_HELD_PER_REPLY keys."""
+        self._releasing.extend(keys)
+        if self._releasing and self._release_scheduled is None:
+            self._release_scheduled = self.loop.call_at(self.loop.time(), self._send_releases)
+
+    def _send_releases(self) -> None:
+        self._release_scheduled = None
+        keys, self._releasing = self._releasing, []
+        for start in range(0, len(keys), MAX_HELD_PER_REPLY):
+            batch = tuple(keys[start : start + MAX_HELD_PER_REPLY])
+            try:
+                self.broker.release(batch)
+            except BrokerError as exc:
+                log.warning("release_failed", keys=list(batch), error=str(exc))
 
     def resume(self) -> None:
         """Adoption is over: from now on each change is written (one is due if any came)."""

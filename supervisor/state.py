@@ -27,13 +27,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chapiteau.supervisor.children.process_tree import stat_fields
-
 STATE_VERSION = 1
 STATE_KEYS = ("state.0", "state.1")
 """The broker keys of the two memfds the snapshot is written to in turn."""
-STARTTIME_FIELD = 22
-"""proc(5): the time the process started after boot, in clock ticks."""
 
 
 @dataclass(frozen=True)
@@ -123,22 +119,6 @@ def newest(blobs: Iterable[bytes]) -> Snapshot | None:
     """The snapshot with the highest serial among those that decode."""
     snapshots = [s for s in map(decode, blobs) if s is not None]
     return max(snapshots, key=lambda s: s.serial, default=None)
-
-
-def start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks after boot); None once it is gone."""
-    try:
-        return int(stat_fields(pid)[STARTTIME_FIELD - 3])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def parent_of(pid: int) -> int | None:
-    """The parent pid of ``pid``; None once it is gone."""
-    try:
-        return int(stat_fields(pid)[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _watcher(obj: dict[str, Any]) -> WatcherRecord:

@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from chapiteau.supervisor.children.child_exit import ChildWatcher
-from chapiteau.supervisor.children.process_tree import ProcessTree
+from chapiteau.supervisor.children.process_tree import ProcessTree, start_time
 from chapiteau.supervisor.children.spawn import SpawnError, SpawnSpec, spawn
 from chapiteau.supervisor.config import Flapping, WatcherConfig, worker_env
 from chapiteau.supervisor.events import Events, own_topic
@@ -64,7 +64,7 @@ from chapiteau.supervisor.lifecycle import (
 )
 from chapiteau.supervisor.process import Process
 from chapiteau.supervisor.socket_pool import SocketPool
-from chapiteau.supervisor.state import ProcessRecord, WatcherRecord, encode_process, start_time
+from chapiteau.supervisor.state import ProcessRecord, WatcherRecord, encode_process
 from chapiteau.supervisor.substitution import format_args
 
 log = structlog.get_logger("chapiteau.supervisor")

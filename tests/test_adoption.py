@@ -13,9 +13,9 @@ from structlog.testing import capture_logs
 
 from chapiteau.supervisor.adoption import Adoption
 from chapiteau.supervisor.broker_client import BrokerError
+from chapiteau.supervisor.children.process_tree import start_time as proc_start_time
 from chapiteau.supervisor.handover import Handover, markers
 from chapiteau.supervisor.state import ProcessRecord, WatcherRecord, encode, encode_process
-from chapiteau.supervisor.state import start_time as proc_start_time
 from tests.test_handover import FakeBroker
 
 

@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 
+from chapiteau.protocol.broker_messages import MAX_HELD_PER_REPLY
+from chapiteau.supervisor.children.process_tree import start_time
 from chapiteau.supervisor.handover import Handover, claim, markers, orphans, retire
 from chapiteau.supervisor.state import (
     STATE_KEYS,
@@ -15,7 +17,6 @@ from chapiteau.supervisor.state import (
     WatcherRecord,
     decode,
     encode_process,
-    start_time,
 )
 
 
@@ -25,6 +26,7 @@ class FakeBroker:
     def __init__(self) -> None:
         self.held: dict[str, int] = {}
         self.released: list[str] = []
+        self.requests = 0
 
     def hold_memfd(self, key: str) -> int:
         self.held[key] = os.memfd_create(key)
@@ -37,6 +39,9 @@ class FakeBroker:
         return pipes
 
     def release(self, keys: tuple[str, ...]) -> None:
+        # The broker refuses a longer list (bad_message).
+        assert len(keys) <= MAX_HELD_PER_REPLY
+        self.requests += 1
         self.released += keys
 
     def take_held(self) -> dict[str, int]:
@@ -61,6 +66,22 @@ def test_a_burst_of_changes_is_written_once() -> None:
     assert asyncio.run(burst()).writes == 1
     written = decode(os.pread(broker.held[STATE_KEYS[1]], 1 << 20, 0))
     assert written is not None and len(written.watchers[0].processes) == 1000
+
+
+def test_the_releases_of_a_burst_go_together_in_requests_the_broker_takes() -> None:
+    # 1,000 workers stopping, or the leftovers of an adoption: not one request each, and
+    # never one longer than the broker accepts.
+    async def burst() -> None:
+        handover = Handover(broker, asyncio.get_running_loop(), lambda: [], "1")
+        for pid in range(300):
+            handover.release([f"out.1.{pid}"])
+        assert broker.released == []  # not before what is ready (a respawn) has run
+        await asyncio.sleep(0)
+
+    broker = FakeBroker()
+    asyncio.run(burst())
+    assert broker.released == [f"out.1.{pid}" for pid in range(300)]
+    assert broker.requests == -(-300 // MAX_HELD_PER_REPLY)
 
 
 def test_the_next_generation_reads_the_newest_snapshot_and_writes_after_it() -> None:

@@ -16,7 +16,6 @@ from chapiteau.supervisor.io.notify import (
     MAX_ANCESTRY,
     Malformed,
     NotifySocket,
-    parent_pid,
     parse_message,
     worker_of,
 )
@@ -57,11 +56,6 @@ def test_worker_of_walks_up_to_a_worker_and_no_further() -> None:
     chain = {pid: pid - 1 for pid in range(2, 200)}
     assert worker_of(2 + MAX_ANCESTRY, {2}.__contains__, chain.get) == 2
     assert worker_of(3 + MAX_ANCESTRY, {2}.__contains__, chain.get) is None
-
-
-def test_parent_pid_reads_proc() -> None:
-    assert parent_pid(os.getpid()) == os.getppid()
-    assert parent_pid(2**22 + 1) is None
 
 
 class Listening:

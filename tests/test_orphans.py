@@ -89,6 +89,16 @@ def test_processes_marked_with_the_config_are_found(spawn):
     assert ours.pid in found and other.pid not in found
 
 
+@needs_root
+def test_only_processes_of_the_service_user_are_looked_at(spawn):
+    ours = spawn()  # runs as root, as this test
+    for uid, expected in ((0, True), (65534, False)):
+        orphans = find_orphans(INSTANCE, uid)
+        for orphan in orphans:
+            orphan.close()
+        assert (ours.pid in {orphan.pid for orphan in orphans}) is expected
+
+
 def _recover(creators: set[int], port: int) -> dict:
     orphans = find_orphans(INSTANCE)
     try:

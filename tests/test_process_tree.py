@@ -15,6 +15,8 @@ from chapiteau.supervisor.children.process_tree import (
     children,
     descendants,
     group_and_session,
+    parent_of,
+    start_time,
 )
 
 TIMEOUT = 5.0
@@ -153,3 +155,17 @@ def wait_for_file(path) -> None:
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.005)
+
+
+def test_start_time_and_parent_come_from_proc() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        with open(f"/proc/{child.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        assert start_time(child.pid) == int(fields[19])
+        assert parent_of(child.pid) == os.getpid()
+    finally:
+        child.kill()
+        child.wait()
+    assert start_time(child.pid) is None and parent_of(child.pid) is None
+    assert parent_of(os.getpid()) == os.getppid()

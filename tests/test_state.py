@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 from chapiteau.supervisor.state import (
     ProcessRecord,
     Snapshot,
@@ -13,8 +10,6 @@ from chapiteau.supervisor.state import (
     encode,
     encode_process,
     newest,
-    parent_of,
-    start_time,
 )
 
 PROCESS = ProcessRecord(1234, 2, 1700000000.5, 987654, "out.1.7", None)
@@ -65,16 +60,3 @@ def test_the_newest_whole_snapshot_wins() -> None:
     assert newest([older, newer]).serial == 5
     assert newest([newer[:-3], older]).serial == 4  # killed while writing the newer one
     assert newest([b"", b""]) is None
-
-
-def test_start_time_and_parent_come_from_proc() -> None:
-    child = subprocess.Popen(["sleep", "30"])
-    try:
-        with open(f"/proc/{child.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        assert start_time(child.pid) == int(fields[19])
-        assert parent_of(child.pid) == os.getpid()
-    finally:
-        child.kill()
-        child.wait()
-    assert start_time(child.pid) is None and parent_of(child.pid) is None

@@ -15,6 +15,11 @@ descendants and the supervisor's own children that are in the leader's group.
 (A descendant that left the group and lost its parents before it was ever
 listed can no longer be told apart from the supervisor's other orphans: the
 workers share the supervisor's session, see `chapiteau.supervisor.children.spawn`.)
+
+The /proc readers it is built on (`stat_fields`, `parent_of`, `start_time`,
+`children`) serve the rest of the supervisor too: which worker tree a
+notification comes from, whether a process of the previous generation is still
+the one recorded.
 """
 
 from __future__ import annotations
@@ -93,6 +98,26 @@ def stat_fields(pid: int) -> list[bytes]:
     """The fields of /proc/PID/stat after the command name: [0] is the state, field 3 of
     proc(5), so field N is at N - 3."""
     return read_proc(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent pid of ``pid``; None once it is gone."""
+    try:
+        return int(stat_fields(pid)[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+STARTTIME_FIELD = 22
+"""proc(5): the time the process started after boot, in clock ticks."""
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks after boot); None once it is gone."""
+    try:
+        return int(stat_fields(pid)[STARTTIME_FIELD - 3])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _exited(pidfd: int) -> bool:

@@ -48,6 +48,8 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
+from chapiteau.supervisor.children.process_tree import parent_of
+
 log = structlog.get_logger("chapiteau.supervisor")
 
 MAX_MESSAGE = 4096
@@ -90,23 +92,8 @@ def parse_message(data: bytes) -> dict[str, str]:
     return fields
 
 
-def parent_pid(pid: int, proc: str = "/proc") -> int | None:
-    """The parent of ``pid`` from /proc/PID/stat; None when it is gone."""
-    try:
-        with open(f"{proc}/{pid}/stat", "rb") as stat:
-            line = stat.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: fields 3.. follow the last ")".
-    fields = line[line.rfind(b")") + 1 :].split()
-    try:
-        return int(fields[1])
-    except (IndexError, ValueError):
-        return None
-
-
 def worker_of(
-    pid: int, is_worker: Callable[[int], bool], parent: Callable[[int], int | None] = parent_pid
+    pid: int, is_worker: Callable[[int], bool], parent: Callable[[int], int | None] = parent_of
 ) -> int | None:
     """The worker whose tree ``pid`` belongs to (itself included), or None."""
     for _ in range(MAX_ANCESTRY + 1):
