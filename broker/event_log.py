@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from chapiteau.protocol.log_lines import LOG_PROCESSORS, EventDict, json_line
+from chapiteau.protocol.log_lines import LOG_PROCESSORS, EventDict, exception_text, json_line
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 """Level names as in the ``--log-level`` option, and their order."""
@@ -41,7 +41,8 @@ def console_line(_logger: Any, _method: str, event_dict: EventDict, colours: boo
     timestamp = fields.pop("timestamp", "")
     level = fields.pop("level", "")
     event = str(fields.pop("event", ""))
-    exception = _exception_text(fields.pop("exc_info", None))
+    exc_info = fields.pop("exc_info", None)
+    exception = exception_text(exc_info).rstrip() if exc_info else ""
     pairs = [(key, _value(fields[key])) for key in sorted(fields)]
     if not colours:
         body = " ".join(f"{key}={value}" for key, value in pairs)
@@ -60,16 +61,6 @@ def _value(value: object) -> str:
     if isinstance(value, str) and not set(value) & {" ", "\t", "=", "\r", "\n", '"', "'"}:
         return value
     return repr(value)
-
-
-def _exception_text(exc_info: object) -> str:
-    if not exc_info:
-        return ""
-    import traceback
-
-    if isinstance(exc_info, BaseException):
-        return "".join(traceback.format_exception(exc_info)).rstrip()
-    return traceback.format_exc().rstrip()
 
 
 class StandardError:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -99,7 +98,7 @@ def _syscall(number: int, *args: object) -> int:
 
 def abi_version() -> int:
     """The Landlock ABI version the running kernel offers; 0 when it offers none."""
-    numbers = SYSCALLS.get(platform.machine())
+    numbers = SYSCALLS.get(os.uname().machine)
     if numbers is None:
         return 0
     try:
@@ -124,7 +123,7 @@ def restrict(rules: Iterable[Rule]) -> Restricted | None:
     abi = abi_version()
     if abi == 0:
         return None
-    create, add_rule, restrict_self = SYSCALLS[platform.machine()]
+    create, add_rule, restrict_self = SYSCALLS[os.uname().machine]
     known = FS_RIGHTS_BY_ABI.get(abi, ALL_FS_RIGHTS)
     attr = _RulesetAttr(known, 0, SCOPE_ABSTRACT_UNIX_SOCKET if abi >= 6 else 0)
     size = ctypes.sizeof(attr) if abi >= 6 else 16

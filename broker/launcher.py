@@ -34,13 +34,16 @@ import json
 import os
 import signal
 import socket
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import prctl
 
 from chapiteau.broker.privileges import ServiceUser, running_as_root
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from subprocess import Popen
 
 MAX_REQUEST_BYTES = 256 * 1024
 MAX_REPLY_BYTES = 4096
@@ -214,6 +217,10 @@ def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
 
 def _launch(request: Request, fds: list[int], user: ServiceUser) -> int:
     """Double fork: the supervisor's parent exits at once, so the broker adopts it."""
+    # Here, in the launcher, never in the broker: the broker runs no program, and
+    # subprocess would stay in its memory for good (with threading and locale).
+    import subprocess
+
     reader, writer = os.pipe2(os.O_CLOEXEC)
     child = os.fork()
     if child == 0:
@@ -243,8 +250,10 @@ def _above(request: Request) -> int:
     return max(request.fds, default=2) + 1
 
 
-def _spawn(request: Request, fds: list[int], user: ServiceUser) -> subprocess.Popen:
+def _spawn(request: Request, fds: list[int], user: ServiceUser) -> Popen:
     """In the intermediate child: put each fd at its number, then fork and exec the supervisor."""
+    import subprocess
+
     for signum in IGNORED_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     # Above every target first, so that placing one never overwrites another.

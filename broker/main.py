@@ -64,12 +64,17 @@ DAEMON_NEEDS_LOG_OUTPUT = (
     "stderr to log to; under systemd, run chapiteau in the foreground (logs go to the journal)"
 )
 
+HELP_WIDTH = 78
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="chapiteau",
         description="Bind the sockets of a Circus-style config as root, then run its "
         "watchers under an unprivileged supervisor.",
+        # A set width: argparse would otherwise import shutil (and with it bz2, lzma and
+        # zlib, half a MiB the broker keeps for its whole life) to ask the terminal's.
+        formatter_class=partial(argparse.HelpFormatter, width=HELP_WIDTH),
     )
     parser.add_argument("config", help="the INI configuration file (Circus format)")
     parser.add_argument(

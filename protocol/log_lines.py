@@ -15,9 +15,8 @@ line it relays is not.
 from __future__ import annotations
 
 import json
-import traceback
+import time
 from collections.abc import Callable, MutableMapping
-from datetime import UTC, datetime
 from typing import Any
 
 LOG_FORMATS = ("console", "json")
@@ -25,10 +24,15 @@ EventDict = MutableMapping[str, Any]
 Processor = Callable[[Any, str, EventDict], Any]
 
 
-def utc_timestamp(now: datetime | None = None) -> str:
-    """``now`` (default: the current time) as RFC 3339 in UTC: 2026-11-30T07:51:00.123456Z."""
-    moment = (now or datetime.now(UTC)).astimezone(UTC)
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+def utc_timestamp(now_ns: int | None = None) -> str:
+    """``now_ns`` (nanoseconds since the epoch, default: now) as RFC 3339 in UTC, to the µs.
+
+    2026-11-30T07:51:00.123456Z. With ``time``, not ``datetime``: the broker
+    keeps every module it imports for its whole life, and datetime's pure-Python
+    half is a quarter MiB of it.
+    """
+    seconds, nanoseconds = divmod(time.time_ns() if now_ns is None else now_ns, 10**9)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{nanoseconds // 1000:06d}Z"
 
 
 def add_timestamp(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
@@ -54,11 +58,19 @@ def json_line(_logger: Any, _method: str, event_dict: EventDict) -> str:
     ordered = {key: event_dict[key] for key in ("timestamp", "level", "event") if key in event_dict}
     ordered.update(event_dict)
     exc_info = ordered.pop("exc_info", None)
-    if isinstance(exc_info, BaseException):
-        ordered["exception"] = "".join(traceback.format_exception(exc_info))
-    elif exc_info:
-        ordered["exception"] = traceback.format_exc()
+    if exc_info:
+        ordered["exception"] = exception_text(exc_info)
     return json.dumps(ordered, default=repr, ensure_ascii=False)
+
+
+def exception_text(exc_info: object) -> str:
+    """The traceback ``exc_info`` stands for: that exception's, or (``True``) the one handled."""
+    # Imported only for the rare exception: traceback brings linecache and tokenize.
+    import traceback
+
+    if isinstance(exc_info, BaseException):
+        return "".join(traceback.format_exception(exc_info))
+    return traceback.format_exc()
 
 
 LOG_PROCESSORS: tuple[Processor, ...] = (add_level, add_timestamp)

@@ -23,7 +23,8 @@ def test_a_timestamp_is_rfc3339_in_utc_whatever_the_local_zone(monkeypatch):
     time.tzset()
     try:
         tokyo = datetime(2026, 11, 30, 16, 51, 0, 123456, tzinfo=timezone(timedelta(hours=9)))
-        assert utc_timestamp(tokyo) == "2026-11-30T07:51:00.123456Z"
+        tokyo_ns = int(tokyo.timestamp()) * 10**9 + tokyo.microsecond * 1000 + 789
+        assert utc_timestamp(tokyo_ns) == "2026-11-30T07:51:00.123456Z"
         now = datetime.fromisoformat(utc_timestamp())
         assert now.utcoffset() == timedelta(0)
     finally:
