@@ -17,13 +17,13 @@ import os
 import socket
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from chapiteau.broker.config import SocketSpec
 from chapiteau.broker.event_log import log
 from chapiteau.broker.privileges import ServiceUser
 from chapiteau.broker.safe_paths import Directory, Entry, UnsafePathError, open_parent
 from chapiteau.protocol.broker_messages import SocketInfo
+from chapiteau.protocol.records import Record
 
 LISTENING_TYPES = (socket.SOCK_STREAM, socket.SOCK_SEQPACKET)
 
@@ -32,14 +32,16 @@ class BindError(Exception):
     """A socket of the configuration could not be bound; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class BoundSocket:
+class BoundSocket(Record):
     """A socket the broker bound, with what it needs to describe and remove it."""
 
-    spec: SocketSpec
-    sock: socket.socket
-    path: Entry | None = None
-    """A unix socket's file, held by its directory fd and inode."""
+    __slots__ = ("path", "sock", "spec")
+
+    def __init__(self, spec: SocketSpec, sock: socket.socket, path: Entry | None = None) -> None:
+        self.spec = spec
+        self.sock = sock
+        # A unix socket's file, held by its directory fd and inode.
+        self.path = path
 
     @property
     def fd(self) -> int:

@@ -15,7 +15,6 @@ import re
 import shlex
 import socket
 from collections.abc import Callable, Mapping, Set
-from dataclasses import dataclass, replace
 from typing import Any
 
 from chapiteau.protocol.broker_messages import MAX_NAME_BYTES, MAX_SOCKETS, NAME_PATTERN
@@ -27,6 +26,7 @@ from chapiteau.protocol.ini import (
     global_env,
 )
 from chapiteau.protocol.ini_files import read_ini_file
+from chapiteau.protocol.records import Record, replace
 
 SOCKET_PREFIX = "socket:"
 DEFAULT_UNIX_UMASK = 0o077
@@ -80,31 +80,70 @@ DEFAULT_MAX_HELD_FDS = 20_100
 VARIABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?\Z")
 
 
-@dataclass(frozen=True)
-class SocketSpec:
+class SocketSpec(Record):
     """One [socket:NAME] section, validated; what the broker binds."""
 
-    name: str
-    family: int
-    type: int
-    proto: int
-    host: str
-    port: int
-    path: str | None
-    backlog: int
-    umask: int
-    replace: bool
-    blocking: bool
-    interface: str | None
-    so_reuseport: bool
-    where: str
-    """``file:section`` for messages about this socket."""
-    owner: int | None = None
-    """A unix socket file's owner (uid, resolved at load); None leaves the broker's."""
-    group: int | None = None
-    """A unix socket file's group (gid, resolved at load); None leaves the broker's."""
-    mode: int | None = None
-    """A unix socket file's mode; None: what ``umask`` leaves of 0777."""
+    __slots__ = (
+        "backlog",
+        "blocking",
+        "family",
+        "group",
+        "host",
+        "interface",
+        "mode",
+        "name",
+        "owner",
+        "path",
+        "port",
+        "proto",
+        "replace",
+        "so_reuseport",
+        "type",
+        "umask",
+        "where",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        family: int,
+        type: int,
+        proto: int,
+        host: str,
+        port: int,
+        path: str | None,
+        backlog: int,
+        umask: int,
+        replace: bool,
+        blocking: bool,
+        interface: str | None,
+        so_reuseport: bool,
+        where: str,
+        owner: int | None = None,
+        group: int | None = None,
+        mode: int | None = None,
+    ) -> None:
+        self.name = name
+        self.family = family
+        self.type = type
+        self.proto = proto
+        self.host = host
+        self.port = port
+        self.path = path
+        self.backlog = backlog
+        self.umask = umask
+        self.replace = replace
+        self.blocking = blocking
+        self.interface = interface
+        self.so_reuseport = so_reuseport
+        # ``file:section`` for messages about this socket.
+        self.where = where
+        # A unix socket file's owner (uid, resolved at load); None leaves the broker's.
+        self.owner = owner
+        # A unix socket file's group (gid, resolved at load); None leaves the broker's.
+        self.group = group
+        # A unix socket file's mode; None: what ``umask`` leaves of 0777.
+        self.mode = mode
 
     @property
     def file_mode(self) -> int:
@@ -126,38 +165,77 @@ class SocketSpec:
 
     def same_binding(self, other: SocketSpec) -> bool:
         """True when rebinding is not needed to go from ``self`` to ``other``."""
-        return {**vars(self), "where": ""} == {**vars(other), "where": ""}
+        return {**self.as_dict(), "where": ""} == {**other.as_dict(), "where": ""}
 
 
-@dataclass(frozen=True)
-class BrokerConfig:
+class BrokerConfig(Record):
     """Everything the broker needs from the config file."""
 
-    path: str
-    user: str | None
-    group: str | None
-    supervisor_command: tuple[str, ...] | None
-    socket_path: str | None
-    orphan_timeout: float
-    sockets: dict[str, SocketSpec]
-    files: tuple[str, ...]
-    max_held_fds: int = DEFAULT_MAX_HELD_FDS
-    """Fds the broker keeps for the supervisor's next generation (pipes, memfds), at most."""
-    loglevel: str | None = None
-    """``[circus] loglevel``, used when the command line gives none (as circusd)."""
-    logoutput: str | None = None
-    """``[circus] logoutput``: a file, or None for stderr."""
-    pidfile: str | None = None
-    """``[circus] pidfile``, used when the command line gives none."""
-    loggerconfig: str | None = None
-    """``[circus] loggerconfig``: not applied (chapiteau writes its own log lines); warned about."""
-    runtime_directory: str | None = None
-    """``[broker] runtime_directory``: made by the broker for the service user (ipc endpoints)."""
-    runtime_directory_mode: int = DEFAULT_RUNTIME_DIRECTORY_MODE
-    supervisor_env: tuple[str, ...] = ()
-    """``[broker] supervisor_env``: more variables (NAME or PREFIX*) the supervisor inherits."""
-    broker_user: str | None = None
-    """``[broker] broker_user``: the broker's own uid once bound (None: the default account)."""
+    __slots__ = (
+        "broker_user",
+        "files",
+        "group",
+        "loggerconfig",
+        "loglevel",
+        "logoutput",
+        "max_held_fds",
+        "orphan_timeout",
+        "path",
+        "pidfile",
+        "runtime_directory",
+        "runtime_directory_mode",
+        "socket_path",
+        "sockets",
+        "supervisor_command",
+        "supervisor_env",
+        "user",
+    )
+
+    def __init__(
+        self,
+        path: str,
+        user: str | None,
+        group: str | None,
+        supervisor_command: tuple[str, ...] | None,
+        socket_path: str | None,
+        orphan_timeout: float,
+        sockets: dict[str, SocketSpec],
+        files: tuple[str, ...],
+        max_held_fds: int = DEFAULT_MAX_HELD_FDS,
+        loglevel: str | None = None,
+        logoutput: str | None = None,
+        pidfile: str | None = None,
+        loggerconfig: str | None = None,
+        runtime_directory: str | None = None,
+        runtime_directory_mode: int = DEFAULT_RUNTIME_DIRECTORY_MODE,
+        supervisor_env: tuple[str, ...] = (),
+        broker_user: str | None = None,
+    ) -> None:
+        self.path = path
+        self.user = user
+        self.group = group
+        self.supervisor_command = supervisor_command
+        self.socket_path = socket_path
+        self.orphan_timeout = orphan_timeout
+        self.sockets = sockets
+        self.files = files
+        # Fds the broker keeps for the supervisor's next generation (pipes, memfds), at most.
+        self.max_held_fds = max_held_fds
+        # ``[circus] loglevel``, used when the command line gives none (as circusd).
+        self.loglevel = loglevel
+        # ``[circus] logoutput``: a file, or None for stderr.
+        self.logoutput = logoutput
+        # ``[circus] pidfile``, used when the command line gives none.
+        self.pidfile = pidfile
+        # ``[circus] loggerconfig``: not applied (chapiteau writes its own log lines); warned about.
+        self.loggerconfig = loggerconfig
+        # ``[broker] runtime_directory``: made by the broker for the service user (ipc endpoints).
+        self.runtime_directory = runtime_directory
+        self.runtime_directory_mode = runtime_directory_mode
+        # ``[broker] supervisor_env``: more variables (NAME or PREFIX*) the supervisor inherits.
+        self.supervisor_env = supervisor_env
+        # ``[broker] broker_user``: the broker's own uid once bound (None: the default account).
+        self.broker_user = broker_user
 
 
 def load_broker_config(path: str, environ: Mapping[str, str] | None = None) -> BrokerConfig:

@@ -25,7 +25,6 @@ import pwd
 import socket
 import sys
 import sysconfig
-from dataclasses import dataclass
 
 import prctl
 
@@ -42,6 +41,7 @@ from chapiteau.broker.privileges import (
     needed_capabilities,
     running_as_root,
 )
+from chapiteau.protocol.records import Record
 
 LOOKUP_FILES = (
     "/etc/passwd",
@@ -61,14 +61,22 @@ LOG_DIRECTORY = landlock.WRITE_FILE | landlock.MAKE_REG
 """Reopen the log file by name after a rotation, or create it when the rotation left none."""
 
 
-@dataclass(frozen=True)
-class Confinement:
+class Confinement(Record):
     """What ``confine`` achieved, for the log line an operator checks."""
 
-    uid: int
-    capabilities: tuple[str, ...]
-    landlock_abi: int
-    seccomp_rules: int
+    __slots__ = ("capabilities", "landlock_abi", "seccomp_rules", "uid")
+
+    def __init__(
+        self,
+        uid: int,
+        capabilities: tuple[str, ...],
+        landlock_abi: int,
+        seccomp_rules: int,
+    ) -> None:
+        self.uid = uid
+        self.capabilities = capabilities
+        self.landlock_abi = landlock_abi
+        self.seccomp_rules = seccomp_rules
 
 
 def filesystem_rules(

@@ -23,11 +23,11 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
 
 from chapiteau.broker.binding import LISTENING_TYPES, BoundSocket, resolve
 from chapiteau.broker.config import SocketSpec
 from chapiteau.broker.event_log import log
+from chapiteau.protocol.records import Record
 
 LISTEN_FDS_START = 3
 MAX_LISTEN_FDS = 1024
@@ -38,12 +38,14 @@ class InheritError(Exception):
     """A socket handed to the broker does not fit the config; the message says how to fix it."""
 
 
-@dataclass(frozen=True)
-class ListenFd:
+class ListenFd(Record):
     """One fd passed by systemd, with the name ``LISTEN_FDNAMES`` gives it ("" for none)."""
 
-    fd: int
-    name: str
+    __slots__ = ("fd", "name")
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd = fd
+        self.name = name
 
 
 def take_listen_fds(environ: MutableMapping[str, str] | None = None) -> list[ListenFd]:

@@ -18,7 +18,8 @@ import errno
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from chapiteau.protocol.records import Record
 
 # <linux/landlock.h>, with the ABI version that introduced each right.
 EXECUTE = 1 << 0
@@ -65,23 +66,33 @@ class _PathBeneathAttr(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(Record):
     """Grant ``access`` to ``path`` and everything beneath it."""
 
-    path: str
-    access: int
+    __slots__ = ("access", "path")
+
+    def __init__(self, path: str, access: int) -> None:
+        self.path = path
+        self.access = access
 
 
-@dataclass(frozen=True)
-class Restricted:
+class Restricted(Record):
     """What ``restrict`` enforced: the ABI version, the paths granted, the ones skipped."""
 
-    abi: int
-    granted: tuple[str, ...]
-    missing: tuple[str, ...]
-    unreachable: tuple[str, ...]
-    """Paths this process cannot open (file modes): it could not use them anyway."""
+    __slots__ = ("abi", "granted", "missing", "unreachable")
+
+    def __init__(
+        self,
+        abi: int,
+        granted: tuple[str, ...],
+        missing: tuple[str, ...],
+        unreachable: tuple[str, ...],
+    ) -> None:
+        self.abi = abi
+        self.granted = granted
+        self.missing = missing
+        # Paths this process cannot open (file modes): it could not use them anyway.
+        self.unreachable = unreachable
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -35,11 +35,11 @@ import os
 import signal
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import prctl
 
 from chapiteau.broker.privileges import ServiceUser, running_as_root
+from chapiteau.protocol.records import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,13 +58,15 @@ class LaunchError(Exception):
     """The supervisor could not be started; the message says why."""
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(Record):
     """Start ``argv`` with ``env``; ``fds`` are the numbers the attached fds get in the child."""
 
-    argv: tuple[str, ...]
-    env: dict[str, str]
-    fds: tuple[int, ...]
+    __slots__ = ("argv", "env", "fds")
+
+    def __init__(self, argv: tuple[str, ...], env: dict[str, str], fds: tuple[int, ...]) -> None:
+        self.argv = argv
+        self.env = env
+        self.fds = fds
 
 
 def encode_request(request: Request) -> bytes:

@@ -40,13 +40,13 @@ import signal
 import socket
 import time
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass
 
 from chapiteau.broker.binding import BindError, BoundSocket
 from chapiteau.broker.config import SocketSpec
 from chapiteau.broker.event_log import log
 from chapiteau.broker.inherited import adopt, mismatch
 from chapiteau.protocol.constants import INSTANCE_VARIABLE
+from chapiteau.protocol.records import Record
 
 MAX_ENVIRON_BYTES = 256 * 1024
 """Read of a candidate's environment: the mark is looked for in this much, no more."""
@@ -63,12 +63,14 @@ def instance_mark(config_path: str) -> str:
     return os.path.realpath(config_path)
 
 
-@dataclass(frozen=True)
-class Orphan:
+class Orphan(Record):
     """A process of a previous life, pinned by its pidfd."""
 
-    pid: int
-    pidfd: int
+    __slots__ = ("pid", "pidfd")
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
 
     def signal(self, signum: int) -> bool:
         """Send ``signum`` (0: only check); False once the process is gone."""

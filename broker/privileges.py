@@ -26,11 +26,11 @@ import socket
 import stat
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import prctl
 
 from chapiteau.broker.config import BrokerConfig
+from chapiteau.protocol.records import Record
 
 SUPERVISOR_MODULES = ("chapiteau.supervisor", "chapiteau.protocol", "zmq", "structlog", "psutil")
 BASE_CAPABILITIES = ("kill", "net_bind_service")
@@ -45,14 +45,16 @@ class PrivilegeError(Exception):
     """The service user cannot be used as configured; the message says why and how to fix it."""
 
 
-@dataclass(frozen=True)
-class ServiceUser:
+class ServiceUser(Record):
     """The unprivileged identity of the supervisor and, by default, of every worker."""
 
-    name: str
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
+    __slots__ = ("gid", "groups", "name", "uid")
+
+    def __init__(self, name: str, uid: int, gid: int, groups: tuple[int, ...]) -> None:
+        self.name = name
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
 
 
 def running_as_root() -> bool:

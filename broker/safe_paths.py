@@ -39,9 +39,9 @@ import contextlib
 import grp
 import os
 import stat
-from dataclasses import dataclass
 
 from chapiteau.broker.privileges import ServiceUser
+from chapiteau.protocol.records import Record
 
 MAX_SYMLINKS = 40
 """Links followed while resolving one path, as the kernel's own limit."""
@@ -89,14 +89,16 @@ class Directory:
         self.close()
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(Record):
     """A file the broker made or checked: its directory, its name and the inode it must still be."""
 
-    directory: Directory
-    name: str
-    device: int
-    inode: int
+    __slots__ = ("device", "directory", "inode", "name")
+
+    def __init__(self, directory: Directory, name: str, device: int, inode: int) -> None:
+        self.directory = directory
+        self.name = name
+        self.device = device
+        self.inode = inode
 
     @classmethod
     def of(cls, directory: Directory, name: str, st: os.stat_result) -> Entry:

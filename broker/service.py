@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from chapiteau.broker.binding import BindError, BoundSocket, bind_reuseport_sibling
 from chapiteau.broker.event_log import log
@@ -45,27 +44,43 @@ from chapiteau.protocol.broker_messages import (
 from chapiteau.protocol.channel import Received, close_fds
 
 
-@dataclass
 class Peer:
     """The state of one connection: whether it said hello, and what it may still hold."""
 
-    name: str
-    greeted: bool = False
-    hello_by: float | None = None
-    """When an accepted connection that has not said hello is dropped (monotonic clock)."""
-    fds_sent: int = 0
-    """Fds in the last reply that carried some: in flight while the peer has unread replies."""
+    __slots__ = ("fds_sent", "greeted", "hello_by", "name")
+
+    def __init__(
+        self,
+        name: str,
+        greeted: bool = False,
+        hello_by: float | None = None,
+        fds_sent: int = 0,
+    ) -> None:
+        self.name = name
+        self.greeted = greeted
+        # When an accepted connection that has not said hello is dropped (monotonic clock).
+        self.hello_by = hello_by
+        # Fds in the last reply that carried some: in flight while the peer has unread replies.
+        self.fds_sent = fds_sent
 
 
-@dataclass
 class Reply:
     """What to send back, the fds to attach, and sockets to close once sent."""
 
-    message: Message
-    fds: list[int] = field(default_factory=list)
-    close_after: list[BoundSocket] = field(default_factory=list)
-    discard: list[int] = field(default_factory=list)
-    """Fds made for this reply only (a new pipe's write end): closed once sent."""
+    __slots__ = ("close_after", "discard", "fds", "message")
+
+    def __init__(
+        self,
+        message: Message,
+        fds: list[int] | None = None,
+        close_after: list[BoundSocket] | None = None,
+        discard: list[int] | None = None,
+    ) -> None:
+        self.message = message
+        self.fds = [] if fds is None else fds
+        self.close_after = [] if close_after is None else close_after
+        # Fds made for this reply only (a new pipe's write end): closed once sent.
+        self.discard = [] if discard is None else discard
 
 
 class Service:

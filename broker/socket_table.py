@@ -156,7 +156,7 @@ def _adjustable(old: SocketSpec, new: SocketSpec) -> bool:
     # Owner and group: a change is refused before (_refuse_chown), never a rebind.
     ignored = {"backlog": 0, "blocking": False, "replace": False, "umask": 0, "mode": None}
     ignored |= {"owner": None, "group": None, "where": ""}
-    return {**vars(old), **ignored} == {**vars(new), **ignored}
+    return {**old.as_dict(), **ignored} == {**new.as_dict(), **ignored}
 
 
 def _adjust(bound: BoundSocket, spec: SocketSpec) -> BoundSocket:

@@ -18,7 +18,6 @@ import os
 import pwd
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from chapiteau.broker.config import BrokerConfig
 from chapiteau.broker.launcher import Launcher, LaunchError
@@ -38,12 +37,14 @@ class SupervisorStartError(Exception):
     """The supervisor program could not be started at all."""
 
 
-@dataclass
 class Supervisor:
     """The running supervisor: the broker's child, reaped by the broker's loop."""
 
-    pid: int
-    returncode: int | None = None
+    __slots__ = ("pid", "returncode")
+
+    def __init__(self, pid: int, returncode: int | None = None) -> None:
+        self.pid = pid
+        self.returncode = returncode
 
     def send_signal(self, signum: int) -> None:
         """Signal it unless reaped (until then its pid cannot be reused)."""

@@ -21,12 +21,15 @@ is the human description of the same rules.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import struct
-from dataclasses import dataclass
-from typing import Any, ClassVar
+
+from chapiteau.protocol.records import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 256 * 1024
@@ -72,28 +75,53 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class SocketInfo:
+class SocketInfo(Record):
     """What a receiver needs to know about a listening socket besides its fd."""
 
-    name: str
-    family: str
-    type: str
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
-    backlog: int = 0
-    blocking: bool = False
-    reuseport: bool = False
-    inode: int = 0
+    __slots__ = (
+        "backlog",
+        "blocking",
+        "family",
+        "host",
+        "inode",
+        "name",
+        "path",
+        "port",
+        "reuseport",
+        "type",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        family: str,
+        type: str,
+        host: str | None = None,
+        port: int | None = None,
+        path: str | None = None,
+        backlog: int = 0,
+        blocking: bool = False,
+        reuseport: bool = False,
+        inode: int = 0,
+    ) -> None:
+        self.name = name
+        self.family = family
+        self.type = type
+        self.host = host
+        self.port = port
+        self.path = path
+        self.backlog = backlog
+        self.blocking = blocking
+        self.reuseport = reuseport
+        self.inode = inode
 
     def to_json(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return self.as_dict()
 
     @classmethod
     def from_json(cls, obj: Any) -> SocketInfo:
         fields = _require_object(obj, "socket")
-        _only(fields, tuple(field.name for field in dataclasses.fields(cls)))
+        _only(fields, cls.__slots__)
         return cls(
             name=_name(fields.get("name")),
             family=_choice(fields.get("family"), FAMILIES, "family"),
@@ -108,135 +136,163 @@ class SocketInfo:
         )
 
 
-@dataclass(frozen=True)
-class Hello:
+class Hello(Record):
     """Supervisor → broker, first message: the protocol versions it speaks."""
 
-    TYPE: ClassVar[str] = "hello"
-    versions: tuple[int, ...] = (PROTOCOL_VERSION,)
+    TYPE = "hello"
+    __slots__ = ("versions",)
+
+    def __init__(self, versions: tuple[int, ...] = (PROTOCOL_VERSION,)) -> None:
+        self.versions = versions
 
 
-@dataclass(frozen=True)
-class Welcome:
+class Welcome(Record):
     """Broker → supervisor: the version chosen, and who the broker is."""
 
-    TYPE: ClassVar[str] = "welcome"
-    version: int
-    broker_pid: int
+    TYPE = "welcome"
+    __slots__ = ("broker_pid", "version")
+
+    def __init__(self, version: int, broker_pid: int) -> None:
+        self.version = version
+        self.broker_pid = broker_pid
 
 
-@dataclass(frozen=True)
-class ListSockets:
+class ListSockets(Record):
     """Supervisor → broker: describe every configured socket (no fds)."""
 
-    TYPE: ClassVar[str] = "list_sockets"
+    TYPE = "list_sockets"
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class SocketList:
+class SocketList(Record):
     """Broker → supervisor: the configured sockets, no fds attached."""
 
-    TYPE: ClassVar[str] = "socket_list"
-    sockets: tuple[SocketInfo, ...] = ()
+    TYPE = "socket_list"
+    __slots__ = ("sockets",)
+
+    def __init__(self, sockets: tuple[SocketInfo, ...] = ()) -> None:
+        self.sockets = sockets
 
 
-@dataclass(frozen=True)
-class GetSockets:
+class GetSockets(Record):
     """Supervisor → broker: hand me these listening sockets."""
 
-    TYPE: ClassVar[str] = "get_sockets"
-    names: tuple[str, ...] = ()
+    TYPE = "get_sockets"
+    __slots__ = ("names",)
+
+    def __init__(self, names: tuple[str, ...] = ()) -> None:
+        self.names = names
 
 
-@dataclass(frozen=True)
-class BindReuseport:
+class BindReuseport(Record):
     """Supervisor → broker: bind one more SO_REUSEPORT socket for this name (one per worker)."""
 
-    TYPE: ClassVar[str] = "bind_reuseport"
-    name: str
+    TYPE = "bind_reuseport"
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
-@dataclass(frozen=True)
-class Sockets:
+class Sockets(Record):
     """Broker → supervisor: sockets with their fds attached, one fd per entry, same order."""
 
-    TYPE: ClassVar[str] = "sockets"
-    sockets: tuple[SocketInfo, ...] = ()
+    TYPE = "sockets"
+    __slots__ = ("sockets",)
+
+    def __init__(self, sockets: tuple[SocketInfo, ...] = ()) -> None:
+        self.sockets = sockets
 
 
-@dataclass(frozen=True)
-class ReloadConfig:
+class ReloadConfig(Record):
     """Supervisor → broker: re-read the config file and bind what changed."""
 
-    TYPE: ClassVar[str] = "reload_config"
+    TYPE = "reload_config"
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Reloaded:
+class Reloaded(Record):
     """Broker → supervisor: the result of a config reload, by socket name."""
 
-    TYPE: ClassVar[str] = "reloaded"
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()
+    TYPE = "reloaded"
+    __slots__ = ("added", "changed", "removed")
+
+    def __init__(
+        self,
+        added: tuple[str, ...] = (),
+        removed: tuple[str, ...] = (),
+        changed: tuple[str, ...] = (),
+    ) -> None:
+        self.added = added
+        self.removed = removed
+        self.changed = changed
 
 
-@dataclass(frozen=True)
-class Shutdown:
+class Shutdown(Record):
     """Supervisor → broker: the operator asked to quit; stop everything."""
 
-    TYPE: ClassVar[str] = "shutdown"
+    TYPE = "shutdown"
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Ready:
+class Ready(Record):
     """Supervisor → broker: its endpoints are open and it starts the watchers."""
 
-    TYPE: ClassVar[str] = "ready"
+    TYPE = "ready"
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class ReloadDone:
+class ReloadDone(Record):
     """Supervisor → broker: the reload a SIGHUP asked for is over (``ok``: every watcher)."""
 
-    TYPE: ClassVar[str] = "reload_done"
-    ok: bool = True
+    TYPE = "reload_done"
+    __slots__ = ("ok",)
+
+    def __init__(self, ok: bool = True) -> None:
+        self.ok = ok
 
 
-@dataclass(frozen=True)
-class HoldPipes:
+class HoldPipes(Record):
     """Supervisor → broker: make one pipe per key and keep its read end under that key."""
 
-    TYPE: ClassVar[str] = "hold_pipes"
-    keys: tuple[str, ...] = ()
+    TYPE = "hold_pipes"
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: tuple[str, ...] = ()) -> None:
+        self.keys = keys
 
 
-@dataclass(frozen=True)
-class HoldMemfd:
+class HoldMemfd(Record):
     """Supervisor → broker: make an empty memfd and keep it under ``key``."""
 
-    TYPE: ClassVar[str] = "hold_memfd"
-    key: str
+    TYPE = "hold_memfd"
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
 
 
-@dataclass(frozen=True)
-class Release:
+class Release(Record):
     """Supervisor → broker: close what is held under these keys (unknown keys are ignored)."""
 
-    TYPE: ClassVar[str] = "release"
-    keys: tuple[str, ...] = ()
+    TYPE = "release"
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: tuple[str, ...] = ()) -> None:
+        self.keys = keys
 
 
-@dataclass(frozen=True)
-class TakeHeld:
+class TakeHeld(Record):
     """Supervisor → broker: a copy of what is held under the keys after ``after``, in order."""
 
-    TYPE: ClassVar[str] = "take_held"
-    after: str = ""
+    TYPE = "take_held"
+    __slots__ = ("after",)
+
+    def __init__(self, after: str = "") -> None:
+        self.after = after
 
 
-@dataclass(frozen=True)
-class Held:
+class Held(Record):
     """Broker → supervisor: (key, fd count) entries with their fds attached, in order.
 
     The answer to ``hold_pipes`` (two fds a key: the read end, then the write
@@ -244,37 +300,39 @@ class Held:
     next page starts after the last key).
     """
 
-    TYPE: ClassVar[str] = "held"
-    entries: tuple[tuple[str, int], ...] = ()
-    more: bool = False
+    TYPE = "held"
+    __slots__ = ("entries", "more")
+
+    def __init__(self, entries: tuple[tuple[str, int], ...] = (), more: bool = False) -> None:
+        self.entries = entries
+        self.more = more
 
 
-@dataclass(frozen=True)
-class Handover:
+class Handover(Record):
     """Supervisor → broker: I exit for an upgrade; start my successor at once."""
 
-    TYPE: ClassVar[str] = "handover"
+    TYPE = "handover"
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Ok:
+class Ok(Record):
     """Broker → supervisor: done."""
 
-    TYPE: ClassVar[str] = "ok"
+    TYPE = "ok"
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Error:
+class Error(Record):
     """Either side: the request failed, and why."""
 
-    TYPE: ClassVar[str] = "error"
-    code: str
-    reason: str = ""
+    TYPE = "error"
+    __slots__ = ("code", "reason")
 
-    def __post_init__(self) -> None:
+    def __init__(self, code: str, reason: str = "") -> None:
+        self.code = code
         # Reasons quote config files, peers and OS errors; capped here, where every
         # Error is built, no reply can break the limit its receiver enforces.
-        object.__setattr__(self, "reason", self.reason[:MAX_REASON_BYTES])
+        self.reason = reason[:MAX_REASON_BYTES]
 
 
 Message = (
@@ -386,7 +444,7 @@ def decode(frame: bytes, nfds: int = 0) -> tuple[int, Message]:
 
 
 def _fields_to_json(message: Message) -> dict[str, Any]:
-    return {key: _to_json(value) for key, value in vars(message).items()}
+    return {key: _to_json(value) for key, value in message.as_dict().items()}
 
 
 def _to_json(value: Any) -> Any:

@@ -18,7 +18,6 @@ import errno
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from chapiteau.protocol.broker_messages import (
     MAX_FDS_PER_MESSAGE,
@@ -29,6 +28,7 @@ from chapiteau.protocol.broker_messages import (
     encode,
     fd_count,
 )
+from chapiteau.protocol.records import Record
 
 SO_PASSRIGHTS: int | None = getattr(
     socket, "SO_PASSRIGHTS", None if os.uname().machine.startswith(("parisc", "sparc")) else 83
@@ -37,13 +37,15 @@ SO_PASSRIGHTS: int | None = getattr(
 socket options are numbered apart; Python 3.11 does not name it."""
 
 
-@dataclass(frozen=True)
-class Received:
+class Received(Record):
     """One decoded frame: the request id, the message and the fds that came with it."""
 
-    request_id: int
-    message: Message
-    fds: tuple[int, ...] = ()
+    __slots__ = ("fds", "message", "request_id")
+
+    def __init__(self, request_id: int, message: Message, fds: tuple[int, ...] = ()) -> None:
+        self.request_id = request_id
+        self.message = message
+        self.fds = fds
 
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:

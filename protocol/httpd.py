@@ -10,11 +10,11 @@ runs the watcher) read the same configuration.
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 
 from chapiteau.protocol.constants import DEFAULT_ENDPOINT, DEFAULT_PUBSUB_ENDPOINT
 from chapiteau.protocol.ini import IniFile, Section
+from chapiteau.protocol.records import replace
 
 HTTPD = "circushttpd"
 WEB_MODULE = "chapiteau.ctl.web.main"
@@ -67,4 +67,4 @@ def with_httpd(ini: IniFile, python: str) -> IniFile:
         f"socket:{HTTPD}": Section(f"socket:{HTTPD}", socket, sources, circus.file),
         f"watcher:{HTTPD}": Section(f"watcher:{HTTPD}", watcher, {}, circus.file),
     }
-    return dataclasses.replace(ini, sections=sections)
+    return replace(ini, sections=sections)

@@ -35,10 +35,10 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from chapiteau.protocol.options import (
+from chapiteau.protocol.records import Record
+from chapiteau.protocol.words import (
     OptionError,
     parse_bool,
     parse_float,
@@ -86,16 +86,24 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {message}" if where else message)
 
 
-@dataclass(frozen=True)
-class Section:
+class Section(Record):
     """One section of the configuration, after merging every file and [DEFAULT]."""
 
-    name: str
-    options: dict[str, str]
-    sources: dict[str, str] = field(default_factory=dict, repr=False)
-    """The file each option came from."""
-    file: str = field(default="", repr=False)
-    """The file the section first appeared in ("" when built in memory)."""
+    __slots__ = ("file", "name", "options", "sources")
+
+    def __init__(
+        self,
+        name: str,
+        options: dict[str, str],
+        sources: dict[str, str] | None = None,
+        file: str = "",
+    ) -> None:
+        self.name = name
+        self.options = options
+        # The file each option came from.
+        self.sources = {} if sources is None else sources
+        # The file the section first appeared in ("" when built in memory).
+        self.file = file
 
     def file_of(self, key: str) -> str:
         """Return the file that the option ``key`` was read from."""
@@ -116,7 +124,7 @@ class Section:
         return self.options.get(key, default)
 
     def get_bool(self, key: str, default: bool) -> bool:
-        """Parse ``key`` as a boolean word (`chapiteau.protocol.options.parse_bool`)."""
+        """Parse ``key`` as a boolean word (`chapiteau.protocol.words.parse_bool`)."""
         return self._parsed(key, parse_bool, default)
 
     def get_int(self, key: str, default: int | None) -> int | None:
@@ -141,16 +149,25 @@ class Section:
             raise self.error(key, str(exc)) from None
 
 
-@dataclass(frozen=True)
-class IniFile:
+class IniFile(Record):
     """Every section of a configuration file and of the files it includes."""
 
-    path: str
-    sections: dict[str, Section]
-    files: list[str]
-    warnings: list[str]
-    defaults: dict[str, str] = field(default_factory=dict)
-    """The [DEFAULT] keys, which every section above already contains."""
+    __slots__ = ("defaults", "files", "path", "sections", "warnings")
+
+    def __init__(
+        self,
+        path: str,
+        sections: dict[str, Section],
+        files: list[str],
+        warnings: list[str],
+        defaults: dict[str, str] | None = None,
+    ) -> None:
+        self.path = path
+        self.sections = sections
+        self.files = files
+        self.warnings = warnings
+        # The [DEFAULT] keys, which every section above already contains.
+        self.defaults = {} if defaults is None else defaults
 
     def sections_with_prefix(self, prefix: str) -> list[Section]:
         """Return the sections whose name starts with ``prefix``, in file order."""

@@ -12,15 +12,15 @@ A key ending in ``.`` or ``_`` is a family (``hooks.before_start``,
 ``set``/``get``/``options`` commands and chapiteauctl all read this table, so
 they agree by construction: to add an option, add a row here.
 
-Parsers raise `OptionError` with a message that does not say where the value
-came from: the caller adds the file, section and key (or the command and
-property). Pure: no I/O, standard library only (chapiteauctl imports it).
+Parsers (these and protocol/words.py's) raise `OptionError` with a message
+that does not say where the value came from: the caller adds the file, section
+and key (or the command and property). Pure: no I/O, standard library only
+(chapiteauctl imports it).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import resource
 import shlex
 from collections.abc import Callable, Mapping
@@ -28,10 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from chapiteau.protocol.signals import SignalError, parse_signal
-
-TRUE_WORDS = frozenset({"yes", "true", "on", "1"})
-FALSE_WORDS = frozenset({"no", "false", "off", "0"})
-"""The boolean words (any case), as Circus's ``to_bool``: anything else is an error."""
+from chapiteau.protocol.words import (
+    OptionError,
+    parse_bool,
+    parse_float,
+    parse_int,
+    parse_octal,
+)
 
 HOOK_NAMES = (
     "before_start",
@@ -54,10 +57,6 @@ READINESS = ("started", "notify")
 ``READY=1`` on its NOTIFY_SOCKET."""
 
 
-class OptionError(ValueError):
-    """A value an option refuses; ``str()`` says what is wrong, not where."""
-
-
 class WrongType(OptionError):
     """A JSON value of the wrong type; ``str()`` follows the quoted key (Circus's texts:
     ``'numprocesses' isn't an integer``)."""
@@ -66,49 +65,10 @@ class WrongType(OptionError):
 # -- parsers of configuration words ------------------------------------------------------------
 
 
-def parse_bool(text: str) -> bool:
-    """A boolean word: yes/true/on/1 or no/false/off/0, any case."""
-    word = text.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise OptionError(f"{text!r} is not a boolean; use true or false")
-
-
-def parse_int(text: str) -> int:
-    """A decimal integer."""
-    try:
-        return int(text)
-    except ValueError:
-        raise OptionError(f"{text!r} is not an integer") from None
-
-
-def parse_float(text: str) -> float:
-    """A real number (seconds and the like); NaN is refused."""
-    try:
-        number = float(text)
-    except ValueError:
-        raise OptionError(f"{text!r} is not a number") from None
-    if math.isnan(number):
-        raise OptionError(f"{text!r} is not a number")
-    return number
-
-
 def parse_int_or_float(text: str) -> int | float:
     """A number that Circus reads as an int: an int when whole (``options`` shows ``0``)."""
     number = parse_float(text)
     return int(number) if number.is_integer() else number
-
-
-def parse_octal(text: str) -> int:
-    """An octal number such as ``077``, ``0o77`` or ``0``."""
-    digits = text.strip()
-    if digits[:2].lower() == "0o":
-        digits = digits[2:]
-    if not digits or any(char not in "01234567" for char in digits):
-        raise OptionError(f"{text!r} is not an octal number such as 022 or 0o022")
-    return int(digits, 8)
 
 
 def parse_signal_word(text: str | int) -> int:

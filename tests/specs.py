@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import pwd
 import socket
-from dataclasses import replace
 
 from chapiteau.broker.config import SocketSpec
 from chapiteau.broker.privileges import ServiceUser
+from chapiteau.protocol.records import replace
 
 
 def service_user() -> ServiceUser:

@@ -20,6 +20,7 @@ from chapiteau.broker.config import (
 )
 from chapiteau.protocol.broker_messages import MAX_SOCKETS
 from chapiteau.protocol.ini import ConfigError, Section
+from chapiteau.protocol.records import replace
 
 
 def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> BrokerConfig:
@@ -305,8 +306,8 @@ def test_missing_config_is_a_config_error_naming_the_file(tmp_path):
 
 def test_same_binding_ignores_where_only(tmp_path):
     first = one_socket(tmp_path, "port = 1")
-    second = SocketSpec(**{**vars(first), "where": "other"})
-    third = SocketSpec(**{**vars(first), "backlog": 3})
+    second = replace(first, where="other")
+    third = replace(first, backlog=3)
     assert first.same_binding(second) and not first.same_binding(third)
 
 

@@ -14,6 +14,7 @@ from chapiteau.broker.inherited import (
     mismatch,
     take_listen_fds,
 )
+from chapiteau.protocol.records import replace
 from tests.specs import socket_spec
 
 
@@ -81,7 +82,7 @@ def test_a_socket_that_fits_its_section_is_taken(listening):
 )
 def test_a_socket_that_does_not_fit_its_section_is_refused(listening, changes, reason):
     spec = _spec_of(listening)
-    assert reason in mismatch(listening, socket_spec(**{**vars(spec), **changes}))
+    assert reason in mismatch(listening, replace(spec, **changes))
 
 
 def test_a_socket_that_does_not_listen_is_refused():

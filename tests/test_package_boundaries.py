@@ -119,6 +119,10 @@ BROKER_NEVER_LOADS = {
     "platform": "os.uname() says the machine",
     "datetime": "its pure-Python half; time formats the timestamps",
     "traceback": "linecache and tokenize with it; imported when an exception is logged",
+    "dataclasses": "inspect, ast, dis and tokenize with it: protocol/records.py instead",
+    "inspect": "dataclasses'",
+    "ast": "dataclasses'",
+    "chapiteau.protocol.options": "the table of watcher options: the supervisor's and the CLI's",
 }
 """What the running broker must not hold, and why: it keeps every module it imports
 for as long as it holds the sockets (docs/benchmarks.md, broker RSS)."""

@@ -10,7 +10,6 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import prctl
@@ -29,6 +28,7 @@ from chapiteau.broker.privileges import (
     resolve_service_user,
     supervisor_files,
 )
+from chapiteau.protocol.records import replace
 from tests.forked import in_child, status_fields
 from tests.specs import socket_spec
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chapiteau.protocol.circus_messages import MESSAGE_ERROR
-from chapiteau.protocol.options import TRUE_WORDS
 from chapiteau.protocol.signals import SignalError, parse_signal
+from chapiteau.protocol.words import TRUE_WORDS
 from chapiteau.supervisor.watcher import ReloadError
 
 if TYPE_CHECKING:
