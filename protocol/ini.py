@@ -35,7 +35,6 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Callable, Mapping
-from typing import Protocol, TypeVar
 
 from chapiteau.protocol.records import Record
 from chapiteau.protocol.words import (
@@ -46,15 +45,32 @@ from chapiteau.protocol.words import (
     parse_octal,
 )
 
+# typing only for the type checker: the broker keeps every module it imports (typing: 0.6 MiB).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol, TypeVar
+
+    _T = TypeVar("_T")
+    _D = TypeVar("_D")
+
+    class IniSource(Protocol):
+        """Where `parse_ini` gets the text of a file and the files an include pattern names."""
+
+        def text(self, path: str) -> str:
+            """The text of the file ``path``; ConfigError when it cannot be read."""
+            ...
+
+        def matches(self, pattern: str) -> list[str]:
+            """The absolute paths of the files that the glob ``pattern`` (absolute) names."""
+            ...
+
+
 DEFAULT_SECTION = "DEFAULT"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 """The values of ``[circus] loglevel`` (and of ``--log-level``), most severe first."""
 
 _SECTION_HEADER = re.compile(r"\[(?P<header>.+)\]")
 _OPTION_LINE = re.compile(r"(?P<key>.*?)\s*(?P<delimiter>[=:])\s*(?P<value>.*)$")
-
-_T = TypeVar("_T")
-_D = TypeVar("_D")
 
 # $(circus.KEY) and ((circus.KEY)), case-insensitive.
 _CIRCUS_VARIABLE = re.compile(
@@ -265,18 +281,6 @@ def _option_value(line: str, option: re.Match[str]) -> str:
             value = value[:semicolon]
     value = value.strip()
     return "" if value == '""' else value
-
-
-class IniSource(Protocol):
-    """Where `parse_ini` gets the text of a file and the files an include pattern names."""
-
-    def text(self, path: str) -> str:
-        """The text of the file ``path``; ConfigError when it cannot be read."""
-        ...
-
-    def matches(self, pattern: str) -> list[str]:
-        """The absolute paths of the files that the glob ``pattern`` (absolute) names."""
-        ...
 
 
 def parse_ini(main: str, source: IniSource) -> IniFile:

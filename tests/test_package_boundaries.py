@@ -122,6 +122,7 @@ BROKER_NEVER_LOADS = {
     "dataclasses": "inspect, ast, dis and tokenize with it: protocol/records.py instead",
     "inspect": "dataclasses'",
     "ast": "dataclasses'",
+    "typing": "0.6 MiB for annotations: imported only under TYPE_CHECKING",
     "chapiteau.protocol.options": "the table of watcher options: the supervisor's and the CLI's",
 }
 """What the running broker must not hold, and why: it keeps every module it imports
