@@ -179,8 +179,11 @@ def abandon(sock: socket.socket, path: Entry | None) -> None:
 
 def resolve(spec: SocketSpec) -> tuple:
     """The first address of the socket's family that ``host`` resolves to."""
+    # An ASCII name as bytes: given a str, getaddrinfo loads the idna codec (with stringprep
+    # and unicodedata, a quarter MiB the broker would keep for good), even for 127.0.0.1.
+    host = spec.host.encode() if spec.host.isascii() else spec.host
     try:
-        infos = socket.getaddrinfo(spec.host, spec.port, spec.family, spec.type)
+        infos = socket.getaddrinfo(host, spec.port, spec.family, spec.type)
     except socket.gaierror as exc:
         raise BindError(f"cannot resolve host {spec.host!r}: {exc.strerror}") from None
     for family, _, _, _, address in infos:

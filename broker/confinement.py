@@ -22,9 +22,9 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import site
 import socket
 import sys
-import sysconfig
 
 import prctl
 
@@ -84,13 +84,7 @@ def filesystem_rules(
 ) -> list[landlock.Rule]:
     """Every path the broker may still use after binding, and how."""
     rules = [landlock.Rule(os.path.dirname(path), landlock.READ) for path in config.files]
-    python = sysconfig.get_paths()
-    base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})
-    libraries = {python["purelib"], python["platlib"], base["stdlib"], base["platstdlib"]}
-    # An editable install maps the packages from the checkout.
-    for package in (chapiteau.broker, chapiteau.protocol):
-        libraries.update(package.__path__)
-    rules += [landlock.Rule(path, landlock.READ) for path in sorted(libraries)]
+    rules += [landlock.Rule(path, landlock.READ) for path in sorted(python_libraries())]
     rules += [landlock.Rule(path, landlock.READ_FILE) for path in LOOKUP_FILES]
     rules.append(landlock.Rule("/proc", landlock.READ))
     unix_paths = [spec.path for spec in config.sockets.values() if spec.path]
@@ -105,6 +99,26 @@ def filesystem_rules(
     if log_directory:
         rules.append(landlock.Rule(log_directory, LOG_DIRECTORY))
     return rules
+
+
+def python_libraries() -> set[str]:
+    """Where this interpreter imports from: its standard library, the site's packages.
+
+    Read from the interpreter itself, not from sysconfig, whose tables the
+    broker would keep in memory for good (a third of a MiB).
+    """
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    libraries = {
+        os.path.dirname(os.__file__),
+        # The standard library's extension modules (lib-dynload), as sysconfig's platstdlib.
+        os.path.join(sys.base_exec_prefix, sys.platlibdir, version),
+        # Debian's site also names dist-packages directories that rarely exist.
+        *(path for path in site.getsitepackages() if os.path.isdir(path)),
+    }
+    # An editable install maps the packages from the checkout.
+    for package in (chapiteau.broker, chapiteau.protocol):
+        libraries.update(package.__path__)
+    return libraries
 
 
 def confine(
@@ -152,6 +166,6 @@ def confine(
 
 def _load_lookup_modules(service: ServiceUser) -> None:
     """Resolve a host and a user once, so that glibc loads its NSS modules while it still can."""
-    socket.getaddrinfo("localhost", None)
+    socket.getaddrinfo(b"localhost", None)
     with contextlib.suppress(KeyError):
         pwd.getpwuid(service.uid)

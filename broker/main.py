@@ -14,7 +14,6 @@ service runs.
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import sys
@@ -24,6 +23,7 @@ from functools import partial
 from chapiteau.broker import fd_store
 from chapiteau.broker.binding import BindError, BoundSocket, check_unix_path, release
 from chapiteau.broker.broker import Broker, listen_for_supervisors
+from chapiteau.broker.command_line import CommandLine, parse_args
 from chapiteau.broker.config import BrokerConfig, load_broker_config
 from chapiteau.broker.confinement import confine
 from chapiteau.broker.event_log import log
@@ -53,9 +53,9 @@ from chapiteau.broker.safe_paths import (
 from chapiteau.broker.sd_notify import Notifier
 from chapiteau.broker.socket_table import close_all, open_all
 from chapiteau.broker.startup import StartupReport, daemonize
-from chapiteau.protocol.constants import SYSTEMD_VARIABLES, VERSION
-from chapiteau.protocol.ini import LOG_LEVELS, ConfigError
-from chapiteau.protocol.log_lines import LOG_FORMATS, fatal_line
+from chapiteau.protocol.constants import SYSTEMD_VARIABLES
+from chapiteau.protocol.ini import ConfigError
+from chapiteau.protocol.log_lines import fatal_line
 from chapiteau.protocol.standard_fds import reserve_standard_fds
 
 # typing only for the type checker: the broker keeps every module it imports (typing: 0.6 MiB).
@@ -67,47 +67,6 @@ DAEMON_NEEDS_LOG_OUTPUT = (
     "--daemon needs --log-output FILE (or [circus] logoutput = FILE): a daemon has no "
     "stderr to log to; under systemd, run chapiteau in the foreground (logs go to the journal)"
 )
-
-HELP_WIDTH = 78
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="chapiteau",
-        description="Bind the sockets of a Circus-style config as root, then run its "
-        "watchers under an unprivileged supervisor.",
-        # A set width: argparse would otherwise import shutil (and with it bz2, lzma and
-        # zlib, half a MiB the broker keeps for its whole life) to ask the terminal's.
-        formatter_class=partial(argparse.HelpFormatter, width=HELP_WIDTH),
-    )
-    parser.add_argument("config", help="the INI configuration file (Circus format)")
-    parser.add_argument(
-        "--log-level",
-        type=str.lower,
-        choices=LOG_LEVELS,
-        help="default: [circus] loglevel, or info",
-    )
-    parser.add_argument("--log-format", choices=LOG_FORMATS, default="console")
-    parser.add_argument(
-        "--log-output",
-        help="append all logs (broker, supervisor, workers) to this file; USR1 reopens it",
-    )
-    parser.add_argument(
-        "--daemon",
-        action="store_true",
-        help="detach and run in the background (needs --log-output); returns once the "
-        "service runs, or with the error",
-    )
-    parser.add_argument("--pidfile", help="write the broker's pid here (signal this process)")
-    parser.add_argument(
-        "--check-config",
-        action="store_true",
-        help="report mistakes in the config and unsafe paths, then exit (0: none); "
-        "binds and starts nothing",
-    )
-    parser.add_argument("--version", action="version", version=f"chapiteau {VERSION}")
-    return parser.parse_args(argv)
-
 
 STARTUP_ERRORS = (
     ConfigError,
@@ -245,7 +204,7 @@ def make_runtime_directory(config: BrokerConfig, user: ServiceUser) -> None:
     log.info("runtime_directory_ready", path=config.runtime_directory, user=user.name)
 
 
-def check_config(args: argparse.Namespace) -> int:
+def check_config(args: CommandLine) -> int:
     """``--check-config``: print every problem found, touch nothing; 0 when there is none."""
     try:
         config = load_broker_config(args.config)
@@ -261,7 +220,7 @@ def check_config(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _path_problems(config: BrokerConfig, user: ServiceUser, args: argparse.Namespace) -> list[str]:
+def _path_problems(config: BrokerConfig, user: ServiceUser, args: CommandLine) -> list[str]:
     """What would refuse the start, or make it unsafe, in the files and paths of ``config``.
 
     The same checks the start runs, on the same paths, without creating,
