@@ -35,7 +35,7 @@ class BindError(Exception):
 class BoundSocket(Record):
     """A socket the broker bound, with what it needs to describe and remove it."""
 
-    __slots__ = ("path", "sock", "spec")
+    __slots__ = ("spec", "sock", "path")
 
     def __init__(self, spec: SocketSpec, sock: socket.socket, path: Entry | None = None) -> None:
         self.spec = spec

@@ -88,23 +88,23 @@ class SocketSpec(Record):
     """One [socket:NAME] section, validated; what the broker binds."""
 
     __slots__ = (
-        "backlog",
-        "blocking",
-        "family",
-        "group",
-        "host",
-        "interface",
-        "mode",
         "name",
-        "owner",
-        "path",
-        "port",
-        "proto",
-        "replace",
-        "so_reuseport",
+        "family",
         "type",
+        "proto",
+        "host",
+        "port",
+        "path",
+        "backlog",
         "umask",
+        "replace",
+        "blocking",
+        "interface",
+        "so_reuseport",
         "where",
+        "owner",
+        "group",
+        "mode",
     )
 
     def __init__(
@@ -176,23 +176,23 @@ class BrokerConfig(Record):
     """Everything the broker needs from the config file."""
 
     __slots__ = (
-        "broker_user",
-        "files",
+        "path",
+        "user",
         "group",
-        "loggerconfig",
+        "supervisor_command",
+        "socket_path",
+        "orphan_timeout",
+        "sockets",
+        "files",
+        "max_held_fds",
         "loglevel",
         "logoutput",
-        "max_held_fds",
-        "orphan_timeout",
-        "path",
         "pidfile",
+        "loggerconfig",
         "runtime_directory",
         "runtime_directory_mode",
-        "socket_path",
-        "sockets",
-        "supervisor_command",
         "supervisor_env",
-        "user",
+        "broker_user",
     )
 
     def __init__(

@@ -64,7 +64,7 @@ LOG_DIRECTORY = landlock.WRITE_FILE | landlock.MAKE_REG
 class Confinement(Record):
     """What ``confine`` achieved, for the log line an operator checks."""
 
-    __slots__ = ("capabilities", "landlock_abi", "seccomp_rules", "uid")
+    __slots__ = ("uid", "capabilities", "landlock_abi", "seccomp_rules")
 
     def __init__(
         self,

@@ -69,7 +69,7 @@ class _PathBeneathAttr(ctypes.Structure):
 class Rule(Record):
     """Grant ``access`` to ``path`` and everything beneath it."""
 
-    __slots__ = ("access", "path")
+    __slots__ = ("path", "access")
 
     def __init__(self, path: str, access: int) -> None:
         self.path = path

@@ -48,7 +48,7 @@ class PrivilegeError(Exception):
 class ServiceUser(Record):
     """The unprivileged identity of the supervisor and, by default, of every worker."""
 
-    __slots__ = ("gid", "groups", "name", "uid")
+    __slots__ = ("name", "uid", "gid", "groups")
 
     def __init__(self, name: str, uid: int, gid: int, groups: tuple[int, ...]) -> None:
         self.name = name

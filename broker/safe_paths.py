@@ -92,7 +92,7 @@ class Directory:
 class Entry(Record):
     """A file the broker made or checked: its directory, its name and the inode it must still be."""
 
-    __slots__ = ("device", "directory", "inode", "name")
+    __slots__ = ("directory", "name", "device", "inode")
 
     def __init__(self, directory: Directory, name: str, device: int, inode: int) -> None:
         self.directory = directory

@@ -47,7 +47,7 @@ from chapiteau.protocol.channel import Received, close_fds
 class Peer:
     """The state of one connection: whether it said hello, and what it may still hold."""
 
-    __slots__ = ("fds_sent", "greeted", "hello_by", "name")
+    __slots__ = ("name", "greeted", "hello_by", "fds_sent")
 
     def __init__(
         self,
@@ -67,7 +67,7 @@ class Peer:
 class Reply:
     """What to send back, the fds to attach, and sockets to close once sent."""
 
-    __slots__ = ("close_after", "discard", "fds", "message")
+    __slots__ = ("message", "fds", "close_after", "discard")
 
     def __init__(
         self,

@@ -79,16 +79,16 @@ class SocketInfo(Record):
     """What a receiver needs to know about a listening socket besides its fd."""
 
     __slots__ = (
+        "name",
+        "family",
+        "type",
+        "host",
+        "port",
+        "path",
         "backlog",
         "blocking",
-        "family",
-        "host",
-        "inode",
-        "name",
-        "path",
-        "port",
         "reuseport",
-        "type",
+        "inode",
     )
 
     def __init__(
@@ -150,7 +150,7 @@ class Welcome(Record):
     """Broker → supervisor: the version chosen, and who the broker is."""
 
     TYPE = "welcome"
-    __slots__ = ("broker_pid", "version")
+    __slots__ = ("version", "broker_pid")
 
     def __init__(self, version: int, broker_pid: int) -> None:
         self.version = version
@@ -215,7 +215,7 @@ class Reloaded(Record):
     """Broker → supervisor: the result of a config reload, by socket name."""
 
     TYPE = "reloaded"
-    __slots__ = ("added", "changed", "removed")
+    __slots__ = ("added", "removed", "changed")
 
     def __init__(
         self,

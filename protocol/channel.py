@@ -40,7 +40,7 @@ socket options are numbered apart; Python 3.11 does not name it."""
 class Received(Record):
     """One decoded frame: the request id, the message and the fds that came with it."""
 
-    __slots__ = ("fds", "message", "request_id")
+    __slots__ = ("request_id", "message", "fds")
 
     def __init__(self, request_id: int, message: Message, fds: tuple[int, ...] = ()) -> None:
         self.request_id = request_id

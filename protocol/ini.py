@@ -105,7 +105,7 @@ class ConfigError(Exception):
 class Section(Record):
     """One section of the configuration, after merging every file and [DEFAULT]."""
 
-    __slots__ = ("file", "name", "options", "sources")
+    __slots__ = ("name", "options", "sources", "file")
 
     def __init__(
         self,
@@ -168,7 +168,7 @@ class Section(Record):
 class IniFile(Record):
     """Every section of a configuration file and of the files it includes."""
 
-    __slots__ = ("defaults", "files", "path", "sections", "warnings")
+    __slots__ = ("path", "sections", "files", "warnings", "defaults")
 
     def __init__(
         self,

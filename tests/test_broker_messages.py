@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -485,3 +487,16 @@ def test_a_held_reply_carries_the_fds_its_entries_announce() -> None:
 def test_a_held_entry_carries_one_or_two_fds() -> None:
     frame = frame_json({"type": "held", "id": 1, "entries": [["a", 3]]})
     assert error_code(frame, 3) == "bad_message"
+
+
+EXAMPLE_FRAME = re.compile(r"^[→←] ((?:[0-9a-f]{2} ){4}) (\{.*\})$", re.M)
+
+
+def test_the_example_session_of_the_spec_is_what_encode_writes_byte_for_byte():
+    spec = (Path(__file__).parent.parent / "docs" / "broker-protocol.md").read_text()
+    examples = EXAMPLE_FRAME.findall(spec)
+    assert len(examples) == 9
+    for header, payload in examples:
+        frame = bytes.fromhex(header) + payload.encode()
+        request_id, message = decode(frame, 1 if '"type":"sockets"' in payload else 0)
+        assert encode(message, request_id) == frame
