@@ -151,7 +151,8 @@ def recover_sockets(
     }
     found: dict[str, tuple[Orphan, socket.socket]] = {}
     ports = {spec.port for spec in wanted.values()}
-    inodes = inet_sockets(set() if 0 in ports else ports) if wanted else set()
+    # No orphan (a first start): the tables of every socket of the machine are not read.
+    inodes = inet_sockets(set() if 0 in ports else ports) if wanted and orphans else set()
     try:
         for orphan in orphans:
             if len(found) == len(wanted):
@@ -206,14 +207,17 @@ def inet_sockets(ports: Collection[int], proc_net: str = "/proc/self/net") -> se
     for table in ("tcp", "tcp6", "udp", "udp6"):
         try:
             with open(f"{proc_net}/{table}") as lines:
-                rows = [line.split() for line in lines.readlines()[1:]]
+                next(lines, None)  # the header
+                # A line at a time: a busy machine has tens of thousands of sockets, and
+                # what the broker's start-up holds at once, its memory keeps for good.
+                for line in lines:
+                    row = line.split()
+                    with contextlib.suppress(IndexError, ValueError):
+                        port = int(row[1].rsplit(":", 1)[1], 16)
+                        if not ports or port in ports:
+                            found.add(f"socket:[{int(row[9])}]")
         except OSError:
             continue  # no IPv6, say
-        for row in rows:
-            with contextlib.suppress(IndexError, ValueError):
-                port = int(row[1].rsplit(":", 1)[1], 16)
-                if not ports or port in ports:
-                    found.add(f"socket:[{int(row[9])}]")
     return found
 
 

@@ -6,10 +6,12 @@ import os
 import select
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from chapiteau.broker import orphans as orphans_module
 from chapiteau.broker.binding import BindError
 from chapiteau.broker.config import load_broker_config
 from chapiteau.broker.orphans import (
@@ -174,3 +176,25 @@ def test_the_kernel_tables_list_the_sockets_on_a_port(listening):
     assert inode in inet_sockets({port})
     assert inode in inet_sockets(set())
     assert inode not in inet_sockets({port + 1 if port < 65535 else port - 1})
+
+
+def test_with_no_orphan_the_tables_of_every_socket_are_not_read(monkeypatch):
+    def read_tables(ports: object) -> set[str]:
+        raise AssertionError("read the kernel's socket tables")
+
+    monkeypatch.setattr(orphans_module, "inet_sockets", read_tables)
+    assert recover_sockets([], [socket_spec(port=8080)], {os.geteuid()}) == {}
+
+
+def test_the_kernel_tables_are_read_a_line_at_a_time(tmp_path):
+    # A busy machine has tens of thousands of sockets (TIME_WAIT): the broker's start-up
+    # must not hold them all at once, since its memory keeps what it once held.
+    row = "   0: 0100007F:1F90 00000000:0000 06 00000000:00000000 03:00000000 00000000 0 0 0 3"
+    (tmp_path / "tcp").write_text("header\n" + "\n".join([row] * 50_000) + "\n")
+    tracemalloc.start()
+    try:
+        assert inet_sockets({8080}, str(tmp_path)) == {"socket:[0]"}
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024
