@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
+from chapiteau.supervisor.children import process_tree
 from chapiteau.supervisor.children.child_exit import ChildWatcher
+from chapiteau.supervisor.children.process_tree import OrphanSearch
 from chapiteau.supervisor.config import DEFAULT_PATH, Flapping, WatcherConfig
 from chapiteau.supervisor.events import Events
 from chapiteau.supervisor.io.notify import NotifySocket
@@ -92,7 +94,7 @@ async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher,
         redirector=redirector,
         events=events,
         arbiter=None,
-        workers=workers,
+        orphans=OrphanSearch(workers),
         adopt=adopt,
         notify_socket=lambda: notify.address,
         flapping=Flapping(window=30.0),
@@ -271,3 +273,29 @@ def test_stop_ends_a_reload_that_waits_for_a_process_to_be_ready() -> None:
             assert watcher.processes == {}
 
     run(test)
+
+
+def test_a_stop_of_workers_that_leave_nothing_behind_never_reads_our_children(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The orphan search reads this process's list of children, which costs tens of
+    milliseconds with thousands of workers: a worker alone in its group needs none, so
+    stopping n of them must not cost n of those reads (it cost three each)."""
+    reads: list[int] = []
+    listed = process_tree.children
+
+    def counted(pid: int) -> list[int]:
+        if pid == os.getpid():
+            reads.append(pid)
+        return listed(pid)
+
+    monkeypatch.setattr(process_tree, "children", counted)
+
+    async def test() -> None:
+        async with running(config("sleep 1000", 40)) as (watcher, _):
+            assert len(watcher.processes) == 40
+            await watcher.stop()
+            assert watcher.processes == {}
+
+    run(test)
+    assert reads == []
