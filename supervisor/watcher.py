@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from chapiteau.supervisor.children.child_exit import ChildWatcher
-from chapiteau.supervisor.children.process_tree import OrphanSearch, ProcessTree, start_time
+from chapiteau.supervisor.children.process_tree import OrphanSearch, ProcessTree
 from chapiteau.supervisor.children.spawn import SpawnError, SpawnSpec, spawn
 from chapiteau.supervisor.config import Flapping, WatcherConfig, worker_env
 from chapiteau.supervisor.events import Events, own_topic
@@ -439,7 +439,7 @@ class Watcher:
             spawns={wid: slot.spawns for wid, slot in lifecycle.slots.items()},
             restarts=lifecycle.restarts,
         )
-        return record, [process.record for process in self.processes.values()]
+        return record, [process.snapshot_part() for process in self.processes.values()]
 
     def adopt(
         self, record: ProcessRecord, pidfd: int, pipes: dict[str, int], spawns: int = 1
@@ -602,10 +602,9 @@ class Watcher:
         process = Process(
             pid, wid, loop.create_future(), loop.create_future(), held=tuple(keys.values())
         )
-        record = ProcessRecord(
-            pid, wid, process.started, start_time(pid) or 0, keys.get("stdout"), keys.get("stderr")
+        process.unrecorded = ProcessRecord(
+            pid, wid, process.started, 0, keys.get("stdout"), keys.get("stderr")
         )
-        process.record = encode_process(record)
         self.processes[pid] = process
         self.runtime.adopt(pid, self, None)
         for name, (read, _, _) in pipes.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -299,3 +300,31 @@ def test_a_stop_of_workers_that_leave_nothing_behind_never_reads_our_children(
 
     run(test)
     assert reads == []
+
+
+def test_a_spawn_leaves_the_new_process_start_time_to_the_snapshot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reading a new process's /proc/PID/stat waits until its exec has closed the
+    supervisor's close-on-exec fds (milliseconds with thousands of workers): a spawn does
+    not read it; the first snapshot that holds the process does, once."""
+    stat_reads: list[str] = []
+    read = process_tree.read_proc
+
+    def counted(path: str) -> bytes:
+        if path.endswith("/stat"):
+            stat_reads.append(path)
+        return read(path)
+
+    monkeypatch.setattr(process_tree, "read_proc", counted)
+
+    async def test() -> None:
+        async with running(config("sleep 1000", 3)) as (watcher, _):
+            assert stat_reads == []
+            _, parts = watcher.record()
+            _, again = watcher.record()
+            assert again == parts and len(stat_reads) == 3
+            recorded = {json.loads(part)["pid"]: json.loads(part)["starttime"] for part in parts}
+            assert recorded == {pid: process_tree.start_time(pid) for pid in watcher.processes}
+
+    run(test)
