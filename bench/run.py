@@ -78,6 +78,8 @@ CONTROL_PROCESSES = 100
 BIG_WAIT = 120.0
 # The supervisor's fds for each worker: its pidfd, the read ends of its stdout and stderr.
 FDS_PER_WORKER = 3
+# The supervisor's other fds (sockets, ZMQ, logs, the broker's channel), with a margin.
+SUPERVISOR_FDS = 200
 
 
 @dataclass(frozen=True)
@@ -468,17 +470,8 @@ def bench_scale(settings: Settings) -> None:
 @contextlib.contextmanager
 def limits_for(processes: int) -> Iterator[None]:
     """Raise, for the run, the soft limits on open files and processes (up to the hard
-    ones) and pid_max to what ``processes`` workers need; say so when the hard limit on open
-    files cannot hold the supervisor's fds (root without CAP_SYS_RESOURCE cannot raise it)."""
+    ones) and pid_max to what ``processes`` workers need."""
     wanted = processes * FDS_PER_WORKER + 4096
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if hard != resource.RLIM_INFINITY and hard < processes * FDS_PER_WORKER + 100:
-        print(
-            f"  hard RLIMIT_NOFILE is {hard:,}: the supervisor holds {FDS_PER_WORKER} fds a "
-            f"worker, so at most about {(hard - 100) // FDS_PER_WORKER:,} of {processes:,} "
-            "can run here",
-            flush=True,
-        )
     saved = {
         limit: resource.getrlimit(limit)
         for limit in (resource.RLIMIT_NOFILE, resource.RLIMIT_NPROC)
@@ -500,16 +493,34 @@ def limits_for(processes: int) -> Iterator[None]:
             pid_max.write_text(str(old_pid_max))
 
 
+def fitting(processes: int, watchers: int) -> int:
+    """As many of ``processes`` (a multiple of ``watchers``) as the supervisor can hold fds
+    for under the hard limit on open files, which root without CAP_SYS_RESOURCE (as in
+    some containers) cannot raise."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return processes
+    fit = (hard - SUPERVISOR_FDS) // FDS_PER_WORKER // watchers * watchers
+    if fit < processes:
+        print(
+            f"  hard RLIMIT_NOFILE is {hard:,}: the supervisor holds {FDS_PER_WORKER} fds a "
+            f"worker, so {fit:,} of the {processes:,} workers run",
+            flush=True,
+        )
+    return min(processes, fit)
+
+
 def bench_big(settings: Settings) -> None:
-    label = f"{settings.big:,} processes in {settings.big_watchers} watchers, chapiteau"
-    with limits_for(settings.big):
-        manager = Manager("chapiteau", sleepers(settings.big, settings.big_watchers))
+    total = fitting(settings.big, settings.big_watchers)
+    label = f"{total:,} processes in {settings.big_watchers} watchers, chapiteau"
+    with limits_for(total):
+        manager = Manager("chapiteau", sleepers(total, settings.big_watchers))
         try:
             parent = manager.supervisor
-            count = len(running(parent, settings.big, MARKER, BIG_WAIT))
+            count = len(running(parent, total, MARKER, BIG_WAIT))
             took = time.perf_counter() - manager.started
-            if count < settings.big:
-                row(f"processes running after {took:.0f} s, {label}", "", f"{settings.big:,}").add(
+            if count < total:
+                row(f"processes running after {took:.0f} s, {label}", "", f"{total:,}").add(
                     "chapiteau", count
                 )
                 row(f"supervisor RSS with {count:,} of them running", "MiB", "").add(
