@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from chapiteau.supervisor.children import process_tree
 from chapiteau.supervisor.children.child_exit import become_subreaper
 from chapiteau.supervisor.children.process_tree import (
@@ -182,9 +184,8 @@ def test_start_time_and_parent_come_from_proc() -> None:
     assert parent_of(os.getpid()) == os.getppid()
 
 
-def test_one_orphan_search_serves_every_tree_that_asks_before_it_runs(monkeypatch):
-    """Exits of a burst share one read of this process's children; a later ask reads again
-    (what it finds must postdate its leader's exit)."""
+def count_our_children_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, one entry per read of this process's list of children."""
     reads: list[int] = []
     listed = process_tree.children
 
@@ -194,6 +195,13 @@ def test_one_orphan_search_serves_every_tree_that_asks_before_it_runs(monkeypatc
         return listed(pid)
 
     monkeypatch.setattr(process_tree, "children", counted)
+    return reads
+
+
+def test_one_orphan_search_serves_every_tree_that_asks_before_it_runs(monkeypatch):
+    """Exits of a burst share one read of this process's children; a later ask reads again
+    (what it finds must postdate its leader's exit)."""
+    reads = count_our_children_reads(monkeypatch)
 
     async def burst_then_one() -> list[int]:
         search = OrphanSearch(())

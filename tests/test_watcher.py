@@ -27,6 +27,7 @@ from chapiteau.supervisor.io.notify import NotifySocket
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
 from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
+from tests.test_process_tree import count_our_children_reads
 
 WAIT = 10.0
 
@@ -282,15 +283,7 @@ def test_a_stop_of_workers_that_leave_nothing_behind_never_reads_our_children(
     """The orphan search reads this process's list of children, which costs tens of
     milliseconds with thousands of workers: a worker alone in its group needs none, so
     stopping n of them must not cost n of those reads (it cost three each)."""
-    reads: list[int] = []
-    listed = process_tree.children
-
-    def counted(pid: int) -> list[int]:
-        if pid == os.getpid():
-            reads.append(pid)
-        return listed(pid)
-
-    monkeypatch.setattr(process_tree, "children", counted)
+    reads = count_our_children_reads(monkeypatch)
 
     async def test() -> None:
         async with running(config("sleep 1000", 40)) as (watcher, _):
