@@ -54,3 +54,26 @@ def test_sigterm_leaves_no_process_of_the_worker_tree(chapiteau, workdir: Path, 
 
     assert [pid for pid in members if is_alive(pid)] == []
     assert not tree.events_named("orphan_signalled")
+
+
+FORKS_AS_IT_EXITS = "trap 'sh late.sh & exit 0' TERM\nsleep 1000 &\nwait\n"
+LATE = "trap '' TERM\nexec sleep 1000\n"
+
+
+def test_stop_reaches_what_the_worker_forked_as_it_exited(chapiteau, workdir: Path):
+    """On SIGTERM the worker forks a child that ignores SIGTERM, and exits: that child
+    was never listed, is re-parented to the supervisor, and lives in the worker's
+    group. The stop finds it there, waits graceful_timeout for it, then kills it."""
+    for name, script in (("tree.sh", FORKS_AS_IT_EXITS), ("late.sh", LATE)):
+        (workdir / name).write_text(script)
+        (workdir / name).chmod(0o644)
+    tree = chapiteau(CONFIG)
+    [worker] = tree.worker_pids("tree", 1)
+    wait_until(lambda: any(command(pid) == "sleep" for pid in descendants(worker)))
+
+    assert tree.stop() == 0
+
+    [escalated] = tree.events_named("process_kill_escalated")
+    assert escalated["pid"] == worker and escalated["left"]
+    assert [pid for pid in escalated["left"] if is_alive(pid)] == []
+    assert not tree.events_named("orphan_signalled")

@@ -32,6 +32,7 @@ from chapiteau.supervisor.children.child_exit import (
     become_subreaper,
     quiet_signal_wakeup,
 )
+from chapiteau.supervisor.children.process_tree import OrphanSearch
 from chapiteau.supervisor.commands import dispatch
 from chapiteau.supervisor.commands.base import CommandError
 from chapiteau.supervisor.config import (
@@ -202,7 +203,7 @@ class Arbiter:
             redirector=Redirector(loop),
             events=self.events,
             arbiter=self,
-            workers=self.pids,
+            orphans=OrphanSearch(self.pids),
             adopt=adopt,
             notify_socket=self._notify_socket,
             flapping=self.config.flapping,

@@ -140,7 +140,7 @@ _WATCHED = (ProcessState.RUNNING, ProcessState.RELOADING, ProcessState.EXITING)
 _FAILURE_REASONS = {Timer.READY_TIMEOUT: "not ready in time", Timer.WATCHDOG: "watchdog timeout"}
 
 
-@dataclass
+@dataclass(slots=True)
 class Worker:
     """What the lifecycle knows of one process."""
 
@@ -157,7 +157,7 @@ class Worker:
     """FAILING: the timer it missed."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Slot:
     """The history of one wid: its spawns since the watcher started, and its last exit."""
 

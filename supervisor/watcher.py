@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from chapiteau.supervisor.children.child_exit import ChildWatcher
-from chapiteau.supervisor.children.process_tree import ProcessTree, start_time
+from chapiteau.supervisor.children.process_tree import OrphanSearch, ProcessTree
 from chapiteau.supervisor.children.spawn import SpawnError, SpawnSpec, spawn
 from chapiteau.supervisor.config import Flapping, WatcherConfig, worker_env
 from chapiteau.supervisor.events import Events, own_topic
@@ -105,8 +105,9 @@ class Runtime:
     redirector: Redirector
     events: Events
     arbiter: Any
-    workers: Mapping[int, Watcher]
-    """Every live worker's pid, whichever watcher it belongs to (the arbiter's index)."""
+    orphans: OrphanSearch
+    """Finds the members of an exited worker's process group among the supervisor's
+    children (workers aside: it holds the arbiter's index of every live worker)."""
     adopt: Callable[[int, Watcher, int | None], None]
     """The arbiter's: index a worker's pid and watch for its exit (given a pidfd: a worker
     of the previous supervisor generation, not our child)."""
@@ -438,7 +439,7 @@ class Watcher:
             spawns={wid: slot.spawns for wid, slot in lifecycle.slots.items()},
             restarts=lifecycle.restarts,
         )
-        return record, [process.record for process in self.processes.values()]
+        return record, [process.snapshot_part() for process in self.processes.values()]
 
     def adopt(
         self, record: ProcessRecord, pidfd: int, pipes: dict[str, int], spawns: int = 1
@@ -601,10 +602,9 @@ class Watcher:
         process = Process(
             pid, wid, loop.create_future(), loop.create_future(), held=tuple(keys.values())
         )
-        record = ProcessRecord(
-            pid, wid, process.started, start_time(pid) or 0, keys.get("stdout"), keys.get("stderr")
+        process.unrecorded = ProcessRecord(
+            pid, wid, process.started, 0, keys.get("stdout"), keys.get("stderr")
         )
-        process.record = encode_process(record)
         self.processes[pid] = process
         self.runtime.adopt(pid, self, None)
         for name, (read, _, _) in pipes.items():
@@ -776,9 +776,10 @@ class Watcher:
         """`_kill` without telling the lifecycle: the exit is whatever it decided."""
         loop = self.runtime.loop
         grace = self.config.graceful_timeout if timeout is None else timeout
-        tree = ProcessTree(process.pid, others=self.runtime.workers)
+        tree = ProcessTree(process.pid, self.runtime.orphans)
         try:
             signum = self.config.stop_signal if signum is None else signum
+            await tree.refresh(leader_alive=not process.exited.done())
             self._signal(process, signum, tree)
             if await _tree_gone(process, tree, loop.time() + grace):
                 return
@@ -786,7 +787,9 @@ class Watcher:
                 "process_kill_escalated", pid=process.pid, after=grace, left=tree.alive()
             )
             self._publish("kill", {"process_pid": process.pid, "time": time.time()})
-            tree.signal(signal.SIGKILL, leader_alive=not process.exited.done())
+            leader_alive = not process.exited.done()
+            await tree.refresh(leader_alive)
+            tree.signal(signal.SIGKILL, leader_alive)
             await _tree_gone(process, tree, loop.time() + KILL_WAIT)
         finally:
             tree.close()
@@ -840,7 +843,7 @@ async def _tree_gone(process: Process, tree: ProcessTree, deadline: float) -> bo
     if not process.exited.done():
         return False
     # What the worker left behind (re-parented to us) got the signal with it.
-    tree.refresh()
+    await tree.refresh(leader_alive=False)
     return await tree.wait_members(max(0.0, deadline - loop.time()))
 
 

@@ -10,7 +10,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from chapiteau.supervisor.children import process_tree
+from chapiteau.supervisor.children.child_exit import become_subreaper
 from chapiteau.supervisor.children.process_tree import (
+    OrphanSearch,
     ProcessTree,
     children,
     descendants,
@@ -18,6 +23,7 @@ from chapiteau.supervisor.children.process_tree import (
     parent_of,
     start_time,
 )
+from tests.forked import in_child
 
 TIMEOUT = 5.0
 
@@ -84,9 +90,16 @@ def test_descendants_lists_grandchildren_parents_first():
         leader.wait()
 
 
+def tree_of(leader: int) -> ProcessTree:
+    """The tree of a live ``leader``, its descendants listed."""
+    tree = ProcessTree(leader, OrphanSearch(()))
+    asyncio.run(tree.refresh(leader_alive=True))
+    return tree
+
+
 def test_signal_reaches_a_descendant_that_left_the_group():
     leader = start_tree("setsid sleep 100 & sleep 100")
-    tree = ProcessTree(leader.pid)
+    tree = tree_of(leader.pid)
     members = descendants(leader.pid)
     try:
         tree.signal(signal.SIGKILL, leader_alive=True)
@@ -99,7 +112,7 @@ def test_signal_reaches_a_descendant_that_left_the_group():
 
 def test_wait_members_reports_a_member_that_outlives_the_timeout():
     leader = start_tree("setsid sh -c 'trap \"\" TERM; sleep 100' & sleep 100")
-    tree = ProcessTree(leader.pid)
+    tree = tree_of(leader.pid)
     try:
         tree.signal(signal.SIGTERM, leader_alive=True)
         leader.wait(TIMEOUT)
@@ -135,7 +148,7 @@ def test_each_process_gets_the_signal_once_in_or_out_of_the_group(tmp_path):
     try:
         for name in ("in", "out"):
             wait_for_file(tmp_path / f"{name}.ready")
-        tree = ProcessTree(leader.pid)
+        tree = tree_of(leader.pid)
         try:
             tree.signal(signal.SIGRTMIN, leader_alive=True)
             assert asyncio.run(tree.wait_members(TIMEOUT))
@@ -169,3 +182,58 @@ def test_start_time_and_parent_come_from_proc() -> None:
         child.wait()
     assert start_time(child.pid) is None and parent_of(child.pid) is None
     assert parent_of(os.getpid()) == os.getppid()
+
+
+def count_our_children_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, one entry per read of this process's list of children."""
+    reads: list[int] = []
+    listed = process_tree.children
+
+    def counted(pid: int) -> list[int]:
+        if pid == os.getpid():
+            reads.append(pid)
+        return listed(pid)
+
+    monkeypatch.setattr(process_tree, "children", counted)
+    return reads
+
+
+def test_one_orphan_search_serves_every_tree_that_asks_before_it_runs(monkeypatch):
+    """Exits of a burst share one read of this process's children; a later ask reads again
+    (what it finds must postdate its leader's exit)."""
+    reads = count_our_children_reads(monkeypatch)
+
+    async def burst_then_one() -> list[int]:
+        search = OrphanSearch(())
+        await asyncio.gather(*(search.in_group(group) for group in range(1, 101)))
+        burst = len(reads)
+        await search.in_group(1)
+        return [burst, len(reads)]
+
+    assert asyncio.run(burst_then_one()) == [1, 2]
+
+
+def test_a_tree_finds_its_group_re_parented_to_us_once_the_leader_exited():
+    """The leader's child, never listed, outlives it: re-parented to this process (a child
+    subreaper, as the supervisor is), it is found in the leader's group, and the tree
+    signals it and waits for it. Run in a child: a subreaper stays one."""
+
+    def scenario() -> str:
+        become_subreaper()
+        leader = subprocess.Popen(["sh", "-c", "sleep 100 & exit 0"], process_group=0)
+        leader.wait(TIMEOUT)
+        orphans = children(os.getpid())
+        tree = ProcessTree(leader.pid, OrphanSearch(()))
+        try:
+            asyncio.run(tree.refresh(leader_alive=False))
+            found = tree.alive()
+            tree.signal(signal.SIGKILL, leader_alive=False)
+            gone = asyncio.run(tree.wait_members(TIMEOUT))
+        finally:
+            tree.close()
+            for pid in orphans:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        return repr((len(orphans), found == orphans, gone))
+
+    assert in_child(scenario) == (0, repr((1, True, True)))

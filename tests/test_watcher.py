@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,13 +18,16 @@ from typing import Any
 
 import pytest
 
+from chapiteau.supervisor.children import process_tree
 from chapiteau.supervisor.children.child_exit import ChildWatcher
+from chapiteau.supervisor.children.process_tree import OrphanSearch
 from chapiteau.supervisor.config import DEFAULT_PATH, Flapping, WatcherConfig
 from chapiteau.supervisor.events import Events
 from chapiteau.supervisor.io.notify import NotifySocket
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
 from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
+from tests.test_process_tree import count_our_children_reads
 
 WAIT = 10.0
 
@@ -92,7 +96,7 @@ async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher,
         redirector=redirector,
         events=events,
         arbiter=None,
-        workers=workers,
+        orphans=OrphanSearch(workers),
         adopt=adopt,
         notify_socket=lambda: notify.address,
         flapping=Flapping(window=30.0),
@@ -269,5 +273,51 @@ def test_stop_ends_a_reload_that_waits_for_a_process_to_be_ready() -> None:
                 with pytest.raises(ReloadError, match="the watcher is stopping"):
                     await reload
             assert watcher.processes == {}
+
+    run(test)
+
+
+def test_a_stop_of_workers_that_leave_nothing_behind_never_reads_our_children(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The orphan search reads this process's list of children, which costs tens of
+    milliseconds with thousands of workers: a worker alone in its group needs none, so
+    stopping n of them must not cost n of those reads (it cost three each)."""
+    reads = count_our_children_reads(monkeypatch)
+
+    async def test() -> None:
+        async with running(config("sleep 1000", 40)) as (watcher, _):
+            assert len(watcher.processes) == 40
+            await watcher.stop()
+            assert watcher.processes == {}
+
+    run(test)
+    assert reads == []
+
+
+def test_a_spawn_leaves_the_new_process_start_time_to_the_snapshot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reading a new process's /proc/PID/stat waits until its exec has closed the
+    supervisor's close-on-exec fds (milliseconds with thousands of workers): a spawn does
+    not read it; the first snapshot that holds the process does, once."""
+    stat_reads: list[str] = []
+    read = process_tree.read_proc
+
+    def counted(path: str) -> bytes:
+        if path.endswith("/stat"):
+            stat_reads.append(path)
+        return read(path)
+
+    monkeypatch.setattr(process_tree, "read_proc", counted)
+
+    async def test() -> None:
+        async with running(config("sleep 1000", 3)) as (watcher, _):
+            assert stat_reads == []
+            _, parts = watcher.record()
+            _, again = watcher.record()
+            assert again == parts and len(stat_reads) == 3
+            recorded = {json.loads(part)["pid"]: json.loads(part)["starttime"] for part in parts}
+            assert recorded == {pid: process_tree.start_time(pid) for pid in watcher.processes}
 
     run(test)

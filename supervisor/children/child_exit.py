@@ -3,10 +3,15 @@
 Theory of operation. Each watched worker gets a pidfd registered with
 ``loop.add_reader``: the kernel makes it readable when the process exits, so
 the loop wakes at once with no polling timer. A SIGCHLD handler
-(``loop.add_signal_handler``) runs a reaping pass with ``waitpid(-1, WNOHANG)``
+(``loop.add_signal_handler``) schedules a reaping pass with ``waitpid(-1, WNOHANG)``
 that collects every zombie: watched pids are dispatched exactly like the pidfd
 path, anything else (orphaned grandchildren re-parented to us as a child
 subreaper, or a child nobody watched) is reaped so no zombie stays behind.
+Each ``waitpid(-1)`` walks the kernel's list of the supervisor's children (0.5 ms
+at 6,000 workers), so the pass is not run once per SIGCHLD: it runs on a timer,
+after what is ready already (a worker's exit, read from its pidfd, and its
+respawn first), once for every SIGCHLD of a burst, and after a pass that took
+``d`` seconds of CPU the next waits until ``d / REAP_SHARE`` after it.
 
 Both paths run on the loop's thread and the kernel hands each zombie to exactly
 one ``waitpid``, so whichever path reaps a pid first reports it and the other
@@ -33,12 +38,15 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Callable
 
 import prctl
 
 # What asyncio reports when another waiter already consumed a child's status.
 UNKNOWN_EXIT_CODE = 255
+REAP_SHARE = 0.25
+"""The share of the loop's time that SIGCHLD reaping passes may take."""
 
 
 def become_subreaper() -> None:
@@ -93,7 +101,10 @@ class ChildWatcher:
         self._pidfds: dict[int, int] = {}
         self._adopted: set[int] = set()
         """Watched pids that are not our children (their exit code is not ours to read)."""
-        loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        self._pass: asyncio.TimerHandle | None = None
+        self._next_pass = 0.0
+        """Loop time before which no reaping pass starts (see REAP_SHARE)."""
+        loop.add_signal_handler(signal.SIGCHLD, self._reap_soon)
 
     def watch(self, pid: int) -> None:
         """Report ``pid``'s exit; ``pid`` must be an unreaped child of this process."""
@@ -136,6 +147,19 @@ class ChildWatcher:
             return False
         return True
 
+    def _reap_soon(self) -> None:
+        """SIGCHLD: one reaping pass for the burst, after what is ready (see the module)."""
+        if self._pass is None:
+            self._pass = self._loop.call_at(
+                max(self._next_pass, self._loop.time()), self._reap_pass
+            )
+
+    def _reap_pass(self) -> None:
+        self._pass = None
+        began = time.thread_time()
+        self.reap()
+        self._next_pass = self._loop.time() + (time.thread_time() - began) / REAP_SHARE
+
     def reap(self) -> None:
         """Reap every exited child now: report watched ones, pass the rest to on_orphan."""
         while True:
@@ -155,6 +179,9 @@ class ChildWatcher:
     def close(self) -> None:
         """Stop watching: remove the SIGCHLD handler and every pidfd (children are left alone)."""
         self._loop.remove_signal_handler(signal.SIGCHLD)
+        if self._pass is not None:
+            self._pass.cancel()
+            self._pass = None
         for pid in list(self._pidfds):
             self._forget(pid)
 

@@ -8,13 +8,21 @@ holds a pidfd on every descendant it has seen (from
 recycled pid is never signalled, and it becomes readable when that process
 exits, so waiting for the tree to vanish needs no polling.
 
-Descendants are listed when the tree is built and again before each signal.
-Once the leader has exited its children are re-parented to the supervisor (a
-child subreaper), so the listing then also walks the known members'
-descendants and the supervisor's own children that are in the leader's group.
+Descendants are listed before each signal and once the leader has exited, by
+walking down from the leader (while it lives) and from the members already
+known. When the leader exits, its children are re-parented to the supervisor
+(a child subreaper), where the walk cannot reach those it never saw: the
+members of the leader's group among the supervisor's own children are then
+looked up too (`OrphanSearch`), unless the group is empty. That lookup reads
+the supervisor's list of children, which costs milliseconds with thousands of
+workers, so it is never made while the leader lives, and one read serves every
+tree that needs it in a burst: a stop of n workers stays O(n).
 (A descendant that left the group and lost its parents before it was ever
 listed can no longer be told apart from the supervisor's other orphans: the
-workers share the supervisor's session, see `chapiteau.supervisor.children.spawn`.)
+workers share the supervisor's session, see `chapiteau.supervisor.children.spawn`.
+Nor can one whose in-group parent was orphaned while the leader lived and
+exits before the leader does: killpg reaches that parent, the search finds it
+only if it outlives the leader.)
 
 The /proc readers it is built on (`stat_fields`, `parent_of`, `start_time`,
 `children`) serve the rest of the supervisor too: which worker tree a
@@ -29,11 +37,14 @@ import contextlib
 import os
 import select
 import signal
+import time
 from collections.abc import Container, Iterable
 
 from chapiteau.supervisor.children.child_exit import kill_process_group
 
 _CHUNK = 65536
+SEARCH_SHARE = 0.25
+"""The share of the loop's time that orphan searches may take (see `OrphanSearch`)."""
 
 
 def read_proc(path: str) -> bytes:
@@ -124,25 +135,84 @@ def _exited(pidfd: int) -> bool:
     return bool(select.select([pidfd], [], [], 0)[0])
 
 
+def group_lives(group: int) -> bool:
+    """Whether process group ``group`` has a member (one we may not signal counts)."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OrphanSearch:
+    """The supervisor's own children that are not workers, by process group: where the
+    members of an exited leader's group that the walk never saw went.
+
+    The kernel walks its list of the supervisor's children again for every page
+    of ``/proc/PID/task/TID/children`` it gives, so one read costs tens of
+    milliseconds with thousands of workers (31 ms at 6,526). One read therefore
+    serves every tree that asks before it is made: it runs on a timer, after
+    what is ready already (the other exits of the same burst ask meanwhile),
+    and after a search that took ``d`` seconds of CPU the next waits until
+    ``d / SEARCH_SHARE`` after it, so a stop of thousands of workers reads the
+    list a few times, not once per worker. Group ids are read only for the
+    children that are not ``workers``.
+    """
+
+    def __init__(self, workers: Container[int]) -> None:
+        self.workers = workers
+        self._pending: asyncio.Future[dict[int, list[int]]] | None = None
+        self._next = 0.0
+        """Loop time before which no search starts (see SEARCH_SHARE)."""
+
+    async def in_group(self, group: int) -> list[int]:
+        """The supervisor's children in process group ``group``, workers aside, as a
+        search that starts after this call finds them."""
+        if self._pending is None:
+            loop = asyncio.get_running_loop()
+            self._pending = loop.create_future()
+            loop.call_at(max(self._next, loop.time()), self._search, loop)
+        groups = await asyncio.shield(self._pending)
+        return groups.get(group, [])
+
+    def _search(self, loop: asyncio.AbstractEventLoop) -> None:
+        pending, self._pending = self._pending, None
+        assert pending is not None
+        began = time.thread_time()
+        groups: dict[int, list[int]] = {}
+        for pid in children(os.getpid()):
+            if pid in self.workers:
+                continue
+            ids = group_and_session(pid)
+            if ids is not None:
+                groups.setdefault(ids[0], []).append(pid)
+        self._next = loop.time() + (time.thread_time() - began) / SEARCH_SHARE
+        if not pending.done():
+            pending.set_result(groups)
+
+
 class ProcessTree:
     """A worker (the leader, a child of this process) and every descendant seen so far."""
 
-    def __init__(self, leader: int, others: Container[int] = ()) -> None:
-        """``others``: pids known to be other workers, which can never be members."""
+    def __init__(self, leader: int, orphans: OrphanSearch) -> None:
+        """``orphans``: where to look for the leader's group once it has exited."""
         self.leader = leader
-        self.others = others
+        self.orphans = orphans
         self._members: dict[int, int] = {}
-        self.refresh()
 
-    def refresh(self) -> None:
-        """Take hold of descendants that appeared since the last look."""
-        roots = [self.leader, *self.alive()]
-        for pid in children(os.getpid()):
-            if pid in self.others:
-                continue
-            ids = group_and_session(pid)
-            if pid != self.leader and ids is not None and ids[0] == self.leader:
-                roots.append(pid)
+    async def refresh(self, leader_alive: bool) -> None:
+        """Take hold of descendants that appeared since the last look.
+
+        ``leader_alive``: the leader is not reaped yet (its pid cannot name another
+        process). Once it is, the supervisor's children in its group are looked up
+        too, if the group still has members; the look waits for a shared search.
+        """
+        roots = [self.leader] if leader_alive else []
+        roots.extend(self.alive())
+        if not leader_alive and group_lives(self.leader):
+            roots.extend(await self.orphans.in_group(self.leader))
         for pid in _subtrees(roots):
             if pid in self._members or pid == self.leader:
                 continue
@@ -161,9 +231,9 @@ class ProcessTree:
         The leader's group gets it by ``killpg``, while its id cannot have been
         recycled (the leader is unreaped or a known member of the group lives);
         members outside the group get it by pidfd. No process gets it twice: a
-        program may read a second SIGINT or SIGTERM as "stop now".
+        program may read a second SIGINT or SIGTERM as "stop now". Call `refresh`
+        first to reach the descendants that appeared since the last look.
         """
-        self.refresh()
         alive = self.alive()
         in_group = {pid for pid in alive if (group_and_session(pid) or (0, 0))[0] == self.leader}
         group_signalled = leader_alive or bool(in_group)

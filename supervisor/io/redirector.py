@@ -56,7 +56,7 @@ def split_incomplete_utf8(data: bytes) -> tuple[bytes, bytes]:
     return data, b""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pipe:
     """One redirected pipe; ``pending`` holds an unfinished UTF-8 character."""
 
@@ -73,7 +73,7 @@ class Redirector:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pipes: dict[int, _Pipe] = {}
-        self._fds_of: dict[int, set[int]] = {}
+        self._fds_of: dict[int, list[int]] = {}
         """The fds of each pid: an exit among thousands of workers finds its own at once."""
 
     def add(self, fd: int, pid: int, name: str, stream: Callable[[Chunk], None]) -> None:
@@ -87,7 +87,7 @@ class Redirector:
         os.set_blocking(fd, False)
         os.set_inheritable(fd, False)
         self._pipes[fd] = _Pipe(pid, name, stream)
-        self._fds_of.setdefault(pid, set()).add(fd)
+        self._fds_of.setdefault(pid, []).append(fd)
         self._loop.add_reader(fd, self._read, fd)
 
     def remove_pid(self, pid: int) -> None:
@@ -132,7 +132,7 @@ class Redirector:
     def _forget(self, fd: int) -> None:
         pipe = self._pipes.pop(fd)
         fds = self._fds_of[pipe.pid]
-        fds.discard(fd)
+        fds.remove(fd)
         if not fds:
             del self._fds_of[pipe.pid]
         self._loop.remove_reader(fd)
