@@ -23,7 +23,7 @@ and the ratio, pair by pair. Parts, selectable by name:
 Run as root from the checkout with the virtualenvs ``make bench`` makes (it
 runs this)::
 
-    .venv/bin/python bench/run.py [--quick] [PART ...]
+    .venv-wheel/bin/python bench/run.py [--quick] [PART ...]
 
 chapiteau runs as users run it (broker as root, supervisor and workers as
 nobody); circusd runs as root with ``check_delay = 1``. Everything started is

@@ -12,7 +12,7 @@ processes left outside the manager's ``list`` afterwards
 whose top marked ancestor is not listed). An operation that does not exist, or
 a restart that fails, is said in the notes.
 
-    .venv/bin/python bench/zero_downtime.py [--runs N]
+    .venv-wheel/bin/python bench/zero_downtime.py [--runs N]
 
 Part ``zero_downtime`` of ``bench/run.py``, whose daemons it uses (broker as
 root, supervisor and workers as nobody; circusd as root, ``check_delay = 1``).
