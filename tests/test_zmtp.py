@@ -1,6 +1,6 @@
 """Tests for chapiteau.protocol.zmtp: ZMTP 3 NULL framing, in memory and against libzmq.
 
-In memory, two `Connection`\\ s talk to each other with the bytes cut at random
+In memory, two `Connection` objects talk to each other with the bytes cut at random
 places; on loopback, our side talks to a real pyzmq ROUTER (we connect, as
 chapiteauctl does) and to a real pyzmq DEALER (it connects to us), frames drawn
 by hypothesis.
@@ -32,8 +32,6 @@ from chapiteau.protocol.zmtp import (
 )
 
 TIMEOUT = 10.0
-FIXTURE = HealthCheck.function_scoped_fixture
-"""The loopback tests share one connection across hypothesis' examples, on purpose."""
 FRAMES = st.lists(st.binary(max_size=700), min_size=1, max_size=4).map(tuple)
 """Messages of short and long frames (the long form starts at 256 bytes)."""
 
@@ -189,24 +187,36 @@ def exchange(sock: socket.socket, connection: Connection) -> list[Message]:
             return messages
 
 
+LOOPBACK = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+"""The loopback tests share one connection across hypothesis' examples, on purpose."""
+
+
+@contextlib.contextmanager
+def libzmq(kind: int) -> Iterator[zmq.Socket]:
+    """A pyzmq socket of ``kind`` that gives up after TIMEOUT."""
+    context = zmq.Context()
+    sock = context.socket(kind)
+    sock.linger = 0
+    sock.rcvtimeo = sock.sndtimeo = int(TIMEOUT * 1000)
+    try:
+        yield sock
+    finally:
+        sock.close()
+        context.term()
+
+
 @pytest.fixture(scope="module")
 def router() -> Iterator[tuple[zmq.Socket, socket.socket, Connection]]:
     """A pyzmq ROUTER on loopback, and our DEALER connected to it."""
-    context = zmq.Context()
-    sock = context.socket(zmq.ROUTER)
-    sock.linger = 0
-    sock.rcvtimeo = sock.sndtimeo = int(TIMEOUT * 1000)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    ours = socket.create_connection(("127.0.0.1", port), TIMEOUT)
-    yield sock, ours, Connection("DEALER", identity=b"us")
-    ours.close()
-    sock.close()
-    context.term()
+    with libzmq(zmq.ROUTER) as sock:
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        with socket.create_connection(("127.0.0.1", port), TIMEOUT) as ours:
+            yield sock, ours, Connection("DEALER", identity=b"us")
 
 
-@settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@LOOPBACK
 @given(frames=FRAMES)
 def test_a_pyzmq_router_gets_our_frames_and_answers_them(
     router: tuple[zmq.Socket, socket.socket, Connection], frames: tuple[bytes, ...]
@@ -223,25 +233,16 @@ def test_a_pyzmq_router_gets_our_frames_and_answers_them(
 @pytest.fixture(scope="module")
 def dealer() -> Iterator[tuple[zmq.Socket, socket.socket, Connection]]:
     """Our side listening on loopback as a ROUTER would, and a pyzmq DEALER connected to it."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.linger = 0
-    sock.rcvtimeo = sock.sndtimeo = int(TIMEOUT * 1000)
-    sock.connect(f"tcp://127.0.0.1:{listener.getsockname()[1]}")
-    listener.settimeout(TIMEOUT)
-    ours, _ = listener.accept()
-    ours.settimeout(TIMEOUT)
-    listener.close()
-    yield sock, ours, Connection("ROUTER", as_server=True)
-    ours.close()
-    sock.close()
-    context.term()
+    with libzmq(zmq.DEALER) as sock, socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(TIMEOUT)
+        sock.connect(f"tcp://127.0.0.1:{listener.getsockname()[1]}")
+        ours, _ = listener.accept()
+        with ours:
+            ours.settimeout(TIMEOUT)
+            yield sock, ours, Connection("ROUTER", as_server=True)
 
 
-@settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@LOOPBACK
 @given(frames=FRAMES)
 def test_a_pyzmq_dealer_reaches_us_and_gets_our_answer(
     dealer: tuple[zmq.Socket, socket.socket, Connection], frames: tuple[bytes, ...]
