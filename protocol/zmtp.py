@@ -165,10 +165,7 @@ class Connection:
             raise ValueError(f"unknown ZMTP socket type {socket_type!r}")
         self.socket_type = socket_type
         self.identity = identity
-        self.as_server = as_server
         self.state = "greeting"
-        self.peer: dict[str, bytes] | None = None
-        """The peer's READY properties, once it sent them."""
         self._buffer = bytearray()
         self._frames: list[bytes] = []
         self._outgoing = bytearray(greeting(as_server))
@@ -258,7 +255,6 @@ class Connection:
             raise ZMTPError(
                 f"a {self.socket_type} cannot talk to a {their_type or 'untyped'} socket"
             )
-        self.peer = peer
         self.state = "ready"
         self._outgoing += b"".join(self._waiting)
         self._waiting.clear()
