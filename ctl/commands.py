@@ -5,22 +5,15 @@ options, a builder turning the command-line words into the request's
 properties (raising ArgumentError for wrong ones) and a printer turning the
 reply into circusctl's output. ``set`` values are typed with the option table
 the daemon checks them against (`chapiteau.protocol.options`).
-Standard library only: the CLI must start fast.
+Standard library only: the CLI must start fast. Hence records are NamedTuples
+(dataclasses imports inspect: about 10 ms of every command), and the option
+table is imported by the two commands that need it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
-from chapiteau.protocol.options import (
-    OptionError,
-    UnknownOption,
-    settable_option,
-    show,
-    watcher_option,
-)
+from typing import Any, NamedTuple
 
 INFOLINE = (
     "%(pid)s  %(cmdline)s %(username)s %(nice)s %(mem_info1)s "
@@ -32,8 +25,7 @@ class ArgumentError(Exception):
     """The command got arguments it cannot make a message from."""
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """A ``--name`` flag of one command; a bool default makes it a switch."""
 
     name: str
@@ -49,8 +41,7 @@ MATCH = Option("match", "glob", "watcher name matching method (simple, glob or r
 Properties = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class CtlCommand:
+class CtlCommand(NamedTuple):
     """One circusctl command."""
 
     name: str
@@ -59,9 +50,9 @@ class CtlCommand:
     build: Callable[[list[str], dict[str, Any]], Properties] | None
     """None for the commands chapiteauctl runs itself (``listen``, ``help``,
     ``completion``, ``tail``: `chapiteau.ctl.cli.Session.run_local`)."""
-    show: Callable[[dict[str, Any]], str] = field(default=lambda reply: _ok_or_error(reply))
+    show: Callable[[dict[str, Any]], str] = lambda reply: _ok_or_error(reply)
     options: tuple[Option, ...] = ()
-    not_running: Callable[[dict[str, Any]], bool] = field(default=lambda reply: False)
+    not_running: Callable[[dict[str, Any]], bool] = lambda reply: False
     """True when an ok reply says some watcher is not running as it should (exit status 3)."""
 
 
@@ -149,6 +140,8 @@ def _show_dstats(reply: dict[str, Any]) -> str:
 
 def option_text(key: str, value: Any) -> str:
     """A value as circusctl prints it: env as ``K=V,K2=V2`` (sorted), None as empty."""
+    from chapiteau.protocol.options import OptionError, show, watcher_option
+
     try:
         return watcher_option(key).kind.to_text(value)
     except OptionError:  # a free-form key, or a [circus] one of globaloptions
@@ -652,6 +645,8 @@ CTL_COMMANDS: dict[str, CtlCommand] = {
 def convert_option(key: str, value: str) -> Any:
     """``set``'s VALUE as the JSON value the daemon takes (circusctl's ``convert_option``),
     typed by the option table."""
+    from chapiteau.protocol.options import OptionError, UnknownOption, settable_option
+
     try:
         return settable_option(key).kind.from_word(value)
     except UnknownOption as exc:

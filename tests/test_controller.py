@@ -101,3 +101,88 @@ def test_the_ipc_directory_is_created_private(tmp_path: Path) -> None:
         return stat.S_IMODE(os.stat(tmp_path / "control").st_mode)
 
     assert exchange(tmp_path, talk) == 0o700
+
+
+def test_a_command_that_never_waits_is_answered_in_the_reader_callback(tmp_path: Path) -> None:
+    """No task and no further turn of the loop per request: what keeps a round trip cheap."""
+    tasks: list[asyncio.Task[Any] | None] = []
+
+    async def recording(request: Request, raw: bytes) -> dict[str, Any] | None:
+        tasks.append(asyncio.current_task())
+        return await echo(request, raw)
+
+    async def talk(context: zmq.asyncio.Context, endpoint: str) -> dict[str, Any]:
+        dealer = context.socket(zmq.DEALER)
+        dealer.connect(endpoint)
+        await dealer.send(encode(make_request("list", {}, "now")))
+        return json.loads(await dealer.recv())
+
+    assert exchange(tmp_path, talk, recording)["id"] == "now"
+    assert tasks == [None]
+
+
+def test_a_command_that_waits_holds_up_neither_the_socket_nor_the_next_request(
+    tmp_path: Path,
+) -> None:
+    async def slow_stop(request: Request, raw: bytes) -> dict[str, Any] | None:
+        if request.command == "stop":
+            await asyncio.sleep(0.2)
+        return await echo(request, raw)
+
+    async def talk(context: zmq.asyncio.Context, endpoint: str) -> list[str]:
+        dealer = context.socket(zmq.DEALER)
+        dealer.connect(endpoint)
+        await dealer.send(encode(make_request("stop", {}, "slow")))
+        await dealer.send(encode(make_request("list", {}, "fast")))
+        return [json.loads(await dealer.recv())["id"] for _ in range(2)]
+
+    assert exchange(tmp_path, talk, slow_stop) == ["fast", "slow"]
+
+
+def test_a_cancelled_command_is_cancelled_where_it_waits(tmp_path: Path) -> None:
+    """A command carried on by a task gets the task's cancellation (the supervisor's exit)."""
+    cancelled = asyncio.Event()
+
+    async def stuck(request: Request, raw: bytes) -> dict[str, Any] | None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return None
+
+    async def main() -> bool:
+        controller = Controller(f"ipc://{tmp_path}/control/ctl.sock", stuck)
+        controller.start()
+        clients = zmq.asyncio.Context()
+        try:
+            dealer = clients.socket(zmq.DEALER)
+            dealer.connect(controller.endpoint)
+            await dealer.send(encode(make_request("stop", {}, 1)))
+            while not controller._tasks:
+                await asyncio.sleep(0.01)
+            for task in controller._tasks:
+                task.cancel()
+            await asyncio.wait_for(cancelled.wait(), TIMEOUT)
+            return cancelled.is_set()
+        finally:
+            clients.destroy(linger=0)
+            await controller.close()
+
+    assert asyncio.run(main())
+
+
+def test_a_handler_that_crashes_costs_one_request_not_the_socket(tmp_path: Path) -> None:
+    async def fragile(request: Request, raw: bytes) -> dict[str, Any] | None:
+        if request.command == "crash":
+            raise RuntimeError("a bug")
+        return await echo(request, raw)
+
+    async def talk(context: zmq.asyncio.Context, endpoint: str) -> dict[str, Any]:
+        dealer = context.socket(zmq.DEALER)
+        dealer.connect(endpoint)
+        await dealer.send(encode(make_request("crash", {}, "lost")))
+        await dealer.send(encode(make_request("list", {}, "after")))
+        return json.loads(await dealer.recv())
+
+    assert exchange(tmp_path, talk, fragile)["id"] == "after"

@@ -20,6 +20,7 @@ import pytest
 import zmq
 
 from chapiteau.ctl import cli as ctl
+from chapiteau.ctl.client import Client
 
 Reply = dict[str, Any] | Callable[[dict[str, Any]], list[dict[str, Any]] | None]
 
@@ -334,6 +335,62 @@ def test_no_reply_times_out_with_exit_1(daemon: FakeDaemon, capsys) -> None:
     assert capsys.readouterr().err.startswith("Timed out.\n")
 
 
+class IpcDaemon:
+    """A ROUTER on ``endpoint`` answering one ``list`` with its own name; restartable."""
+
+    def __init__(self, endpoint: str, name: str) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.linger = 0
+        self.socket.bind(endpoint)
+        self.name = name
+        self._thread = threading.Thread(target=self._answer_one, daemon=True)
+        self._thread.start()
+
+    def _answer_one(self) -> None:
+        if self.socket.poll(10_000):
+            identity, body = self.socket.recv_multipart()
+            request = json.loads(body)
+            reply = {"status": "ok", "watchers": [self.name], "id": request["id"]}
+            self.socket.send_multipart([identity, json.dumps(reply).encode()])
+
+    def close(self) -> None:
+        self._thread.join()
+        self.socket.close()
+        self.context.term()
+
+
+@pytest.mark.parametrize("where", ["path", "abstract"])
+def test_an_ipc_endpoint_is_reached_by_path_or_abstract_name(tmp_path, where, capsys) -> None:
+    endpoint = f"ipc://{tmp_path}/ctl.sock" if where == "path" else f"ipc://@{tmp_path}/ctl"
+    daemon = IpcDaemon(endpoint, "web")
+    try:
+        assert ctl.main(["--endpoint", endpoint, "list"]) == 0
+    finally:
+        daemon.close()
+    assert capsys.readouterr().out == "web\n"
+
+
+def test_a_restarted_daemon_is_reached_on_a_new_connection(tmp_path) -> None:
+    endpoint = f"ipc://{tmp_path}/ctl.sock"
+    client = Client(endpoint, timeout=5)
+    first = IpcDaemon(endpoint, "first")
+    assert client.call("list", {})["watchers"] == ["first"]
+    first.close()
+    second = IpcDaemon(endpoint, "second")
+    try:
+        assert client.call("list", {})["watchers"] == ["second"]
+    finally:
+        client.close()
+        second.close()
+
+
+def test_a_daemon_that_is_not_running_is_reported_at_once(tmp_path, capsys) -> None:
+    endpoint = f"ipc://{tmp_path}/ctl.sock"
+    assert ctl.main(["--endpoint", endpoint, "--timeout", "60", "list"]) == 1
+    assert capsys.readouterr().err == (f"cannot connect to {endpoint}: No such file or directory\n")
+
+
 def test_wrong_argument_count_exits_1_without_sending(daemon: FakeDaemon, capsys) -> None:
     assert run(daemon, "list", "a", "b") == 1
     assert capsys.readouterr().err == "Invalid number of arguments\n"
@@ -521,7 +578,7 @@ def test_curve_client_talks_to_a_curve_server() -> None:
     assert (result.returncode, result.stdout) == (0, "secure\n")
 
 
-def test_curve_client_is_refused_without_the_server_key() -> None:
+def test_a_curve_daemon_asked_without_its_key_says_to_give_it() -> None:
     _, server_secret = zmq.curve_keypair()
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
@@ -537,7 +594,11 @@ def test_curve_client_is_refused_without_the_server_key() -> None:
     )
     router.close()
     context.term()
-    assert result.returncode == 1 and result.stderr.startswith("Timed out.")
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"tcp://127.0.0.1:{port} closed the connection in the handshake: if it uses CURVE, "
+        "give its key with --curve-server-key\n",
+    )
 
 
 # -- help, completion, tail ------------------------------------------------------------------
