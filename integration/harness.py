@@ -234,8 +234,20 @@ def argv(pid: int) -> list[str]:
         return []
 
 
+def exec_done(pid: int) -> None:
+    """Wait until ``pid`` has finished its exec, or is gone.
+
+    The supervisor reports a worker as soon as its spawn returns, which is when
+    the exec has replaced the memory, not when it is over: for a moment more
+    /proc still shows the supervisor's close-on-exec fds, and an empty
+    environment and command line, which the kernel writes last.
+    """
+    wait_until(lambda: argv(pid) or not is_alive(pid), what=f"the exec of {pid}")
+
+
 def environ(pid: int) -> dict[str, str]:
     """The environment ``pid`` was started with, from /proc/PID/environ."""
+    exec_done(pid)
     with open(f"/proc/{pid}/environ", "rb") as data:
         pairs = [item.split(b"=", 1) for item in data.read().split(b"\0") if b"=" in item]
     return {os.fsdecode(key): os.fsdecode(value) for key, value in pairs}
@@ -248,7 +260,8 @@ def proc_status(pid: int) -> dict[str, str]:
 
 
 def open_fds(pid: int) -> dict[int, str]:
-    """fd number → what it points at, for every open fd of ``pid``."""
+    """fd number → what it points at, for every open fd of ``pid`` (once its exec is over)."""
+    exec_done(pid)
     result = {}
     for name in os.listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):
