@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,13 +18,17 @@ from typing import Any
 
 import pytest
 
+from chapiteau.supervisor import watcher as watcher_module
 from chapiteau.supervisor.children.child_exit import ChildWatcher
+from chapiteau.supervisor.children.process_tree import start_time as proc_start_time
 from chapiteau.supervisor.config import DEFAULT_PATH, Flapping, WatcherConfig
 from chapiteau.supervisor.events import Events
+from chapiteau.supervisor.handover import Handover
 from chapiteau.supervisor.io.notify import NotifySocket
 from chapiteau.supervisor.io.redirector import Redirector
 from chapiteau.supervisor.socket_pool import SocketPool
 from chapiteau.supervisor.watcher import ReloadError, Runtime, Watcher
+from tests.test_handover import FakeBroker
 
 WAIT = 10.0
 
@@ -58,7 +63,9 @@ class Recorder:
 
 
 @contextlib.asynccontextmanager
-async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher, Recorder]]:
+async def running(
+    watcher_config: WatcherConfig, handover: Handover | None = None
+) -> AsyncIterator[tuple[Watcher, Recorder]]:
     """A started Watcher of ``watcher_config``; stopped, and its processes killed, after."""
     loop = asyncio.get_running_loop()
     workers: dict[int, Watcher] = {}
@@ -96,6 +103,7 @@ async def running(watcher_config: WatcherConfig) -> AsyncIterator[tuple[Watcher,
         adopt=adopt,
         notify_socket=lambda: notify.address,
         flapping=Flapping(window=30.0),
+        handover=handover,
     )
     watcher = Watcher(watcher_config, runtime)
     try:
@@ -120,6 +128,31 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
 
 def pids_alive(pids: list[int]) -> bool:
     return all(os.path.exists(f"/proc/{pid}") for pid in pids)
+
+
+def test_a_spawn_leaves_the_start_time_to_the_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Read at the spawn, /proc/PID/stat waited for the new worker's exec, in which the
+    # kernel closes the supervisor's close-on-exec fds; the snapshot reads it later.
+    reads: list[int] = []
+
+    def start_time(pid: int) -> int | None:
+        reads.append(pid)
+        return proc_start_time(pid)
+
+    monkeypatch.setattr(watcher_module, "start_time", start_time)
+
+    async def test() -> None:
+        handover = Handover(FakeBroker(), asyncio.get_running_loop(), list, "1")
+        async with running(config("sleep 30", 2), handover) as (watcher, _):
+            assert reads == []
+            _, parts = watcher.record()
+            assert sorted(reads) == sorted(watcher.processes)
+            records = [json.loads(part) for part in parts]
+            assert all(r["starttime"] == proc_start_time(r["pid"]) for r in records)
+            watcher.record()
+            assert len(reads) == 2
+
+    run(test)
 
 
 @pytest.mark.parametrize("sequential", [False, True])
