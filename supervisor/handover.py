@@ -119,6 +119,10 @@ class Handover:
         self._pool: deque[Pipe] = deque()
         """Pipes the broker made and holds, for the next spawns (see POOL)."""
         self._fill_scheduled: asyncio.Handle | None = None
+        self._ahead = True
+        """Whether pipes are made ahead: not after the broker refused some (near
+        ``max_held_fds``), until a release made room, so that it does not refuse (and
+        log) again at each spawn."""
         self._releasing: list[str] = []
         """Keys to release, sent together (see `release`)."""
         self._release_scheduled: asyncio.Handle | None = None
@@ -148,7 +152,7 @@ class Handover:
                 log.warning("pipes_not_held", error=str(exc))
                 return {name: local_pipe() for name in names}
         pipes = {name: self._pool.popleft() for name in names}
-        if len(self._pool) < POOL // 2 and self._fill_scheduled is None:
+        if self._ahead and len(self._pool) < POOL // 2 and self._fill_scheduled is None:
             self._fill_scheduled = self.loop.call_at(self.loop.time(), self._fill_later)
         return pipes
 
@@ -156,9 +160,12 @@ class Handover:
         """Have the broker make pipes for the pool: up to POOL in it, ``least`` at the very
         least (all it asks for when the broker refuses more, near ``max_held_fds``)."""
         wanted = min(MAX_HELD_PER_REPLY, max(least, POOL - len(self._pool)))
+        if not self._ahead:
+            wanted = least
         try:
             self._pool.extend(self._hold(wanted))
         except BrokerError:
+            self._ahead = False
             if wanted <= least:
                 raise
             self._pool.extend(self._hold(least))
@@ -190,6 +197,7 @@ class Handover:
     def _send_releases(self) -> None:
         self._release_scheduled = None
         keys, self._releasing = self._releasing, []
+        self._ahead = True
         for start in range(0, len(keys), MAX_HELD_PER_REPLY):
             batch = tuple(keys[start : start + MAX_HELD_PER_REPLY])
             try:

@@ -29,6 +29,7 @@ class FakeBroker:
         self.released: list[str] = []
         self.requests = 0
         self.limit = limit
+        self.refused = 0
         """Fds held at most (``max_held_fds``): beyond, hold_pipes is refused."""
 
     def hold_memfd(self, key: str) -> int:
@@ -39,6 +40,7 @@ class FakeBroker:
         assert len(keys) <= MAX_HELD_PER_REPLY
         self.requests += 1
         if len(self.held) + len(keys) > self.limit:
+            self.refused += 1
             raise BrokerError("broker refused hold_pipes: too many")
         pipes = [os.pipe() for _ in keys]
         for key, (read, _) in zip(keys, pipes, strict=True):
@@ -144,6 +146,26 @@ def test_a_spawn_takes_pipes_made_ahead_and_the_pool_refills_after_it() -> None:
     broker = FakeBroker()
     used = asyncio.run(start())
     assert POOL // 2 <= len(broker.held) - used <= POOL
+
+
+def test_once_the_broker_refused_pipes_ahead_it_is_not_asked_again_at_each_spawn() -> None:
+    # Near max_held_fds: one refusal (a warning in the broker's log), not one a spawn.
+    async def spawns() -> None:
+        handover = Handover(broker, asyncio.get_running_loop(), list, "1")
+        while len(handover.pipes(["stdout", "stderr"])) and broker.refused == 0:
+            await asyncio.sleep(0.001)
+        # The pool lasts, then the broker still has room for one spawn's pipes.
+        for _ in range(len(handover._pool) // 2 + 1):
+            pipes = handover.pipes(["stdout", "stderr"])
+            await asyncio.sleep(0.001)
+        assert all(key is not None for _, _, key in pipes.values())
+        assert broker.refused == 1
+        handover.release(["pipe.1.1", "pipe.1.2"])
+        await asyncio.sleep(0.001)
+        assert handover._ahead
+
+    broker = FakeBroker(limit=POOL + 2)
+    asyncio.run(spawns())
 
 
 def test_near_the_brokers_limit_a_spawn_asks_only_for_its_own_pipes() -> None:
