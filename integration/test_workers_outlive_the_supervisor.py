@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from chapiteau.supervisor.handover import POOL
 from integration.harness import is_alive, wait_until
 
 CTL = Path(sys.executable).parent / "chapiteauctl"
@@ -168,3 +169,27 @@ def test_an_upgrade_whose_check_fails_changes_nothing(daemon, workdir):
     assert web.call("dstats")["info"]["pid"] == supervisor
     assert pids_of(web, "web") == workers
     assert not web.tree.events_named("supervisor_started", lambda e: e["start"] == 2)
+
+
+def test_pipes_made_ahead_do_not_pile_up_in_the_broker_across_generations(daemon, workdir):
+    # A respawn fills the supervisor's pool of output pipes that the broker holds; the
+    # next generation releases what a killed one left unused. Were they kept, each
+    # generation would add most of a pool to the broker's fds.
+    web = daemon(watchers(workdir, extra=False))
+
+    def respawn_one() -> None:
+        victim = pids_of(web, "web")[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: victim not in pids_of(web, "web") and len(pids_of(web, "web")) == 2)
+
+    def broker_fds() -> int:
+        return len(os.listdir(f"/proc/{web.tree.pid}/fd"))
+
+    respawn_one()
+    first = 0
+    for generation in (2, 3, 4):
+        os.kill(web.tree.supervisor_pid(), signal.SIGKILL)
+        next_generation(web, generation)
+        respawn_one()
+        first = first or broker_fds()
+    wait_until(lambda: broker_fds() < first + POOL // 2)

@@ -7,7 +7,8 @@ once. What the successor needs is kept by the broker, which never reads it:
 * each worker's stdout/stderr pipe is made by the broker (``hold_pipes``),
   which keeps a copy of the read end under a key, so that a worker writing
   while no supervisor exists blocks on a full pipe at worst, never gets
-  SIGPIPE; the key is released when the worker is gone;
+  SIGPIPE; the key is released when the worker is gone. The pipes are made
+  ahead, a batch per request (`POOL`), so that a spawn takes one ready;
 * the snapshot (`chapiteau.supervisor.state`), with the NOTIFY_SOCKET's
   address that the workers keep in their environment, is written into memfds the
   broker holds, once per burst of changes: `Handover.changed` schedules one
@@ -38,6 +39,7 @@ import contextlib
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 import structlog
@@ -65,6 +67,12 @@ log = structlog.get_logger("chapiteau.supervisor")
 
 WRITE_SHARE = 0.1
 """At most this share of the loop's time goes into writing snapshots."""
+
+POOL = 64
+"""Output pipes the broker makes ahead, in one request, for the next spawns: neither a
+respawn nor a start waits for a round trip to the broker per worker. Unused ones are held
+by the broker like the others (at most this many more than the workers use, within
+``max_held_fds``), and the next generation releases them with the leftovers."""
 
 WATCHER_VARIABLE = "CHAPITEAU_WATCHER"
 """Set in every worker's environment to its watcher's name: marks it as ours."""
@@ -108,6 +116,13 @@ class Handover:
         self._notify_socket = notify_socket
         self._tag = tag
         self._pipes_made = 0
+        self._pool: deque[Pipe] = deque()
+        """Pipes the broker made and holds, for the next spawns (see POOL)."""
+        self._fill_scheduled: asyncio.Handle | None = None
+        self._ahead = True
+        """Whether pipes are made ahead: not after the broker refused some (near
+        ``max_held_fds``), until a release made room, so that it does not refuse (and
+        log) again at each spawn."""
         self._releasing: list[str] = []
         """Keys to release, sent together (see `release`)."""
         self._release_scheduled: asyncio.Handle | None = None
@@ -123,22 +138,53 @@ class Handover:
         self._missed = False
 
     def pipes(self, names: Iterable[str]) -> dict[str, Pipe]:
-        """An output pipe per stream name, held by the broker (local ones if it refuses)."""
+        """An output pipe per stream name, held by the broker (local ones if it refuses).
+
+        Taken from the pool when it has enough (the usual case: no broker round
+        trip), else asked for now; the pool is filled again once what is ready has
+        run, so that a respawn never waits for the broker.
+        """
         names = list(names)
-        keys = []
-        for name in names:
-            self._pipes_made += 1
-            keys.append(f"{name[3:]}.{self._tag}.{self._pipes_made}")
-        try:
-            fds = self.broker.hold_pipes(keys)
-        except BrokerError as exc:
-            log.warning("pipes_not_held", error=str(exc))
-            return {name: local_pipe() for name in names}
-        pipes = {}
-        for name, key, (read, write) in zip(names, keys, fds, strict=True):
-            os.set_blocking(read, False)
-            pipes[name] = (read, write, key)
+        if len(self._pool) < len(names):
+            try:
+                self._fill(len(names))
+            except BrokerError as exc:
+                log.warning("pipes_not_held", error=str(exc))
+                return {name: local_pipe() for name in names}
+        pipes = {name: self._pool.popleft() for name in names}
+        if self._ahead and len(self._pool) < POOL // 2 and self._fill_scheduled is None:
+            self._fill_scheduled = self.loop.call_at(self.loop.time(), self._fill_later)
         return pipes
+
+    def _fill(self, least: int) -> None:
+        """Have the broker make pipes for the pool: up to POOL in it, ``least`` at the very
+        least (all it asks for when the broker refuses more, near ``max_held_fds``)."""
+        wanted = min(MAX_HELD_PER_REPLY, max(least, POOL - len(self._pool)))
+        if not self._ahead:
+            wanted = least
+        try:
+            self._pool.extend(self._hold(wanted))
+        except BrokerError:
+            self._ahead = False
+            if wanted <= least:
+                raise
+            self._pool.extend(self._hold(least))
+
+    def _fill_later(self) -> None:
+        self._fill_scheduled = None
+        # A refusal here is told by the next spawn that finds the pool empty.
+        with contextlib.suppress(BrokerError):
+            self._fill(0)
+
+    def _hold(self, count: int) -> list[Pipe]:
+        keys = []
+        for _ in range(count):
+            self._pipes_made += 1
+            keys.append(f"pipe.{self._tag}.{self._pipes_made}")
+        fds = self.broker.hold_pipes(keys) if keys else []
+        for read, _ in fds:
+            os.set_blocking(read, False)
+        return [(read, write, key) for key, (read, write) in zip(keys, fds, strict=True)]
 
     def release(self, keys: Iterable[str]) -> None:
         """Let the broker close these pipes. Sent once what is ready has run (an exit's
@@ -151,6 +197,7 @@ class Handover:
     def _send_releases(self) -> None:
         self._release_scheduled = None
         keys, self._releasing = self._releasing, []
+        self._ahead = True
         for start in range(0, len(keys), MAX_HELD_PER_REPLY):
             batch = tuple(keys[start : start + MAX_HELD_PER_REPLY])
             try:

@@ -136,6 +136,8 @@ class Watcher:
         self._respawn_timer: asyncio.TimerHandle | None = None
         self._watched_fds: list[int] = []
         self._announced = Phase.STOPPED
+        """Spawned processes not in a snapshot yet: their start time is read when one is
+        written (see `record`)."""
         self._log = log.bind(watcher=config.name)
         self.overrides: dict[str, Any] = {}
         """Options as ``set``, ``incr`` and ``decr`` changed them since the config was

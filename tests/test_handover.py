@@ -9,8 +9,9 @@ import signal
 import subprocess
 
 from chapiteau.protocol.broker_messages import MAX_HELD_PER_REPLY
+from chapiteau.supervisor.broker_client import BrokerError
 from chapiteau.supervisor.children.process_tree import start_time
-from chapiteau.supervisor.handover import Handover, claim, markers, orphans, retire
+from chapiteau.supervisor.handover import POOL, Handover, claim, markers, orphans, retire
 from chapiteau.supervisor.state import (
     STATE_KEYS,
     ProcessRecord,
@@ -23,16 +24,24 @@ from chapiteau.supervisor.state import (
 class FakeBroker:
     """What a broker holds, in this process: memfds and pipes by key."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 1_000_000) -> None:
         self.held: dict[str, int] = {}
         self.released: list[str] = []
         self.requests = 0
+        self.limit = limit
+        self.refused = 0
+        """Fds held at most (``max_held_fds``): beyond, hold_pipes is refused."""
 
     def hold_memfd(self, key: str) -> int:
         self.held[key] = os.memfd_create(key)
         return os.dup(self.held[key])
 
     def hold_pipes(self, keys: list[str]) -> list[tuple[int, int]]:
+        assert len(keys) <= MAX_HELD_PER_REPLY
+        self.requests += 1
+        if len(self.held) + len(keys) > self.limit:
+            self.refused += 1
+            raise BrokerError("broker refused hold_pipes: too many")
         pipes = [os.pipe() for _ in keys]
         for key, (read, _) in zip(keys, pipes, strict=True):
             self.held[key] = os.dup(read)
@@ -112,8 +121,59 @@ def test_output_pipes_are_held_under_keys_unique_to_the_generation() -> None:
     broker = FakeBroker()
     handover = Handover(broker, asyncio.new_event_loop(), list, "7")
     pipes = handover.pipes(["stdout", "stderr"])
-    assert [key for _, _, key in pipes.values()] == ["out.7.1", "err.7.2"]
-    assert handover.pipes(["stdout"])["stdout"][2] == "out.7.3"
+    assert [key for _, _, key in pipes.values()] == ["pipe.7.1", "pipe.7.2"]
+    assert handover.pipes(["stdout"])["stdout"][2] == "pipe.7.3"
+
+
+def test_a_spawn_takes_pipes_made_ahead_and_the_pool_refills_after_it() -> None:
+    # 1,000 workers, two pipes each: a request per batch, not per worker; and once the
+    # pool runs low it is filled after what is ready (a respawn) has run, never before.
+    async def start() -> int:
+        handover = Handover(broker, asyncio.get_running_loop(), list, "1")
+        used = 0
+        for _ in range(1000):
+            used += len(handover.pipes(["stdout", "stderr"]))
+            await asyncio.sleep(0)
+        assert broker.requests <= used // (POOL // 2) + 1
+        before = broker.requests
+        while len(handover._pool) >= POOL // 2:
+            used += len(handover.pipes(["stdout", "stderr"]))
+        assert broker.requests == before
+        await asyncio.sleep(0.001)  # a few turns of the loop
+        assert broker.requests == before + 1
+        return used
+
+    broker = FakeBroker()
+    used = asyncio.run(start())
+    assert POOL // 2 <= len(broker.held) - used <= POOL
+
+
+def test_once_the_broker_refused_pipes_ahead_it_is_not_asked_again_at_each_spawn() -> None:
+    # Near max_held_fds: one refusal (a warning in the broker's log), not one a spawn.
+    async def spawns() -> None:
+        handover = Handover(broker, asyncio.get_running_loop(), list, "1")
+        while len(handover.pipes(["stdout", "stderr"])) and broker.refused == 0:
+            await asyncio.sleep(0.001)
+        # The pool lasts, then the broker still has room for one spawn's pipes.
+        for _ in range(len(handover._pool) // 2 + 1):
+            pipes = handover.pipes(["stdout", "stderr"])
+            await asyncio.sleep(0.001)
+        assert all(key is not None for _, _, key in pipes.values())
+        assert broker.refused == 1
+        handover.release(["pipe.1.1", "pipe.1.2"])
+        await asyncio.sleep(0.001)
+        assert handover._ahead
+
+    broker = FakeBroker(limit=POOL + 2)
+    asyncio.run(spawns())
+
+
+def test_near_the_brokers_limit_a_spawn_asks_only_for_its_own_pipes() -> None:
+    broker = FakeBroker(limit=3)
+    handover = Handover(broker, asyncio.new_event_loop(), list, "1")
+    assert all(key is not None for _, _, key in handover.pipes(["stdout", "stderr"]).values())
+    assert len(broker.held) == 2
+    assert [key for _, _, key in handover.pipes(["stdout", "stderr"]).values()] == [None, None]
 
 
 BROKER = os.getpid()

@@ -525,6 +525,23 @@ def test_a_plain_worker_is_started_without_fork_only_while_no_fd_would_leak(
         assert forks_to_start(sleeper(), children) == 1
 
 
+@pytest.mark.parametrize("spawn_path", ["posix_spawn"], indirect=True)
+def test_a_path_search_clones_once_not_once_per_directory_tried(
+    children: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tried: list[bytes] = []
+    real = os.posix_spawn
+
+    def posix_spawn(path: bytes, *args: object, **kwargs: object) -> int:
+        tried.append(path)
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "posix_spawn", posix_spawn)
+    env = {"PATH": "/nonexistent:/usr/bin/sleep:/usr/bin"}
+    children.append(spawn(SpawnSpec(argv=("sleep", "30"), env=env)))
+    assert tried == [b"/usr/bin/sleep"]
+
+
 @pytest.fixture
 def fd_trust(monkeypatch: pytest.MonkeyPatch) -> spawn_module._FdTrust:
     """A fresh trust in this process's fds, for the test only."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 
+from chapiteau.supervisor import substitution
 from chapiteau.supervisor.config import WatcherConfig
 from chapiteau.supervisor.substitution import format_args, program, substitute
 
@@ -14,6 +17,26 @@ def make(cmd: str, **fields: object) -> WatcherConfig:
 
 def test_wid_is_substituted_in_both_spellings() -> None:
     assert format_args(make("run $(circus.wid) ((circus.WID))"), 3, {}) == ["run", "3", "3"]
+
+
+def test_a_plain_command_gathers_no_variables_at_each_spawn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def variables(*args: object) -> dict[str, object]:
+        raise AssertionError("variables gathered for a command with none to expand")
+
+    monkeypatch.setattr(substitution, "variables", variables)
+    assert format_args(make("sleep 100 (1)", args="-x"), 1, {}) == ["sleep", "100", "(1)", "-x"]
+
+
+def test_a_command_is_split_once_not_at_each_spawn(monkeypatch: pytest.MonkeyPatch) -> None:
+    splits: list[str] = []
+    split = shlex.split
+    monkeypatch.setattr(shlex, "split", lambda value: splits.append(value) or split(value))
+    substitution._split.cache_clear()
+    for wid in (1, 2, 3):
+        assert format_args(make("sleep 100", args="-x"), wid, {}) == ["sleep", "100", "-x"]
+    assert sorted(splits) == ["-x", "sleep 100"]
 
 
 def test_legacy_dollar_wid_is_substituted() -> None:

@@ -245,6 +245,10 @@ def _posix_spawn(plan: _Plan, spec: SpawnSpec) -> int:
     actions.extend((os.POSIX_SPAWN_CLOSE, moved) for moved, _ in moves)
     codes: list[int] = []
     for path in plan.candidates:
+        missing = _missing(path)
+        if missing is not None:
+            codes.append(missing)
+            continue
         try:
             return os.posix_spawn(
                 path,
@@ -263,6 +267,23 @@ def _posix_spawn(plan: _Plan, spec: SpawnSpec) -> int:
             codes.append(code)
     code, index = _exec_error(codes)
     raise _spawn_error("exec", code, index, spec, plan)
+
+
+def _missing(path: bytes) -> int | None:
+    """ENOENT or ENOTDIR if ``path`` names nothing, as exec would say; else None.
+
+    Each exec that posix_spawn tries costs a clone (a copy of the supervisor's fd
+    table, the signal resets) and a wait for the failed child: a PATH search tried
+    every directory before the program's that way, two clones a spawn for ``sleep``
+    on the default PATH. The parent and the child have the same ids on this path, so
+    what the parent sees missing the child would too.
+    """
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno in (errno_codes.ENOENT, errno_codes.ENOTDIR):
+            return exc.errno
+    return None
 
 
 def _fork_with_devnull(plan: _Plan, write_end: int) -> int:
