@@ -8,7 +8,11 @@ is answered before the next request is read, with no task and no further turn
 of the loop, which is what makes a round trip cost about what a bare ZMQ echo
 costs. A command that does wait (a stop with a long graceful_timeout) goes on
 as its own asyncio task from where it stopped, so it never holds up the socket
-or the commands behind it.
+or the commands behind it. Unlike 3.12's eager tasks, that first step runs
+with no current task: a command must not enter ``asyncio.timeout()`` before
+its first ``await`` (nor ``asyncio.wait_for``, which enters it from Python
+3.12 on); on 3.12 and later this belongs in ``asyncio.Task(...,
+eager_start=True)``.
 Replies go back on the envelope the request came with: Circus's DEALER
 clients send ``[identity, body]``, and unlike Circus, REQ clients (whose
 messages carry an empty delimiter frame) are answered too. A frame that
