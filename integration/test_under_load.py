@@ -11,6 +11,10 @@ The servers are real ones, each taking the socket its own way: gunicorn's sync
 worker (``--bind fd://``), uvicorn (``--fd``), and a small server that reads
 LISTEN_FDS/LISTEN_PID exactly as sd_listen_fds(3) does
 (``socket_protocol = systemd``; ``integration/apps/sd_listen_fds_server.py``).
+uvicorn's socket is ``so_reuseport``: its graceful shutdown resets the
+connections it accepted and has not read yet, so it must stop with none, which
+steering gives (each worker's own socket leaves the steering ``drain_delay``
+before the stop signal; docs/zero-downtime.md).
 
 A new case: ``served = serve("gunicorn")``, ``loaded(served, operation)`` (the
 operation runs 1 s into the load, which goes on 1 s after it returns), then
@@ -45,13 +49,15 @@ SERVERS = {
         f"{PYTHON} -m gunicorn --bind fd://$(circus.sockets.web) -w 1 -k sync "
         "--log-level warning hello:wsgi",
         "",
+        "",
     ),
     "uvicorn": (
         f"{PYTHON} -m uvicorn --fd $(circus.sockets.web) --lifespan off --no-access-log "
         "--log-level warning hello:asgi",
         "",
+        "so_reuseport = true",
     ),
-    "sd_listen_fds": (f"{PYTHON} sd_listen_fds_server.py", "socket_protocol = systemd"),
+    "sd_listen_fds": (f"{PYTHON} sd_listen_fds_server.py", "socket_protocol = systemd", ""),
 }
 SECONDS = 4
 """How long each load lasts at least; the operation starts 1 s into it."""
@@ -86,13 +92,13 @@ def serve(daemon, workdir: Path) -> Callable[..., Served]:
         (workdir / app.name).chmod(0o644)
 
     def start(server: str, numprocesses: int = 4, extra: str = "", env: str = "") -> Served:
-        cmd, protocol = SERVERS[server]
+        cmd, protocol, socket_options = SERVERS[server]
         port = free_port()
         mark = uuid.uuid4().hex
 
         def watchers(numprocesses: int = numprocesses, extra: str = extra, env: str = env) -> str:
             return (
-                f"[socket:web]\nhost = 127.0.0.1\nport = {port}\n\n"
+                f"[socket:web]\nhost = 127.0.0.1\nport = {port}\n{socket_options}\n\n"
                 f"[watcher:web]\ncmd = {cmd}\nnumprocesses = {numprocesses}\n"
                 f"use_sockets = true\nworking_dir = {workdir}\ngraceful_timeout = 10\n"
                 f"{protocol}\n{extra}\n\n[env:web]\n{MARK} = {mark}\n{env}\n"
@@ -114,13 +120,10 @@ def loaded(served: Served, operation: Callable[[], object]) -> None:
     assert load.result.requests > 0, f"{load.result}"
 
 
-# uvicorn is left out of the cases that stop a server: its own graceful shutdown closes the
-# connections it accepted but has not read yet, under any manager (docs/zero-downtime.md).
-STOPPABLE = ["gunicorn", "sd_listen_fds"]
-ALL_SERVERS = [*STOPPABLE, "uvicorn"]
+ALL_SERVERS = list(SERVERS)
 
 
-@pytest.mark.parametrize("server", STOPPABLE)
+@pytest.mark.parametrize("server", ALL_SERVERS)
 def test_graceful_reload(serve, server: str):
     served = serve(server)
     before = served.pids()
@@ -286,3 +289,14 @@ def _environ_has(pid: int, pair: str) -> bool:
 def test_marked_finds_the_marked_processes_only():
     """The check every test above ends with would pass vacuously if it found nothing."""
     assert marked(uuid.uuid4().hex) == {}
+
+
+def test_graceful_reload_by_the_next_supervisor(serve):
+    """The doors of adopted workers are the next supervisor's to close: after a kill -9 of
+    the supervisor, uvicorn's graceful reload loses nothing either."""
+    served = serve("uvicorn")
+    os.kill(served.daemon.tree.supervisor_pid(), signal.SIGKILL)
+    _next_supervisor(served, 2)
+    before = served.pids()
+    loaded(served, lambda: served.call("reload", name="web", graceful=True, waiting=True))
+    assert not served.all_managed(4) & set(before)

@@ -447,6 +447,7 @@ WATCHER_OPTIONS: Mapping[str, Option] = _options(
     _extension("ready_timeout", INT_OR_FLOAT, 90, check=not_negative),
     _extension("watchdog_sec", INT_OR_FLOAT, 0, check=not_negative, reloads=True),
     _extension("max_replacing", INT, 0, check=not_negative),
+    _extension("drain_delay", INT_OR_FLOAT, 0.1, check=not_negative),
     # How many, in which order, how they stop.
     _shown("numprocesses", INT, 1, check=not_negative),
     _shown("warmup_delay", INT_OR_FLOAT, 0, check=not_negative),

@@ -170,6 +170,7 @@ class Arbiter:
                 self.handover, self.broker.broker_pid, self._reopen_notify_socket
             )
             wanted = await self._adoption.run(self.watchers, set(self.sockets.sockets))
+            self._restore_doors()
             # The previous snapshot stays whole until every process in it is adopted.
             self.handover.resume()
         await self.start_watchers(
@@ -545,6 +546,21 @@ class Arbiter:
 
     def _orphan_reaped(self, pid: int, code: int) -> None:
         log.debug("orphan_reaped", pid=pid, exit_code=code)
+
+    def _restore_doors(self) -> None:
+        """After adoption: the steering slots the adopted processes hold stay theirs; any
+        other slot the previous generation filled is emptied."""
+        for name, doors in self.sockets.doors.items():
+            held = {
+                process.doors[name]
+                for watcher in self.watchers.values()
+                for process in watcher.processes.values()
+                if name in process.doors
+            }
+            try:
+                doors.restore(held)
+            except OSError as exc:
+                log.warning("doors_not_restored", socket=name, error=str(exc))
 
     # -- generations: adoption and upgrade ---------------------------------------
 

@@ -197,6 +197,8 @@ class WatcherConfig:
     watchdog_sec: float = _DEFAULT["watchdog_sec"]
     max_replacing: int = _DEFAULT["max_replacing"]
     """Old processes a reload replaces at once; 0: all at once."""
+    drain_delay: float = _DEFAULT["drain_delay"]
+    """Seconds between closing a process's doors and its stop signal."""
     virtualenv: str | None = _DEFAULT["virtualenv"]
     virtualenv_py_ver: str | None = _DEFAULT["virtualenv_py_ver"]
     stdin_socket: str | None = _DEFAULT["stdin_socket"]

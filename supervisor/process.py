@@ -1,5 +1,5 @@
 """One running worker process as the driver sees it: pid, wid, start time, exit and
-readiness futures, its timers.
+readiness futures, its timers, its doors (`chapiteau.supervisor.doors`).
 
 Its place in the watcher's life (running, stopping, its crash round) is the
 lifecycle's (`chapiteau.supervisor.lifecycle.Worker`).
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from chapiteau.supervisor.children.process_tree import start_time
-from chapiteau.supervisor.state import ProcessRecord, encode_process
+from chapiteau.supervisor.state import ProcessRecord, decode_process, encode_process
 
 
 @dataclass(eq=False, slots=True)
@@ -40,6 +40,11 @@ class Process:
     """Its part of the snapshot for the next supervisor (`chapiteau.supervisor.state`)."""
     unrecorded: ProcessRecord | None = None
     """A new process's record until `snapshot_part` encodes it (its start time read then)."""
+    siblings: dict[str, int] = field(default_factory=dict)
+    """Its own ``so_reuseport`` sockets (the supervisor's copies) by socket name, until
+    its doors open."""
+    doors: dict[str, int] = field(default_factory=dict)
+    """Socket name → the steering slot its socket holds while its door is open."""
 
     def snapshot_part(self) -> bytes:
         """Its part of the snapshot, encoded once. A new process's kernel start time is read
@@ -60,6 +65,15 @@ class Process:
         for timer in self.timers.values():
             timer.cancel()
         self.timers.clear()
+
+    def record_doors(self) -> None:
+        """Put its current `doors` in its part of the snapshot."""
+        if self.unrecorded is not None:
+            self.unrecorded = replace(self.unrecorded, doors=dict(self.doors))
+        elif self.record:
+            self.record = encode_process(
+                replace(decode_process(self.record), doors=dict(self.doors))
+            )
 
     def resolve_ready(self, why_not: str | None) -> None:
         """Say the process is ready (``why_not`` None) or never will be, once."""

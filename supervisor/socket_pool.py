@@ -6,7 +6,9 @@ fixed): the ones named in ``$(circus.sockets.NAME)`` / ``((circus.sockets.NAME))
 no declared socket gets them all, as in Circus. In Circus style a socket keeps
 its fd number in the child, so the substituted number is the supervisor's; in
 systemd style (``socket_protocol = systemd``) they are renumbered from fd 3.
-An SO_REUSEPORT socket is a fresh socket per worker, bound by the broker.
+An SO_REUSEPORT socket is a fresh socket per worker, bound by the broker; when
+the broker steers its connections, its `Doors` say which workers get new ones
+(`chapiteau.supervisor.doors`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import structlog
+
 from chapiteau.protocol.channel import close_fds
-from chapiteau.supervisor.broker_client import BrokerClient, ReceivedSocket
+from chapiteau.supervisor.broker_client import BrokerClient, BrokerError, ReceivedSocket
 from chapiteau.supervisor.config import WatcherConfig
+from chapiteau.supervisor.doors import Doors
+
+log = structlog.get_logger("chapiteau.supervisor.socket_pool")
 
 SYSTEMD_FIRST_FD = 3
 
@@ -31,8 +38,9 @@ class SocketPlan:
     """Socket name → its fd number in the child, for ``$(circus.sockets.NAME)``."""
     listen_fds_names: tuple[str, ...] | None = None
     stdin: int | None = None
-    owned: tuple[int, ...] = ()
-    """Fds made for this spawn alone (reuseport siblings); close them once it is done."""
+    siblings: dict[str, int] = field(default_factory=dict)
+    """Fds made for this spawn alone (reuseport siblings), by socket name: the spawn
+    closes them, or keeps them until the worker's doors open."""
 
 
 class SocketPool:
@@ -41,6 +49,8 @@ class SocketPool:
     def __init__(self, client: BrokerClient | None, sockets: dict[str, ReceivedSocket]) -> None:
         self.client = client
         self.sockets = sockets
+        self.doors: dict[str, Doors] = {}
+        self._steer(sockets.values())
 
     def replace(
         self, received: dict[str, ReceivedSocket], dropped: Iterable[str]
@@ -48,8 +58,25 @@ class SocketPool:
         """reloadconfig: forget the ``dropped`` sockets, take the ``received`` ones; return
         the sockets forgotten, for the caller to close once no worker is spawned with them."""
         old = [self.sockets.pop(name) for name in dropped if name in self.sockets]
+        for socket in old:
+            doors = self.doors.pop(socket.info.name, None)
+            if doors is not None:
+                doors.close_maps()
         self.sockets.update(received)
+        self._steer(received.values())
         return old
+
+    def _steer(self, sockets: Iterable[ReceivedSocket]) -> None:
+        """Take the steering maps of the ``so_reuseport`` sockets that have them."""
+        for received in sockets:
+            if not received.info.reuseport or self.client is None:
+                continue
+            try:
+                count_map, slots_map = self.client.get_steering(received.info.name)
+            except BrokerError as exc:
+                log.warning("no_steering", socket=received.info.name, reason=str(exc))
+                continue
+            self.doors[received.info.name] = Doors(received.info.name, count_map, slots_map)
 
     def fds_of(self, watcher: WatcherConfig) -> list[int]:
         """The listening fds of ``watcher``'s sockets (on_demand waits on them)."""
@@ -63,19 +90,18 @@ class SocketPool:
     def plan(self, watcher: WatcherConfig) -> SocketPlan:
         """Decide the fds of one new process of ``watcher``."""
         parent_fds: dict[str, int] = {}
-        owned: list[int] = []
+        siblings: dict[str, int] = {}
         try:
             for name in self.names_for(watcher):
                 received = self.sockets[name]
                 if received.info.reuseport and self.client is not None:
-                    sibling = self.client.bind_reuseport(name)
-                    owned.append(sibling.fd)
-                    parent_fds[name] = sibling.fd
+                    siblings[name] = self.client.bind_reuseport(name).fd
+                    parent_fds[name] = siblings[name]
                 else:
                     parent_fds[name] = received.fd
         except BaseException:
             # A refused sibling must not leak the ones already bound for this spawn.
-            close_fds(owned)
+            close_fds(siblings.values())
             raise
         if watcher.socket_protocol == "systemd":
             numbers = {name: SYSTEMD_FIRST_FD + i for i, name in enumerate(parent_fds)}
@@ -89,5 +115,5 @@ class SocketPool:
             numbers=numbers,
             listen_fds_names=names,
             stdin=stdin,
-            owned=tuple(owned),
+            siblings=siblings,
         )

@@ -45,6 +45,8 @@ class ProcessRecord:
     stdout: str | None = None
     """The broker key of its stdout pipe's read end; None when it has none."""
     stderr: str | None = None
+    doors: dict[str, int] = field(default_factory=dict)
+    """Socket name → the steering slot its socket holds (`chapiteau.supervisor.doors`)."""
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -78,6 +80,11 @@ class Snapshot:
 def encode_process(record: ProcessRecord) -> bytes:
     """One process's part of a snapshot (kept by the watcher and joined at each write)."""
     return _json(vars(record))
+
+
+def decode_process(data: bytes) -> ProcessRecord:
+    """What `encode_process` wrote."""
+    return _process(json.loads(data))
 
 
 def encode(
@@ -145,6 +152,7 @@ def _process(obj: dict[str, Any]) -> ProcessRecord:
         starttime=int(obj["starttime"]),
         stdout=_optional_str(obj["stdout"]),
         stderr=_optional_str(obj["stderr"]),
+        doors={str(name): int(slot) for name, slot in obj.get("doors", {}).items()},
     )
 
 

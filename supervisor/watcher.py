@@ -459,6 +459,7 @@ class Watcher:
             started=record.started,
             held=record.keys,
             record=encode_process(record),
+            doors=dict(record.doors),
         )
         self.processes[record.pid] = process
         self.runtime.adopt(record.pid, self, pidfd)
@@ -587,22 +588,31 @@ class Watcher:
         streams = {name: self._output_stream(name) for name in ("stdout", "stderr")}
         pipes = self._pipes([name for name, stream in streams.items() if stream])
         stdout, stderr = pipes.get("stdout"), pipes.get("stderr")
+        steered = self.runtime.sockets.doors
+        kept = {name: fd for name, fd in plan.siblings.items() if name in steered}
         try:
             pid = spawn(_spec(config, wid, plan, stdout, stderr, self._notify_env()))
         except BaseException:
             for read, _, _ in pipes.values():
                 os.close(read)
             self._release(key for _, _, key in pipes.values() if key is not None)
+            kept = {}
             raise
         finally:
-            for fd in plan.owned:
-                os.close(fd)
+            for name, fd in plan.siblings.items():
+                if name not in kept:
+                    os.close(fd)
             for _, write, _ in pipes.values():
                 os.close(write)
         keys = {name: key for name, (_, _, key) in pipes.items() if key is not None}
         loop = self.runtime.loop
         process = Process(
-            pid, wid, loop.create_future(), loop.create_future(), held=tuple(keys.values())
+            pid,
+            wid,
+            loop.create_future(),
+            loop.create_future(),
+            held=tuple(keys.values()),
+            siblings=kept,
         )
         process.unrecorded = ProcessRecord(
             pid, wid, process.started, 0, keys.get("stdout"), keys.get("stderr")
@@ -641,6 +651,7 @@ class Watcher:
             return
         process.cancel_timers()
         process.resolve_ready(f"process {pid} exited with code {code} before it was ready")
+        self._close_doors(process)
         self.runtime.redirector.remove_pid(pid)
         self._release(process.held)
         self.changed()
@@ -690,6 +701,8 @@ class Watcher:
             return
         if isinstance(action, Readiness):
             process.resolve_ready(action.why_not)
+            if action.why_not is None:
+                self._open_doors(process)
         elif isinstance(action, StopFailed):
             process.cancel_timers()
             process.failed_stop = self.runtime.loop.create_task(self._stop_tree(process))
@@ -781,6 +794,12 @@ class Watcher:
         tree = ProcessTree(process.pid, self.runtime.orphans)
         try:
             signum = self.config.stop_signal if signum is None else signum
+            if self._close_doors(process):
+                process.record_doors()
+                self.changed()
+                if signum != signal.SIGKILL:
+                    # It finishes what it accepted before it hears of the stop.
+                    await asyncio.sleep(self.config.drain_delay)
             await tree.refresh(leader_alive=not process.exited.done())
             self._signal(process, signum, tree)
             if await _tree_gone(process, tree, loop.time() + grace):
@@ -795,6 +814,44 @@ class Watcher:
             await _tree_gone(process, tree, loop.time() + KILL_WAIT)
         finally:
             tree.close()
+
+    def _open_doors(self, process: Process) -> None:
+        """A ready process: new connections of its ``so_reuseport`` sockets may go to it."""
+        steered = self.runtime.sockets.doors
+        for name, fd in process.siblings.items():
+            doors = steered.get(name)
+            try:
+                slot = None if doors is None else doors.open(fd)
+            except OSError as exc:
+                self._log.warning("door_not_opened", pid=process.pid, socket=name, error=str(exc))
+                slot = None
+            finally:
+                os.close(fd)
+            if slot is not None:
+                process.doors[name] = slot
+        process.siblings.clear()
+        if process.doors:
+            process.record_doors()
+            self.changed()
+
+    def _close_doors(self, process: Process) -> bool:
+        """No new connection for ``process`` from now on (it is stopping or gone); whether
+        it had a door open. The copies of its sockets kept for its doors are closed."""
+        for fd in process.siblings.values():
+            os.close(fd)
+        process.siblings.clear()
+        if not process.doors:
+            return False
+        steered = self.runtime.sockets.doors
+        for name, slot in process.doors.items():
+            doors = steered.get(name)
+            try:
+                if doors is not None:
+                    doors.close(slot)
+            except OSError as exc:
+                self._log.warning("door_not_closed", pid=process.pid, socket=name, error=str(exc))
+        process.doors.clear()
+        return True
 
     def _signal(self, process: Process, signum: int, tree: ProcessTree | None = None) -> None:
         """Signal the worker (with its tree when stopping it), through the signal hooks."""
