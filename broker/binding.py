@@ -22,6 +22,7 @@ from chapiteau.broker.config import SocketSpec
 from chapiteau.broker.event_log import log
 from chapiteau.broker.privileges import ServiceUser
 from chapiteau.broker.safe_paths import Directory, Entry, UnsafePathError, open_parent
+from chapiteau.broker.steering import Steering
 from chapiteau.protocol.broker_messages import SocketInfo
 from chapiteau.protocol.records import Record
 
@@ -35,13 +36,21 @@ class BindError(Exception):
 class BoundSocket(Record):
     """A socket the broker bound, with what it needs to describe and remove it."""
 
-    __slots__ = ("spec", "sock", "path")
+    __slots__ = ("spec", "sock", "path", "steering")
 
-    def __init__(self, spec: SocketSpec, sock: socket.socket, path: Entry | None = None) -> None:
+    def __init__(
+        self,
+        spec: SocketSpec,
+        sock: socket.socket,
+        path: Entry | None = None,
+        steering: Steering | None = None,
+    ) -> None:
         self.spec = spec
         self.sock = sock
         # A unix socket's file, held by its directory fd and inode.
         self.path = path
+        # An so_reuseport master's program and maps, attached to each sibling (broker/steering.py).
+        self.steering = steering
 
     @property
     def fd(self) -> int:
@@ -74,6 +83,8 @@ class BoundSocket(Record):
         """
         if self.path is not None:
             release(self.path)
+        if self.steering is not None:
+            self.steering.close()
         self.sock.close()
 
 
@@ -134,9 +145,22 @@ def _bind_socket_file(sock: socket.socket, spec: SocketSpec, user: ServiceUser) 
 
 
 def bind_reuseport_sibling(master: BoundSocket) -> BoundSocket:
-    """Bind and listen one more SO_REUSEPORT socket on the master's address (one per worker)."""
+    """Bind and listen one more SO_REUSEPORT socket on the master's address (one per worker).
+
+    The master's steering program, if it has one, is attached to it: a sibling
+    that would escape it is closed, and the request fails like a bind.
+    """
     address = master.sock.getsockname()
-    return _bind(master.spec, lambda sock: _bind_inet(sock, master.spec, address))
+    sibling = _bind(master.spec, lambda sock: _bind_inet(sock, master.spec, address))
+    if master.steering is not None:
+        try:
+            master.steering.attach(sibling.sock)
+        except OSError as exc:
+            sibling.close()
+            raise BindError(
+                f"{master.spec.where}: cannot attach the steering program: {exc.strerror or exc}"
+            ) from None
+    return sibling
 
 
 def _bind(

@@ -51,7 +51,7 @@ from chapiteau.broker.safe_paths import (
     open_parent,
 )
 from chapiteau.broker.sd_notify import Notifier
-from chapiteau.broker.socket_table import close_all, open_all
+from chapiteau.broker.socket_table import close_all, open_all, steer
 from chapiteau.broker.startup import StartupReport, daemonize
 from chapiteau.protocol.constants import SYSTEMD_VARIABLES
 from chapiteau.protocol.ini import ConfigError
@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             check_pidfile(args.pidfile, user)
         creators = {os.geteuid(), *([broker_user.uid] if broker_user else [])}
         sockets, orphans = open_all(config, user, take_listen_fds(systemd), creators)
+        # Now or never: once confined, the broker may not call bpf(2).
+        steer(sockets)
         fd_store.store(notifier, sockets)
         if config.socket_path:
             owner = broker_user.uid if broker_user else -1

@@ -21,6 +21,7 @@ from chapiteau.protocol.broker_messages import (
     BindReuseport,
     Error,
     GetSockets,
+    GetSteering,
     Handover,
     Held,
     Hello,
@@ -38,6 +39,7 @@ from chapiteau.protocol.broker_messages import (
     Shutdown,
     SocketList,
     Sockets,
+    SteeringMaps,
     TakeHeld,
     Welcome,
 )
@@ -145,16 +147,38 @@ class Service:
         return Reply(Sockets(tuple(b.info() for b in chosen)), [b.fd for b in chosen])
 
     def _bind_reuseport(self, peer: Peer, message: BindReuseport) -> Reply:
-        master = self.sockets.get(message.name)
-        if master is None:
-            return self._refuse(peer, "unknown_socket", f"no [socket:{message.name}] in the config")
-        if not master.spec.so_reuseport:
-            return self._refuse(peer, "not_reuseport", f"socket {message.name} has no so_reuseport")
+        master = self._reuseport_master(peer, message.name)
+        if isinstance(master, Reply):
+            return master
         try:
             sibling = bind_reuseport_sibling(master)
         except BindError as exc:
             return self._refuse(peer, "bind_failed", str(exc))
         return Reply(Sockets((sibling.info(),)), [sibling.fd], [sibling])
+
+    def _get_steering(self, peer: Peer, message: GetSteering) -> Reply:
+        master = self._reuseport_master(peer, message.name)
+        if isinstance(master, Reply):
+            return master
+        if master.steering is None:
+            return self._refuse(
+                peer,
+                "no_steering",
+                f"socket {message.name} has no steering program (the broker's log says why)",
+            )
+        # The broker's own fds: sent, never closed with the reply.
+        return Reply(
+            SteeringMaps(message.name), [master.steering.count_map, master.steering.slots_map]
+        )
+
+    def _reuseport_master(self, peer: Peer, name: str) -> BoundSocket | Reply:
+        """The master of so_reuseport socket ``name``, or the refusal to answer with."""
+        master = self.sockets.get(name)
+        if master is None:
+            return self._refuse(peer, "unknown_socket", f"no [socket:{name}] in the config")
+        if not master.spec.so_reuseport:
+            return self._refuse(peer, "not_reuseport", f"socket {name} has no so_reuseport")
+        return master
 
     def _reload_config(self, peer: Peer, message: ReloadConfig) -> Reply:
         try:
@@ -206,6 +230,7 @@ class Service:
         ListSockets: _list_sockets,
         GetSockets: _get_sockets,
         BindReuseport: _bind_reuseport,
+        GetSteering: _get_steering,
         ReloadConfig: _reload_config,
         Shutdown: _shutdown_request,
         Ready: _ready_request,

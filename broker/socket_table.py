@@ -6,7 +6,8 @@ config (broker/orphans.py, as root only), or a bind of its own.
 Opening is all or nothing: at start-up a failure closes what was already
 taken or bound (nothing half-started), and a reload binds every new or changed
 socket before touching the old ones, so a reload that fails leaves the running
-table as it was.
+table as it was. Each ``so_reuseport`` master gets its steering program at
+start-up (`steer`), before the broker is confined.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from chapiteau.broker.event_log import log
 from chapiteau.broker.inherited import ListenFd, activated_sockets
 from chapiteau.broker.orphans import Orphan, find_orphans, instance_mark, recover_sockets
 from chapiteau.broker.privileges import ServiceUser, running_as_root
+from chapiteau.broker.steering import Steering
 from chapiteau.protocol.broker_messages import Reloaded
+from chapiteau.protocol.records import replace
+from chapiteau.protocol.steering_maps import SteeringUnavailable
+
+UNSTEERED = (
+    "each connection goes to any worker's socket, and those waiting for a worker "
+    "that stops are reset"
+)
 
 
 class ReloadError(Exception):
@@ -89,6 +98,30 @@ def bind_all(specs: Iterable[SocketSpec], user: ServiceUser) -> dict[str, BoundS
     return bound
 
 
+def steer(table: dict[str, BoundSocket]) -> None:
+    """Give each ``so_reuseport`` master of ``table`` its steering program; never raises.
+
+    At start-up only: the confined broker may not call bpf(2). A section the
+    kernel refuses one (no CAP_BPF, Linux older than 5.14) is served without,
+    after one warning.
+    """
+    for name, bound in list(table.items()):
+        if not bound.spec.so_reuseport:
+            continue
+        try:
+            table[name] = replace(bound, steering=Steering.create())
+        except SteeringUnavailable as exc:
+            log.warning(
+                "steering_unavailable",
+                name=name,
+                error=exc.strerror,
+                consequence=UNSTEERED,
+                hint="the broker needs CAP_BPF (root) and Linux 5.14 or later",
+            )
+        else:
+            log.info("socket_steered", name=name)
+
+
 def close_all(sockets: Iterable[BoundSocket]) -> None:
     """Close every socket (and remove its file); never raises, failures are logged."""
     for bound in sockets:
@@ -137,6 +170,14 @@ def apply_reload(
     table.update(adjusted)
     table.update(fresh)
     log.info("sockets_reloaded", added=added, removed=removed, changed=changed)
+    for name in (name for name, bound in fresh.items() if bound.spec.so_reuseport):
+        log.warning(
+            "steering_unavailable",
+            name=name,
+            error="bound by a reload: the confined broker cannot load its program",
+            consequence=UNSTEERED,
+            hint="restart chapiteau to steer its connections",
+        )
     return Reloaded(tuple(added), tuple(removed), tuple(changed))
 
 
@@ -176,4 +217,4 @@ def _adjust(bound: BoundSocket, spec: SocketSpec) -> BoundSocket:
                 f"{spec.where}: cannot change the mode of {bound.path.path}: "
                 f"{exc.strerror or exc}; restart chapiteau to apply it"
             ) from None
-    return BoundSocket(spec, bound.sock, bound.path)
+    return BoundSocket(spec, bound.sock, bound.path, bound.steering)

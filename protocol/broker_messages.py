@@ -8,9 +8,10 @@ descriptor attached to it cannot drift to another frame. A frame is
 
 with optional fds attached as SCM_RIGHTS. The JSON object always has ``type``
 (a message name below) and ``id`` (an integer chosen by the requester and
-echoed in the reply). Only two replies carry fds: ``sockets``, exactly one per
-socket described, in the same order, and ``held``, as many per entry as the
-entry announces, in the same order. No request carries fds: the broker makes
+echoed in the reply). Only three replies carry fds: ``sockets``, exactly one
+per socket described, in the same order; ``held``, as many per entry as the
+entry announces, in the same order; ``steering``, two (the count map, then
+the slots map: protocol/steering_maps.py). No request carries fds: the broker makes
 every fd it holds for the supervisor itself (``hold_pipes``, ``hold_memfd``).
 
 Nothing here does I/O: ``encode`` turns a message into bytes, ``decode`` turns
@@ -59,7 +60,10 @@ ERROR_CODES = (
     "too_many",
     "fds_in_flight",
     "hold_failed",
+    "no_steering",
 )
+STEERING_FDS = 2
+"""The fds of a ``steering`` reply: the count map, then the slots map."""
 MAX_HELD_PER_REPLY = MAX_FDS_PER_MESSAGE // 2
 """Entries in one ``held`` reply: each carries one fd, or two for a new pipe."""
 
@@ -188,6 +192,26 @@ class BindReuseport(Record):
     """Supervisor → broker: bind one more SO_REUSEPORT socket for this name (one per worker)."""
 
     TYPE = "bind_reuseport"
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class GetSteering(Record):
+    """Supervisor → broker: the steering maps of this ``so_reuseport`` socket."""
+
+    TYPE = "get_steering"
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class SteeringMaps(Record):
+    """Broker → supervisor: a socket's two steering maps attached (count, then slots)."""
+
+    TYPE = "steering"
     __slots__ = ("name",)
 
     def __init__(self, name: str) -> None:
@@ -342,6 +366,8 @@ Message = (
     | SocketList
     | GetSockets
     | BindReuseport
+    | GetSteering
+    | SteeringMaps
     | Sockets
     | ReloadConfig
     | Reloaded
@@ -367,6 +393,8 @@ MESSAGE_TYPES: dict[str, type] = {
         SocketList,
         GetSockets,
         BindReuseport,
+        GetSteering,
+        SteeringMaps,
         Sockets,
         ReloadConfig,
         Reloaded,
@@ -391,6 +419,8 @@ def fd_count(message: Message) -> int:
         return len(message.sockets)
     if isinstance(message, Held):
         return sum(count for _, count in message.entries)
+    if isinstance(message, SteeringMaps):
+        return STEERING_FDS
     return 0
 
 
@@ -492,9 +522,12 @@ def _parse_get_sockets(fields: dict[str, Any]) -> GetSockets:
     return GetSockets(tuple(_name(name) for name in names))
 
 
-def _parse_bind_reuseport(fields: dict[str, Any]) -> BindReuseport:
-    _only(fields, ("name",))
-    return BindReuseport(_name(fields.get("name")))
+def _parse_named(cls: type) -> Any:
+    def parse(fields: dict[str, Any]) -> Message:
+        _only(fields, ("name",))
+        return cls(_name(fields.get("name")))
+
+    return parse
 
 
 def _parse_reloaded(fields: dict[str, Any]) -> Reloaded:
@@ -556,7 +589,9 @@ _PARSERS: dict[type, Any] = {
     ListSockets: _no_fields(ListSockets),
     SocketList: _parse_socket_list(SocketList),
     GetSockets: _parse_get_sockets,
-    BindReuseport: _parse_bind_reuseport,
+    BindReuseport: _parse_named(BindReuseport),
+    GetSteering: _parse_named(GetSteering),
+    SteeringMaps: _parse_named(SteeringMaps),
     Sockets: _parse_socket_list(Sockets),
     ReloadConfig: _no_fields(ReloadConfig),
     Reloaded: _parse_reloaded,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 
 SLOTS = 4096
@@ -48,9 +47,11 @@ class SteeringUnavailable(OSError):
 
 def bpf(command: int, attr: bytes) -> int:
     """Call bpf(2) with ``attr`` (a packed union bpf_attr); its result, or OSError."""
-    number = _SYSCALL.get(platform.machine())
+    # os.uname(), not platform, which the broker never imports (tests/test_package_boundaries.py).
+    machine = os.uname().machine
+    number = _SYSCALL.get(machine)
     if number is None:
-        raise SteeringUnavailable(errno.ENOSYS, f"no bpf(2) number for {platform.machine()}")
+        raise SteeringUnavailable(errno.ENOSYS, f"no bpf(2) number for {machine}")
     buffer = ctypes.create_string_buffer(attr, ATTR_SIZE)
     result = _libc().syscall(number, command, buffer, ATTR_SIZE)
     if result < 0:

@@ -17,6 +17,7 @@ from chapiteau.protocol.broker_messages import (
     BindReuseport,
     Error,
     GetSockets,
+    GetSteering,
     Handover,
     Held,
     Hello,
@@ -35,6 +36,7 @@ from chapiteau.protocol.broker_messages import (
     SocketInfo,
     SocketList,
     Sockets,
+    SteeringMaps,
     TakeHeld,
     Welcome,
 )
@@ -104,6 +106,18 @@ class BrokerClient:
         reply, fds = self._request(request, Sockets)
         _check_count(request, reply, fds, 1)
         return ReceivedSocket(fds[0], reply.sockets[0])
+
+    def get_steering(self, name: str) -> tuple[int, int]:
+        """The steering maps of so_reuseport socket ``name``: (count map fd, slots map fd).
+
+        BrokerError when the broker has none for it (``no_steering``: it could
+        not load the program; its log says why).
+        """
+        reply, fds = self._request(GetSteering(name), SteeringMaps)
+        if reply.name != name or len(fds) != 2:
+            close_fds(fds)
+            raise BrokerError(f"broker answered get_steering with {len(fds)} fds for {reply.name}")
+        return fds[0], fds[1]
 
     def reload_config(self) -> Reloaded:
         return self._call(ReloadConfig(), Reloaded)
