@@ -1,6 +1,6 @@
 """Load the eBPF program that steers an ``so_reuseport`` socket's connections to open doors.
 
-One `Steering` per TCP ``so_reuseport`` section: the two maps of
+One `Steering` per ``so_reuseport`` section: the two maps of
 protocol/steering_maps.py and an ``SK_REUSEPORT`` program (attach type
 ``SELECT_OR_MIGRATE``) that reads them. The broker makes it at start-up, while
 it may still call bpf(2) (its seccomp filter forbids it afterwards), attaches

@@ -97,3 +97,13 @@ def test_connections_are_refused_not_left_hanging_when_no_worker_runs(chapiteau)
                 assert conn.recv(1) == b""
         except (ConnectionRefusedError, ConnectionResetError):
             pass
+
+
+def test_the_broker_steers_the_socket_or_says_once_why_not(started):
+    tree, _, _ = started
+    said = [
+        (event["event"], event["name"])
+        for event in tree.read_events()
+        if event["event"] in ("socket_steered", "steering_unavailable")
+    ]
+    assert said in ([("socket_steered", "web")], [("steering_unavailable", "web")])

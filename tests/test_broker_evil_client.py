@@ -38,18 +38,22 @@ from chapiteau.protocol.broker_messages import (
     BindReuseport,
     Error,
     GetSockets,
+    GetSteering,
     Hello,
     ListSockets,
     Message,
     Ok,
+    ReloadConfig,
     Reloaded,
     SocketInfo,
     SocketList,
     Sockets,
+    SteeringMaps,
     Welcome,
     encode,
 )
 from chapiteau.protocol.channel import Received, channel_pair, close_fds, receive
+from chapiteau.protocol.steering_maps import fill_slot, set_count
 from tests.waiting import wait_until
 
 TIMEOUT = 10.0
@@ -352,6 +356,80 @@ def test_bind_reuseport_siblings_are_not_kept_by_the_broker(broker: RunningBroke
         close_fds(reply.fds)
     assert all(isinstance(reply.message, Sockets) and len(reply.fds) == 1 for reply in replies)
     assert after == before
+
+
+# -- steering --------------------------------------------------------------------
+
+
+def test_get_steering_hands_the_maps_that_steer_the_siblings(broker: RunningBroker) -> None:
+    unavailable = [e for e in broker.log_events() if e.get("event") == "steering_unavailable"]
+    if unavailable:
+        pytest.skip(f"the broker has no steering here: {unavailable[0]['error']}")
+    client = Client(broker.socket_path)
+    client.hello()
+    before = broker.fd_count()
+    a, b = (client.request(BindReuseport("shared"), i) for i in (1, 2))
+    maps = client.request(GetSteering("shared"), 3)
+    client.request(ListSockets(), 4)
+    after = broker.fd_count()
+    client.close()
+    listeners = [socket.socket(fileno=a.fds[0]), socket.socket(fileno=b.fds[0])]
+    try:
+        assert (maps.message, len(maps.fds)) == (SteeringMaps("shared"), 2)
+        count_map, slots_map = maps.fds
+        fill_slot(slots_map, 0, listeners[1].fileno())
+        set_count(count_map, 1)
+        port = a.message.sockets[0].port
+        for _ in range(20):
+            socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
+        assert [accept_all(listener) for listener in listeners] == [0, 20]
+    finally:
+        close_fds(maps.fds)
+        for listener in listeners:
+            listener.close()
+    assert after == before
+
+
+def accept_all(listener: socket.socket) -> int:
+    """Accept (and close) every connection waiting in ``listener``'s queue: how many."""
+    listener.setblocking(False)
+    taken = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return taken
+        conn.close()
+        taken += 1
+
+
+@pytest.mark.parametrize(("name", "code"), [("nope", "unknown_socket"), ("web", "not_reuseport")])
+def test_get_steering_of_a_socket_with_no_steering_group_is_refused(
+    broker: RunningBroker, name: str, code: str
+) -> None:
+    client = Client(broker.socket_path)
+    client.hello()
+    reply = client.request(GetSteering(name), 5)
+    client.close()
+    assert (error_code(reply), reply.fds) == (code, ())
+    assert_serves(broker)
+
+
+def test_a_reuseport_socket_added_by_a_reload_has_no_steering(broker: RunningBroker) -> None:
+    config = broker.log_path.parent / "chapiteau.ini"
+    with open(config, "a") as added:
+        added.write("\n[socket:late]\nhost = 127.0.0.1\nport = 0\nso_reuseport = true\n")
+    client = Client(broker.socket_path)
+    client.hello()
+    reloaded = client.request(ReloadConfig(), 6)
+    reply = client.request(GetSteering("late"), 7)
+    client.close()
+    assert reloaded.message == Reloaded(added=("late",))
+    assert (error_code(reply), reply.fds) == ("no_steering", ())
+    assert any(
+        (e.get("event"), e.get("name")) == ("steering_unavailable", "late")
+        for e in broker.log_events()
+    )
 
 
 @contextlib.contextmanager

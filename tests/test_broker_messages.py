@@ -27,6 +27,7 @@ from chapiteau.protocol.broker_messages import (
     BindReuseport,
     Error,
     GetSockets,
+    GetSteering,
     Handover,
     Held,
     Hello,
@@ -45,6 +46,7 @@ from chapiteau.protocol.broker_messages import (
     SocketInfo,
     SocketList,
     Sockets,
+    SteeringMaps,
     TakeHeld,
     Welcome,
     decode,
@@ -75,6 +77,8 @@ strategies_by_type: dict[type, st.SearchStrategy[Any]] = {
     SocketList: st.builds(SocketList, st.lists(socket_infos, max_size=4).map(tuple)),
     GetSockets: st.builds(GetSockets, name_tuples),
     BindReuseport: st.builds(BindReuseport, names),
+    GetSteering: st.builds(GetSteering, names),
+    SteeringMaps: st.builds(SteeringMaps, names),
     Sockets: st.builds(Sockets, st.lists(socket_infos, max_size=4).map(tuple)),
     ReloadConfig: st.just(ReloadConfig()),
     Reloaded: st.builds(Reloaded, name_tuples, name_tuples, name_tuples),
@@ -148,10 +152,12 @@ def test_payload_is_an_ascii_json_object_with_type_and_id(
     assert (body["type"], body["id"]) == (message.TYPE, request_id)
 
 
-def test_only_sockets_carries_fds() -> None:
+def test_only_sockets_held_and_steering_carry_fds() -> None:
     info = SocketInfo("web", "AF_INET", "SOCK_STREAM")
     assert fd_count(Sockets((info, info))) == 2
     assert fd_count(SocketList((info, info))) == 0
+    assert fd_count(SteeringMaps("web")) == 2
+    assert fd_count(GetSteering("web")) == 0
 
 
 def test_hello_offers_the_current_version_by_default() -> None:
@@ -346,6 +352,8 @@ def test_missing_type_is_a_bad_message() -> None:
         {"type": "welcome", "id": 1, "broker_pid": 1},
         {"type": "get_sockets", "id": 1},
         {"type": "bind_reuseport", "id": 1},
+        {"type": "get_steering", "id": 1},
+        {"type": "steering", "id": 1},
         {"type": "socket_list", "id": 1},
         {"type": "reloaded", "id": 1, "added": [], "removed": []},
         {"type": "error", "id": 1},
@@ -364,6 +372,8 @@ def test_missing_fields_are_bad_messages(body: dict[str, Any]) -> None:
         {"type": "hello", "id": 1, "versions": [1], "user": "root"},
         {"type": "get_sockets", "id": 1, "names": [], "host": "0.0.0.0"},
         {"type": "bind_reuseport", "id": 1, "name": "web", "port": 80},
+        {"type": "get_steering", "id": 1, "name": "web", "slots": 4096},
+        {"type": "steering", "id": 1, "name": "web", "fds": [3, 4]},
         {"type": "sockets", "id": 1, "sockets": [{**a_socket(), "fd": 3}]},
     ],
 )
@@ -393,6 +403,9 @@ def test_extra_fields_are_bad_messages(body: dict[str, Any]) -> None:
         {"type": "socket_list", "id": 1, "sockets": [{**a_socket(), "reuseport": "no"}]},
         {"type": "socket_list", "id": 1, "sockets": [{**a_socket(), "inode": -1}]},
         {"type": "reloaded", "id": 1, "added": "web", "removed": [], "changed": []},
+        {"type": "get_steering", "id": 1, "name": ["web"]},
+        {"type": "get_steering", "id": 1, "name": "../web"},
+        {"type": "steering", "id": 1, "name": 7},
         {"type": "error", "id": 1, "code": "oops"},
         {"type": "error", "id": 1, "code": "bad_frame", "reason": 3},
     ],
@@ -417,7 +430,16 @@ def test_bool_where_an_integer_is_expected_is_a_bad_message(body: dict[str, Any]
 
 
 @pytest.mark.parametrize(
-    "message", [Hello(), ListSockets(), GetSockets(("web",)), Ok(), Error("bad_frame"), Shutdown()]
+    "message",
+    [
+        Hello(),
+        ListSockets(),
+        GetSockets(("web",)),
+        GetSteering("web"),
+        Ok(),
+        Error("bad_frame"),
+        Shutdown(),
+    ],
 )
 def test_fds_on_a_message_that_carries_none_are_unexpected(message: Message) -> None:
     assert error_code(encode(message, 1), 1) == "unexpected_fds"
@@ -427,6 +449,25 @@ def test_fds_on_a_message_that_carries_none_are_unexpected(message: Message) -> 
 def test_sockets_with_the_wrong_fd_count_is_unexpected_fds(nfds: int) -> None:
     info = SocketInfo("web", "AF_INET", "SOCK_STREAM")
     assert error_code(encode(Sockets((info, info)), 1), nfds) == "unexpected_fds"
+
+
+@pytest.mark.parametrize("nfds", [0, 1, 3])
+def test_a_steering_reply_without_exactly_its_two_maps_is_unexpected_fds(nfds: int) -> None:
+    assert error_code(encode(SteeringMaps("web"), 1), nfds) == "unexpected_fds"
+
+
+def test_a_steering_reply_carries_the_count_map_and_the_slots_map() -> None:
+    assert decode(frame_json({"type": "steering", "id": 4, "name": "web"}), 2) == (
+        4,
+        SteeringMaps("web"),
+    )
+
+
+def test_no_steering_is_an_error_code() -> None:
+    assert decode(frame_json({"type": "error", "id": 1, "code": "no_steering"})) == (
+        1,
+        Error("no_steering"),
+    )
 
 
 # -- anything at all ------------------------------------------------------------
