@@ -28,7 +28,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -300,3 +302,28 @@ def test_graceful_reload_by_the_next_supervisor(serve):
     before = served.pids()
     loaded(served, lambda: served.call("reload", name="web", graceful=True, waiting=True))
     assert not served.all_managed(4) & set(before)
+
+
+def _served_by(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return int(response.read().split()[2])
+
+
+def test_a_stopping_worker_gets_no_new_connection(serve):
+    """Its door closes before its stop signal: during its drain_delay, every new connection
+    goes to its replacement, none to it (without steering, the kernel would give it its
+    share of them, as it does on a plain so_reuseport socket)."""
+    served = serve("uvicorn", numprocesses=1, extra="drain_delay = 6")
+    (old,) = served.pids()
+    reload = threading.Thread(
+        target=served.call, args=("reload",), kwargs={"name": "web", "graceful": True}
+    )
+    reload.start()
+    try:
+        wait_until(lambda: _served_by(served.url) != old, timeout=30)
+        answers = [_served_by(served.url) for _ in range(40)]
+        assert is_alive(old), "the old worker is gone: its drain_delay was not tested"
+        assert old not in answers, answers
+    finally:
+        reload.join(60)
+    wait_until(lambda: not is_alive(old), timeout=30)
