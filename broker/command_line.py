@@ -11,8 +11,10 @@ Mistakes are reported as argparse would: the usage line, then
 from __future__ import annotations
 
 import getopt
+import math
 import sys
 
+from chapiteau.broker.startup import START_TIMEOUT, STILL_STARTING
 from chapiteau.protocol.constants import VERSION
 from chapiteau.protocol.ini import LOG_LEVELS
 from chapiteau.protocol.log_lines import LOG_FORMATS
@@ -36,6 +38,12 @@ OPTIONS = {
         None,
         "detach and run in the background (needs --log-output); returns once the service "
         "runs, or with the error",
+    ),
+    "start-timeout": (
+        "SECONDS",
+        f"with --daemon: return (status {STILL_STARTING}) when the service is not running "
+        f"after this long, leaving the daemon to go on starting; 0 waits for ever "
+        f"(default: {START_TIMEOUT:g})",
     ),
     "pidfile": ("FILE", "write the broker's pid here (signal this process)"),
     "check-config": (
@@ -62,6 +70,7 @@ class CommandLine:
         "log_level",
         "log_output",
         "pidfile",
+        "start_timeout",
     )
 
     def __init__(self, config: str, given: dict[str, str]) -> None:
@@ -71,6 +80,7 @@ class CommandLine:
         self.log_output: str | None = given.get("log-output")
         self.daemon = "daemon" in given
         self.pidfile: str | None = given.get("pidfile")
+        self.start_timeout = float(given.get("start-timeout", START_TIMEOUT))
         self.check_config = "check-config" in given
 
 
@@ -109,6 +119,8 @@ def parse_args(argv: list[str] | None = None) -> CommandLine:
         given["log-level"] = _choice("log-level", given["log-level"].lower(), LOG_LEVELS)
     if "log-format" in given:
         _choice("log-format", given["log-format"], LOG_FORMATS)
+    if "start-timeout" in given:
+        _start_timeout(given)
     if len(words) != 1:
         _usage_error("give one config file" if not words else f"unexpected {words[1]!r}")
     return CommandLine(words[0], given)
@@ -118,6 +130,20 @@ def _choice(option: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         _usage_error(f"--{option} {value!r}: choose {', '.join(choices)}")
     return value
+
+
+def _start_timeout(given: dict[str, str]) -> None:
+    value = given["start-timeout"]
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        _usage_error(f"--start-timeout {value!r}: give a number of seconds >= 0")
+    if "daemon" not in given:
+        _usage_error(
+            "--start-timeout goes with --daemon: in the foreground, chapiteau runs until stopped"
+        )
 
 
 def _usage_error(message: str) -> NoReturn:

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             owner = broker_user.uid if broker_user else -1
             listener, listener_file = listen_for_supervisors(config.socket_path, user, owner)
         if args.daemon:
-            report = daemonize(console, args.log_format)
+            report = daemonize(console, args.log_format, args.start_timeout, args.log_output)
         if args.pidfile:
             write_pidfile(args.pidfile, user)
     except STARTUP_ERRORS as exc:

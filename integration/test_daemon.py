@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from chapiteau.broker.main import DAEMON_NEEDS_LOG_OUTPUT
+from chapiteau.broker.startup import STILL_STARTING
 from chapiteau.supervisor.children.process_tree import descendants
 from integration.conftest import broker_directory
 from integration.harness import (
@@ -252,4 +253,22 @@ def test_daemon_whose_supervisor_never_becomes_ready_fails_with_its_error(daemon
     assert "ModuleNotFoundError: No module named 'no_such_module'" in lines
     assert lines[-1].startswith("chapiteau: the supervisor (pid ")
     assert lines[-1].endswith(") exited with status 1 before it was ready")
+    wait_until(lambda: tree_of(path) == [])
+
+
+def test_daemon_still_starting_after_start_timeout_is_left_running_and_said_so(daemon):
+    path, _ = daemon
+    path.write_text(
+        path.read_text().replace("[broker]\n", "[broker]\nsupervisor_command = /bin/sleep 600\n")
+    )
+    pidfile = path.parent / "chapiteau.pid"
+    result = run(path, "--daemon", "--start-timeout", "0.5", "--pidfile", str(pidfile))
+    assert result.returncode == STILL_STARTING
+    pid = read_pid(pidfile)
+    assert result.stderr == (
+        f"chapiteau: the daemon (pid {pid}) is still starting after 0.5 s (--start-timeout); "
+        f"it runs on, and its log ({path.parent / 'daemon.log'}) says why it is not ready\n"
+    )
+    assert is_alive(pid)
+    kill_tree([pid])
     wait_until(lambda: tree_of(path) == [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chapiteau.broker.command_line import OPTIONS, help_text, parse_args
+from chapiteau.broker.startup import START_TIMEOUT
 from chapiteau.protocol.constants import VERSION
 
 
@@ -19,6 +20,8 @@ def test_every_option_is_read():
             "--daemon",
             "--pidfile",
             "/run/chapiteau.pid",
+            "--start-timeout",
+            "2.5",
             "--check-config",
             "circus.ini",
         ]
@@ -30,6 +33,7 @@ def test_every_option_is_read():
         "/var/log/chapiteau.log",
     )
     assert (args.daemon, args.pidfile, args.check_config) == (True, "/run/chapiteau.pid", True)
+    assert args.start_timeout == 2.5
 
 
 def test_what_is_not_given_is_left_to_the_config():
@@ -41,6 +45,7 @@ def test_what_is_not_given_is_left_to_the_config():
         None,
     )
     assert not args.daemon and not args.check_config
+    assert args.start_timeout == START_TIMEOUT == 90
 
 
 def test_options_may_follow_the_config_and_be_abbreviated():
@@ -56,6 +61,10 @@ def test_options_may_follow_the_config_and_be_abbreviated():
         (["--verbose", "circus.ini"], "option --verbose not recognized"),
         (["--daemon=yes", "circus.ini"], "option --daemon must not have an argument"),
         (["circus.ini", "--pidfile"], "option --pidfile requires argument"),
+        (["--daemon", "--start-timeout", "soon", "circus.ini"], "--start-timeout 'soon': give"),
+        (["--daemon", "--start-timeout", "-1", "circus.ini"], "--start-timeout '-1': give"),
+        (["--daemon", "--start-timeout", "inf", "circus.ini"], "--start-timeout 'inf': give"),
+        (["--start-timeout", "5", "circus.ini"], "--start-timeout goes with --daemon"),
         ([], "give one config file"),
         (["a.ini", "b.ini"], "unexpected 'b.ini'"),
     ],
