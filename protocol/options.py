@@ -343,9 +343,21 @@ def retry_count(value: int) -> str | None:
     return f"{value} is not a retry count; use -1 for no limit" if value < -1 else None
 
 
+RLIMITS: dict[str, int] = {
+    name[len("RLIMIT_") :]: getattr(resource, name)
+    for name in dir(resource)
+    if name.startswith("RLIMIT_")
+}
+"""What ``rlimit_NAME`` limits, by ``NAME.upper()``: the resource number for setrlimit(2).
+
+Every RLIMIT_ constant of the resource module, as in Circus; ``OFILE`` too, the
+BSD alias of ``NOFILE`` (the same number).
+"""
+
+
 def _resource_name(key: str) -> str | None:
     name = key[len("rlimit_") :]
-    if hasattr(resource, f"RLIMIT_{name.upper()}"):
+    if name.upper() in RLIMITS:
         return None
     return f"{name.lower()!r} is not a resource limit (see setrlimit(2))"
 

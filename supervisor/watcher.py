@@ -20,7 +20,6 @@ import contextlib
 import functools
 import os
 import random
-import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -29,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from chapiteau.protocol.options import RLIMITS
 from chapiteau.supervisor.children.child_exit import ChildWatcher
 from chapiteau.supervisor.children.process_tree import OrphanSearch, ProcessTree
 from chapiteau.supervisor.children.spawn import SpawnError, SpawnSpec, spawn
@@ -956,7 +956,7 @@ def _stream(config: WatcherConfig, name: str) -> Any:
 
 
 def _rlimits(limits: dict[str, int]) -> dict[int, tuple[int, int]]:
-    return {getattr(resource, f"RLIMIT_{name.upper()}"): (v, v) for name, v in limits.items()}
+    return {RLIMITS[name.upper()]: (v, v) for name, v in limits.items()}
 
 
 @functools.cache

@@ -9,6 +9,7 @@ shows what the table says it shows; chapiteauctl types the value ``set`` takes.
 from __future__ import annotations
 
 import dataclasses
+import resource
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,3 +231,19 @@ def test_a_hook_flag_that_is_no_boolean_is_refused_by_file_and_set(tmp_path: Pat
         load_config(write(tmp_path, "hooks.after_start", "a.b, perhaps"), {})
     with pytest.raises(CommandError, match=r"hooks\.after_start: 'y' is not a boolean"):
         parse_options({"hooks.after_start": "a.b, y"})
+
+
+@pytest.mark.parametrize("name", [n for n in dir(resource) if n.startswith("RLIMIT_")])
+def test_every_resource_of_setrlimit_is_an_rlimit_option(tmp_path: Path, name: str) -> None:
+    short = name[len("RLIMIT_") :].lower()
+    config = load_config(write(tmp_path, f"rlimit_{short}", "10"), {})
+    assert config.watchers[0].rlimits == {short: 10}
+    assert parse_options({f"rlimit_{short.upper()}": 10}) == {f"rlimit_{short.upper()}": 10}
+
+
+def test_an_rlimit_of_no_resource_is_refused_by_file_and_set(tmp_path: Path) -> None:
+    problem = r"'lots' is not a resource limit \(see setrlimit\(2\)\)"
+    with pytest.raises(ConfigError, match=rf"watcher:w:rlimit_lots: {problem}"):
+        load_config(write(tmp_path, "rlimit_lots", "10"), {})
+    with pytest.raises(CommandError, match=problem):
+        parse_options({"rlimit_LOTS": 10})

@@ -408,6 +408,16 @@ def test_soft_rlimit_above_hard_is_rlimit_einval() -> None:
     assert error.detail == "RLIMIT_NOFILE=(10, 5)"
 
 
+def test_a_failed_rlimit_names_the_resource_not_its_bsd_alias() -> None:
+    error = spawn_failure(sleeper(rlimits={resource.RLIMIT_OFILE: (10, 5)}))
+    assert error.detail == "RLIMIT_NOFILE=(10, 5)"
+
+
+def test_a_resource_setrlimit_does_not_know_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match=r"unknown rlimit resources \[-1\]"):
+        spawn(sleeper(rlimits={-1: (1, 1)}))
+
+
 def test_rlimit_beyond_the_kernel_maximum_is_rlimit_eperm() -> None:
     error = spawn_failure(sleeper(rlimits={resource.RLIMIT_NOFILE: (2**30, 2**30)}))
     assert (error.step, error.errno) == ("rlimit", errno.EPERM)

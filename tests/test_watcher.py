@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -319,5 +320,15 @@ def test_a_spawn_leaves_the_new_process_start_time_to_the_snapshot(
             assert again == parts and len(stat_reads) == 3
             recorded = {json.loads(part)["pid"]: json.loads(part)["starttime"] for part in parts}
             assert recorded == {pid: process_tree.start_time(pid) for pid in watcher.processes}
+
+    run(test)
+
+
+@pytest.mark.parametrize("key", ["nofile", "ofile", "NoFile"])
+def test_rlimit_key_limits_its_resource_in_every_process(key: str) -> None:
+    async def test() -> None:
+        async with running(config("sleep 1000", 1, rlimits={key: 123})) as (watcher, _):
+            [pid] = watcher.processes
+            assert resource.prlimit(pid, resource.RLIMIT_NOFILE) == (123, 123)
 
     run(test)

@@ -51,12 +51,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-# RLIMIT_OFILE is the BSD alias of RLIMIT_NOFILE; users know the latter.
-_RLIMIT_NAMES = {
-    getattr(resource, name): name
-    for name in dir(resource)
-    if name.startswith("RLIMIT_") and name != "RLIMIT_OFILE"
-}
+from chapiteau.protocol.options import RLIMITS
+
+# OFILE is the BSD alias of NOFILE; users know the latter.
+_RLIMIT_NAMES = {number: f"RLIMIT_{name}" for name, number in RLIMITS.items() if name != "OFILE"}
 
 # SIGKILL and SIGSTOP cannot be caught or ignored, so they need no reset.
 _RESETTABLE_SIGNALS = tuple(sorted(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}))
