@@ -63,6 +63,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import TextIO
 
+    from chapiteau.broker.logs import LogSink
+    from chapiteau.broker.orphans import Orphan
+    from chapiteau.broker.safe_paths import Entry
+
 DAEMON_NEEDS_LOG_OUTPUT = (
     "--daemon needs --log-output FILE (or [circus] logoutput = FILE): a daemon has no "
     "stderr to log to; under systemd, run chapiteau in the foreground (logs go to the journal)"
@@ -80,6 +84,7 @@ STARTUP_ERRORS = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``chapiteau``: every check and bind in the foreground, then detach if asked, and serve."""
     reserve_standard_fds()
     # The one notifier of the broker's life: made before anything is spawned.
     notifier = Notifier.from_environment()
@@ -87,106 +92,169 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.check_config:
         return check_config(args)
-    # Start-up errors go to the caller's stderr even once logs go to --log-output.
-    console = sys.stderr
-    sockets: dict[str, BoundSocket] = {}
-    listener = listener_file = log_file = None
-    report: StartupReport | None = None
+    start = Start(args, notifier)
     try:
-        config = load_broker_config(args.config)
-        # The command line wins over [circus], as with circusd.
+        start.read_config()
+        start.check_users_and_files()
+        start.open_log()
+        start.prepare_paths()
+        start.bind(systemd)
+        start.detach()
+    except STARTUP_ERRORS as exc:
+        return start.refuse(exc)
+    return start.serve()
+
+
+class Start:
+    """One start of the broker, a step a method: what each step made, for the next ones.
+
+    Every step up to `detach` may fail with one of `STARTUP_ERRORS`, which
+    `refuse` reports after undoing what was bound; `serve` runs the broker.
+    """
+
+    config: BrokerConfig
+    user: ServiceUser
+    broker_user: ServiceUser | None
+    log_sink: LogSink
+
+    def __init__(self, args: CommandLine, notifier: Notifier) -> None:
+        self.args = args
+        self.notifier = notifier
+        # Start-up errors go to the caller's stderr even once logs go to --log-output.
+        self.console: TextIO = sys.stderr
+        self.sockets: dict[str, BoundSocket] = {}
+        self.orphans: list[Orphan] = []
+        self.listener: socket.socket | None = None
+        self.listener_file: Entry | None = None
+        self.log_file: LogFile | None = None
+        self.report: StartupReport | None = None
+
+    def read_config(self) -> None:
+        """The config, with the command line winning over ``[circus]`` (as with circusd)."""
+        args = self.args
+        self.config = config = load_broker_config(args.config)
         args.log_level = args.log_level or config.loglevel or "info"
         args.log_output = args.log_output or config.logoutput
         args.pidfile = args.pidfile or config.pidfile
         if args.daemon and not args.log_output:
             raise ConfigError(DAEMON_NEEDS_LOG_OUTPUT)
-        user = resolve_service_user(config.user, config.group)
-        broker_user = resolve_broker_user(config.broker_user, user)
+
+    def check_users_and_files(self) -> None:
+        """Who the service and the broker run as, and that they may use the files they need."""
+        config = self.config
+        self.user = user = resolve_service_user(config.user, config.group)
+        self.broker_user = resolve_broker_user(config.broker_user, user)
         for path in config.files:
             check_trusted_file(path, user)
         if config.socket_path is None:
             check_access(user, supervisor_files(config))
-        if args.log_output:
-            log_file = LogFile(args.log_output, user)
-            console = _redirect_output(log_file)
+
+    def open_log(self) -> None:
+        """Point the output at ``--log-output`` (if given), then configure logging."""
+        if self.args.log_output:
+            self.log_file = LogFile(self.args.log_output, self.user)
+            self.console = _redirect_output(self.log_file)
         # Only now: whether to colour depends on where stderr ends up.
-        log_sink = configure_logging(args.log_level, args.log_format)
-        if config.loggerconfig:
+        self.log_sink = configure_logging(self.args.log_level, self.args.log_format)
+        if self.config.loggerconfig:
             log.warning(
                 "loggerconfig_ignored",
-                loggerconfig=config.loggerconfig,
+                loggerconfig=self.config.loggerconfig,
                 hint="chapiteau writes its own log lines: use --log-format json and --log-output",
             )
-        if config.runtime_directory:
-            make_runtime_directory(config, user)
-        if args.pidfile:
-            check_pidfile(args.pidfile, user)
+
+    def prepare_paths(self) -> None:
+        """Make the runtime directory; check that the pidfile may be written."""
+        if self.config.runtime_directory:
+            make_runtime_directory(self.config, self.user)
+        if self.args.pidfile:
+            check_pidfile(self.args.pidfile, self.user)
+
+    def bind(self, systemd: dict[str, str]) -> None:
+        """The sockets (given by ``systemd``, recovered or bound), and the supervisors' listener."""
+        config, broker_user = self.config, self.broker_user
         creators = {os.geteuid(), *([broker_user.uid] if broker_user else [])}
-        sockets, orphans = open_all(config, user, take_listen_fds(systemd), creators)
+        self.sockets, self.orphans = open_all(config, self.user, take_listen_fds(systemd), creators)
         # Now or never: once confined, the broker may not call bpf(2).
-        steer(sockets)
-        fd_store.store(notifier, sockets)
+        steer(self.sockets)
+        fd_store.store(self.notifier, self.sockets)
         if config.socket_path:
             owner = broker_user.uid if broker_user else -1
-            listener, listener_file = listen_for_supervisors(config.socket_path, user, owner)
+            self.listener, self.listener_file = listen_for_supervisors(
+                config.socket_path, self.user, owner
+            )
+
+    def detach(self) -> None:
+        """With ``--daemon``, go to the background; then write the pidfile (the daemon's pid)."""
+        args = self.args
         if args.daemon:
-            report = daemonize(console, args.log_format, args.start_timeout, args.log_output)
+            assert args.log_output is not None
+            self.report = daemonize(
+                self.console, args.log_format, args.start_timeout, args.log_output
+            )
         if args.pidfile:
-            write_pidfile(args.pidfile, user)
-    except STARTUP_ERRORS as exc:
-        close_all(sockets.values())
-        if listener is not None:
-            listener.close()
-        if listener_file is not None:
-            release(listener_file)
-        if report is None:
-            print(fatal_line("chapiteau", args.log_format, str(exc)), file=console)
+            write_pidfile(args.pidfile, self.user)
+
+    def refuse(self, exc: Exception) -> int:
+        """A step failed: release what was bound, say why where the caller sees it; 1."""
+        close_all(self.sockets.values())
+        if self.listener is not None:
+            self.listener.close()
+        if self.listener_file is not None:
+            release(self.listener_file)
+        if self.report is None:
+            print(fatal_line("chapiteau", self.args.log_format, str(exc)), file=self.console)
         else:
-            report.failed(1, str(exc))
+            self.report.failed(1, str(exc))
         return 1
-    if report is None:
+
+    def serve(self) -> int:
+        """Fork the launcher, confine the broker for good, and run it; its exit status."""
+        args, config, user = self.args, self.config, self.user
         # Without --log-output the log is the caller's stderr: it tells everything.
-        report = StartupReport(None if console is sys.stderr else console, args.log_format)
-    # Connect mode: the supervisor is started by someone else; nothing to launch.
-    launcher = None if config.socket_path else fork_launcher(user)
-    try:
+        report = self.report or StartupReport(
+            None if self.console is sys.stderr else self.console, args.log_format
+        )
+        # Connect mode: the supervisor is started by someone else; nothing to launch.
+        launcher = None if config.socket_path else fork_launcher(user)
         try:
-            log_directory = log_file.directory.path if log_file else None
-            confined = confine(config, args.pidfile, log_directory, broker_user, user)
-        except OSError as exc:
-            # Never run half-confined: stop before serving anything.
-            log.error("confinement_failed", error=str(exc))
-            report.failed(1, f"cannot confine the broker: {exc}")
-            close_all(sockets.values())
-            return 1
-        log.info(
-            "broker_confined",
-            uid=confined.uid,
-            capabilities=list(confined.capabilities),
-            landlock_abi=confined.landlock_abi,
-            seccomp_rules=confined.seccomp_rules,
-            launcher=launcher.pid if launcher else None,
-        )
-        options = ["--log-level", args.log_level, "--log-format", args.log_format]
-        broker = Broker(
-            config,
-            sockets,
-            user,
-            launcher,
-            options,
-            listener,
-            report,
-            log_sink,
-            log_file,
-            notifier,
-            orphans,
-        )
-        return broker.run()
-    finally:
-        if listener_file is not None:
-            release(listener_file)
-        if args.pidfile:
-            remove_pidfile(args.pidfile, user)
+            try:
+                log_directory = self.log_file.directory.path if self.log_file else None
+                confined = confine(config, args.pidfile, log_directory, self.broker_user, user)
+            except OSError as exc:
+                # Never run half-confined: stop before serving anything.
+                log.error("confinement_failed", error=str(exc))
+                report.failed(1, f"cannot confine the broker: {exc}")
+                close_all(self.sockets.values())
+                return 1
+            log.info(
+                "broker_confined",
+                uid=confined.uid,
+                capabilities=list(confined.capabilities),
+                landlock_abi=confined.landlock_abi,
+                seccomp_rules=confined.seccomp_rules,
+                launcher=launcher.pid if launcher else None,
+            )
+            options = ["--log-level", args.log_level, "--log-format", args.log_format]
+            broker = Broker(
+                config,
+                self.sockets,
+                user,
+                launcher,
+                options,
+                self.listener,
+                report,
+                self.log_sink,
+                self.log_file,
+                self.notifier,
+                self.orphans,
+            )
+            return broker.run()
+        finally:
+            if self.listener_file is not None:
+                release(self.listener_file)
+            if args.pidfile:
+                remove_pidfile(args.pidfile, user)
 
 
 def make_runtime_directory(config: BrokerConfig, user: ServiceUser) -> None:
