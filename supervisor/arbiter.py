@@ -552,10 +552,11 @@ class Arbiter:
         other slot the previous generation filled is emptied."""
         for name, doors in self.sockets.doors.items():
             held = {
-                process.doors[name]
+                slot
                 for watcher in self.watchers.values()
                 for process in watcher.processes.values()
-                if name in process.doors
+                for door, slot in process.doors.items()
+                if door is doors
             }
             try:
                 doors.restore(held)

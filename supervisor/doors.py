@@ -54,7 +54,10 @@ class Doors:
 
     def open(self, sock_fd: int) -> int | None:
         """Put a worker's socket in the lowest free slot; the slot, or None when all
-        `SLOTS` are taken (that worker then gets connections only while no door is open)."""
+        `SLOTS` are taken (that worker then gets connections only while no door is open) or
+        the maps are closed."""
+        if self.count_map < 0:
+            return None
         if self.free:
             slot = heapq.heappop(self.free)
         elif self.fresh < SLOTS:
@@ -76,8 +79,9 @@ class Doors:
         return slot
 
     def close(self, slot: int) -> None:
-        """Take ``slot``'s worker out: no new connection goes to it."""
-        if slot not in self.used:
+        """Take ``slot``'s worker out: no new connection goes to it. Nothing once the maps
+        are closed (a reload gave the socket new ones): the old ones are the kernel's."""
+        if slot not in self.used or self.count_map < 0:
             return
         empty_slot(self.slots_map, slot)
         self.used.discard(slot)
@@ -97,8 +101,11 @@ class Doors:
         self._set_count(max(self.used, default=-1) + 1)
 
     def close_maps(self) -> None:
+        """Close the maps' fds, for good: their numbers may be reused at once."""
         os.close(self.count_map)
         os.close(self.slots_map)
+        self.count_map = self.slots_map = -1
+        self.used.clear()
 
     def _set_count(self, count: int) -> None:
         if count != self.count:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from chapiteau.supervisor.children.process_tree import start_time
+from chapiteau.supervisor.doors import Doors
 from chapiteau.supervisor.state import ProcessRecord, decode_process, encode_process
 
 
@@ -40,11 +41,12 @@ class Process:
     """Its part of the snapshot for the next supervisor (`chapiteau.supervisor.state`)."""
     unrecorded: ProcessRecord | None = None
     """A new process's record until `snapshot_part` encodes it (its start time read then)."""
-    siblings: dict[str, int] = field(default_factory=dict)
-    """Its own ``so_reuseport`` sockets (the supervisor's copies) by socket name, until
-    its doors open."""
-    doors: dict[str, int] = field(default_factory=dict)
-    """Socket name → the steering slot its socket holds while its door is open."""
+    siblings: dict[Doors, int] = field(default_factory=dict)
+    """Its own ``so_reuseport`` sockets (the supervisor's copies), by the `Doors` of the
+    socket they were bound for, until its doors open."""
+    doors: dict[Doors, int] = field(default_factory=dict)
+    """The steering slot its socket holds in each socket's `Doors`, while its door is open
+    (the `Doors` object, not the socket's name: a reload may give the name new maps)."""
 
     def snapshot_part(self) -> bytes:
         """Its part of the snapshot, encoded once. A new process's kernel start time is read
@@ -68,12 +70,11 @@ class Process:
 
     def record_doors(self) -> None:
         """Put its current `doors` in its part of the snapshot."""
+        doors = {door.name: slot for door, slot in self.doors.items()}
         if self.unrecorded is not None:
-            self.unrecorded = replace(self.unrecorded, doors=dict(self.doors))
+            self.unrecorded = replace(self.unrecorded, doors=doors)
         elif self.record:
-            self.record = encode_process(
-                replace(decode_process(self.record), doors=dict(self.doors))
-            )
+            self.record = encode_process(replace(decode_process(self.record), doors=doors))
 
     def resolve_ready(self, why_not: str | None) -> None:
         """Say the process is ready (``why_not`` None) or never will be, once."""

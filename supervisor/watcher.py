@@ -450,6 +450,7 @@ class Watcher:
         the slot is filled by a running pid, nothing is spawned); ``pipes`` are its output
         pipes' read ends by broker key (those it uses are taken), ``spawns`` its slot's
         count of spawns."""
+        steered = self.runtime.sockets.doors
         loop = self.runtime.loop
         process = Process(
             record.pid,
@@ -459,7 +460,7 @@ class Watcher:
             started=record.started,
             held=record.keys,
             record=encode_process(record),
-            doors=dict(record.doors),
+            doors={steered[name]: slot for name, slot in record.doors.items() if name in steered},
         )
         self.processes[record.pid] = process
         self.runtime.adopt(record.pid, self, pidfd)
@@ -589,7 +590,7 @@ class Watcher:
         pipes = self._pipes([name for name, stream in streams.items() if stream])
         stdout, stderr = pipes.get("stdout"), pipes.get("stderr")
         steered = self.runtime.sockets.doors
-        kept = {name: fd for name, fd in plan.siblings.items() if name in steered}
+        kept = {steered[name]: fd for name, fd in plan.siblings.items() if name in steered}
         try:
             pid = spawn(_spec(config, wid, plan, stdout, stderr, self._notify_env()))
         except BaseException:
@@ -599,8 +600,8 @@ class Watcher:
             kept = {}
             raise
         finally:
-            for name, fd in plan.siblings.items():
-                if name not in kept:
+            for fd in plan.siblings.values():
+                if fd not in kept.values():
                     os.close(fd)
             for _, write, _ in pipes.values():
                 os.close(write)
@@ -817,18 +818,18 @@ class Watcher:
 
     def _open_doors(self, process: Process) -> None:
         """A ready process: new connections of its ``so_reuseport`` sockets may go to it."""
-        steered = self.runtime.sockets.doors
-        for name, fd in process.siblings.items():
-            doors = steered.get(name)
+        for doors, fd in process.siblings.items():
             try:
-                slot = None if doors is None else doors.open(fd)
+                slot = doors.open(fd)
             except OSError as exc:
-                self._log.warning("door_not_opened", pid=process.pid, socket=name, error=str(exc))
+                self._log.warning(
+                    "door_not_opened", pid=process.pid, socket=doors.name, error=str(exc)
+                )
                 slot = None
             finally:
                 os.close(fd)
             if slot is not None:
-                process.doors[name] = slot
+                process.doors[doors] = slot
         process.siblings.clear()
         if process.doors:
             process.record_doors()
@@ -842,14 +843,13 @@ class Watcher:
         process.siblings.clear()
         if not process.doors:
             return False
-        steered = self.runtime.sockets.doors
-        for name, slot in process.doors.items():
-            doors = steered.get(name)
+        for doors, slot in process.doors.items():
             try:
-                if doors is not None:
-                    doors.close(slot)
+                doors.close(slot)
             except OSError as exc:
-                self._log.warning("door_not_closed", pid=process.pid, socket=name, error=str(exc))
+                self._log.warning(
+                    "door_not_closed", pid=process.pid, socket=doors.name, error=str(exc)
+                )
         process.doors.clear()
         return True
 
