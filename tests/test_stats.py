@@ -68,8 +68,20 @@ def test_stat_topic_uses_event_style_watcher_names() -> None:
     assert (stat_topic("My Web", 12), stat_topic("sockets")) == ("stat.my_web.12", "stat.sockets")
 
 
+def _running(argv: list[str], name: str) -> subprocess.Popen:
+    """``argv`` started, once its process runs ``name`` with its command line in place.
+    Popen returns once the exec has closed the close-on-exec fds, before the kernel has
+    set up the new command line: a sample in between reads none."""
+    child = subprocess.Popen(argv)
+    deadline = time.monotonic() + 5
+    while psutil.Process(child.pid).cmdline()[:1] != [name]:
+        assert time.monotonic() < deadline, f"{argv[0]} never exec'd {name}"
+        time.sleep(0.005)
+    return child
+
+
 def test_sampler_reports_circus_fields_of_a_live_process() -> None:
-    child = subprocess.Popen(["sleep", "30"])
+    child = _running(["sleep", "30"], "sleep")
     try:
         info = ProcessSampler().sample(child.pid)
     finally:
@@ -81,12 +93,8 @@ def test_sampler_reports_circus_fields_of_a_live_process() -> None:
 
 
 def test_sampler_figures_are_the_ones_psutil_reads() -> None:
-    child = subprocess.Popen(["nice", "-n", "7", "sleep", "30"])
+    child = _running(["nice", "-n", "7", "sleep", "30"], "sleep")
     try:
-        deadline = time.monotonic() + 5
-        while psutil.Process(child.pid).name() != "sleep":
-            assert time.monotonic() < deadline, "nice never exec'd sleep"
-            time.sleep(0.005)
         os.kill(child.pid, signal.SIGSTOP)  # nothing changes between the two reads
         info = ProcessSampler().sample(child.pid)
         process = psutil.Process(child.pid)
