@@ -86,7 +86,8 @@ def program_counters(prog_id: int) -> tuple[bytes, int, int]:
     finally:
         os.close(fd)
     name = info.raw[NAME_AT : NAME_AT + 16].split(b"\0", 1)[0]
-    run_time, runs = struct.unpack_from("=QQ", info.raw, RUN_TIME_AT)
+    [run_time] = struct.unpack_from("=Q", info.raw, RUN_TIME_AT)
+    [runs] = struct.unpack_from("=Q", info.raw, RUN_COUNT_AT)
     return name, run_time, runs
 
 
@@ -162,5 +163,7 @@ def bench_steering(settings: Settings, row: Callable[[str, str, str], Row]) -> N
                 if runs:
                     cost.add(contender, run_time / runs)
                     ratio.add(contender, runs / requests(report))
-                line += f", program {run_time / max(runs, 1):.0f} ns x {runs} runs"
+                    line += f", program {run_time / runs:.0f} ns x {runs} runs"
+                else:
+                    line += ", no chapiteau_steer program ran: steering unavailable?"
         print(line, flush=True)
