@@ -19,6 +19,9 @@ and the ratio, pair by pair. Parts, selectable by name:
 - ``zero_downtime``: reload, restart, resize, kills and upgrade of 4 gunicorn
   workers under wrk's load: max latency, failed requests, processes left
   unmanaged (``bench/zero_downtime.py``; a table of its own, printed at once).
+- ``steering``: new connections/s (``Connection: close``) of 4 bjoern workers
+  on an ``so_reuseport`` socket, steered by chapiteau's eBPF program or not
+  (circusd), and the program's CPU time per connection (``bench/steering.py``).
 
 Run as root from the checkout with the virtualenvs ``make bench`` makes (it
 runs this)::
@@ -298,8 +301,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wrk(port: int, seconds: int) -> float:
-    """Requests per second, wrk in a session (so a scheduling group) of its own."""
+def serving(port: int) -> str:
+    """The URL of the HTTP server on ``port``, once it answers (and half a second more)."""
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 30
     while True:
@@ -312,15 +315,28 @@ def wrk(port: int, seconds: int) -> float:
                 raise
             time.sleep(0.05)
     time.sleep(0.5)
-    result = subprocess.run(
-        ["wrk", "-t2", "-c50", f"-d{seconds}s", url],
+    return url
+
+
+def wrk_report(url: str, seconds: int, *options: str) -> str:
+    """wrk's report (``-t2 -c50``), wrk in a session (so a scheduling group) of its own."""
+    return subprocess.run(
+        ["wrk", "-t2", "-c50", f"-d{seconds}s", *options, url],
         capture_output=True,
         text=True,
         timeout=seconds + 30,
         start_new_session=True,
         check=True,
-    )
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout).group(1))
+    ).stdout
+
+
+def requests_per_second(report: str) -> float:
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", report).group(1))
+
+
+def wrk(port: int, seconds: int) -> float:
+    """Requests per second of the server on ``port``."""
+    return requests_per_second(wrk_report(serving(port), seconds))
 
 
 def http_body(port: int, cmd: str) -> str:
@@ -684,6 +700,15 @@ def bench_zero_downtime(settings: Settings) -> None:
     print(zero_downtime.table(zero_downtime.run(settings.zero_downtime_runs)), flush=True)
 
 
+def bench_steering(settings: Settings) -> None:
+    """New connections to an so_reuseport socket, steered or not (bench/steering.py)."""
+    from bench import steering  # it builds on this module's Manager
+
+    # Run as a program, this module is __main__, not the bench.run steering imports:
+    # its rows go to this module's table.
+    steering.bench_steering(settings, row)
+
+
 PARTS: dict[str, Callable[[Settings], None]] = {
     "bjoern": bench_bjoern,
     "gunicorn": bench_gunicorn,
@@ -691,6 +716,7 @@ PARTS: dict[str, Callable[[Settings], None]] = {
     "big": bench_big,
     "control": bench_control,
     "zero_downtime": bench_zero_downtime,
+    "steering": bench_steering,
 }
 
 

@@ -233,3 +233,20 @@ def test_a_program_the_verifier_rejects_says_why():
             load_program(array, array)
     finally:
         os.close(array)
+
+
+def test_the_bench_counts_one_run_of_the_program_per_connection(table, siblings):
+    """bench/steering.py finds the program among this process's fds by its name (the
+    offsets into struct bpf_prog_info it hard-codes) and reads its counters."""
+    from bench.steering import bpf_stats, steering_counters
+
+    a, b = siblings
+    steering = table["web"].steering
+    fill_slot(steering.slots_map, 0, a.fileno())
+    set_count(steering.count_map, 1)
+    with bpf_stats():
+        before = steering_counters(os.getpid())
+        counts(port_of(table), a, b)
+        after = steering_counters(os.getpid())
+    assert after[1] - before[1] == CONNECTIONS
+    assert after[0] > before[0]
