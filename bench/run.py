@@ -185,7 +185,8 @@ def counters(pids: list[int]) -> tuple[int, float]:
 class Manager:
     """chapiteau (broker as root, supervisor as nobody) or circusd, with one config body."""
 
-    def __init__(self, kind: str, body: str) -> None:
+    def __init__(self, kind: str, body: str, wrapper: tuple[str, ...] = ()) -> None:
+        """``wrapper``: a command that execs the daemon's (the pid stays the daemon's)."""
         self.kind = kind
         self.directory = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
         self.directory.chmod(0o755)
@@ -203,7 +204,7 @@ class Manager:
         config = self.directory / "bench.ini"
         config.write_text(header + "\n" + body)
         config.chmod(0o644)
-        self.argv = [*argv, str(config), "--log-level", "warning"]
+        self.argv = [*wrapper, *argv, str(config), "--log-level", "warning"]
         self.log = open(self.directory / "daemon.log", "ab")  # noqa: SIM115 - closed in stop()
         self.process = self.launch()
 
@@ -255,8 +256,8 @@ class Manager:
 
 
 @contextlib.contextmanager
-def managed(kind: str, body: str) -> Iterator[Manager]:
-    manager = Manager(kind, body)
+def managed(kind: str, body: str, wrapper: tuple[str, ...] = ()) -> Iterator[Manager]:
+    manager = Manager(kind, body, wrapper)
     try:
         yield manager
     finally:
@@ -675,7 +676,7 @@ def ratio(values: list[float], reference: list[float]) -> str:
 
 def table() -> str:
     lines = [
-        "| metric | unit | circusd 0.19 | chapiteau | alone / echo | chapiteau ratio | "
+        "| metric | unit | circusd 0.19 | chapiteau | alone / echo / unsteered | chapiteau ratio | "
         "circusd ratio | goal |",
         "|---|---|---|---|---|---|---|---|",
     ]

@@ -4,10 +4,15 @@
 socket (``numprocesses = 4``, ``$(circus.sockets.web)`` in ``cmd``: both managers
 bind one per worker), under ``wrk -t2 -c50 -H 'Connection: close'``: a new
 connection per request, since the program runs once per connection (keep-alive
-would hide it). Rounds alternate chapiteau and circusd 0.19, which steers
-nothing (the kernel's hash picks the socket).
+would hide it). Rounds alternate chapiteau, the same chapiteau *unsteered*
+(its broker started with CAP_BPF and CAP_SYS_ADMIN out of its bounding set by
+util-linux's ``setpriv``, so that it cannot load the program and logs
+``steering_unavailable``: the kernel's hash picks the socket) and circusd 0.19,
+which steers nothing either.
 
-- New connections per second (wrk's Requests/sec), chapiteau against circusd,
+- New connections per second (wrk's Requests/sec), chapiteau against the same
+  chapiteau unsteered (what steering itself costs) and against circusd (which
+  differs in more than steering: its workers are in sessions of their own),
   paired round by round.
 - The program's own CPU time per run, chapiteau only: a second wrk run on the
   same daemon with ``kernel.bpf_stats_enabled`` set (the kernel then times
@@ -51,6 +56,8 @@ from chapiteau.protocol.steering_maps import bpf
 
 WORKERS = 4
 CLOSE = ("-H", "Connection: close")
+UNSTEERED = ("setpriv", "--bounding-set", "-bpf,-sys_admin,-perfmon", "--")
+"""How the unsteered contender's broker is started: it cannot load BPF programs."""
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 PROG_GET_FD_BY_ID = 13
@@ -137,19 +144,29 @@ def bench_steering(settings: Settings, row: Callable[[str, str, str], Row]) -> N
     connections = row(
         f"new connections/s (wrk -c50, Connection: close), {label}", "conn/s", ">= 0.99x circusd"
     )
+    steered = row(
+        f"new connections/s, {label}: steered vs the same chapiteau unsteered",
+        "conn/s",
+        ">= 0.99x unsteered",
+        reference="unsteered",
+    )
     cost = row(
         f"steering program CPU per connection ({WORKERS} doors open, count {WORKERS})",
         "ns",
         "< 1 µs",
     )
     ratio = row("steering program runs per wrk request", "", "1")
-    for _, contender in rounds(["chapiteau", "circusd"], settings.http_runs):
+    for _, contender in rounds(["chapiteau", "unsteered", "circusd"], settings.http_runs):
         port = free_port()
-        with managed(contender, body(port)) as manager:
+        kind, wrapper = ("chapiteau", UNSTEERED) if contender == "unsteered" else (contender, ())
+        with managed(kind, body(port), wrapper) as manager:
             url = serving(port)
             report = wrk_report(url, settings.http_seconds, *CLOSE)
-            connections.add(contender, requests_per_second(report))
-            line = f"  steering {contender:10} {connections.samples[contender][-1]:9.0f} conn/s"
+            value = requests_per_second(report)
+            for metric in (connections, steered):
+                if contender in ("chapiteau", metric.reference):
+                    metric.add(contender, value)
+            line = f"  steering {contender:10} {value:9.0f} conn/s"
             errors = re.search(r"Socket errors: .*|Non-2xx .*", report)
             if errors:
                 line += f" ({errors.group(0)})"
