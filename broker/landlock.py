@@ -20,6 +20,7 @@ import stat
 from collections.abc import Iterable
 
 from chapiteau.protocol.records import Record
+from chapiteau.protocol.syscall import syscall
 
 # <linux/landlock.h>, with the ABI version that introduced each right.
 EXECUTE = 1 << 0
@@ -95,25 +96,13 @@ class Restricted(Record):
         self.unreachable = unreachable
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-def _syscall(number: int, *args: object) -> int:
-    result = _libc.syscall(ctypes.c_long(number), *args)
-    if result < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-    return result
-
-
 def abi_version() -> int:
     """The Landlock ABI version the running kernel offers; 0 when it offers none."""
     numbers = SYSCALLS.get(os.uname().machine)
     if numbers is None:
         return 0
     try:
-        return _syscall(
+        return syscall(
             numbers[0], None, ctypes.c_size_t(0), ctypes.c_uint32(CREATE_RULESET_VERSION)
         )
     except OSError as exc:
@@ -138,7 +127,7 @@ def restrict(rules: Iterable[Rule]) -> Restricted | None:
     known = FS_RIGHTS_BY_ABI.get(abi, ALL_FS_RIGHTS)
     attr = _RulesetAttr(known, 0, SCOPE_ABSTRACT_UNIX_SOCKET if abi >= 6 else 0)
     size = ctypes.sizeof(attr) if abi >= 6 else 16
-    ruleset = _syscall(create, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    ruleset = syscall(create, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     granted: list[str] = []
     missing: list[str] = []
     unreachable: list[str] = []
@@ -157,7 +146,7 @@ def restrict(rules: Iterable[Rule]) -> Restricted | None:
                 if not stat.S_ISDIR(os.fstat(fd).st_mode):
                     access &= FILE_RIGHTS
                 beneath = _PathBeneathAttr(access, fd)
-                _syscall(
+                syscall(
                     add_rule,
                     ctypes.c_int(ruleset),
                     ctypes.c_int(RULE_PATH_BENEATH),
@@ -167,7 +156,7 @@ def restrict(rules: Iterable[Rule]) -> Restricted | None:
             finally:
                 os.close(fd)
             granted.append(rule.path)
-        _syscall(restrict_self, ctypes.c_int(ruleset), ctypes.c_uint32(0))
+        syscall(restrict_self, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
         os.close(ruleset)
     return Restricted(abi, tuple(granted), tuple(missing), tuple(unreachable))

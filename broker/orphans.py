@@ -33,7 +33,6 @@ its pidfd (no recycled pid is ever hit): SIGTERM, then SIGKILL after
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import os
 import signal
@@ -47,6 +46,7 @@ from chapiteau.broker.event_log import log
 from chapiteau.broker.inherited import adopt, mismatch
 from chapiteau.protocol.constants import INSTANCE_VARIABLE
 from chapiteau.protocol.records import Record
+from chapiteau.protocol.syscall import syscall
 
 MAX_ENVIRON_BYTES = 256 * 1024
 """Read of a candidate's environment: the mark is looked for in this much, no more."""
@@ -237,12 +237,7 @@ def _fd_links(pid: int) -> list[tuple[int, str]]:
 
 def pidfd_getfd(pidfd: int, fd: int) -> int:
     """A copy, in this process (close-on-exec), of the open file ``fd`` of ``pidfd``'s process."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    copy = libc.syscall(PIDFD_GETFD, pidfd, fd, 0)
-    if copy < 0:
-        error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error))
-    return copy
+    return syscall(PIDFD_GETFD, pidfd, fd, 0)
 
 
 def _fitting(

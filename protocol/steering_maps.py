@@ -23,6 +23,8 @@ import errno
 import os
 import struct
 
+from chapiteau.protocol.syscall import syscall
+
 SLOTS = 4096
 """Slots per socket: the most workers of one ``so_reuseport`` socket that steering serves."""
 COUNT_KEY = 0
@@ -52,12 +54,7 @@ def bpf(command: int, attr: bytes) -> int:
     number = _SYSCALL.get(machine)
     if number is None:
         raise SteeringUnavailable(errno.ENOSYS, f"no bpf(2) number for {machine}")
-    buffer = ctypes.create_string_buffer(attr, ATTR_SIZE)
-    result = _libc().syscall(number, command, buffer, ATTR_SIZE)
-    if result < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-    return result
+    return syscall(number, command, ctypes.create_string_buffer(attr, ATTR_SIZE), ATTR_SIZE)
 
 
 def create_map(kind: int, value_size: int, entries: int) -> int:
@@ -102,12 +99,3 @@ def _element(map_fd: int, key: ctypes.Array, value: ctypes.Array | None) -> byte
     """The map_fd/key/value/flags part of union bpf_attr (flags 0: BPF_ANY)."""
     address = 0 if value is None else ctypes.addressof(value)
     return struct.pack("=IIQQQ", map_fd, 0, ctypes.addressof(key), address, 0)
-
-
-_LIBC: list[ctypes.CDLL] = []
-
-
-def _libc() -> ctypes.CDLL:
-    if not _LIBC:
-        _LIBC.append(ctypes.CDLL(None, use_errno=True))
-    return _LIBC[0]

@@ -170,9 +170,9 @@ class Arbiter:
                 self.handover, self.broker.broker_pid, self._reopen_notify_socket
             )
             wanted = await self._adoption.run(self.watchers, set(self.sockets.sockets))
-            self._restore_doors()
             # The previous snapshot stays whole until every process in it is adopted.
             self.handover.resume()
+        self._restore_doors()
         await self.start_watchers(
             [w for w in self.by_priority() if wanted.get(w, w.config.autostart)],
             autostart_only=False,
@@ -548,8 +548,9 @@ class Arbiter:
         log.debug("orphan_reaped", pid=pid, exit_code=code)
 
     def _restore_doors(self) -> None:
-        """After adoption: the steering slots the adopted processes hold stay theirs; any
-        other slot the previous generation filled is emptied."""
+        """Before any spawn (and after adoption, if any): the steering slots the adopted
+        processes hold stay theirs; any other slot a previous supervisor filled (in connect
+        mode too: the broker keeps the maps) is emptied."""
         for name, doors in self.sockets.doors.items():
             held = {
                 slot

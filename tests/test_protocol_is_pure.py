@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PROTOCOL = Path(__file__).parent.parent / "protocol"
-IO_MODULES = {"channel.py", "ini_files.py", "standard_fds.py", "steering_maps.py"}
+IO_MODULES = {"channel.py", "ini_files.py", "standard_fds.py", "steering_maps.py", "syscall.py"}
 """The broker and the supervisor share these; each module's docstring says what I/O it does."""
 IO_IMPORTS = {"os", "socket", "time", "glob", "sys", "io", "pathlib", "shutil", "subprocess"}
 CLOCK_READERS = {"log_lines.py"}
