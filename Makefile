@@ -12,7 +12,7 @@ SYSTEM_PACKAGES := python3-venv python3-dev libcap-dev gcc libseccomp2 logrotate
 # What only `make test` needs: the dashboard's browser test drives Debian's headless Chromium;
 # the load tests (integration/load.py) run wrk; systemd-analyze (package systemd, absent from a
 # bare Debian image) judges examples/systemd/.
-TEST_SYSTEM_PACKAGES := chromium chromium-driver wrk systemd
+TEST_SYSTEM_PACKAGES := chromium chromium-driver wrk systemd zsh
 # What only the benchmarks need: libev for building bjoern, and the load generator.
 BENCH_PACKAGES := libev-dev wrk
 # circus, gunicorn and bjoern (bench/requirements.txt), apart from chapiteau's own.

@@ -90,7 +90,14 @@ terminal."""
 
 
 class Broker:
-    """Holds the sockets, runs the supervisor, answers it, restarts it."""
+    """Holds the sockets, runs the supervisor, answers it, restarts it.
+
+    `run` is the whole loop. Its steps are public, as a gunicorn arbiter's are, so
+    that a test can drive one at a time on real sockets and build the batches a
+    hostile peer can only get by racing the kernel: `dispatch` (one select batch),
+    `next_timeout` and `run_timers`, `reap` (SIGCHLD), `add_peer`, `serve` and
+    `drop_peer` (a connection), `stop` (SIGTERM) and `close`.
+    """
 
     def __init__(
         self,
@@ -171,12 +178,12 @@ class Broker:
         else:
             self._start_supervisor()
         while self.exit_status is None:
-            self._dispatch(self.selector.select(self._timeout()))
-            self._run_timers()
-        self._close()
+            self.dispatch(self.selector.select(self.next_timeout()))
+            self.run_timers()
+        self.close()
         return self.exit_status
 
-    def _dispatch(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+    def dispatch(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
         """Run the callback of each ready fd that is still registered.
 
         An earlier callback of the same batch may have dropped a peer (the
@@ -189,7 +196,7 @@ class Broker:
                 callback: Callable[[], None] = key.data
                 callback()
 
-    def _timeout(self) -> float | None:
+    def next_timeout(self) -> float | None:
         """Until the nearest deadline; None (sleep until an event) when nothing is due."""
         hello_deadlines = [peer.hello_by for peer in self.peers.values() if not peer.greeted]
         timers = (
@@ -201,13 +208,14 @@ class Broker:
         deadlines = [t for t in (*timers, *hello_deadlines) if t is not None]
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
-    def _run_timers(self) -> None:
+    def run_timers(self) -> None:
+        """Do what is due: a watchdog ping, a silent peer dropped, a restart, a kill."""
         now = time.monotonic()
         self.systemd.watchdog(now)
         for conn, peer in list(self.peers.items()):
             if not peer.greeted and peer.hello_by is not None and now >= peer.hello_by:
                 log.warning("peer_dropped", peer=peer.name, reason="no hello in time")
-                self._drop_peer(conn)
+                self.drop_peer(conn)
         if self.restart_at is not None and now >= self.restart_at:
             self.restart_at = None
             self._start_supervisor()
@@ -237,10 +245,10 @@ class Broker:
             return
         for signum in dict.fromkeys(received):
             if signum == signal.SIGCHLD:
-                self._reap()
+                self.reap()
             elif signum in STOPPING:
                 log.info("stop_requested", signal=signal.Signals(signum).name)
-                self._stop()
+                self.stop()
             elif signum == LEAVING:
                 self._leave()
             elif signum in FORWARDED:
@@ -297,7 +305,7 @@ class Broker:
         self.starts += 1
         self.supervisor_started = time.monotonic()
         self.supervisor_channel = broker_end
-        self._add_peer(broker_end, f"supervisor[{self.supervisor.pid}]")
+        self.add_peer(broker_end, f"supervisor[{self.supervisor.pid}]")
         log.info(
             "supervisor_started", pid=self.supervisor.pid, user=self.user.name, start=self.starts
         )
@@ -379,7 +387,8 @@ class Broker:
         log.info("supervisor_restart_scheduled", delay=round(self.backoff, 3))
         self.backoff = min(max(self.backoff * 2, BACKOFF_FIRST), BACKOFF_MAX)
 
-    def _reap(self) -> None:
+    def reap(self) -> None:
+        """Collect every exited child (on SIGCHLD): the supervisor, helpers, orphans."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -405,7 +414,7 @@ class Broker:
         for relay in list(self.outputs):
             self._relay(relay, drain=True)
         if self.supervisor_channel is not None:
-            self._drop_peer(self.supervisor_channel)
+            self.drop_peer(self.supervisor_channel)
             self.supervisor_channel = None
         self._after_supervisor(pid, code)
         if self.stopping:
@@ -459,7 +468,8 @@ class Broker:
         launcher = self.launcher.pid if self.launcher is not None else None
         return [pid for pid in _all_children() if pid != launcher]
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
+        """Stop (SIGTERM, SIGINT, a shutdown request): the supervisor first, then the loop."""
         if self.stopping and self.supervisor is None:
             return
         self.stopping = True
@@ -528,7 +538,7 @@ class Broker:
             log.warning("peer_rejected", uid=uid, peers=len(self.peers))
             conn.close()
             return
-        self._add_peer(conn, f"uid {uid}", time.monotonic() + HELLO_DEADLINE)
+        self.add_peer(conn, f"uid {uid}", time.monotonic() + HELLO_DEADLINE)
         log.info("peer_accepted", uid=uid, peers=len(self.peers))
 
     def _evict_ungreeted(self) -> None:
@@ -537,19 +547,22 @@ class Broker:
         if waiting:
             _, conn = min(waiting, key=lambda pair: pair[0] or 0.0)
             log.warning("peer_evicted", peer=self.peers[conn].name, reason="no hello yet")
-            self._drop_peer(conn)
+            self.drop_peer(conn)
 
-    def _add_peer(self, conn: socket.socket, name: str, hello_by: float | None = None) -> None:
+    def add_peer(self, conn: socket.socket, name: str, hello_by: float | None = None) -> None:
+        """Serve ``conn``; a peer that has not said hello by ``hello_by`` is dropped."""
         conn.setblocking(False)
         self.peers[conn] = Peer(name, hello_by=hello_by)
-        self.selector.register(conn, selectors.EVENT_READ, lambda: self._serve(conn))
+        self.selector.register(conn, selectors.EVENT_READ, lambda: self.serve(conn))
 
-    def _drop_peer(self, conn: socket.socket) -> None:
+    def drop_peer(self, conn: socket.socket) -> None:
+        """Forget and close a peer's connection."""
         if self.peers.pop(conn, None) is not None:
             self.selector.unregister(conn)
         conn.close()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
+        """Answer what a peer sent (its fd is readable)."""
         peer = self.peers[conn]
         try:
             self._answer(conn, peer)
@@ -557,7 +570,7 @@ class Broker:
             # Last resort: a bug in handling one peer's frame costs that peer its
             # connection, never the root broker and every listening socket with it.
             log.exception("peer_handling_failed", peer=peer.name)
-            self._drop_peer(conn)
+            self.drop_peer(conn)
 
     def _answer(self, conn: socket.socket, peer: Peer) -> None:
         try:
@@ -570,10 +583,10 @@ class Broker:
             return
         except OSError as exc:
             log.warning("peer_failed", peer=peer.name, error=str(exc))
-            self._drop_peer(conn)
+            self.drop_peer(conn)
             return
         if received is None:
-            self._drop_peer(conn)
+            self.drop_peer(conn)
             return
         self._reply(conn, peer, received.request_id, self.service.handle(peer, received))
 
@@ -590,7 +603,7 @@ class Broker:
                 peer.fds_sent = len(reply.fds)
         except OSError as exc:
             log.warning("reply_failed", peer=peer.name, error=str(exc))
-            self._drop_peer(conn)
+            self.drop_peer(conn)
         finally:
             close_all(reply.close_after)
             close_fds(reply.discard)
@@ -618,7 +631,8 @@ class Broker:
             )
         return None
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """At exit: drain the supervisor's output, close the sockets and the channels."""
         for relay in list(self.relays):
             self._relay(relay, drain=True)
         for relay in self.relays:
@@ -627,7 +641,7 @@ class Broker:
         if not self.startup.done:
             self.startup.failed(self.exit_status or 1, "stopped before the supervisor was ready")
         for conn in list(self.peers):
-            self._drop_peer(conn)
+            self.drop_peer(conn)
         if self.listener is not None:
             # Its file is removed by whoever made it (main), through a checked directory fd.
             self.listener.close()

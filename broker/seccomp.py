@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 from collections.abc import Iterable
 
 # Measured with ``strace -f -c`` on the broker through reloads, connect mode,
@@ -208,6 +209,7 @@ class SeccompUnavailable(Exception):
     """libseccomp is not installed (Debian: apt-get install libseccomp2)."""
 
 
+@functools.cache
 def _library() -> ctypes.CDLL:
     try:
         lib = ctypes.CDLL(LIBRARY, use_errno=True)
@@ -224,6 +226,12 @@ def _library() -> ctypes.CDLL:
     return lib
 
 
+def syscall_number(name: str) -> int | None:
+    """The number of system call ``name`` on this architecture; None if it has none."""
+    number = _library().seccomp_syscall_resolve_name(name.encode())
+    return number if number >= 0 else None
+
+
 def install(allowed: Iterable[str] = ALLOWED, killed: Iterable[str] = KILLED) -> int:
     """Load the filter into this process (and every future child); return the rule count.
 
@@ -238,8 +246,8 @@ def install(allowed: Iterable[str] = ALLOWED, killed: Iterable[str] = KILLED) ->
     try:
         for action, names in ((SCMP_ACT_ALLOW, allowed), (SCMP_ACT_KILL_PROCESS, killed)):
             for name in names:
-                number = lib.seccomp_syscall_resolve_name(name.encode())
-                if number < 0:
+                number = syscall_number(name)
+                if number is None:
                     continue
                 result = lib.seccomp_rule_add(ctx, action, number, 0)
                 if result < 0:

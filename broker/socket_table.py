@@ -149,17 +149,17 @@ def apply_reload(
         name for name in specs if name in table and not table[name].spec.same_binding(specs[name])
     ]
     rebind = [name for name in changed if not _adjustable(table[name].spec, specs[name])]
-    for name in added + changed:
-        old = None if name in added or name in rebind else table[name].spec
-        _refuse_chown(old, specs[name])
+    in_place = [name for name in changed if name not in rebind]
+    for name in added + rebind:
+        _refuse_chown(None, specs[name])
+    for name in in_place:
+        _refuse_chown(table[name].spec, specs[name])
     try:
         fresh = bind_all((specs[name] for name in added + rebind), user)
     except BindError as exc:
         raise ReloadError(str(exc)) from None
     try:
-        adjusted = {
-            name: _adjust(table[name], specs[name]) for name in changed if name not in rebind
-        }
+        adjusted = {name: _adjust(table[name], specs[name]) for name in in_place}
     except ReloadError:
         close_all(fresh.values())
         raise
@@ -170,6 +170,12 @@ def apply_reload(
     table.update(adjusted)
     table.update(fresh)
     log.info("sockets_reloaded", added=added, removed=removed, changed=changed)
+    _warn_unsteered(fresh)
+    return Reloaded(tuple(added), tuple(removed), tuple(changed))
+
+
+def _warn_unsteered(fresh: dict[str, BoundSocket]) -> None:
+    """Say which ``so_reuseport`` sockets a reload bound without steering."""
     for name in (name for name, bound in fresh.items() if bound.spec.so_reuseport):
         log.warning(
             "steering_unavailable",
@@ -178,7 +184,6 @@ def apply_reload(
             consequence=UNSTEERED,
             hint="restart chapiteau to steer its connections",
         )
-    return Reloaded(tuple(added), tuple(removed), tuple(changed))
 
 
 def _refuse_chown(old: SocketSpec | None, new: SocketSpec) -> None:

@@ -68,6 +68,31 @@ come back, increase your timeout option value
 # -- the program -----------------------------------------------------------------------------
 
 
+def global_options() -> dict[str, dict[str, Any]]:
+    """The options given before the command, with argparse's keywords for each (the
+    parser and the completion scripts read them here)."""
+    return {
+        "--curve-client-key": {
+            "default": os.environ.get(CLIENT_KEY_VARIABLE),
+            "help": f"this client's CURVE key pair file (.key_secret) [${CLIENT_KEY_VARIABLE}]",
+        },
+        "--curve-server-key": {
+            "default": os.environ.get(SERVER_KEY_VARIABLE),
+            "help": f"the daemon's CURVE public key (Z85) or key file [${SERVER_KEY_VARIABLE}]",
+        },
+        "--endpoint": {"default": None, "help": "connection endpoint"},
+        "--help": {"action": "store_true", "help": "Show help and exit"},
+        "--json": {"action": "store_true", "help": "output to JSON"},
+        "--prettify": {"action": "store_true", "help": "prettify output"},
+        "--timeout": {"type": float, "default": 5, "help": "connection timeout"},
+        "--version": {
+            "action": "version",
+            "version": f"{PROG} {VERSION}",
+            "help": "display version and exit",
+        },
+    }
+
+
 def build_parser(commands: list[str], exit_on_error: bool = True) -> argparse.ArgumentParser:
     """circusctl's parser: global options first, then the subparsers of ``commands``.
 
@@ -85,24 +110,8 @@ def build_parser(commands: list[str], exit_on_error: bool = True) -> argparse.Ar
         add_help=False,
         exit_on_error=exit_on_error,
     )
-    parser.add_argument(
-        "--curve-client-key",
-        default=os.environ.get(CLIENT_KEY_VARIABLE),
-        help=f"this client's CURVE key pair file (.key_secret) [${CLIENT_KEY_VARIABLE}]",
-    )
-    parser.add_argument(
-        "--curve-server-key",
-        default=os.environ.get(SERVER_KEY_VARIABLE),
-        help=f"the daemon's CURVE public key (Z85) or key file [${SERVER_KEY_VARIABLE}]",
-    )
-    parser.add_argument("--endpoint", default=None, help="connection endpoint")
-    parser.add_argument("--help", action="store_true", help="Show help and exit")
-    parser.add_argument("--json", action="store_true", help="output to JSON")
-    parser.add_argument("--prettify", action="store_true", help="prettify output")
-    parser.add_argument("--timeout", type=float, default=5, help="connection timeout")
-    parser.add_argument(
-        "--version", action="version", version=f"{PROG} {VERSION}", help="display version and exit"
-    )
+    for flag, keywords in global_options().items():
+        parser.add_argument(flag, **keywords)
     parser.command_parsers = {}
     if commands:
         subparsers = parser.add_subparsers(dest="command")
@@ -215,7 +224,8 @@ class Session:
         if name == "completion":
             if len(words) != 1 or words[0] not in SHELLS:
                 raise ArgumentError(f"completion takes one shell: {' or '.join(SHELLS)}")
-            sys.stdout.write(completion_script(words[0]))
+            flags = {flag: "action" not in keywords for flag, keywords in global_options().items()}
+            sys.stdout.write(completion_script(words[0], flags))
             return EXIT_OK
         if len(words) != 1 or opts["stream"] not in ("stdout", "stderr"):
             raise ArgumentError(

@@ -9,27 +9,18 @@ options already typed (``--endpoint``, CURVE keys), with a 2 s timeout.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from chapiteau.ctl.commands import CTL_COMMANDS, NO_NAME_COMMANDS
 
 SHELLS = ("bash", "zsh")
-GLOBAL_FLAGS = (
-    "--curve-client-key",
-    "--curve-server-key",
-    "--endpoint",
-    "--help",
-    "--json",
-    "--prettify",
-    "--timeout",
-    "--version",
-)
-GLOBAL_FLAGS_WITH_VALUE = ("--curve-client-key", "--curve-server-key", "--endpoint", "--timeout")
 
 BASH_TEMPLATE = """\
 # chapiteauctl completion for bash: eval "$(chapiteauctl completion bash)"
 _chapiteauctl() {
     # Words split on blanks only (COMP_WORDS also splits tcp://host:port at the colons).
-    local line="${COMP_LINE:0:COMP_POINT}" words=() command="" given=() i positionals=0
-    read -ra words <<< "$line"
+    local line="${COMP_LINE:0:$COMP_POINT}" words=() command="" given=() i positionals=0
+    @SPLIT@
     [[ $line == *[[:space:]] ]] && words+=("")
     local last=$((${#words[@]} - 1))
     local cur="${words[last]}"
@@ -71,14 +62,21 @@ _chapiteauctl() {
 complete -F _chapiteauctl chapiteauctl
 """
 
+SPLIT = {
+    "bash": 'read -ra words <<< "$line"',
+    # zsh runs the same function: arrays from 0 as in bash, the line split on blanks.
+    "zsh": "setopt localoptions ksharrays; words=(${=line})",
+}
 ZSH_PREAMBLE = """\
 # chapiteauctl completion for zsh: eval "$(chapiteauctl completion zsh)"
+(( $+functions[compdef] )) || { autoload -U +X compinit && compinit }
 autoload -U +X bashcompinit && bashcompinit
 """
 
 
-def script(shell: str) -> str:
-    """The completion script for ``shell`` (one of `SHELLS`)."""
+def script(shell: str, global_flags: Mapping[str, bool]) -> str:
+    """The completion script for ``shell`` (one of `SHELLS`); ``global_flags``: the options
+    given before the command, each with whether it takes a value."""
     commands = " ".join(sorted(CTL_COMMANDS))
     cases = []
     for command in CTL_COMMANDS.values():
@@ -91,11 +89,14 @@ def script(shell: str) -> str:
             )
     cases.append('            *) COMPREPLY=($(compgen -W "--help" -- "$cur")) ;;')
     bash = (
-        BASH_TEMPLATE.replace("@WITH_VALUE@", "|".join(GLOBAL_FLAGS_WITH_VALUE))
-        .replace("@GLOBAL_FLAGS@", " ".join(GLOBAL_FLAGS))
+        BASH_TEMPLATE.replace(
+            "@WITH_VALUE@", "|".join(f for f, value in global_flags.items() if value)
+        )
+        .replace("@GLOBAL_FLAGS@", " ".join(global_flags))
         .replace("@COMMANDS@", commands)
         .replace("@FLAG_CASES@", "\n".join(cases))
         .replace("@SHELLS@", " ".join(SHELLS))
         .replace("@NO_NAME@", "|".join(sorted(NO_NAME_COMMANDS)))
+        .replace("@SPLIT@", SPLIT[shell])
     )
     return ZSH_PREAMBLE + bash if shell == "zsh" else bash

@@ -55,3 +55,19 @@ def test_the_dashboard_page_is_installed() -> None:
     static = CHECKOUT / "ctl" / "web" / "static"
     names = sorted(path.name for path in static.iterdir())
     assert names and all((INSTALLED / "ctl" / "web" / "static" / name).is_file() for name in names)
+
+
+def test_the_docs_and_examples_are_installed_beside_the_package() -> None:
+    doc = Path(sysconfig.get_paths()["data"]) / "share" / "doc" / "chapiteau"
+    wanted = {CHECKOUT / "README.md": doc / "README.md"}
+    wanted |= {path: doc / path.name for path in (CHECKOUT / "docs").iterdir()}
+    examples = CHECKOUT / "examples"
+    wanted |= {
+        path: doc / path.relative_to(CHECKOUT)
+        for path in examples.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    missing = [
+        str(path.relative_to(CHECKOUT)) for path, there in wanted.items() if not there.is_file()
+    ]
+    assert len(wanted) > 10 and missing == []

@@ -58,41 +58,22 @@ class Adoption:
             # Without the snapshot nothing can be adopted: every worker left is stopped.
             log.error("adoption_failed", error=str(exc))
             snapshot, pipes = None, {}
+        records = snapshot.watchers if snapshot is not None else ()
         # Before any adopted worker's watchdog runs: its WATCHDOG=1 goes to this address.
         address = snapshot.notify_socket if snapshot is not None else None
-        unheard = None
-        if address is not None:
-            try:
-                self.listen(address)
-            except OSError as exc:
-                unheard = exc.strerror
+        unheard = self._listen(address)
         wanted: dict[Watcher, bool] = {}
         known: set[int] = set()
         adopted = retired = 0
-        for record in snapshot.watchers if snapshot is not None else ():
+        for record in records:
             watcher = watchers.get(record.name.lower())
             if watcher is not None:
                 await _restore(watcher, record, sockets)
                 wanted[watcher] = record.phase not in NOT_RESTARTED
-            for process in record.processes:
-                known.add(process.pid)
-                pidfd = claim(process, self.broker_pid)
-                if pidfd is None:
-                    continue
-                if watcher is None:
-                    outputs = {key: pipes.pop(key) for key in process.keys if key in pipes}
-                    stop = (record.stop_signal, record.graceful_timeout)
-                    self._retire(process.pid, pidfd, stop, outputs)
-                    retired += 1
-                    continue
-                watcher.adopt(process, pidfd, pipes, record.spawns.get(process.wid, 1))
-                adopted += 1
-        for pid, pidfd, name in orphans(known, self.broker_pid):
-            watcher = watchers.get(name.lower())
-            config = watcher.config if watcher is not None else None
-            stop = (config.stop_signal, config.graceful_timeout) if config else DEFAULT_STOP
-            self._retire(pid, pidfd, stop, {})
-            retired += 1
+            known.update(process.pid for process in record.processes)
+            taken, stopped = self._claim(record, watcher, pipes)
+            adopted, retired = adopted + taken, retired + stopped
+        retired += self._retire_orphans(known, watchers)
         for fd in pipes.values():
             os.close(fd)
         self.handover.release(pipes)
@@ -116,6 +97,49 @@ class Adoption:
             snapshot=snapshot.serial if snapshot is not None else None,
         )
         return wanted
+
+    def _listen(self, address: str | None) -> str | None:
+        """Open the previous generation's notify socket address, if it had one; why not,
+        when that fails."""
+        if address is None:
+            return None
+        try:
+            self.listen(address)
+        except OSError as exc:
+            return exc.strerror
+        return None
+
+    def _claim(
+        self, record: WatcherRecord, watcher: Watcher | None, pipes: dict[str, int]
+    ) -> tuple[int, int]:
+        """Adopt into ``watcher`` the recorded processes that still run, or stop them in
+        the background when the configuration no longer has their watcher: how many
+        were adopted, and how many are being stopped."""
+        adopted = stopped = 0
+        stop = (record.stop_signal, record.graceful_timeout)
+        for process in record.processes:
+            pidfd = claim(process, self.broker_pid)
+            if pidfd is None:
+                continue
+            if watcher is None:
+                outputs = {key: pipes.pop(key) for key in process.keys if key in pipes}
+                self._retire(process.pid, pidfd, stop, outputs)
+                stopped += 1
+            else:
+                watcher.adopt(process, pidfd, pipes, record.spawns.get(process.wid, 1))
+                adopted += 1
+        return adopted, stopped
+
+    def _retire_orphans(self, known: set[int], watchers: Mapping[str, Watcher]) -> int:
+        """Stop, in the background, the workers the snapshot does not know; how many."""
+        count = 0
+        for pid, pidfd, name in orphans(known, self.broker_pid):
+            watcher = watchers.get(name.lower())
+            config = watcher.config if watcher is not None else None
+            stop = (config.stop_signal, config.graceful_timeout) if config else DEFAULT_STOP
+            self._retire(pid, pidfd, stop, {})
+            count += 1
+        return count
 
     def _retire(
         self, pid: int, pidfd: int, stop: tuple[int, float], outputs: dict[str, int]

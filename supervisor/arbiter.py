@@ -84,6 +84,10 @@ class ReloadPlan:
     """Unchanged watchers that use a socket the broker re-bound."""
     old_sockets: list[ReceivedSocket] = field(default_factory=list)
 
+    def built(self) -> list[Watcher]:
+        """The watchers made for the plan: what a plan that fails must close."""
+        return [*self.added, *(new for _, new in (*self.replaced, *self.reconfigured))]
+
 
 class Arbiter:
     """Owns the watchers and everything they share."""
@@ -434,26 +438,12 @@ class Arbiter:
             for key in old_by_name
             if key not in new_by_name and key not in self.added and key in self.watchers
         ]
-        built: list[Watcher] = []
         try:
             for key, config in new_by_name.items():
-                running = self.watchers.get(key)
-                if running is None:
-                    built.append(self.watcher(config))
-                    plan.added.append(built[-1])
-                elif key in self.added or old_by_name.get(key) != config:
-                    old = old_by_name.get(key)
-                    if old is not None and _only_numprocesses_differs(old, config):
-                        plan.resized.append((running, config.numprocesses))
-                    elif key not in self.added and running.lifecycle.serving:
-                        built.append(self.watcher(config))
-                        plan.reconfigured.append((running, built[-1]))
-                    else:
-                        built.append(self.watcher(config))
-                        plan.replaced.append((running, built[-1]))
+                self._plan_watcher(plan, key, old_by_name.get(key), config)
             changed = self._reload_sockets(new, plan)
         except Exception:
-            for watcher in built:
+            for watcher in plan.built():
                 watcher.close_streams()
             raise
         touched = {w for w, _ in plan.replaced} | set(plan.removed)
@@ -467,6 +457,25 @@ class Arbiter:
             self._runtime.flapping = new.flapping
         self._apply_circus_options(new)
         return plan
+
+    def _plan_watcher(
+        self, plan: ReloadPlan, key: str, old: WatcherConfig | None, config: WatcherConfig
+    ) -> None:
+        """Add to ``plan`` what becomes of watcher ``key`` (``old``: its configuration in
+        the file until now, None if it was not there)."""
+        running = self.watchers.get(key)
+        if running is None:
+            plan.added.append(self.watcher(config))
+            return
+        added_live = key in self.added
+        if not added_live and old == config:
+            return
+        if old is not None and _only_numprocesses_differs(old, config):
+            plan.resized.append((running, config.numprocesses))
+        elif not added_live and running.lifecycle.serving:
+            plan.reconfigured.append((running, self.watcher(config)))
+        else:
+            plan.replaced.append((running, self.watcher(config)))
 
     def _reload_sockets(self, new: Config, plan: ReloadPlan) -> set[str]:
         """Let the broker re-read its sockets; take the new and changed ones."""

@@ -116,10 +116,10 @@ class Handover:
         self._notify_socket = notify_socket
         self._tag = tag
         self._pipes_made = 0
-        self._pool: deque[Pipe] = deque()
+        self.pool: deque[Pipe] = deque()
         """Pipes the broker made and holds, for the next spawns (see POOL)."""
         self._fill_scheduled: asyncio.Handle | None = None
-        self._ahead = True
+        self.ahead = True
         """Whether pipes are made ahead: not after the broker refused some (near
         ``max_held_fds``), until a release made room, so that it does not refuse (and
         log) again at each spawn."""
@@ -145,30 +145,30 @@ class Handover:
         run, so that a respawn never waits for the broker.
         """
         names = list(names)
-        if len(self._pool) < len(names):
+        if len(self.pool) < len(names):
             try:
                 self._fill(len(names))
             except BrokerError as exc:
                 log.warning("pipes_not_held", error=str(exc))
                 return {name: local_pipe() for name in names}
-        pipes = {name: self._pool.popleft() for name in names}
-        if self._ahead and len(self._pool) < POOL // 2 and self._fill_scheduled is None:
+        pipes = {name: self.pool.popleft() for name in names}
+        if self.ahead and len(self.pool) < POOL // 2 and self._fill_scheduled is None:
             self._fill_scheduled = self.loop.call_at(self.loop.time(), self._fill_later)
         return pipes
 
     def _fill(self, least: int) -> None:
         """Have the broker make pipes for the pool: up to POOL in it, ``least`` at the very
         least (all it asks for when the broker refuses more, near ``max_held_fds``)."""
-        wanted = min(MAX_HELD_PER_REPLY, max(least, POOL - len(self._pool)))
-        if not self._ahead:
+        wanted = min(MAX_HELD_PER_REPLY, max(least, POOL - len(self.pool)))
+        if not self.ahead:
             wanted = least
         try:
-            self._pool.extend(self._hold(wanted))
+            self.pool.extend(self._hold(wanted))
         except BrokerError:
-            self._ahead = False
+            self.ahead = False
             if wanted <= least:
                 raise
-            self._pool.extend(self._hold(least))
+            self.pool.extend(self._hold(least))
 
     def _fill_later(self) -> None:
         self._fill_scheduled = None
@@ -197,7 +197,7 @@ class Handover:
     def _send_releases(self) -> None:
         self._release_scheduled = None
         keys, self._releasing = self._releasing, []
-        self._ahead = True
+        self.ahead = True
         for start in range(0, len(keys), MAX_HELD_PER_REPLY):
             batch = tuple(keys[start : start + MAX_HELD_PER_REPLY])
             try:

@@ -54,7 +54,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     broker = make_broker(tmp_path)
     yield broker
     for conn in list(broker.peers):
-        broker._drop_peer(conn)
+        broker.drop_peer(conn)
     broker.service.held.close()
     broker.selector.close()
 
@@ -63,7 +63,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 def client(broker: Broker) -> Iterator[socket.socket]:
     """A greeted peer's end."""
     broker_end, peer_end = channel_pair()
-    broker._add_peer(broker_end, "supervisor")
+    broker.add_peer(broker_end, "supervisor")
     assert ask(broker, peer_end, Hello()).message.TYPE == "welcome"
     yield peer_end
     peer_end.close()
@@ -76,7 +76,7 @@ def ask(broker: Broker, client: socket.socket, message: Message | bytes) -> Rece
     else:
         send(client, message, 7)
     conn = next(conn for conn, peer in broker.peers.items() if conn.fileno() >= 0)
-    broker._serve(conn)
+    broker.serve(conn)
     received = receive(client)
     assert received is not None
     return received
@@ -170,7 +170,7 @@ def test_take_held_pages_in_key_order_and_keeps_holding(
 def test_beyond_max_held_fds_a_hold_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     broker = make_broker(tmp_path, "max_held_fds = 2\n")
     broker_end, client = channel_pair()
-    broker._add_peer(broker_end, "supervisor")
+    broker.add_peer(broker_end, "supervisor")
     ask(broker, client, Hello())
     close_fds(ask(broker, client, HoldPipes(("a", "b"))).fds)
 
@@ -227,7 +227,7 @@ def test_a_peer_cannot_hand_the_broker_an_fd_to_hold(broker: Broker, client: soc
         # deliver it, and the broker closes it unread.
         socket.send_fds(client, [raw('{"type":"hold_memfd","id":1,"key":"a"}')], [read_end])
         conn = next(iter(broker.peers))
-        broker._serve(conn)
+        broker.serve(conn)
         received = receive(client)
         assert received is not None and error_code(received) == "unexpected_fds"
     assert len(broker.service.held) == 0
@@ -261,7 +261,7 @@ def test_the_workers_of_a_dead_supervisor_keep_running_and_it_restarts_at_once(
     worker = orphan()
     try:
         dead_supervisor(broker)
-        broker._reap()
+        broker.reap()
         assert broker.restart_at is not None and broker.restart_at <= time.monotonic()
         assert broker.kill_orphans_at is None
         assert worker.poll() is None
@@ -274,7 +274,7 @@ def test_a_crash_looping_supervisor_is_restarted_after_a_growing_delay(broker: B
     delays = []
     for _ in range(3):
         dead_supervisor(broker)
-        broker._reap()
+        broker.reap()
         assert broker.restart_at is not None
         delays.append(round(broker.restart_at - time.monotonic(), 1))
     assert delays == [0.0, 0.1, 0.2]
@@ -285,14 +285,14 @@ def test_after_a_handover_the_next_supervisor_starts_at_once_even_when_crash_loo
 ) -> None:
     for _ in range(3):
         dead_supervisor(broker)
-        broker._reap()
+        broker.reap()
     broker_end, client = channel_pair()
     supervisor = dead_supervisor(broker)
     broker.supervisor_channel = broker_end
-    broker._add_peer(broker_end, "supervisor")
+    broker.add_peer(broker_end, "supervisor")
     ask(broker, client, Hello())
     assert ask(broker, client, Handover()).message == Ok()
-    broker._reap()
+    broker.reap()
     assert broker.restart_at is not None and broker.restart_at <= time.monotonic()
     assert supervisor.pid not in [broker.supervisor]
     client.close()
@@ -302,8 +302,8 @@ def test_orphans_are_stopped_when_the_broker_stops(broker: Broker) -> None:
     worker = orphan()
     try:
         dead_supervisor(broker)
-        broker._reap()
-        broker._stop()
+        broker.reap()
+        broker.stop()
         assert worker.wait(10) == -signal.SIGTERM
         assert broker.kill_orphans_at is not None
     finally:
@@ -318,7 +318,7 @@ def test_what_the_broker_holds_is_closed_when_it_stops(
     read_end, write_end = ask(broker, client, HoldPipes(("out.1",))).fds
     os.close(read_end)
     broker.exit_status = 0
-    broker._close()
+    broker.close()
     with pytest.raises(OSError) as failure:
         os.write(write_end, b"x")
     assert failure.value.errno == errno.EPIPE
@@ -343,14 +343,14 @@ def test_any_sequence_of_hold_requests_stays_within_the_limit_and_leaks_nothing(
         broker = make_broker(Path(directory), "max_held_fds = 3\n")
     fds_before = len(os.listdir("/proc/self/fd"))
     broker_end, client = channel_pair()
-    broker._add_peer(broker_end, "supervisor")
+    broker.add_peer(broker_end, "supervisor")
     ask(broker, client, Hello())
     for request in sequence:
         received = ask(broker, client, request)
         close_fds(received.fds)
         assert isinstance(received.message, Held | Ok) or error_code(received) == "too_many"
         assert len(broker.service.held) <= 3
-    broker._drop_peer(broker_end)
+    broker.drop_peer(broker_end)
     client.close()
     broker.service.held.close()
     broker.selector.close()

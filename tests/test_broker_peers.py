@@ -35,7 +35,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     broker = Broker(load_broker_config(str(config)), {}, me, launcher=None)
     yield broker
     for conn in list(broker.peers):
-        broker._drop_peer(conn)
+        broker.drop_peer(conn)
     broker.selector.close()
 
 
@@ -53,18 +53,18 @@ def test_a_frame_from_a_supervisor_that_exited_in_the_same_batch_is_ignored(
     broker.supervisor = exited_child()
     broker.supervisor_was_ready = True  # it had been serving: its death is restarted
     broker.supervisor_channel = broker_end
-    broker._add_peer(broker_end, "supervisor")
+    broker.add_peer(broker_end, "supervisor")
     # The SIGCHLD wake-up and a frame the supervisor's own child sent just
     # after its exit, ready together, the wake-up first.
     sigchld_read, sigchld_write = socket.socketpair()
-    broker.selector.register(sigchld_read, selectors.EVENT_READ, broker._reap)
+    broker.selector.register(sigchld_read, selectors.EVENT_READ, broker.reap)
     sigchld_write.send(b"\x11")
     supervisor_end.send(encode(ListSockets(), 1))
     events = broker.selector.select(TIMEOUT)
     events.sort(key=lambda event: event[0].fileobj is not sigchld_read)
     assert len(events) == 2
 
-    broker._dispatch(events)
+    broker.dispatch(events)
 
     assert broker.peers == {} and broker.supervisor is None
     assert broker.restart_at is not None
@@ -78,8 +78,8 @@ def test_a_bug_while_serving_a_peer_drops_that_peer_not_the_broker(
 ) -> None:
     buggy, buggy_client = channel_pair()
     healthy, healthy_client = channel_pair()
-    broker._add_peer(buggy, "buggy")
-    broker._add_peer(healthy, "healthy")
+    broker.add_peer(buggy, "buggy")
+    broker.add_peer(healthy, "healthy")
     broker.peers[healthy].greeted = True
 
     def crash(*args: object) -> None:
@@ -87,10 +87,10 @@ def test_a_bug_while_serving_a_peer_drops_that_peer_not_the_broker(
 
     monkeypatch.setattr(broker.service, "handle", crash)
     buggy_client.send(encode(ListSockets(), 1))
-    broker._dispatch(broker.selector.select(TIMEOUT))
+    broker.dispatch(broker.selector.select(TIMEOUT))
     monkeypatch.undo()
     healthy_client.send(encode(ListSockets(), 2))
-    broker._dispatch(broker.selector.select(TIMEOUT))
+    broker.dispatch(broker.selector.select(TIMEOUT))
 
     assert list(broker.peers) == [healthy]
     assert buggy_client.recv(100) == b""
@@ -104,10 +104,10 @@ def test_a_bug_while_serving_a_peer_drops_that_peer_not_the_broker(
 def test_an_idle_broker_sleeps_with_no_timeout(broker: Broker) -> None:
     greeted, greeted_client = channel_pair()
     supervisor, supervisor_client = channel_pair()
-    broker._add_peer(greeted, "uid 0", time.monotonic() + 5)
+    broker.add_peer(greeted, "uid 0", time.monotonic() + 5)
     broker.peers[greeted].greeted = True
-    broker._add_peer(supervisor, "supervisor")
-    assert broker._timeout() is None
+    broker.add_peer(supervisor, "supervisor")
+    assert broker.next_timeout() is None
     for sock in (greeted_client, supervisor_client):
         sock.close()
 
@@ -116,12 +116,12 @@ def test_the_hello_deadline_sets_the_select_timeout_then_drops_the_silent_peer(
     broker: Broker,
 ) -> None:
     silent, silent_client = channel_pair()
-    broker._add_peer(silent, "uid 0", time.monotonic() + 60)
-    timeout = broker._timeout()
+    broker.add_peer(silent, "uid 0", time.monotonic() + 60)
+    timeout = broker.next_timeout()
     assert timeout is not None and 0 < timeout <= 60
     broker.peers[silent].hello_by = time.monotonic()
-    broker._run_timers()
-    assert broker.peers == {} and broker._timeout() is None
+    broker.run_timers()
+    assert broker.peers == {} and broker.next_timeout() is None
     silent_client.close()
 
 
@@ -133,8 +133,8 @@ def test_only_a_watchdog_gives_the_idle_broker_a_timer(tmp_path: Path) -> None:
     for environ, has_timer in ((notify, False), (notify | {"WATCHDOG_USEC": "4000000"}, True)):
         notifier = Notifier.from_environment(dict(environ))
         broker = Broker(load_broker_config(str(config)), {}, me, None, notifier=notifier)
-        broker._run_timers()
-        timeout = broker._timeout()
+        broker.run_timers()
+        timeout = broker.next_timeout()
         assert (timeout is not None) == has_timer
         assert timeout is None or 0 < timeout <= 2.0  # half of WATCHDOG_USEC at most
         broker.selector.close()

@@ -159,9 +159,9 @@ def test_a_cancelled_command_is_cancelled_where_it_waits(tmp_path: Path) -> None
             dealer = clients.socket(zmq.DEALER)
             dealer.connect(controller.endpoint)
             await dealer.send(encode(make_request("stop", {}, 1)))
-            while not controller._tasks:
+            while not controller.answering:
                 await asyncio.sleep(0.01)
-            for task in controller._tasks:
+            for task in controller.answering:
                 task.cancel()
             await asyncio.wait_for(cancelled.wait(), TIMEOUT)
             return cancelled.is_set()

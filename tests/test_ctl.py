@@ -610,35 +610,44 @@ def test_a_curve_daemon_asked_without_its_key_says_to_give_it() -> None:
 CTL_PROGRAM = os.path.join(os.path.dirname(sys.executable), "chapiteauctl")
 
 
-def complete(daemon: FakeDaemon, *words: str) -> list[str]:
-    """COMPREPLY of the bash completion script for ``chapiteauctl WORDS`` (the last is partial)."""
+def complete(daemon: FakeDaemon, *words: str, shell: str = "bash") -> list[str]:
+    """The completions of ``chapiteauctl WORDS`` (the last is partial) by the script for
+    ``shell``. zsh's compgen leaves the matching to zsh's completer, which keeps the
+    candidates that start with the word: done here."""
     line = " ".join((CTL_PROGRAM, *words))
     script = (
-        f'eval "$({CTL_PROGRAM} completion bash)"\n'
+        f'eval "$({CTL_PROGRAM} completion {shell})"\n'
         f"COMP_LINE={shlex.quote(line)}; COMP_POINT={len(line)}\n"
         '_chapiteauctl; printf "%s\\n" "${COMPREPLY[@]}"\n'
     )
     env = {**os.environ, "CIRCUSCTL_ENDPOINT": daemon.endpoint}
+    command = ["bash", "--norc"] if shell == "bash" else ["zsh", "-f"]
     done = subprocess.run(
-        ["bash", "--norc", "-c", script], capture_output=True, text=True, env=env, timeout=30
+        [*command, "-c", script], capture_output=True, text=True, env=env, timeout=30
     )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.split()
+    assert (done.returncode, done.stderr) == (0, "")
+    return [word for word in done.stdout.split() if word.startswith(words[-1])]
 
 
-def test_bash_completion_completes_commands_flags_and_live_watcher_names(
-    daemon: FakeDaemon,
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_completes_commands_flags_and_live_watcher_names(
+    daemon: FakeDaemon, shell: str
 ) -> None:
+    def words(*typed: str) -> list[str]:
+        return sorted(complete(daemon, *typed, shell=shell))
+
     daemon.reply = {"status": "ok", "watchers": ["web", "worker", "cron"]}
-    assert complete(daemon, "sta") == ["start", "stats", "status"]
-    assert complete(daemon, "--end") == ["--endpoint"]
-    assert complete(daemon, "status", "-") == ["--verbose", "-v", "--help"]
-    assert complete(daemon, "stop", "w") == ["web", "worker"]
+    assert words("sta") == ["start", "stats", "status"]
+    assert words("--end") == ["--endpoint"]
+    assert words("--") == sorted(ctl.global_options())
+    assert words("--timeout", "3", "--json", "sto") == ["stop"]
+    assert words("status", "-") == ["--help", "--verbose", "-v"]
+    assert words("stop", "w") == ["web", "worker"]
     assert daemon.last["command"] == "list"
-    assert complete(daemon, "--endpoint", daemon.endpoint, "tail", "-f", "c") == ["cron"]
-    assert complete(daemon, "help", "in") == ["incr"]
-    assert complete(daemon, "completion", "") == ["bash", "zsh"]
-    assert complete(daemon, "stop", "web", "") == []
+    assert words("--endpoint", daemon.endpoint, "tail", "-f", "c") == ["cron"]
+    assert words("help", "in") == ["incr"]
+    assert words("completion", "") == ["bash", "zsh"]
+    assert words("stop", "web", "") == []
 
 
 def test_completion_scripts_for_each_shell(capsys) -> None:

@@ -136,7 +136,7 @@ def test_a_spawn_takes_pipes_made_ahead_and_the_pool_refills_after_it() -> None:
             await asyncio.sleep(0)
         assert broker.requests <= used // (POOL // 2) + 1
         before = broker.requests
-        while len(handover._pool) >= POOL // 2:
+        while len(handover.pool) >= POOL // 2:
             used += len(handover.pipes(["stdout", "stderr"]))
         assert broker.requests == before
         await asyncio.sleep(0.001)  # a few turns of the loop
@@ -155,14 +155,14 @@ def test_once_the_broker_refused_pipes_ahead_it_is_not_asked_again_at_each_spawn
         while len(handover.pipes(["stdout", "stderr"])) and broker.refused == 0:
             await asyncio.sleep(0.001)
         # The pool lasts, then the broker still has room for one spawn's pipes.
-        for _ in range(len(handover._pool) // 2 + 1):
+        for _ in range(len(handover.pool) // 2 + 1):
             pipes = handover.pipes(["stdout", "stderr"])
             await asyncio.sleep(0.001)
         assert all(key is not None for _, _, key in pipes.values())
         assert broker.refused == 1
         handover.release(["pipe.1.1", "pipe.1.2"])
         await asyncio.sleep(0.001)
-        assert handover._ahead
+        assert handover.ahead
 
     broker = FakeBroker(limit=POOL + 2)
     asyncio.run(spawns())

@@ -39,8 +39,6 @@ def with_server(test: Any) -> Any:
     async def run() -> Any:
         server = MetricsServer(ARBITER, "127.0.0.1", 0)
         await server.open()
-        assert server._server is not None
-        server.port = server._server.sockets[0].getsockname()[1]
         try:
             return await test(server)
         finally:
@@ -88,7 +86,7 @@ def test_an_endless_request_is_dropped_unanswered_and_the_server_still_serves() 
 def test_clients_beyond_the_limit_are_closed_at_once() -> None:
     async def test(server: MetricsServer) -> None:
         idle = [await asyncio.open_connection(server.host, server.port) for _ in range(MAX_CLIENTS)]
-        await wait_until_async(lambda: len(server._clients) == MAX_CLIENTS)
+        await wait_until_async(lambda: len(server.clients) == MAX_CLIENTS)
         assert await exchange(server, b"GET /metrics HTTP/1.0\r\n\r\n") == b""
         for _, writer in idle:
             writer.close()
@@ -107,7 +105,7 @@ def test_between_scrapes_nothing_is_scheduled() -> None:
     async def test(server: MetricsServer) -> None:
         assert armed() == []
         await exchange(server, b"GET /metrics HTTP/1.0\r\n\r\n")
-        await wait_until_async(lambda: not server._clients)
+        await wait_until_async(lambda: not server.clients)
         assert armed() == []
 
     with_server(test)

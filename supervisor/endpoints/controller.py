@@ -84,7 +84,8 @@ class Controller:
         self.context = zmq.asyncio.Context()
         self.socket: zmq.Socket | None = None
         self._auth: AsyncioAuthenticator | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.answering: set[asyncio.Task[None]] = set()
+        """The requests whose answer waits (a stop, a reload): `close` lets them finish."""
 
     def start(self) -> None:
         """Bind and start answering; raises EndpointError when the endpoint is unusable."""
@@ -131,7 +132,7 @@ class Controller:
         if self.socket is not None:
             asyncio.get_running_loop().remove_reader(self.socket.getsockopt(zmq.FD))
         current = asyncio.current_task()
-        pending = [task for task in self._tasks if task is not current]
+        pending = [task for task in self.answering if task is not current]
         if pending:
             await asyncio.wait(pending, timeout=DRAIN_TIMEOUT)
         if self.socket is not None:
@@ -164,11 +165,11 @@ class Controller:
             log.error("controller_answer_failed", error=str(exc), exc_info=True)
             return
         task = asyncio.get_running_loop().create_task(_resume(answer, awaited))
-        self._tasks.add(task)
+        self.answering.add(task)
         task.add_done_callback(self._answered_later)
 
     def _answered_later(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self.answering.discard(task)
         # Sending the reply can consume the fd's edge for requests that arrived meanwhile.
         self._receive()
 

@@ -153,7 +153,8 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ArbiterCollector(arbiter))
         self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[Any]] = set()
+        self.clients: set[asyncio.Task[Any]] = set()
+        """The connections being answered (at most MAX_CLIENTS)."""
 
     async def open(self) -> None:
         """Listen; a refused bind is an `EndpointError` naming ``metrics_endpoint``."""
@@ -166,6 +167,7 @@ class MetricsServer:
                 f"metrics_endpoint {self.host}:{self.port}: {exc.strerror or exc}; "
                 "choose another address in [circus] metrics_endpoint"
             ) from None
+        self.port = self._server.sockets[0].getsockname()[1]  # the one chosen for port 0
         log.info("metrics_started", host=self.host, port=self.port)
 
     def close(self) -> None:
@@ -173,16 +175,16 @@ class MetricsServer:
         if self._server is not None:
             self._server.close()
             self._server = None
-        for task in list(self._clients):
+        for task in list(self.clients):
             task.cancel()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._clients) >= MAX_CLIENTS:
+        if len(self.clients) >= MAX_CLIENTS:
             writer.close()
             return
-        self._clients.add(task)
+        self.clients.add(task)
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
             writer.write(self.response(head))
@@ -190,7 +192,7 @@ class MetricsServer:
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
             pass  # the client went away, sent too much, or too slowly: nothing to answer
         finally:
-            self._clients.discard(task)
+            self.clients.discard(task)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
