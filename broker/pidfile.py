@@ -65,14 +65,9 @@ def remove_pidfile(path: str, user: ServiceUser) -> None:
     with contextlib.suppress(OSError, UnsafePathError):
         directory, name = open_parent(path, user)
         with directory:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory.fd)
-            try:
-                holds_ours = _parse(os.read(fd, MAX_PIDFILE_BYTES)) == os.getpid()
-                st = os.fstat(fd)
-            finally:
-                os.close(fd)
-            if holds_ours:
-                Entry.of(directory, name, st).remove()
+            found = directory.read(name, MAX_PIDFILE_BYTES)
+            if found is not None and _parse(found[0]) == os.getpid():
+                Entry.of(directory, name, found[1]).remove()
 
 
 def _read_pid(path: str, user: ServiceUser) -> int:

@@ -75,6 +75,22 @@ class Directory:
         except FileNotFoundError:
             return None
 
+    def read(self, name: str, limit: int) -> tuple[bytes, os.stat_result] | None:
+        """The first ``limit`` bytes of regular file ``name`` here, and its stat; None when
+        nothing has that name. Never a link followed, never a FIFO waited on."""
+        try:
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(name, flags, dir_fd=self.fd)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafePathError(f"{self.path}/{name}: not a regular file")
+            return os.read(fd, limit), st
+        finally:
+            os.close(fd)
+
     def close(self) -> None:
         """Close the fd once (a second call must not close an fd number reused since)."""
         if self.fd >= 0:
@@ -187,17 +203,8 @@ def read_small_file(path: str, user: ServiceUser, limit: int = 4096) -> bytes | 
     """The first ``limit`` bytes of a regular file; None when it does not exist."""
     directory, name = open_parent(path, user, follow=True)
     with directory:
-        try:
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-            fd = os.open(name, flags, dir_fd=directory.fd)
-        except FileNotFoundError:
-            return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnsafePathError(f"{path}: not a regular file")
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
+        found = directory.read(name, limit)
+    return None if found is None else found[0]
 
 
 def replace_file(path: str, data: bytes, user: ServiceUser, mode: int = 0o644) -> None:

@@ -1,4 +1,4 @@
-"""The pidfile check: a live chapiteau, a live stranger, a dead pid."""
+"""The pidfile: the check (a live chapiteau, a live stranger, a dead pid), and its removal."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chapiteau.broker.pidfile import PidfileError, check_pidfile
+from chapiteau.broker.pidfile import PidfileError, check_pidfile, remove_pidfile, write_pidfile
 from chapiteau.broker.privileges import resolve_service_user
 
 USER = resolve_service_user(None, None)
@@ -72,3 +72,20 @@ def test_a_live_process_that_is_not_chapiteau_is_said_to_be_another_program(tmp_
 def test_a_dead_pid_and_our_own_pass(tmp_path):
     check_pidfile(pidfile_of(tmp_path, 999_999_999), USER)
     check_pidfile(pidfile_of(tmp_path, os.getpid()), USER)
+
+
+def test_only_our_own_pidfile_is_removed(tmp_path):
+    ours, theirs = tmp_path / "ours.pid", tmp_path / "theirs.pid"
+    write_pidfile(str(ours), USER)
+    theirs.write_text("1\n")
+    remove_pidfile(str(ours), USER)
+    remove_pidfile(str(theirs), USER)
+    assert not ours.exists() and theirs.read_text() == "1\n"
+
+
+def test_a_fifo_in_the_pidfiles_place_is_left_without_waiting_on_it(tmp_path):
+    # Opening a FIFO for reading waits for a writer: the stopping broker must not.
+    fifo = tmp_path / "chapiteau.pid"
+    os.mkfifo(fifo)
+    remove_pidfile(str(fifo), USER)
+    assert fifo.is_fifo()
