@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
 from datetime import datetime
 from pathlib import Path
+
+import pytest
 
 from chapiteau.supervisor.children.process_tree import children
 from integration.harness import argv, is_alive, wait_until
@@ -159,3 +162,15 @@ def test_singleton_max_age_never_runs_two_processes(chapiteau):
         highest = max(highest, count_alive(supervisor))
         assert time.monotonic() < deadline
     assert highest == 1
+
+
+@pytest.mark.parametrize("batches", ["", "max_replacing = 1\n"])
+def test_a_graceful_reload_spaces_its_spawns_by_warmup_delay(daemon, batches):
+    # In batches of max_replacing too: warmup_delay is the pause between two spawns.
+    d = daemon(f"[watcher:slow]\ncmd = sleep 1000\nnumprocesses = 3\nwarmup_delay = 0.3\n{batches}")
+    d.tree.wait_for("process_spawned", count=3)
+    reply = d.call("reload", name="slow", waiting=True)
+    assert reply["status"] == "ok", reply
+    spawns = d.tree.wait_for("process_spawned", count=6)[3:]
+    assert len(spawns) == 3
+    assert all(seconds_between(a, b) >= 0.3 for a, b in itertools.pairwise(spawns))

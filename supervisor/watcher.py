@@ -227,9 +227,8 @@ class Watcher:
                 # Circus sends the reload SIGHUP to the worker alone, bypassing the hooks.
                 self._effects(planned)
                 return {"stopped": [], "started": [], "kept": sorted(self.processes)}
-            pause = sequential or self.config.singleton
             try:
-                await self._reload(self._effects(planned), spawned, pause)
+                await self._reload(self._effects(planned), spawned)
             except NotStarted as exc:
                 message, after = self.lifecycle.reload_failed(str(exc), len(old), self._now())
                 self._log.error("reload_failed", error=str(exc), serving=len(self.processes))
@@ -242,15 +241,16 @@ class Watcher:
                 "kept": [],
             }
 
-    async def _reload(
-        self, actions: list[Action], spawned: asyncio.Future[Any] | None, pause: bool
-    ) -> None:
-        """Carry out a reload's actions; ``pause``: warmup_delay after each replacement."""
+    async def _reload(self, actions: list[Action], spawned: asyncio.Future[Any] | None) -> None:
+        """Carry out a reload's actions, ``warmup_delay`` between two batches of replacements
+        (as between two spawns)."""
+        first = True
         for action in actions:
             if isinstance(action, Replace):
-                await self._replace(action, lambda: _resolve(spawned))
-                if pause:
+                if not first:
                     await self._warmup()
+                first = False
+                await self._replace(action, lambda: _resolve(spawned))
             else:
                 _resolve(spawned)
                 await self._perform_one(action)
@@ -755,6 +755,8 @@ class Watcher:
         new: list[Process] = []
         try:
             for _ in range(action.count):
+                if new:
+                    await self._warmup()
                 new.append(await self._try_spawn())
             for process in new:
                 why_not = await process.ready
