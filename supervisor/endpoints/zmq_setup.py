@@ -88,7 +88,12 @@ def prepare_endpoint(sock: zmq.Socket, endpoint: str, curve: Curve | None, what:
             "endpoint_unauthenticated",
             endpoint=endpoint,
             what=what,
-            hint="anyone who can connect may send commands; use ipc:// or CURVE",
+            hint=(
+                "anyone who can connect may send commands"
+                if what == "endpoint"
+                else "anyone who can connect may read what it publishes"
+            )
+            + "; use ipc:// or CURVE",
         )
     try:
         sock.bind(endpoint)
