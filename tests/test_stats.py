@@ -267,3 +267,29 @@ def test_stream_reaches_a_subscriber_every_second() -> None:
 
     topics = asyncio.run(scenario())
     assert topics[:2] == [f"stat.circus.{os.getpid()}".encode(), b"stat.circus"]
+
+
+def test_a_command_line_not_set_up_yet_is_read_again_at_the_next_sample(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Right after a spawn the kernel can show no command line for a few microseconds
+    # (the exec has closed the close-on-exec fds, not yet set up argv): what the first
+    # call gives here.
+    child = _running(["sleep", "30"], "sleep")
+    cmdline = psutil.Process.cmdline
+    calls: list[int] = []
+
+    def not_yet_then_real(process: psutil.Process) -> list[str]:
+        calls.append(process.pid)
+        return [] if len(calls) == 1 else cmdline(process)
+
+    monkeypatch.setattr(psutil.Process, "cmdline", not_yet_then_real)
+    sampler = ProcessSampler()
+    try:
+        first, second, third = (sampler.sample(child.pid) for _ in range(3))
+    finally:
+        child.kill()
+        child.wait()
+    assert first is not None and second is not None and third is not None
+    assert [first["cmdline"], second["cmdline"], third["cmdline"]] == ["N/A", "sleep", "sleep"]
+    assert calls == [child.pid, child.pid]

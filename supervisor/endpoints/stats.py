@@ -94,7 +94,10 @@ def cpu_time_text(seconds: float) -> str:
 class _Tracked:
     """A process followed across samples, with what ``cpu`` is measured from."""
 
-    cmdline: str
+    cmdline: str | None
+    """None until the kernel shows it: a process sampled right after its exec has
+    closed the close-on-exec fds (what a spawn waits for) can have no command line
+    yet, for a few microseconds; it is read again at the next sample."""
     username: str | int
     create_time: float | str
     cpu_seen: tuple[float, float] | None = None
@@ -121,7 +124,11 @@ class ProcessSampler:
         command's shape), found through /proc rather than a scan of every process.
         """
         try:
-            tracked = self._tracked.get(pid) or self._track(pid)
+            tracked = self._tracked.get(pid)
+            if tracked is None:
+                tracked = self._track(pid)
+            elif tracked.cmdline is None:
+                tracked.cmdline = _command(psutil.Process(pid))
             info = self._info(pid, tracked)
         except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
             self._tracked.pop(pid, None)
@@ -150,7 +157,7 @@ class ProcessSampler:
         process = psutil.Process(pid)
         with process.oneshot():
             tracked = _Tracked(
-                cmdline=_read(lambda: _basename(process.cmdline())),
+                cmdline=_command(process),
                 username=_read(process.username),
                 create_time=_read(process.create_time),
             )
@@ -178,7 +185,7 @@ class ProcessSampler:
             "username": tracked.username,
             "create_time": create_time,
             "age": NOT_AVAILABLE if isinstance(create_time, str) else time.time() - create_time,
-            "cmdline": tracked.cmdline,
+            "cmdline": tracked.cmdline or NOT_AVAILABLE,
             "children": [],
         }
 
@@ -214,10 +221,12 @@ def _read(getter: Any) -> Any:
         return NOT_AVAILABLE
 
 
-def _basename(argv: list[str]) -> str:
-    """Circus's ``cmdline``: the basename of the first word of argv[0]."""
-    if not argv:
-        return NOT_AVAILABLE
+def _command(process: psutil.Process) -> str | None:
+    """Circus's ``cmdline``: the basename of the first word of argv[0]; None while the
+    process has no command line yet (see `_Tracked.cmdline`)."""
+    argv = _read(process.cmdline)
+    if not argv or argv == NOT_AVAILABLE:
+        return argv or None
     try:
         words = shlex.split(argv[0])
     except ValueError:
