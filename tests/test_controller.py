@@ -14,7 +14,7 @@ import zmq
 import zmq.asyncio
 
 from chapiteau.protocol.circus_messages import INVALID_JSON, Request, encode, make_request
-from chapiteau.supervisor.endpoints.controller import Controller
+from chapiteau.supervisor.endpoints.controller import EAGER_START, Controller
 
 TIMEOUT = 10.0
 
@@ -104,7 +104,8 @@ def test_the_ipc_directory_is_created_private(tmp_path: Path) -> None:
 
 
 def test_a_command_that_never_waits_is_answered_in_the_reader_callback(tmp_path: Path) -> None:
-    """No task and no further turn of the loop per request: what keeps a round trip cheap."""
+    """No further turn of the loop per request (and on Python 3.11 no task: 3.12 has eager
+    tasks): what keeps a round trip cheap."""
     tasks: list[asyncio.Task[Any] | None] = []
 
     async def recording(request: Request, raw: bytes) -> dict[str, Any] | None:
@@ -118,7 +119,24 @@ def test_a_command_that_never_waits_is_answered_in_the_reader_callback(tmp_path:
         return json.loads(await dealer.recv())
 
     assert exchange(tmp_path, talk, recording)["id"] == "now"
-    assert tasks == [None]
+    assert [task is None for task in tasks] == [not EAGER_START]
+
+
+def test_a_command_may_enter_a_timeout_before_it_first_waits(tmp_path: Path) -> None:
+    """From Python 3.12 on, ``wait_for`` enters ``asyncio.timeout()``, which needs the
+    current task: the first step of a command runs inside its own task there."""
+
+    async def timed(request: Request, raw: bytes) -> dict[str, Any] | None:
+        await asyncio.wait_for(asyncio.sleep(0), TIMEOUT)
+        return await echo(request, raw)
+
+    async def talk(context: zmq.asyncio.Context, endpoint: str) -> dict[str, Any]:
+        dealer = context.socket(zmq.DEALER)
+        dealer.connect(endpoint)
+        await dealer.send(encode(make_request("upgrade", {}, "timed")))
+        return json.loads(await asyncio.wait_for(dealer.recv(), TIMEOUT))
+
+    assert exchange(tmp_path, talk, timed)["id"] == "timed"
 
 
 def test_a_command_that_waits_holds_up_neither_the_socket_nor_the_next_request(

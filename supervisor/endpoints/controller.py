@@ -2,17 +2,17 @@
 
 The ROUTER's fd is watched by the event loop directly (no future per
 receive): when it signals, every waiting request is taken at once. Each
-request's coroutine is started at once, in that callback (as Python 3.12's
-eager tasks): a command that never waits (``list``, ``status``, ``stats`` ...)
-is answered before the next request is read, with no task and no further turn
-of the loop, which is what makes a round trip cost about what a bare ZMQ echo
-costs. A command that does wait (a stop with a long graceful_timeout) goes on
-as its own asyncio task from where it stopped, so it never holds up the socket
-or the commands behind it. Unlike 3.12's eager tasks, that first step runs
-with no current task: a command must not enter ``asyncio.timeout()`` before
-its first ``await`` (nor ``asyncio.wait_for``, which enters it from Python
-3.12 on); on 3.12 and later this belongs in ``asyncio.Task(...,
-eager_start=True)``.
+request's coroutine is started at once, in that callback: a command that
+never waits (``list``, ``status``, ``stats`` ...) is answered before the next
+request is read, with no further turn of the loop, which is what makes a
+round trip cost about what a bare ZMQ echo costs. A command that does wait (a
+stop with a long graceful_timeout) goes on as its own asyncio task from where
+it stopped, so it never holds up the socket or the commands behind it. On
+Python 3.12 and later that is an eager task (``eager_start``), whose first
+step runs inside the task. Python 3.11 has none: there the first step runs
+with no current task, and the task takes the coroutine over where it stopped
+(`_Suspended`); so a command must not enter ``asyncio.timeout()`` before its
+first ``await`` (``asyncio.wait_for`` only enters it from 3.12 on).
 Replies go back on the envelope the request came with: Circus's DEALER
 clients send ``[identity, body]``, and unlike Circus, REQ clients (whose
 messages carry an empty delimiter frame) are answered too. A frame that
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
@@ -56,6 +57,8 @@ log = structlog.get_logger("chapiteau.supervisor")
 Handler = Callable[[Request, bytes], Awaitable[dict[str, Any] | None]]
 """Runs one request (with its raw frame, for error texts); None means no reply."""
 
+EAGER_START = sys.version_info >= (3, 12)
+"""Whether asyncio runs a task's first step at once, inside the task (Python 3.12)."""
 DRAIN_TIMEOUT = 2.0
 """On close, how long replies still being computed may take to go out."""
 
@@ -157,19 +160,27 @@ class Controller:
 
     def _start(self, answer: Coroutine[Any, Any, None]) -> None:
         """Run ``answer`` up to its first wait; a task carries it on from there, if it waits."""
-        try:
-            awaited = answer.send(None)
-        except StopIteration:
-            return  # answered already
-        except Exception as exc:  # a bug must cost one reply, not the control socket
-            log.error("controller_answer_failed", error=str(exc), exc_info=True)
-            return
-        task = asyncio.get_running_loop().create_task(_resume(answer, awaited))
+        loop = asyncio.get_running_loop()
+        if EAGER_START:
+            task = asyncio.Task(answer, loop=loop, eager_start=True)
+            if task.done():
+                _log_failure(task)
+                return
+        else:
+            try:
+                awaited = answer.send(None)
+            except StopIteration:
+                return  # answered already
+            except Exception as exc:
+                _answer_failed(exc)
+                return
+            task = loop.create_task(_resume(answer, awaited))
         self.answering.add(task)
         task.add_done_callback(self._answered_later)
 
     def _answered_later(self, task: asyncio.Task[None]) -> None:
         self.answering.discard(task)
+        _log_failure(task)
         # Sending the reply can consume the fd's edge for requests that arrived meanwhile.
         self._receive()
 
@@ -195,6 +206,16 @@ class Controller:
             self.socket.send(encode(reply), NOBLOCK)
         except zmq.ZMQError as exc:
             log.warning("controller_reply_failed", error=str(exc))
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _answer_failed(task.exception())
+
+
+def _answer_failed(exc: BaseException | None) -> None:
+    """A bug costs one reply, never the control socket: it is logged."""
+    log.error("controller_answer_failed", error=str(exc), exc_info=exc)
 
 
 async def _resume(answer: Coroutine[Any, Any, None], awaited: Any) -> None:
