@@ -27,7 +27,7 @@ STAGE ?= /opt/chapiteau
 SERVICE_USER ?= nobody
 REACHABLE := $(shell [ "$$(id -u)" != 0 ] || runuser -u $(SERVICE_USER) -- test -r $(CURDIR)/pyproject.toml && echo yes)
 
-.PHONY: example test lint wheel-venv system-packages bench
+.PHONY: example test lint wheel-venv system-packages bench test-debian13
 
 ifneq ($(REACHABLE),yes)
 example test lint wheel-venv bench:
@@ -113,3 +113,8 @@ bench: $(BENCH_VENV)/bin/circusd | system-packages
 	@$(MAKE) --no-print-directory wheel-venv
 	umask 022 && $(WHEEL_VENV)/bin/python bench/run.py $(BENCH_ARGS)
 endif
+
+# `make test` on Debian 13 (Python 3.13), in a debootstrap chroot kept in /srv (as root;
+# not run by CI, which tests Debian 12's 3.11).
+test-debian13:
+	bash .ci/debian13

@@ -19,7 +19,9 @@ once. What the successor needs is kept by the broker, which never reads it:
   take more than that share of the loop's time, and a start of n processes
   stays O(n). What a killed supervisor did not write yet is at most that
   delay old (milliseconds at 10,000 processes): its successor stops those
-  unrecorded workers gracefully and replaces them. Nothing is written while
+  unrecorded workers gracefully and replaces them. A control command's change
+  is written before its reply goes out (`Handover.flush`): what an operator
+  was told happened survives a kill -9 right after. Nothing is written while
   the previous generation's snapshot is being adopted (it stays whole should
   this supervisor die meanwhile), nor once the supervisor quits (its own
   stop of the watchers is no operator's).
@@ -228,6 +230,11 @@ class Handover:
             # A timer even when due now: it runs after what is ready already, so that a
             # respawn the same exit scheduled is not kept waiting by the write.
             self._scheduled = self.loop.call_at(max(self._next_write, self.loop.time()), self.write)
+
+    def flush(self) -> None:
+        """Write now a change not written yet (before a command's reply goes out)."""
+        if self._scheduled is not None:
+            self.write()
 
     def write(self) -> None:
         """Write the snapshot now, into the memfd that does not hold the newest one."""

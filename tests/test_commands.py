@@ -13,9 +13,10 @@ from chapiteau.supervisor.commands import dispatch
 ARBITER: Any = SimpleNamespace(
     watchers={"web": SimpleNamespace(name="web", state="active", processes={11: None, 12: None})},
     requests=Counter(),
+    handover=None,
 )
 """What the read-only commands need of an arbiter: its watchers by name, and where the
-requests are counted."""
+requests are counted (connect mode: no handover)."""
 
 
 def reply(command: str, properties: dict[str, Any] | None = None, cast: bool = False) -> Any:
@@ -63,3 +64,13 @@ def test_an_unknown_watcher_is_errno_3():
 
 def test_a_cast_gets_no_reply():
     assert reply("list", cast=True) is None
+
+
+def test_a_reply_goes_out_once_the_snapshot_holds_what_the_command_changed():
+    # The next supervisor (after a kill -9 right after the reply) must know of the change.
+    flushed: list[str] = []
+    handover = SimpleNamespace(flush=lambda: flushed.append("flush"))
+    arbiter = SimpleNamespace(**{**vars(ARBITER), "handover": handover, "requests": Counter()})
+    request = Request("id-1", "list", {}, False)
+    assert asyncio.run(dispatch(arbiter, request, b"raw"))["status"] == "ok"
+    assert flushed == ["flush"]

@@ -77,6 +77,24 @@ def test_a_burst_of_changes_is_written_once() -> None:
     assert written is not None and len(written.watchers[0].processes) == 1000
 
 
+def test_flush_writes_a_pending_change_at_once_and_nothing_else() -> None:
+    async def flushed() -> list[int]:
+        handover = Handover(broker, asyncio.get_running_loop(), lambda: snapshot_of(3), "1")
+        handover.resume()
+        writes = [handover.writes]
+        handover.flush()
+        writes.append(handover.writes)
+        handover.changed()
+        handover.flush()
+        writes.append(handover.writes)
+        await asyncio.sleep(0.01)  # the write it had scheduled is not made again
+        writes.append(handover.writes)
+        return writes
+
+    broker = FakeBroker()
+    assert asyncio.run(flushed()) == [0, 0, 1, 1]
+
+
 def test_the_releases_of_a_burst_go_together_in_requests_the_broker_takes() -> None:
     # 1,000 workers stopping, or the leftovers of an adoption: not one request each, and
     # never one longer than the broker accepts.

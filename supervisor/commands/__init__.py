@@ -51,6 +51,9 @@ async def dispatch(arbiter: Supervisor, request: Request, raw: bytes) -> dict[st
     cannot grow the table with made-up names.
     """
     reply = await _run(arbiter, request, raw)
+    if arbiter.handover is not None:
+        # What the command changed survives a kill -9 of the supervisor once it is told.
+        arbiter.handover.flush()
     command = request.command if request.command in COMMANDS else UNKNOWN
     arbiter.requests[command, reply["status"]] += 1
     return None if request.cast else reply

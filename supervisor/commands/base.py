@@ -25,6 +25,7 @@ from chapiteau.supervisor.watcher import ReloadError
 if TYPE_CHECKING:
     from chapiteau.supervisor.config import Config, WatcherConfig
     from chapiteau.supervisor.endpoints.stats import ProcessSampler
+    from chapiteau.supervisor.handover import Handover
     from chapiteau.supervisor.socket_pool import SocketPool
     from chapiteau.supervisor.watcher import Watcher
 
@@ -42,6 +43,8 @@ class Supervisor(Protocol):
     sampler: ProcessSampler
     requests: Counter[tuple[str, str]]
     """Control requests answered, by (command, reply status): ``ok`` or ``error``."""
+    handover: Handover | None
+    """The snapshot the next supervisor adopts (None in connect mode)."""
 
     def by_priority(self) -> list[Watcher]: ...
 
