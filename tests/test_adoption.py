@@ -25,9 +25,15 @@ class LostState(FakeBroker):
 
 
 def marked_orphan() -> subprocess.Popen:
-    """A worker of ours whose supervisor died: a child of "the broker" (this process)."""
+    """A worker of ours whose supervisor died: a child of "the broker" (this process).
+    With SIGINT at its default, as a spawn leaves it, even when these tests run as a
+    shell's background job (which ignores SIGINT, and an ignored signal stays so
+    across exec)."""
     return subprocess.Popen(
-        ["sleep", "60"], env={"PATH": os.environ["PATH"], **markers("web")}, start_new_session=True
+        ["sleep", "60"],
+        env={"PATH": os.environ["PATH"], **markers("web")},
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
