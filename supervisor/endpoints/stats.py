@@ -225,8 +225,10 @@ def _command(process: psutil.Process) -> str | None:
     """Circus's ``cmdline``: the basename of the first word of argv[0]; None while the
     process has no command line yet (see `_Tracked.cmdline`)."""
     argv = _read(process.cmdline)
-    if not argv or argv == NOT_AVAILABLE:
-        return argv or None
+    if argv == NOT_AVAILABLE:
+        return NOT_AVAILABLE
+    if not argv:
+        return None
     try:
         words = shlex.split(argv[0])
     except ValueError:
